@@ -1,0 +1,146 @@
+/* xenmockd internals: the fake hypervisor's state, shared by its modules. */
+#ifndef XENMOCKD_H
+#define XENMOCKD_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "../src/proto.h"
+
+#define DOMID_FIRST_RESERVED 0x7ff0u
+#define DOMID_SELF 0x7ff0u
+#define NR_VIRQS 24
+#define VIRQ_DOM_EXC 3
+#define MAX_PORTS 131072u       /* the FIFO event channel ABI's limit */
+#define MAX_GRANT_ENTRIES 32768u /* 64 grant frames of v1 entries */
+#define FIRST_GRANT_REF 8u      /* Xen reserves the first eight entries */
+
+struct conn;
+struct share;
+
+enum port_state { PORT_FREE = 0, PORT_UNBOUND, PORT_INTERDOMAIN, PORT_VIRQ };
+
+struct port {
+    enum port_state state;
+    uint32_t remote_dom;  /* unbound: who may bind; interdomain: peer domain */
+    uint32_t remote_port; /* interdomain: peer port */
+    int virq;
+    struct conn *owner;   /* the evtchn handle it is bound to (NULL: not bound to any handle) */
+    bool is_static;       /* pre-bound from the configuration; survives its handle */
+    bool pending, masked;
+    int refs;             /* unmap notifications that will still signal it */
+};
+
+struct domain {
+    uint32_t id;
+    int nconn;
+    struct port *ports; /* indexed by port number; 0 is never used */
+    uint32_t ports_cap;
+    int virq_port[NR_VIRQS];
+    struct grant_entry *grants; /* indexed by grant ref */
+    uint32_t grants_cap;
+    uint32_t grants_used;
+    uint32_t shared_pages;
+    uint32_t mapped_pages;
+};
+
+struct grant_entry {
+    struct share *sh; /* NULL: free */
+    uint32_t page;
+};
+
+struct share {
+    uint32_t id;
+    struct conn *owner;
+    uint32_t dom, grantee;
+    int memfd, rofd;
+    uint32_t npages;
+    uint32_t *refs;
+    bool writable;
+    uint32_t notify_off, notify_port;
+    int refcnt; /* the sharer, plus one per mapping */
+    struct share *next; /* in the owner's list */
+};
+
+struct mapping {
+    uint32_t id;
+    uint32_t count;
+    struct share **sh; /* per page */
+    uint32_t *page;    /* per page: index within its share */
+    uint32_t notify_off, notify_port;
+    struct mapping *next;
+};
+
+struct outmsg {
+    struct outmsg *next;
+    size_t len;
+    char data[];
+};
+
+struct txn;
+struct watch;
+
+struct conn {
+    int fd;
+    int kind;
+    uint32_t dom;
+    pid_t pid;
+    bool hello;
+    /* evtchn */
+    int evfd;
+    uint32_t restrict_dom;
+    /* gntshr / gnttab */
+    struct share *shares;
+    struct mapping *maps;
+    uint32_t next_id;
+    /* xenstore */
+    int watchfd;
+    struct outmsg *wq_head, *wq_tail;
+    size_t wq_bytes;
+    struct txn *txns;
+    int ntxns;
+    char **rm_on_close;
+    size_t n_rm;
+    struct conn *prev, *next;
+};
+
+/* main.c */
+extern struct conn *conns;
+struct domain *domain_get(uint32_t id);            /* existing or NULL */
+struct domain *domain_get_or_create(uint32_t id);
+bool domain_exists(uint32_t id);
+void watchfd_register(struct conn *c);
+void watchfd_want_write(struct conn *c, bool on);
+void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* evtchn.c */
+int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r);
+void evtchn_conn_closed(struct conn *c);
+int evtchn_send(struct domain *d, uint32_t port);
+int evtchn_port_get(struct domain *d, uint32_t port); /* takes a reference for an unmap notify */
+void evtchn_port_put(struct domain *d, uint32_t port);
+int evtchn_static_add(uint32_t d, uint32_t p, uint32_t rd, uint32_t rp);
+int evtchn_raise_virq(uint32_t d, uint32_t virq);
+uint32_t evtchn_count(struct domain *d);
+void evtchn_domain_free(struct domain *d);
+
+/* grant.c */
+int grant_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, struct xm_msg *r, char *rbuf,
+                   int *out_fds, int *n_out_fds);
+void grant_conn_closed(struct conn *c);
+
+/* store.c */
+void store_init(void);
+void store_reset(void);
+int store_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, struct xm_msg *r, char *rbuf);
+void store_conn_closed(struct conn *c);
+void store_domain_introduced(uint32_t dom);
+void store_domain_released(uint32_t dom);
+uint32_t store_count_nodes(uint32_t dom);
+void store_owners(uint8_t *bits); /* sets bit N for every domain N owning a node */
+uint32_t store_count_watches(uint32_t dom);
+void store_flush_watches(struct conn *c);
+
+#endif

@@ -1,0 +1,554 @@
+/*
+ * libxenvchan for the mock build: the libxenvchan API over the mock's
+ * evtchn/gnttab/xenstore libraries, speaking the vchan wire format (see
+ * xen/io/libxenvchan.h), so it interoperates with Xen's own libxenvchan.
+ *
+ * Differences from Xen's implementation, all on the side of safety:
+ *  - our own ring index is kept privately and only the peer's is read from the
+ *    shared page (once per use); a peer index that claims more than a ring
+ *    holds marks the channel broken: calls fail with EPROTO instead of hanging;
+ *  - ring orders and grant references are read once at connect and checked;
+ *  - a live byte holding anything but 0/1/2 counts as closed;
+ *  - send/recv larger than the ring fail with EMSGSIZE rather than returning 0
+ *    forever;
+ *  - the server's xenstore node is removed when its handle's process ends,
+ *    even by SIGKILL (a mock xenstore feature), and paths are never truncated.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+#include <libxenvchan.h>
+#include <xenstore.h>
+
+
+#define VCHAN_EXPORT __attribute__((visibility("default")))
+#define PAGE 4096u
+#define MIN_ORDER 10
+#define MAX_ORDER 20 /* 1 MiB per direction */
+#define LIVE_OFF offsetof(struct vchan_interface, cli_live)
+#define SRV_LIVE_OFF offsetof(struct vchan_interface, srv_live)
+
+struct vchan {
+    struct libxenvchan pub; /* first: callers only ever see this part */
+    struct xs_handle *xs;   /* server: kept so the broker removes the node when we go */
+    uint32_t rd_cons;       /* our private copies of our own indices */
+    uint32_t wr_prod;
+    int broken;
+};
+
+static struct vchan *V(struct libxenvchan *c) { return (struct vchan *)c; }
+
+static uint32_t ring_size(const struct libxenvchan_ring *r) { return 1u << r->order; }
+static uint32_t ring_pages(int order) { return order >= 12 ? 1u << (order - 12) : 0; }
+
+static uint8_t *own_notify(struct libxenvchan *c) { return c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify; }
+static uint8_t *peer_notify(struct libxenvchan *c) { return c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify; }
+
+static void request_notify(struct libxenvchan *c, uint8_t bit)
+{
+    __atomic_fetch_or(peer_notify(c), bit, __ATOMIC_SEQ_CST);
+}
+
+static void send_notify(struct libxenvchan *c, uint8_t bit)
+{
+    uint8_t prev = __atomic_fetch_and(own_notify(c), (uint8_t)~bit, __ATOMIC_SEQ_CST);
+    if (prev & bit)
+        xenevtchn_notify(c->event, c->event_port);
+}
+
+/* Bytes the peer has produced for us, or -1 if its index is impossible. */
+static int64_t raw_ready(struct libxenvchan *c)
+{
+    struct vchan *v = V(c);
+    if (v->broken)
+        return -1;
+    uint32_t prod = __atomic_load_n(&c->read.shr->prod, __ATOMIC_ACQUIRE);
+    uint32_t ready = prod - v->rd_cons;
+    if (ready > ring_size(&c->read)) {
+        v->broken = 1;
+        return -1;
+    }
+    return ready;
+}
+
+/* Room left for us to write, or -1 if the peer's index is impossible. */
+static int64_t raw_space(struct libxenvchan *c)
+{
+    struct vchan *v = V(c);
+    if (v->broken)
+        return -1;
+    uint32_t cons = __atomic_load_n(&c->write.shr->cons, __ATOMIC_ACQUIRE);
+    uint32_t used = v->wr_prod - cons;
+    if (used > ring_size(&c->write)) {
+        v->broken = 1;
+        return -1;
+    }
+    return ring_size(&c->write) - used;
+}
+
+static int clamp_int(int64_t n) { return n > INT_MAX ? INT_MAX : (int)n; }
+
+static int fail(int e)
+{
+    errno = e;
+    return -1;
+}
+
+static int do_recv(struct libxenvchan *c, void *data, uint32_t n)
+{
+    struct vchan *v = V(c);
+    uint32_t size = ring_size(&c->read), off = v->rd_cons & (size - 1);
+    uint32_t first = n < size - off ? n : size - off;
+    memcpy(data, (char *)c->read.buffer + off, first);
+    if (n > first)
+        memcpy((char *)data + first, c->read.buffer, n - first);
+    v->rd_cons += n;
+    __atomic_store_n(&c->read.shr->cons, v->rd_cons, __ATOMIC_RELEASE);
+    send_notify(c, VCHAN_NOTIFY_READ);
+    return (int)n;
+}
+
+static int do_send(struct libxenvchan *c, const void *data, uint32_t n)
+{
+    struct vchan *v = V(c);
+    uint32_t size = ring_size(&c->write), off = v->wr_prod & (size - 1);
+    uint32_t first = n < size - off ? n : size - off;
+    memcpy((char *)c->write.buffer + off, data, first);
+    if (n > first)
+        memcpy(c->write.buffer, (const char *)data + first, n - first);
+    v->wr_prod += n;
+    __atomic_store_n(&c->write.shr->prod, v->wr_prod, __ATOMIC_RELEASE);
+    send_notify(c, VCHAN_NOTIFY_WRITE);
+    return (int)n;
+}
+
+VCHAN_EXPORT int libxenvchan_is_open(struct libxenvchan *c)
+{
+    if (V(c)->broken)
+        return 0;
+    uint8_t live = __atomic_load_n(c->is_server ? &c->ring->cli_live : &c->ring->srv_live, __ATOMIC_ACQUIRE);
+    if (c->is_server) {
+        if (live == 0 && c->server_persist)
+            return 1;
+        return live <= 2 ? live : 0;
+    }
+    return live == 1 ? 1 : 0;
+}
+
+VCHAN_EXPORT int libxenvchan_fd_for_select(struct libxenvchan *c) { return xenevtchn_fd(c->event); }
+
+VCHAN_EXPORT int libxenvchan_wait(struct libxenvchan *c)
+{
+    int port = xenevtchn_pending(c->event);
+    if (port < 0)
+        return -1;
+    xenevtchn_unmask(c->event, (evtchn_port_t)port);
+    return 0;
+}
+
+VCHAN_EXPORT int libxenvchan_data_ready(struct libxenvchan *c)
+{
+    request_notify(c, VCHAN_NOTIFY_WRITE);
+    int64_t n = raw_ready(c);
+    return n < 0 ? 0 : clamp_int(n);
+}
+
+VCHAN_EXPORT int libxenvchan_buffer_space(struct libxenvchan *c)
+{
+    request_notify(c, VCHAN_NOTIFY_READ);
+    int64_t n = raw_space(c);
+    return n < 0 ? 0 : clamp_int(n);
+}
+
+/* Waits until at least WANT bytes can be read (or, with WRITE, written). Returns the amount
+ * available, 0 if non-blocking and not enough, or -1 (EPROTO when the ring is corrupt, EPIPE
+ * when the peer has gone and nothing is left). */
+static int64_t await(struct libxenvchan *c, uint32_t want, int write)
+{
+    for (;;) {
+        int64_t n = write ? raw_space(c) : raw_ready(c);
+        if (n < 0)
+            return fail(EPROTO);
+        if (n >= want && n > 0)
+            return n;
+        /* Ask the peer to tell us when it has moved, then look again before sleeping. */
+        request_notify(c, write ? VCHAN_NOTIFY_READ : VCHAN_NOTIFY_WRITE);
+        n = write ? raw_space(c) : raw_ready(c);
+        if (n < 0)
+            return fail(EPROTO);
+        if (n >= want && n > 0)
+            return n;
+        if (libxenvchan_is_open(c) != 1 && !(c->is_server && libxenvchan_is_open(c) == 2))
+            return fail(V(c)->broken ? EPROTO : EPIPE);
+        if (!c->blocking)
+            return 0;
+        if (libxenvchan_wait(c) < 0)
+            return -1;
+    }
+}
+
+VCHAN_EXPORT int libxenvchan_read(struct libxenvchan *c, void *data, size_t size)
+{
+    if (size == 0)
+        return 0;
+    int64_t n = await(c, 1, 0);
+    if (n <= 0)
+        return (int)n;
+    return do_recv(c, data, (uint32_t)(size < (uint64_t)n ? size : (uint64_t)n));
+}
+
+VCHAN_EXPORT int libxenvchan_recv(struct libxenvchan *c, void *data, size_t size)
+{
+    if (size == 0)
+        return 0;
+    if (size > ring_size(&c->read))
+        return fail(EMSGSIZE);
+    int64_t n = await(c, (uint32_t)size, 0);
+    if (n <= 0)
+        return (int)n;
+    return do_recv(c, data, (uint32_t)size);
+}
+
+VCHAN_EXPORT int libxenvchan_write(struct libxenvchan *c, const void *data, size_t size)
+{
+    if (size == 0)
+        return 0;
+    int64_t n = await(c, 1, 1);
+    if (n <= 0)
+        return (int)n;
+    return do_send(c, data, (uint32_t)(size < (uint64_t)n ? size : (uint64_t)n));
+}
+
+VCHAN_EXPORT int libxenvchan_send(struct libxenvchan *c, const void *data, size_t size)
+{
+    if (size == 0)
+        return 0;
+    if (size > ring_size(&c->write))
+        return fail(EMSGSIZE);
+    int64_t n = await(c, (uint32_t)size, 1);
+    if (n <= 0)
+        return (int)n;
+    return do_send(c, data, (uint32_t)size);
+}
+
+/* ---- setup ---- */
+
+static int order_for(size_t min)
+{
+    int order = MIN_ORDER;
+    while (order <= MAX_ORDER && ((size_t)1 << order) < min)
+        order++;
+    return order;
+}
+
+/* Where a ring of ORDER lives: in the shared page for 10/11, else in its own granted pages. */
+static void *in_page(struct vchan_interface *ring, int order) { return (char *)ring + (order == 10 ? 1024 : 2048); }
+
+static void release(struct vchan *v)
+{
+    struct libxenvchan *c = &v->pub;
+    if (c->ring) {
+        uint32_t lp = ring_pages(c->is_server ? c->read.order : c->write.order);
+        uint32_t rp = ring_pages(c->is_server ? c->write.order : c->read.order);
+        void *left = c->is_server ? c->read.buffer : c->write.buffer;
+        void *right = c->is_server ? c->write.buffer : c->read.buffer;
+        if (c->is_server) {
+            if (lp && left)
+                xengntshr_unshare(c->gntshr, left, lp);
+            if (rp && right)
+                xengntshr_unshare(c->gntshr, right, rp);
+            xengntshr_unshare(c->gntshr, c->ring, 1); /* clears srv_live and notifies */
+        } else {
+            if (lp && left)
+                xengnttab_unmap(c->gnttab, left, lp);
+            if (rp && right)
+                xengnttab_unmap(c->gnttab, right, rp);
+            xengnttab_unmap(c->gnttab, c->ring, 1); /* clears cli_live and notifies */
+        }
+    }
+    if (c->is_server && c->gntshr)
+        xengntshr_close(c->gntshr);
+    else if (!c->is_server && c->gnttab)
+        xengnttab_close(c->gnttab);
+    if (c->event)
+        xenevtchn_close(c->event);
+    if (v->xs) {
+        if (c->xs_path)
+            xs_rm(v->xs, XBT_NULL, c->xs_path);
+        xs_close(v->xs);
+    }
+    free(c->xs_path);
+    free(v);
+}
+
+VCHAN_EXPORT void libxenvchan_close(struct libxenvchan *c)
+{
+    if (!c)
+        return;
+    if (c->ring) {
+        /* Say goodbye in our live byte; the unmap notification repeats it for a peer that misses this. */
+        __atomic_store_n(c->is_server ? &c->ring->srv_live : &c->ring->cli_live, 0, __ATOMIC_RELEASE);
+        xenevtchn_notify(c->event, c->event_port);
+    }
+    release(V(c));
+}
+
+static int read_number(struct xs_handle *xs, const char *base, const char *key, uint32_t *out)
+{
+    char *path;
+    if (key ? asprintf(&path, "%s/%s", base, key) < 0 : !(path = strdup(base)))
+        return -1;
+    unsigned int len;
+    char *val = xs_read(xs, XBT_NULL, path, &len);
+    int e = errno;
+    free(path);
+    if (!val) {
+        errno = e;
+        return -1;
+    }
+    char *end;
+    errno = 0;
+    unsigned long n = strtoul(val, &end, 10);
+    int bad = errno || end == val || *end || n > UINT32_MAX;
+    free(val);
+    if (bad) {
+        errno = EPROTO;
+        return -1;
+    }
+    *out = (uint32_t)n;
+    return 0;
+}
+
+static int publish(struct vchan *v, int domain, uint32_t ring_ref)
+{
+    struct libxenvchan *c = &v->pub;
+    char *rr = NULL, *ec = NULL, val[16];
+    if (asprintf(&rr, "%s/ring-ref", c->xs_path) < 0 || asprintf(&ec, "%s/event-channel", c->xs_path) < 0) {
+        free(rr);
+        return -1;
+    }
+    uint32_t self;
+    if (read_number(v->xs, "domid", NULL, &self) < 0) {
+        free(rr);
+        free(ec);
+        return -1;
+    }
+    struct xs_permissions perms[2] = {{self, XS_PERM_NONE}, {(unsigned)domain, XS_PERM_READ}};
+    int rc = -1;
+    for (int attempt = 0; attempt < 100 && rc < 0; attempt++) {
+        xs_transaction_t t = xs_transaction_start(v->xs);
+        if (!t)
+            break;
+        snprintf(val, sizeof(val), "%u", ring_ref);
+        bool ok = xs_write(v->xs, t, rr, val, (unsigned)strlen(val)) && xs_set_permissions(v->xs, t, rr, perms, 2);
+        snprintf(val, sizeof(val), "%u", c->event_port);
+        ok = ok && xs_write(v->xs, t, ec, val, (unsigned)strlen(val)) && xs_set_permissions(v->xs, t, ec, perms, 2);
+        int e = errno;
+        if (!ok) {
+            xs_transaction_end(v->xs, t, true);
+            errno = e;
+            break;
+        }
+        if (xs_transaction_end(v->xs, t, false))
+            rc = 0;
+        else if (errno != EAGAIN)
+            break;
+    }
+    int e = errno;
+    free(rr);
+    free(ec);
+    if (rc == 0 && !xenmock_xs_remove_on_close(v->xs, c->xs_path))
+        rc = -1;
+    else
+        errno = e;
+    return rc;
+}
+
+VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logger *logger, int domain, const char *xs_path,
+                                            size_t left_min, size_t right_min)
+{
+    (void)logger;
+    if (!xs_path || domain < 0 || domain >= 0x7ff0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    int lo = order_for(left_min), ro = order_for(right_min);
+    if (lo > MAX_ORDER || ro > MAX_ORDER) {
+        errno = EINVAL;
+        return NULL;
+    }
+    /* In-page rings where they fit: 1 KiB at offset 1024 and 2 KiB at 2048; a lone in-page ring
+     * takes the 2 KiB slot so the grant list (up to 256 refs) stays clear of it. */
+    if (lo <= 10 && ro <= 11) {
+        lo = 10;
+        ro = 11;
+    } else if (lo <= 11 && ro <= 10) {
+        lo = 11;
+        ro = 10;
+    } else {
+        if (lo < 12)
+            lo = 11;
+        if (ro < 12)
+            ro = 11;
+    }
+    struct vchan *v = calloc(1, sizeof(*v));
+    if (!v)
+        return NULL;
+    struct libxenvchan *c = &v->pub;
+    c->is_server = 1;
+    c->xs_path = strdup(xs_path);
+    c->event = xenevtchn_open(NULL, 0);
+    c->gntshr = xengntshr_open(NULL, 0);
+    v->xs = xs_open(0);
+    if (!c->xs_path || !c->event || !c->gntshr || !v->xs)
+        goto fail;
+    int port = xenevtchn_bind_unbound_port(c->event, (uint32_t)domain);
+    if (port < 0)
+        goto fail;
+    c->event_port = (uint32_t)port;
+    uint32_t ring_ref;
+    c->ring = xengntshr_share_page_notify(c->gntshr, (uint32_t)domain, &ring_ref, 1, SRV_LIVE_OFF, c->event_port);
+    if (!c->ring)
+        goto fail;
+    struct vchan_interface *ring = c->ring;
+    memset(ring, 0, 24);
+    ring->left_order = (uint16_t)lo;
+    ring->right_order = (uint16_t)ro;
+    ring->cli_live = 2;
+    ring->srv_live = 1;
+    ring->cli_notify = VCHAN_NOTIFY_WRITE;
+    c->read.order = lo;
+    c->write.order = ro;
+    c->read.shr = &ring->left;
+    c->write.shr = &ring->right;
+    uint32_t lp = ring_pages(lo), rp = ring_pages(ro);
+    uint32_t refs[512];
+    if (lp) {
+        c->read.buffer = xengntshr_share_pages(c->gntshr, (uint32_t)domain, (int)lp, refs, 1);
+        if (!c->read.buffer)
+            goto fail;
+    } else {
+        c->read.buffer = in_page(ring, lo);
+    }
+    if (rp) {
+        c->write.buffer = xengntshr_share_pages(c->gntshr, (uint32_t)domain, (int)rp, refs + lp, 1);
+        if (!c->write.buffer)
+            goto fail;
+    } else {
+        c->write.buffer = in_page(ring, ro);
+    }
+    memcpy(ring->grants, refs, (lp + rp) * sizeof(uint32_t));
+    if (publish(v, domain, ring_ref) < 0)
+        goto fail;
+    return c;
+fail: {
+    /* Nothing is connected yet: release quietly (no live-byte goodbye). release() only gives back
+     * rings of order 12 and up that were actually shared. */
+    int e = errno;
+    release(v);
+    errno = e ? e : EIO;
+    return NULL;
+}
+}
+
+/* Checks a server's ring layout before trusting it: known orders, no overlap between the two
+ * in-page rings or between them and the grant list. */
+static int layout_ok(int lo, int ro)
+{
+    if (lo < MIN_ORDER || lo > MAX_ORDER || ro < MIN_ORDER || ro > MAX_ORDER)
+        return 0;
+    if (lo < 12 && ro < 12 && lo == ro)
+        return 0;
+    uint32_t grants_end = 24 + 4 * (ring_pages(lo) + ring_pages(ro));
+    uint32_t first_ring = PAGE;
+    if (lo < 12)
+        first_ring = lo == 10 ? 1024 : 2048;
+    if (ro < 12 && (ro == 10 ? 1024u : 2048u) < first_ring)
+        first_ring = ro == 10 ? 1024 : 2048;
+    return grants_end <= first_ring;
+}
+
+VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logger *logger, int domain, const char *xs_path)
+{
+    (void)logger;
+    if (!xs_path || domain < 0 || domain >= 0x7ff0) {
+        errno = EINVAL;
+        return NULL;
+    }
+    struct vchan *v = calloc(1, sizeof(*v));
+    if (!v)
+        return NULL;
+    struct libxenvchan *c = &v->pub;
+    uint32_t ring_ref, remote_port;
+    struct xs_handle *xs = xs_open(0);
+    if (!xs)
+        goto fail;
+    int ok = read_number(xs, xs_path, "ring-ref", &ring_ref) == 0 &&
+             read_number(xs, xs_path, "event-channel", &remote_port) == 0;
+    int e0 = errno;
+    xs_close(xs);
+    errno = e0;
+    if (!ok)
+        goto fail;
+    c->event = xenevtchn_open(NULL, 0);
+    c->gnttab = xengnttab_open(NULL, 0);
+    if (!c->event || !c->gnttab)
+        goto fail;
+    int port = xenevtchn_bind_interdomain(c->event, (uint32_t)domain, remote_port);
+    if (port < 0)
+        goto fail;
+    c->event_port = (uint32_t)port;
+    c->ring = xengnttab_map_grant_ref_notify(c->gnttab, (uint32_t)domain, ring_ref, PROT_READ | PROT_WRITE,
+                                             LIVE_OFF, c->event_port);
+    if (!c->ring)
+        goto fail;
+    struct vchan_interface *ring = c->ring;
+    int lo = __atomic_load_n(&ring->left_order, __ATOMIC_ACQUIRE);
+    int ro = __atomic_load_n(&ring->right_order, __ATOMIC_ACQUIRE);
+    if (!layout_ok(lo, ro)) {
+        errno = EPROTO;
+        goto fail;
+    }
+    c->write.order = lo; /* the client writes the left ring */
+    c->read.order = ro;
+    c->write.shr = &ring->left;
+    c->read.shr = &ring->right;
+    uint32_t lp = ring_pages(lo), rp = ring_pages(ro), refs[512];
+    for (uint32_t i = 0; i < lp + rp; i++)
+        refs[i] = __atomic_load_n(&ring->grants[i], __ATOMIC_RELAXED);
+    if (lp) {
+        c->write.buffer = xengnttab_map_domain_grant_refs(c->gnttab, lp, (uint32_t)domain, refs,
+                                                          PROT_READ | PROT_WRITE);
+        if (!c->write.buffer)
+            goto fail;
+    } else {
+        c->write.buffer = in_page(ring, lo);
+    }
+    if (rp) {
+        c->read.buffer = xengnttab_map_domain_grant_refs(c->gnttab, rp, (uint32_t)domain, refs + lp,
+                                                         PROT_READ | PROT_WRITE);
+        if (!c->read.buffer)
+            goto fail;
+    } else {
+        c->read.buffer = in_page(ring, ro);
+    }
+    /* Our indices start where the server's page says: both are 0 on a fresh channel. */
+    v->wr_prod = __atomic_load_n(&ring->left.prod, __ATOMIC_ACQUIRE);
+    v->rd_cons = __atomic_load_n(&ring->right.cons, __ATOMIC_ACQUIRE);
+    __atomic_store_n(&ring->srv_notify, VCHAN_NOTIFY_WRITE, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&ring->cli_live, 1, __ATOMIC_SEQ_CST);
+    xenevtchn_notify(c->event, c->event_port);
+    return c;
+fail: {
+    int e = errno;
+    release(v);
+    errno = e ? e : EIO;
+    return NULL;
+}
+}

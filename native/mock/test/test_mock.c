@@ -1,0 +1,547 @@
+/*
+ * Semantics of the mock hypervisor: event channels, grants, xenstore,
+ * permission refusals for a third domain, and vchan against a hostile peer.
+ * One process plays several domains by switching the domain its thread opens
+ * handles as (xenmock_set_thread_domid).
+ */
+#define _GNU_SOURCE
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <libxenvchan.h>
+#include <xenevtchn.h>
+#include <xengnttab.h>
+#include <xenmock.h>
+#include <xenstore.h>
+
+#include "harness.h"
+
+static void as(int dom) { xenmock_set_thread_domid(dom); }
+
+/* The next port delivered on H within MS milliseconds, or -1. */
+static int next_event(xenevtchn_handle *h, int ms)
+{
+    struct pollfd p = {.fd = xenevtchn_fd(h), .events = POLLIN};
+    if (poll(&p, 1, ms) != 1)
+        return -1;
+    return xenevtchn_pending(h);
+}
+
+static struct xenmock_stats stats_of(uint32_t dom)
+{
+    struct xenmock_stats s = {0};
+    xenmock_stats(dom, &s, 1);
+    return s;
+}
+
+static void test_evtchn(void)
+{
+    TEST("event channels: unbound ports, binding rules, coalescing, masking")
+    {
+        as(0);
+        xenevtchn_handle *a = xenevtchn_open(NULL, 0);
+        as(5);
+        xenevtchn_handle *b = xenevtchn_open(NULL, 0);
+        as(7);
+        xenevtchn_handle *c = xenevtchn_open(NULL, 0);
+        CHECK(a && b && c);
+
+        int pa = xenevtchn_bind_unbound_port(a, 5);
+        CHECK(pa > 0);
+        CHECK_ERR(xenevtchn_bind_interdomain(c, 0, (uint32_t)pa), EINVAL); /* offered to 5, not 7 */
+        CHECK_ERR(xenevtchn_bind_interdomain(b, 0, 4000), EINVAL);        /* no such port */
+        CHECK_ERR(xenevtchn_bind_interdomain(b, 999, 1), ESRCH);          /* no such domain */
+        int pb = xenevtchn_bind_interdomain(b, 0, (uint32_t)pa);
+        CHECK(pb > 0);
+        CHECK_ERR(xenevtchn_bind_interdomain(b, 0, (uint32_t)pa), EINVAL); /* already connected */
+
+        /* Xen marks a freshly bound interdomain port pending. */
+        CHECK(next_event(b, 1000) == pb);
+        CHECK(xenevtchn_unmask(b, (uint32_t)pb) == 0);
+
+        /* Three notifies before the receiver looks: one event. */
+        for (int i = 0; i < 3; i++)
+            CHECK(xenevtchn_notify(a, (uint32_t)pa) == 0);
+        CHECK(next_event(b, 1000) == pb);
+        CHECK(next_event(b, 100) == -1);
+        /* Delivered ports stay masked: a notify now is held back until unmask. */
+        CHECK(xenevtchn_notify(a, (uint32_t)pa) == 0);
+        CHECK(next_event(b, 100) == -1);
+        CHECK(xenevtchn_unmask(b, (uint32_t)pb) == 0);
+        CHECK(next_event(b, 1000) == pb);
+        xenevtchn_unmask(b, (uint32_t)pb);
+        /* And the other direction. */
+        CHECK(xenevtchn_notify(b, (uint32_t)pb) == 0);
+        CHECK(next_event(a, 1000) == pa);
+        xenevtchn_unmask(a, (uint32_t)pa);
+
+        /* Ports are per handle, as with /dev/xen/evtchn. */
+        CHECK_ERR(xenevtchn_notify(c, (uint32_t)pa), ENOTCONN);
+        CHECK_ERR(xenevtchn_unbind(c, (uint32_t)pa), ENOTCONN);
+
+        /* Closing one end leaves the other unbound; sends to it are dropped without error. */
+        CHECK(xenevtchn_unbind(a, (uint32_t)pa) == 0);
+        CHECK(xenevtchn_notify(b, (uint32_t)pb) == 0);
+        CHECK(stats_of(0).ports == 0);
+        CHECK(stats_of(5).ports == 1);
+        CHECK(xenevtchn_unbind(b, (uint32_t)pb) == 0);
+
+        /* Loopback within a domain. */
+        int l1 = xenevtchn_bind_unbound_port(a, 0x7ff0 /* DOMID_SELF */);
+        int l2 = xenevtchn_bind_interdomain(a, 0, (uint32_t)l1);
+        CHECK(l1 > 0 && l2 > 0);
+        CHECK(next_event(a, 1000) == l2);
+        xenevtchn_unmask(a, (uint32_t)l2);
+        CHECK(xenevtchn_notify(a, (uint32_t)l2) == 0);
+        CHECK(next_event(a, 1000) == l1);
+        xenevtchn_unmask(a, (uint32_t)l1);
+
+        xenevtchn_close(a);
+        xenevtchn_close(b);
+        xenevtchn_close(c);
+        CHECK(stats_of(0).ports == 0 && stats_of(5).ports == 0);
+    }
+
+    TEST("event channels: restrict, virq, static channels")
+    {
+        as(0);
+        xenevtchn_handle *a = xenevtchn_open(NULL, 0);
+        xenevtchn_handle *r = xenevtchn_open(NULL, 0);
+        CHECK_ERR(xenevtchn_restrict(r, 0), EINVAL);
+        CHECK(xenevtchn_restrict(r, 5) == 0);
+        CHECK_ERR(xenevtchn_restrict(r, 6), EACCES);
+        CHECK_ERR(xenevtchn_bind_unbound_port(r, 5), EACCES);
+        CHECK_ERR(xenevtchn_bind_virq(r, 3), EACCES);
+        CHECK_ERR(xenevtchn_bind_interdomain(r, 6, 1), EACCES);
+
+        int v = xenevtchn_bind_virq(a, 3);
+        CHECK(v > 0);
+        CHECK_ERR(xenevtchn_bind_virq(a, 3), EEXIST);
+        CHECK_ERR(xenevtchn_bind_virq(a, 99), EINVAL);
+        CHECK(xenmock_raise_virq(0, 3) == 0);
+        CHECK(next_event(a, 1000) == v);
+        xenevtchn_unmask(a, (uint32_t)v);
+        CHECK(xenevtchn_unbind(a, (uint32_t)v) == 0);
+
+        CHECK(xenmock_static_evtchn_add(0, 60, 5, 61) == 0);
+        CHECK_ERR(xenmock_static_evtchn_add(0, 60, 5, 62), EBUSY);
+        as(5);
+        xenevtchn_handle *b = xenevtchn_open(NULL, 0);
+        CHECK(xenevtchn_bind_static(b, 61) == 61);
+        CHECK_ERR(xenevtchn_bind_static(b, 61), EBUSY);
+        CHECK_ERR(xenevtchn_bind_static(b, 62), EINVAL);
+        CHECK(xenevtchn_bind_static(a, 60) == 60);
+        CHECK(xenevtchn_notify(a, 60) == 0);
+        CHECK(next_event(b, 1000) == 61);
+        xenevtchn_unmask(b, 61);
+        /* A static port survives its handle and can be bound again. */
+        xenevtchn_close(b);
+        CHECK(stats_of(5).ports == 1);
+        CHECK(xenevtchn_notify(a, 60) == 0);
+        b = xenevtchn_open(NULL, 0);
+        CHECK(xenevtchn_bind_static(b, 61) == 61);
+        CHECK(next_event(b, 1000) == 61); /* the event sent while unbound was kept pending */
+        xenevtchn_close(b);
+        xenevtchn_close(a);
+        xenevtchn_close(r);
+    }
+}
+
+static void test_grants(void)
+{
+    TEST("grants: sharing, mapping, read-only, wrong domain, copy, unmap notify")
+    {
+        as(0);
+        xengntshr_handle *s = xengntshr_open(NULL, 0);
+        uint32_t refs[3];
+        char *area = xengntshr_share_pages(s, 5, 3, refs, 1);
+        CHECK(area != NULL);
+        uint32_t ro_ref;
+        char *ro = xengntshr_share_pages(s, 5, 1, &ro_ref, 0);
+        CHECK(ro != NULL);
+        strcpy(area + 4096, "hello from dom0");
+        strcpy(ro, "read only");
+        CHECK(stats_of(0).grants == 4);
+
+        as(5);
+        xengnttab_handle *m = xengnttab_open(NULL, 0);
+        char *map = xengnttab_map_domain_grant_refs(m, 3, 0, refs, PROT_READ | PROT_WRITE);
+        CHECK(map != NULL);
+        if (map) {
+            CHECK(strcmp(map + 4096, "hello from dom0") == 0);
+            strcpy(map + 8192, "hello from dom5");
+            CHECK(strcmp(area + 8192, "hello from dom5") == 0); /* the same memory */
+        }
+        CHECK(stats_of(5).mapped_pages == 3);
+        CHECK(xengnttab_map_grant_ref(m, 0, ro_ref, PROT_READ | PROT_WRITE) == NULL && errno == EINVAL);
+        char *rom = xengnttab_map_grant_ref(m, 0, ro_ref, PROT_READ);
+        CHECK(rom && strcmp(rom, "read only") == 0);
+        CHECK(xengnttab_map_grant_ref(m, 0, 4000, PROT_READ) == NULL && errno == EINVAL);
+
+        /* Grant copy, per-segment status. */
+        char buf[32] = {0};
+        xengnttab_grant_copy_segment_t seg[2] = {0};
+        seg[0].flags = GNTCOPY_source_gref;
+        seg[0].source.foreign.ref = refs[1];
+        seg[0].source.foreign.domid = 0;
+        seg[0].dest.virt = buf;
+        seg[0].len = 15;
+        seg[1] = seg[0];
+        seg[1].source.foreign.ref = 4000;
+        CHECK(xengnttab_grant_copy(m, 2, seg) == 0);
+        CHECK(seg[0].status == GNTST_okay && memcmp(buf, "hello from dom0", 15) == 0);
+        CHECK(seg[1].status == GNTST_bad_gntref);
+
+        as(7);
+        xengnttab_handle *x = xengnttab_open(NULL, 0);
+        CHECK(xengnttab_map_grant_ref(x, 0, refs[0], PROT_READ) == NULL && errno == EINVAL);
+        xengnttab_close(x);
+
+        /* A domU cannot map its own grant (the rig: a domU's vchan to itself fails); dom0 can. */
+        as(5);
+        xengntshr_handle *s5 = xengntshr_open(NULL, 0);
+        uint32_t own;
+        void *own_area = xengntshr_share_pages(s5, 5, 1, &own, 1);
+        CHECK(own_area && xengnttab_map_grant_ref(m, 5, own, PROT_READ) == NULL);
+        xengntshr_unshare(s5, own_area, 1);
+        xengntshr_close(s5);
+
+        CHECK(xengnttab_unmap(m, map, 3) == 0);
+        CHECK_ERR(xengnttab_unmap(m, map, 3), EINVAL);
+        CHECK(xengnttab_unmap(m, rom, 1) == 0);
+        CHECK(stats_of(5).mapped_pages == 0);
+
+        /* Unmap notify on a mapping: byte cleared and port signalled when the mapper unmaps. */
+        as(0);
+        xenevtchn_handle *e0 = xenevtchn_open(NULL, 0);
+        int p0 = xenevtchn_bind_unbound_port(e0, 5);
+        as(5);
+        xenevtchn_handle *e5 = xenevtchn_open(NULL, 0);
+        int p5 = xenevtchn_bind_interdomain(e5, 0, (uint32_t)p0);
+        CHECK(next_event(e5, 1000) == p5);
+        area[100] = 1;
+        char *nm = xengnttab_map_grant_ref_notify(m, 0, refs[0], PROT_READ | PROT_WRITE, 100, (uint32_t)p5);
+        CHECK(nm && nm[100] == 1);
+        CHECK(xengnttab_unmap(m, nm, 1) == 0);
+        CHECK(area[100] == 0);
+        CHECK(next_event(e0, 1000) == p0);
+        xenevtchn_close(e5);
+        xenevtchn_close(e0);
+        xengnttab_close(m);
+
+        as(0);
+        CHECK(xengntshr_unshare(s, area, 3) == 0);
+        CHECK(xengntshr_unshare(s, ro, 1) == 0);
+        CHECK(stats_of(0).grants == 0);
+        xengntshr_close(s);
+    }
+
+    TEST("grants: gntalloc page limit gives ENOSPC")
+    {
+        as(0);
+        xengntshr_handle *s = xengntshr_open(NULL, 0);
+        uint32_t *refs = malloc(1100 * sizeof(uint32_t));
+        void *big = xengntshr_share_pages(s, 5, 1000, refs, 1);
+        CHECK(big != NULL);
+        CHECK(xengntshr_share_pages(s, 5, 100, refs + 1000, 1) == NULL && errno == ENOSPC);
+        xengntshr_unshare(s, big, 1000);
+        xengntshr_close(s);
+        free(refs);
+    }
+}
+
+static void test_xenstore(void)
+{
+    TEST("xenstore: paths, permissions, watches, transactions, quotas")
+    {
+        as(0);
+        struct xs_handle *h0 = xs_open(0);
+        as(5);
+        struct xs_handle *h5 = xs_open(0);
+        as(7);
+        struct xs_handle *h7 = xs_open(0);
+        CHECK(h0 && h5 && h7);
+        unsigned len;
+        char *v;
+
+        CHECK(xs_write(h0, XBT_NULL, "/test/a/b", "v1", 2));
+        v = xs_read(h0, XBT_NULL, "/test/a/b", &len);
+        CHECK(v && len == 2 && !strcmp(v, "v1"));
+        free(v);
+        CHECK(xs_read(h5, XBT_NULL, "/test/a/b", &len) == NULL && errno == EACCES);
+        struct xs_permissions p[2] = {{0, XS_PERM_NONE}, {5, XS_PERM_READ}};
+        CHECK(xs_set_permissions(h0, XBT_NULL, "/test/a/b", p, 2));
+        v = xs_read(h5, XBT_NULL, "/test/a/b", &len);
+        CHECK(v != NULL);
+        free(v);
+        CHECK(xs_read(h7, XBT_NULL, "/test/a/b", &len) == NULL && errno == EACCES);
+        CHECK(!xs_write(h5, XBT_NULL, "/test/a/b", "x", 1) && errno == EACCES);
+        CHECK(xs_read(h0, XBT_NULL, "/test/nope", &len) == NULL && errno == ENOENT);
+        CHECK(!xs_write(h0, XBT_NULL, "bad//path", "x", 1) && errno == EINVAL);
+        CHECK(!xs_write(h0, XBT_NULL, "/trailing/", "x", 1) && errno == EINVAL);
+        char big[5000];
+        memset(big, 'x', sizeof(big));
+        CHECK(!xs_write(h0, XBT_NULL, "/test/big", big, sizeof(big)) && errno == E2BIG);
+        CHECK(xs_rm(h0, XBT_NULL, "/test/a/missing"));                           /* parent exists */
+        CHECK(!xs_rm(h0, XBT_NULL, "/test/zz/missing") && errno == ENOENT);     /* it does not */
+
+        /* Relative paths and ownership: a domU owns what it creates in its data/ directory. */
+        CHECK(xs_write(h5, XBT_NULL, "data/mine", "1", 1));
+        unsigned np;
+        struct xs_permissions *got = xs_get_permissions(h0, XBT_NULL, "/local/domain/5/data/mine", &np);
+        CHECK(got && np >= 1 && got[0].id == 5);
+        free(got);
+        CHECK(!xs_write(h7, XBT_NULL, "/local/domain/5/data/x", "1", 1) && errno == EACCES);
+        /* An unprivileged owner may not give a node away. */
+        struct xs_permissions away[1] = {{7, XS_PERM_NONE}};
+        CHECK(!xs_set_permissions(h5, XBT_NULL, "data/mine", away, 1) && errno == EPERM);
+
+        /* Watches fire once when set, then on changes below, only for readers. */
+        CHECK(xs_watch(h5, "/test/a", "tok5"));
+        CHECK(xs_watch(h7, "/test/a", "tok7"));
+        unsigned n;
+        char **w = xs_read_watch(h5, &n);
+        CHECK(w && !strcmp(w[XS_WATCH_PATH], "/test/a") && !strcmp(w[XS_WATCH_TOKEN], "tok5"));
+        free(w);
+        w = xs_read_watch(h7, &n);
+        free(w);
+        CHECK(xs_write(h0, XBT_NULL, "/test/a/b", "v2", 2));
+        struct pollfd pf = {.fd = xs_fileno(h5), .events = POLLIN};
+        CHECK(poll(&pf, 1, 1000) == 1);
+        w = xs_check_watch(h5);
+        CHECK(w && !strcmp(w[XS_WATCH_PATH], "/test/a/b"));
+        free(w);
+        struct pollfd pf7 = {.fd = xs_fileno(h7), .events = POLLIN};
+        CHECK(poll(&pf7, 1, 100) == 0); /* dom7 may not read /test/a/b: no event */
+        CHECK(xs_watch(h5, "data", "rel"));
+        w = xs_read_watch(h5, &n);
+        CHECK(w && !strcmp(w[XS_WATCH_PATH], "data")); /* relative watches report relative paths */
+        free(w);
+        CHECK(xs_unwatch(h5, "data", "rel"));
+        CHECK(xs_unwatch(h5, "/test/a", "tok5"));
+        CHECK(!xs_unwatch(h5, "/test/a", "tok5") && errno == ENOENT);
+
+        /* Transactions: isolated until the end, EAGAIN when what they touched changed. */
+        xs_transaction_t t = xs_transaction_start(h0);
+        CHECK(t != XBT_NULL);
+        CHECK(xs_write(h0, t, "/test/t1", "in-txn", 6));
+        CHECK(xs_read(h0, XBT_NULL, "/test/t1", &len) == NULL);
+        CHECK(xs_transaction_end(h0, t, false));
+        v = xs_read(h0, XBT_NULL, "/test/t1", &len);
+        CHECK(v && !strcmp(v, "in-txn"));
+        free(v);
+        t = xs_transaction_start(h0);
+        v = xs_read(h0, t, "/test/t1", &len);
+        free(v);
+        CHECK(xs_write(h0, XBT_NULL, "/test/t1", "outside", 7));
+        CHECK(xs_write(h0, t, "/test/t2", "x", 1));
+        CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
+        CHECK(xs_read(h0, XBT_NULL, "/test/t2", &len) == NULL);
+        xs_transaction_t ts[11];
+        int opened = 0;
+        for (int i = 0; i < 11; i++)
+            if ((ts[i] = xs_transaction_start(h5)) != XBT_NULL)
+                opened++;
+        CHECK(opened == 10 && errno == ENOSPC);
+        for (int i = 0; i < 10; i++)
+            xs_transaction_end(h5, ts[i], true);
+        CHECK(stats_of(5).transactions == 0);
+
+        CHECK(xs_rm(h0, XBT_NULL, "/test"));
+        CHECK(xs_rm(h5, XBT_NULL, "data/mine"));
+        xs_close(h0);
+        xs_close(h5);
+        xs_close(h7);
+        CHECK(stats_of(5).watches == 0);
+    }
+}
+
+static int wait_events(struct libxenvchan *c, int ms)
+{
+    struct pollfd p = {.fd = libxenvchan_fd_for_select(c), .events = POLLIN};
+    if (poll(&p, 1, ms) == 1)
+        return libxenvchan_wait(c);
+    return -1;
+}
+
+static void test_vchan_permissions_and_hostile(void)
+{
+    TEST("vchan: a third domain cannot read the node, map the grant or bind the port")
+    {
+        as(0);
+        struct libxenvchan *srv = libxenvchan_server_init(NULL, 5, "data/vchan/5/perm", 0, 0);
+        CHECK(srv != NULL);
+        struct xs_handle *h0 = xs_open(0);
+        unsigned len;
+        char *ref = xs_read(h0, XBT_NULL, "/local/domain/0/data/vchan/5/perm/ring-ref", &len);
+        char *port = xs_read(h0, XBT_NULL, "/local/domain/0/data/vchan/5/perm/event-channel", &len);
+        CHECK(ref && port);
+        as(7);
+        struct xs_handle *h7 = xs_open(0);
+        CHECK(xs_read(h7, XBT_NULL, "/local/domain/0/data/vchan/5/perm/ring-ref", &len) == NULL && errno == EACCES);
+        xengnttab_handle *g7 = xengnttab_open(NULL, 0);
+        CHECK(ref && xengnttab_map_grant_ref(g7, 0, (uint32_t)atoi(ref), PROT_READ) == NULL && errno == EINVAL);
+        xenevtchn_handle *e7 = xenevtchn_open(NULL, 0);
+        CHECK_ERR(xenevtchn_bind_interdomain(e7, 0, port ? (uint32_t)atoi(port) : 0), EINVAL);
+        CHECK(libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/perm") == NULL);
+        xenevtchn_close(e7);
+        xengnttab_close(g7);
+        xs_close(h7);
+        as(5);
+        struct libxenvchan *cli = libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/perm");
+        CHECK(cli != NULL);
+        if (cli)
+            libxenvchan_close(cli);
+        free(ref);
+        free(port);
+        xs_close(h0);
+        as(0);
+        libxenvchan_close(srv);
+        CHECK(stats_of(0).grants == 0 && stats_of(0).ports == 1 /* the static port 60 */);
+    }
+
+    TEST("vchan: a hostile client cannot make the server overrun its rings")
+    {
+        as(0);
+        struct libxenvchan *srv = libxenvchan_server_init(NULL, 5, "data/vchan/5/hostile", 4096, 4096);
+        CHECK(srv != NULL);
+        srv->blocking = 0;
+        as(5);
+        struct xs_handle *h = xs_open(0);
+        unsigned len;
+        char *ref = xs_read(h, XBT_NULL, "/local/domain/0/data/vchan/5/hostile/ring-ref", &len);
+        xengnttab_handle *g = xengnttab_open(NULL, 0);
+        struct vchan_interface *page = ref ? xengnttab_map_grant_ref(g, 0, (uint32_t)atoi(ref), PROT_READ | PROT_WRITE) : NULL;
+        CHECK(page != NULL);
+        if (page && srv) {
+            page->cli_live = 1;
+            char buf[8192];
+            /* A producer index claiming far more than the ring holds. */
+            page->left.prod = 0x7fffffff;
+            CHECK_ERR(libxenvchan_read(srv, buf, sizeof(buf)), EPROTO);
+            CHECK(libxenvchan_is_open(srv) == 0);
+            CHECK_ERR(libxenvchan_write(srv, buf, 10), EPROTO);
+            /* Orders, grants and our own indices scribbled over: the server uses its own copies. */
+            page->left_order = 31;
+            page->right_order = 3;
+            page->right.cons = 12345;
+            page->right.prod = 999999;
+            page->grants[0] = 0xffffffff;
+            page->cli_live = 200;
+            page->srv_notify = 0xff;
+            CHECK(libxenvchan_is_open(srv) == 0);
+            CHECK(libxenvchan_data_ready(srv) == 0);
+            CHECK(libxenvchan_buffer_space(srv) == 0);
+        }
+        if (page)
+            xengnttab_unmap(g, page, 1);
+        xengnttab_close(g);
+        xs_close(h);
+        free(ref);
+        as(0);
+        if (srv)
+            libxenvchan_close(srv);
+    }
+
+    TEST("vchan: a hostile server cannot make the client map or touch the wrong memory")
+    {
+        /* A fake server: a page with impossible orders published in xenstore. */
+        as(0);
+        xengntshr_handle *s = xengntshr_open(NULL, 0);
+        xenevtchn_handle *e = xenevtchn_open(NULL, 0);
+        struct xs_handle *h = xs_open(0);
+        int port = xenevtchn_bind_unbound_port(e, 5);
+        uint32_t ref;
+        struct vchan_interface *page = xengntshr_share_pages(s, 5, 1, &ref, 1);
+        CHECK(page && port > 0);
+        uint16_t bad[][2] = {{10, 10} /* two rings at one offset */, {25, 12} /* order too big */, {11, 9} /* too small */};
+        for (unsigned i = 0; i < 3 && page; i++) {
+            memset(page, 0, 4096);
+            page->left_order = bad[i][0];
+            page->right_order = bad[i][1];
+            page->srv_live = 1;
+            page->cli_live = 2;
+            char val[16];
+            snprintf(val, sizeof(val), "%u", ref);
+            xs_write(h, XBT_NULL, "/local/domain/0/data/vchan/5/evil/ring-ref", val, (unsigned)strlen(val));
+            snprintf(val, sizeof(val), "%d", port);
+            xs_write(h, XBT_NULL, "/local/domain/0/data/vchan/5/evil/event-channel", val, (unsigned)strlen(val));
+            struct xs_permissions p[2] = {{0, 0}, {5, XS_PERM_READ}};
+            xs_set_permissions(h, XBT_NULL, "/local/domain/0/data/vchan/5/evil/ring-ref", p, 2);
+            xs_set_permissions(h, XBT_NULL, "/local/domain/0/data/vchan/5/evil/event-channel", p, 2);
+            as(5);
+            struct libxenvchan *c = libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/evil");
+            CHECK(c == NULL && errno == EPROTO);
+            if (c)
+                libxenvchan_close(c);
+            as(0);
+            /* The refused client unbound its port: the server's end is unbound again and reusable. */
+        }
+        /* A server whose indices go bad after the client connected. */
+        struct libxenvchan *srv = libxenvchan_server_init(NULL, 5, "data/vchan/5/late", 1024, 1024);
+        as(5);
+        struct libxenvchan *cli = libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/late");
+        CHECK(srv && cli);
+        if (srv && cli) {
+            cli->blocking = 0;
+            char buf[4096];
+            CHECK(libxenvchan_write(cli, "ok", 2) == 2);
+            srv->ring->right.prod = srv->ring->right.cons + 5000; /* more than a 2 KiB ring */
+            CHECK_ERR(libxenvchan_read(cli, buf, sizeof(buf)), EPROTO);
+            srv->ring->left.cons = 0xdead; /* consumer claims to have taken what was never written */
+            CHECK_ERR(libxenvchan_write(cli, buf, 1), EPROTO);
+            CHECK(libxenvchan_is_open(cli) == 0);
+        }
+        if (cli)
+            libxenvchan_close(cli);
+        as(0);
+        if (srv)
+            libxenvchan_close(srv);
+        if (page)
+            xengntshr_unshare(s, page, 1);
+        xs_rm(h, XBT_NULL, "/local/domain/0/data/vchan/5/evil");
+        xs_close(h);
+        xenevtchn_close(e);
+        xengntshr_close(s);
+        (void)wait_events;
+    }
+}
+
+static void test_no_leaks(void)
+{
+    TEST("nothing leaked by any domain")
+    {
+        struct xenmock_stats st[64];
+        int n = xenmock_stats(XENMOCK_ALL_DOMAINS, st, 64);
+        for (int i = 0; i < n; i++) {
+            /* The static pair 0:60 <-> 5:61 stays: Xen never closes a static channel. */
+            uint32_t static_ports = (st[i].domid == 0 || st[i].domid == 5) ? 1 : 0;
+            CHECK(st[i].grants == 0 && st[i].mapped_pages == 0 && st[i].ports == static_ports &&
+                  st[i].watches == 0 && st[i].transactions == 0);
+            if (st[i].ports || st[i].grants)
+                fprintf(stderr, "  domain %u: grants %u mapped %u ports %u\n", st[i].domid, st[i].grants,
+                        st[i].mapped_pages, st[i].ports);
+        }
+    }
+}
+
+int main(void)
+{
+    alarm(120);
+    /* Keep one handle open so the broker (and the static channels) stay for the whole run. */
+    struct xs_handle *keep = xs_open(0);
+    if (!keep) {
+        perror("xs_open");
+        return 1;
+    }
+    test_evtchn();
+    test_grants();
+    test_xenstore();
+    test_vchan_permissions_and_hostile();
+    test_no_leaks();
+    xs_close(keep);
+    return h_finish("test_mock");
+}
