@@ -1,0 +1,50 @@
+{
+  # Two addons from the same src/*.cc:
+  #   xen_vchan_mock  always, against the mock libraries in native/mock (built first by scripts/install.js)
+  #   xen_vchan_real  where pkg-config finds xenvchan, xenevtchn, xengnttab and xenstore
+  #                   (XEN_VCHAN_REAL=1 forces it on, XEN_VCHAN_REAL=0 off)
+  # XEN_VCHAN_SANITIZE=1 builds both with AddressSanitizer + UndefinedBehaviorSanitizer.
+  "variables": {
+    "real%": "<!(node scripts/gyp-config.js real)",
+    "sanitize%": "<!(node scripts/gyp-config.js sanitize)",
+    "mock_lib%": "<!(node scripts/gyp-config.js mock-lib)",
+  },
+  "target_defaults": {
+    "sources": ["src/addon.cc", "src/common.cc", "src/evtchn.cc", "src/gnttab.cc", "src/xenstore.cc", "src/vchan.cc"],
+    "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+    "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
+    "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+    "conditions": [
+      ["sanitize==1", {
+        "cflags_cc": ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"],
+        "ldflags": ["-fsanitize=address,undefined"],
+      }],
+    ],
+  },
+  "targets": [
+    {
+      "target_name": "xen_vchan_mock",
+      "defines": ["XEN_VCHAN_MOCK"],
+      "include_dirs": ["native/mock/include"],
+      "libraries": [
+        "-L<(module_root_dir)/<(mock_lib)",
+        "-l:libxenvchan.so.4.17", "-l:libxenevtchn.so.1", "-l:libxengnttab.so.1",
+        "-l:libxenstore.so.4", "-l:libxenmock.so.1",
+      ],
+      # Found relative to the addon, from build/Release and from prebuilds/<platform>-<arch> alike.
+      "ldflags": ["-Wl,-rpath,'$$ORIGIN/../../<(mock_lib)'"],
+    },
+    {
+      "target_name": "xen_vchan_real",
+      "conditions": [
+        ["real==1", {
+          "cflags_cc": ["<!@(pkg-config --cflags xenvchan xenevtchn xengnttab xenstore 2>/dev/null || true)"],
+          "libraries": ["<!@(pkg-config --libs xenvchan xenevtchn xengnttab xenstore 2>/dev/null || true)"],
+        }, {
+          "type": "none",
+        }],
+      ],
+    },
+  ],
+}

@@ -1,0 +1,30 @@
+'use strict';
+// Values binding.gyp asks for: whether to build the real-Xen addon, whether to sanitize,
+// and where the mock libraries are.
+const { execFileSync } = require('node:child_process');
+
+function hasXenDev() {
+  try {
+    execFileSync('pkg-config', ['--exists', 'xenvchan', 'xenevtchn', 'xengnttab', 'xenstore'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+const sanitize = process.env.XEN_VCHAN_SANITIZE === '1';
+switch (process.argv[2]) {
+  case 'real': {
+    const force = process.env.XEN_VCHAN_REAL;
+    process.stdout.write(force === '1' ? '1' : force === '0' ? '0' : hasXenDev() ? '1' : '0');
+    break;
+  }
+  case 'sanitize':
+    process.stdout.write(sanitize ? '1' : '0');
+    break;
+  case 'mock-lib':
+    process.stdout.write(sanitize ? 'native/mock/build-san/lib' : 'native/mock/build/lib');
+    break;
+  default:
+    throw new Error(`unknown gyp-config query ${process.argv[2]}`);
+}

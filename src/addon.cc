@@ -1,0 +1,110 @@
+// Module entry: one registry per environment, closed by an async cleanup hook
+// so that a worker thread exiting with open handles releases them and its
+// loop closes cleanly.
+#include "common.h"
+
+#include "xen.h"
+
+namespace xv {
+
+namespace {
+
+struct InstanceData {
+  std::shared_ptr<Registry> reg;
+};
+
+void OnCleanup(napi_async_cleanup_hook_handle handle, void* arg) {
+  auto* data = static_cast<InstanceData*>(arg);
+  Registry& reg = *data->reg;
+  reg.cleanup = handle;
+  reg.tearing_down = true;
+  // Close() may remove entries: iterate over a copy.
+  std::vector<Handle*> all(reg.live.begin(), reg.live.end());
+  for (Handle* h : all) h->Close();
+  reg.MaybeFinishCleanup();
+}
+
+#ifdef XEN_VCHAN_MOCK
+Napi::Value MockStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t dom = XENMOCK_ALL_DOMAINS;
+  if (info.Length() > 0 && !info[0].IsUndefined()) dom = ArgUint32(info, 0, "domid", 0x7fef);
+  std::vector<struct xenmock_stats> st(1024);
+  int n = xenmock_stats(dom, st.data(), st.size());
+  if (n < 0) ThrowErrno(env, errno, "xenmock_stats");
+  Napi::Array out = Napi::Array::New(env);
+  for (int i = 0; i < n && i < static_cast<int>(st.size()); i++) {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("domid", st[i].domid);
+    o.Set("handles", st[i].connections);
+    o.Set("grants", st[i].grants);
+    o.Set("mappedPages", st[i].mapped_pages);
+    o.Set("ports", st[i].ports);
+    o.Set("watches", st[i].watches);
+    o.Set("nodes", st[i].nodes);
+    o.Set("transactions", st[i].transactions);
+    out.Set(static_cast<uint32_t>(i), o);
+  }
+  return out;
+}
+
+Napi::Value MockSetThreadDomid(const Napi::CallbackInfo& info) {
+  int dom = -1;
+  if (!info[0].IsUndefined() && !info[0].IsNull()) dom = static_cast<int>(ArgUint32(info, 0, "domid", 0x7fef));
+  if (xenmock_set_thread_domid(dom) < 0) ThrowErrno(info.Env(), errno, "xenmock_set_thread_domid");
+  return info.Env().Undefined();
+}
+
+Napi::Value MockStaticAdd(const Napi::CallbackInfo& info) {
+  uint32_t d = ArgUint32(info, 0, "domid", 0x7fef), p = ArgUint32(info, 1, "port"),
+           rd = ArgUint32(info, 2, "remoteDomid", 0x7fef), rp = ArgUint32(info, 3, "remotePort");
+  if (xenmock_static_evtchn_add(d, p, rd, rp) < 0) ThrowErrno(info.Env(), errno, "xenmock_static_evtchn_add");
+  return info.Env().Undefined();
+}
+
+Napi::Value MockRaiseVirq(const Napi::CallbackInfo& info) {
+  uint32_t d = ArgUint32(info, 0, "domid", 0x7fef), v = ArgUint32(info, 1, "virq", 23);
+  if (xenmock_raise_virq(d, v) < 0) ThrowErrno(info.Env(), errno, "xenmock_raise_virq");
+  return info.Env().Undefined();
+}
+
+Napi::Value MockReset(const Napi::CallbackInfo& info) {
+  if (xenmock_reset() < 0) ThrowErrno(info.Env(), errno, "xenmock_reset");
+  return info.Env().Undefined();
+}
+
+Napi::Value MockDir(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), xenmock_dir()); }
+#endif
+
+}  // namespace
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new InstanceData{std::make_shared<Registry>()};
+  napi_set_instance_data(
+      env, data, [](napi_env, void* d, void*) { delete static_cast<InstanceData*>(d); }, nullptr);
+  napi_add_async_cleanup_hook(env, OnCleanup, data, &data->reg->cleanup);
+
+#ifdef XEN_VCHAN_MOCK
+  exports.Set("backend", Napi::String::New(env, "mock"));
+  Napi::Object mock = Napi::Object::New(env);
+  mock.Set("stats", Napi::Function::New(env, MockStats, "stats"));
+  mock.Set("setThreadDomid", Napi::Function::New(env, MockSetThreadDomid, "setThreadDomid"));
+  mock.Set("staticAdd", Napi::Function::New(env, MockStaticAdd, "staticAdd"));
+  mock.Set("raiseVirq", Napi::Function::New(env, MockRaiseVirq, "raiseVirq"));
+  mock.Set("reset", Napi::Function::New(env, MockReset, "reset"));
+  mock.Set("dir", Napi::Function::New(env, MockDir, "dir"));
+  exports.Set("mock", mock);
+#else
+  exports.Set("backend", Napi::String::New(env, "real"));
+#endif
+  InitEvtchn(env, exports, &data->reg);
+  InitGrants(env, exports, &data->reg);
+  InitXenstore(env, exports, &data->reg);
+  InitVchan(env, exports, &data->reg);
+  return exports;
+}
+
+}  // namespace xv
+
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return xv::Init(env, exports); }
+NODE_API_MODULE(NODE_GYP_MODULE_NAME, InitModule)

@@ -1,0 +1,229 @@
+// Registry, handle wrapping, errors, argument checks, the poller and the async runner.
+#include "common.h"
+
+#include <cstring>
+
+namespace xv {
+
+Napi::Object WrapHandle(Napi::Env env, Handle* h) {
+  Napi::Object obj = Napi::Object::New(env);
+  napi_status st = napi_wrap(
+      env, obj, h,
+      [](napi_env, void* data, void*) {
+        Handle* hh = static_cast<Handle*>(data);
+        hh->Close();
+        delete hh;
+      },
+      nullptr, nullptr);
+  if (st != napi_ok) {
+    h->Close();
+    delete h;
+    throw Napi::Error::New(env, "could not wrap a native handle");
+  }
+  napi_type_tag_object(env, obj, h->tag());
+  return obj;
+}
+
+static std::string ErrName(int err) {
+  const char* n = uv_err_name(-err);
+  if (n && std::strncmp(n, "Unknown", 7) != 0) return n;
+  return "E" + std::to_string(err);
+}
+
+Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& detail) {
+  if (err <= 0) err = EIO;
+  std::string code = ErrName(err);
+  std::string msg = std::string(syscall) + " failed: " + code + " (" + std::strerror(err) + ")";
+  if (!detail.empty()) msg += ": " + detail;
+  Napi::Error e = Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  e.Set("errno", Napi::Number::New(env, -err));
+  e.Set("syscall", Napi::String::New(env, syscall));
+  return e;
+}
+
+void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& detail) {
+  throw ErrnoError(env, err, syscall, detail);
+}
+
+Napi::Error CodedError(Napi::Env env, const char* code, const std::string& msg, bool type_error, bool range_error) {
+  Napi::Error e = type_error    ? Napi::TypeError::New(env, msg)
+                  : range_error ? Napi::RangeError::New(env, msg)
+                                : Napi::Error::New(env, msg);
+  e.Set("code", Napi::String::New(env, code));
+  return e;
+}
+
+uint32_t ArgUint32(const Napi::CallbackInfo& info, size_t i, const char* name, uint32_t max) {
+  Napi::Env env = info.Env();
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    throw CodedError(env, "ERR_INVALID_ARG_TYPE", std::string("The \"") + name + "\" argument must be of type number",
+                     true);
+  }
+  double v = info[i].As<Napi::Number>().DoubleValue();
+  if (!(v >= 0 && v <= max) || v != static_cast<double>(static_cast<uint64_t>(v))) {
+    throw CodedError(env, "ERR_OUT_OF_RANGE",
+                     std::string("The value of \"") + name + "\" is out of range. It must be an integer >= 0 and <= " +
+                         std::to_string(max) + ". Received " + info[i].ToString().Utf8Value(),
+                     false, true);
+  }
+  return static_cast<uint32_t>(v);
+}
+
+Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsTypedArray() ||
+      info[i].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
+    throw CodedError(info.Env(), "ERR_INVALID_ARG_TYPE",
+                     std::string("The \"") + name + "\" argument must be an instance of Buffer or Uint8Array", true);
+  }
+  return info[i].As<Napi::Uint8Array>();
+}
+
+std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsString()) {
+    throw CodedError(info.Env(), "ERR_INVALID_ARG_TYPE", std::string("The \"") + name + "\" argument must be of type string",
+                     true);
+  }
+  return info[i].As<Napi::String>().Utf8Value();
+}
+
+Napi::Function ArgFunction(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsFunction()) {
+    throw CodedError(info.Env(), "ERR_INVALID_ARG_TYPE",
+                     std::string("The \"") + name + "\" argument must be of type function", true);
+  }
+  return info[i].As<Napi::Function>();
+}
+
+// ---- poller ----
+
+static uv_loop_t* LoopOf(Napi::Env env) {
+  uv_loop_t* loop = nullptr;
+  napi_get_uv_event_loop(env, &loop);
+  return loop;
+}
+
+Poller::Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg)
+    : env_(env), cb_(Napi::Persistent(cb)), ctx_(env, "XenVchanPoll"), reg_(reg) {
+  int rc = uv_poll_init(LoopOf(env), &poll_, fd);
+  if (rc != 0) ThrowErrno(env, -rc, "uv_poll_init");
+  init_ok_ = true;
+  poll_.data = this;
+}
+
+void Poller::Start(int events) {
+  if (!init_ok_) return;
+  int rc = uv_poll_start(&poll_, events, OnPoll);
+  if (rc != 0) ThrowErrno(env_, -rc, "uv_poll_start");
+  active_ = true;
+}
+
+void Poller::Stop() {
+  if (init_ok_ && active_) uv_poll_stop(&poll_);
+  active_ = false;
+}
+
+void Poller::Ref(bool on) {
+  referenced_ = on;
+  if (!init_ok_) return;
+  if (on)
+    uv_ref(reinterpret_cast<uv_handle_t*>(&poll_));
+  else
+    uv_unref(reinterpret_cast<uv_handle_t*>(&poll_));
+}
+
+void Poller::Destroy() {
+  Stop();
+  cb_.Reset();
+  if (!init_ok_) {
+    delete this;
+    return;
+  }
+  reg_->closing_pollers++;
+  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), [](uv_handle_t* h) {
+    Poller* self = static_cast<Poller*>(h->data);
+    Registry* reg = self->reg_;
+    delete self;
+    reg->closing_pollers--;
+    reg->MaybeFinishCleanup();
+  });
+}
+
+void Poller::OnPoll(uv_poll_t* p, int status, int events) {
+  Poller* self = static_cast<Poller*>(p->data);
+  if (self->cb_.IsEmpty()) return;
+  if (self->before) self->before();
+  Napi::Env env = self->env_;
+  Napi::HandleScope scope(env);
+  napi_value args[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events)};
+  // MakeCallback opens the callback scope: async hooks, then microtasks after the call.
+  try {
+    self->cb_.MakeCallback(env.Global(), {args[0], args[1]}, self->ctx_);
+  } catch (const Napi::Error& e) {
+    // An exception from JS is already pending in the environment: Node reports it as uncaught.
+    (void)e;
+  }
+}
+
+void Registry::MaybeFinishCleanup() {
+  if (tearing_down && closing_pollers == 0 && cleanup) {
+    napi_async_cleanup_hook_handle h = cleanup;
+    cleanup = nullptr;
+    napi_remove_async_cleanup_hook(h);
+  }
+}
+
+void ExportFunctions(Napi::Env env, Napi::Object exports, const char* name, RegistryPtr* data,
+                     std::initializer_list<std::pair<const char*, Napi::Function::Callback>> fns) {
+  Napi::Object o = Napi::Object::New(env);
+  for (auto& f : fns) o.Set(f.first, Napi::Function::New(env, f.second, f.first, data));
+  exports.Set(name, o);
+}
+
+// ---- async runner ----
+
+namespace {
+class FnWorker : public Napi::AsyncWorker {
+ public:
+  FnWorker(Napi::Env env, const char* syscall, std::function<int(std::string&)> fn,
+           std::function<Napi::Value(Napi::Env, const std::string&)> convert)
+      : Napi::AsyncWorker(env, syscall),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        syscall_(syscall),
+        fn_(std::move(fn)),
+        convert_(std::move(convert)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override { err_ = fn_(out_); }
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (err_) {
+      deferred_.Reject(ErrnoError(env, err_, syscall_).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(convert_(env, out_));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  const char* syscall_;
+  std::function<int(std::string&)> fn_;
+  std::function<Napi::Value(Napi::Env, const std::string&)> convert_;
+  std::string out_;
+  int err_ = 0;
+};
+}  // namespace
+
+Napi::Value RunAsync(Napi::Env env, const char* syscall, std::function<int(std::string&)> fn,
+                     std::function<Napi::Value(Napi::Env, const std::string&)> convert) {
+  auto* w = new FnWorker(env, syscall, std::move(fn), std::move(convert));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+}  // namespace xv

@@ -1,0 +1,178 @@
+// libxenevtchn binding: a handle per xenevtchn_handle; its fd is polled and
+// pending ports are drained in one go, each reported to JS.
+#include <fcntl.h>
+#include <sys/ioctl.h>
+#include "xen.h"
+
+#include <vector>
+
+#include "common.h"
+
+namespace xv {
+
+namespace {
+
+#ifndef XEN_VCHAN_MOCK
+// Linux >= 6.5: bind a static (dom0less) event channel to this fd. Not in any Xen header release.
+struct ioctl_evtchn_bind_static {
+  unsigned int port;
+};
+#define XV_IOCTL_EVTCHN_BIND_STATIC _IOC(_IOC_NONE, 'E', 7, sizeof(struct ioctl_evtchn_bind_static))
+#endif
+
+class Evtchn : public Handle {
+ public:
+  static constexpr napi_type_tag kTag = {0x8c1e0a3b5d7f4e21ULL, 0x9a2b3c4d5e6f7081ULL};
+  static constexpr const char* kName = "EventChannel";
+  Evtchn(std::shared_ptr<Registry> reg, xenevtchn_handle* h) : Handle(std::move(reg), &kTag), h_(h) {}
+  ~Evtchn() override { Close(); }
+  void Close() override {
+    if (closed_) return;
+    closed_ = true;
+    if (poller_) poller_->Destroy();
+    poller_ = nullptr;
+    xenevtchn_close(h_);
+    h_ = nullptr;
+  }
+  xenevtchn_handle* h_;
+  Poller* poller_ = nullptr;
+};
+
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  xenevtchn_handle* h = xenevtchn_open(nullptr, 0);
+  if (!h) ThrowErrno(env, errno, "xenevtchn_open", "is the xen_evtchn module loaded and /dev/xen/evtchn accessible?");
+  int fd = xenevtchn_fd(h);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  return WrapHandle(env, new Evtchn(RegistryOf(info), h));
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  Unwrap<Evtchn>(info, true)->Close();
+  return info.Env().Undefined();
+}
+
+Napi::Value Result(Napi::Env env, int rc, const char* syscall) {
+  if (rc < 0) ThrowErrno(env, errno, syscall);
+  return Napi::Number::New(env, rc);
+}
+
+Napi::Value BindUnbound(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  return Result(info.Env(), xenevtchn_bind_unbound_port(e->h_, ArgUint32(info, 1, "remoteDomid", 0x7ff0)),
+                "xenevtchn_bind_unbound_port");
+}
+
+Napi::Value BindInterdomain(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  uint32_t dom = ArgUint32(info, 1, "remoteDomid", 0x7ff0), port = ArgUint32(info, 2, "remotePort");
+  return Result(info.Env(), xenevtchn_bind_interdomain(e->h_, dom, port), "xenevtchn_bind_interdomain");
+}
+
+Napi::Value BindVirq(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  return Result(info.Env(), xenevtchn_bind_virq(e->h_, ArgUint32(info, 1, "virq")), "xenevtchn_bind_virq");
+}
+
+Napi::Value BindStatic(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  uint32_t port = ArgUint32(info, 1, "port");
+#ifdef XEN_VCHAN_MOCK
+  return Result(info.Env(), xenevtchn_bind_static(e->h_, port), "xenevtchn_bind_static");
+#else
+  struct ioctl_evtchn_bind_static b = {port};
+  int rc = ioctl(xenevtchn_fd(e->h_), XV_IOCTL_EVTCHN_BIND_STATIC, &b);
+  if (rc < 0 && errno == ENOTTY)
+    ThrowErrno(info.Env(), ENOTSUP, "ioctl(IOCTL_EVTCHN_BIND_STATIC)", "static event channels need Linux 6.5 or later");
+  return Result(info.Env(), rc < 0 ? rc : static_cast<int>(port), "ioctl(IOCTL_EVTCHN_BIND_STATIC)");
+#endif
+}
+
+Napi::Value Unbind(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  if (xenevtchn_unbind(e->h_, ArgUint32(info, 1, "port")) < 0) ThrowErrno(info.Env(), errno, "xenevtchn_unbind");
+  return info.Env().Undefined();
+}
+
+Napi::Value Notify(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  if (xenevtchn_notify(e->h_, ArgUint32(info, 1, "port")) < 0) ThrowErrno(info.Env(), errno, "xenevtchn_notify");
+  return info.Env().Undefined();
+}
+
+Napi::Value Unmask(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  if (xenevtchn_unmask(e->h_, ArgUint32(info, 1, "port")) < 0) ThrowErrno(info.Env(), errno, "xenevtchn_unmask");
+  return info.Env().Undefined();
+}
+
+Napi::Value Restrict(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  uint32_t dom = ArgUint32(info, 1, "domid", 0x7fef);
+  if (xenevtchn_restrict(e->h_, static_cast<domid_t>(dom)) < 0) ThrowErrno(info.Env(), errno, "xenevtchn_restrict");
+  return info.Env().Undefined();
+}
+
+// Reads every pending port without blocking; returns them as an array (each stays masked).
+Napi::Value Pending(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Evtchn* e = Unwrap<Evtchn>(info);
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (;;) {
+    int p = xenevtchn_pending(e->h_);
+    if (p < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      ThrowErrno(env, errno, "xenevtchn_pending");
+    }
+    out.Set(n++, Napi::Number::New(env, p));
+  }
+  return out;
+}
+
+// poll(handle, callback | null): start or stop watching the fd; callback() runs when ports are pending.
+Napi::Value Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Evtchn* e = Unwrap<Evtchn>(info);
+  if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
+    if (e->poller_) e->poller_->Stop();
+    return env.Undefined();
+  }
+  Napi::Function cb = ArgFunction(info, 1, "callback");
+  if (!e->poller_) e->poller_ = new Poller(env, xenevtchn_fd(e->h_), cb, &e->registry());
+  e->poller_->Start(UV_READABLE);
+  return env.Undefined();
+}
+
+Napi::Value Ref(const Napi::CallbackInfo& info) {
+  Evtchn* e = Unwrap<Evtchn>(info);
+  bool on = info.Length() > 1 && info[1].ToBoolean();
+  if (e->poller_) e->poller_->Ref(on);
+  return info.Env().Undefined();
+}
+
+Napi::Value Fd(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), xenevtchn_fd(Unwrap<Evtchn>(info)->h_));
+}
+
+}  // namespace
+
+void InitEvtchn(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
+  ExportFunctions(env, exports, "evtchn", data,
+                  {{"open", Open},
+                   {"close", Close},
+                   {"bindUnbound", BindUnbound},
+                   {"bindInterdomain", BindInterdomain},
+                   {"bindVirq", BindVirq},
+                   {"bindStatic", BindStatic},
+                   {"unbind", Unbind},
+                   {"notify", Notify},
+                   {"unmask", Unmask},
+                   {"restrict", Restrict},
+                   {"pending", Pending},
+                   {"poll", Poll},
+                   {"ref", Ref},
+                   {"fd", Fd}});
+}
+
+}  // namespace xv

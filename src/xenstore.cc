@@ -1,0 +1,300 @@
+// libxenstore binding. Requests run on the thread pool (xenstored can be slow
+// or stall; the event loop must not), watch events arrive through a poller on
+// xs_fileno(). The connection stays open until the handle is closed and the
+// last request in flight has finished.
+#include <fcntl.h>
+#include "xen.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "common.h"
+
+namespace xv {
+
+namespace {
+
+struct Conn {
+  struct xs_handle* h;
+  ~Conn() { xs_close(h); }
+};
+
+class Xs : public Handle {
+ public:
+  static constexpr napi_type_tag kTag = {0x71c3e5a7091b2d4fULL, 0x6e8a0c2e4f6a8b0dULL};
+  static constexpr const char* kName = "Xenstore";
+  Xs(std::shared_ptr<Registry> reg, std::shared_ptr<Conn> c) : Handle(std::move(reg), &kTag), conn_(std::move(c)) {}
+  ~Xs() override { Close(); }
+  void Close() override {
+    if (closed_) return;
+    closed_ = true;
+    if (poller_) poller_->Destroy();
+    poller_ = nullptr;
+    conn_.reset();  // requests in flight hold their own reference
+  }
+  std::shared_ptr<Conn> conn_;
+  Poller* poller_ = nullptr;
+};
+
+Napi::Value Open(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  struct xs_handle* h = xs_open(0);
+  if (!h) ThrowErrno(env, errno, "xs_open", "is xenstored running (or /dev/xen/xenbus present)?");
+  return WrapHandle(env, new Xs(RegistryOf(info), std::shared_ptr<Conn>(new Conn{h})));
+}
+
+Napi::Value Close(const Napi::CallbackInfo& info) {
+  Unwrap<Xs>(info, true)->Close();
+  return info.Env().Undefined();
+}
+
+uint32_t ArgTx(const Napi::CallbackInfo& info, size_t i) { return ArgUint32(info, i, "transaction"); }
+
+Napi::Value Undef(Napi::Env env, const std::string&) { return env.Undefined(); }
+
+Napi::Value Read(const Napi::CallbackInfo& info) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t t = ArgTx(info, 1);
+  std::string path = ArgString(info, 2, "path");
+  return RunAsync(
+      info.Env(), "xs_read",
+      [c, t, path](std::string& out) {
+        unsigned len = 0;
+        void* v = xs_read(c->h, t, path.c_str(), &len);
+        if (!v) return errno ? errno : EIO;
+        out.assign(static_cast<char*>(v), len);
+        free(v);
+        return 0;
+      },
+      [](Napi::Env env, const std::string& out) { return Napi::Buffer<char>::Copy(env, out.data(), out.size()); });
+}
+
+Napi::Value Write(const Napi::CallbackInfo& info) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t t = ArgTx(info, 1);
+  std::string path = ArgString(info, 2, "path");
+  Napi::Uint8Array v = ArgBytes(info, 3, "value");
+  std::string value(reinterpret_cast<char*>(v.Data()), v.ByteLength());
+  return RunAsync(
+      info.Env(), "xs_write",
+      [c, t, path, value](std::string&) {
+        return xs_write(c->h, t, path.c_str(), value.data(), static_cast<unsigned>(value.size())) ? 0 : (errno ? errno : EIO);
+      },
+      Undef);
+}
+
+Napi::Value PathOp(const Napi::CallbackInfo& info, const char* syscall, bool (*fn)(struct xs_handle*, xs_transaction_t, const char*)) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t t = ArgTx(info, 1);
+  std::string path = ArgString(info, 2, "path");
+  return RunAsync(
+      info.Env(), syscall, [c, t, path, fn](std::string&) { return fn(c->h, t, path.c_str()) ? 0 : (errno ? errno : EIO); },
+      Undef);
+}
+
+Napi::Value Mkdir(const Napi::CallbackInfo& info) { return PathOp(info, "xs_mkdir", xs_mkdir); }
+Napi::Value Rm(const Napi::CallbackInfo& info) { return PathOp(info, "xs_rm", xs_rm); }
+
+// Lists come back NUL-separated and are split in the converter.
+Napi::Value SplitList(Napi::Env env, const std::string& out) {
+  Napi::Array a = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (size_t pos = 0; pos < out.size();) {
+    size_t end = out.find('\0', pos);
+    if (end == std::string::npos) end = out.size();
+    a.Set(n++, Napi::String::New(env, out.data() + pos, end - pos));
+    pos = end + 1;
+  }
+  return a;
+}
+
+Napi::Value Directory(const Napi::CallbackInfo& info) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t t = ArgTx(info, 1);
+  std::string path = ArgString(info, 2, "path");
+  return RunAsync(
+      info.Env(), "xs_directory",
+      [c, t, path](std::string& out) {
+        unsigned n = 0;
+        char** v = xs_directory(c->h, t, path.c_str(), &n);
+        if (!v) return errno ? errno : EIO;
+        for (unsigned i = 0; i < n; i++) {
+          out.append(v[i]);
+          out.push_back('\0');
+        }
+        free(v);
+        return 0;
+      },
+      SplitList);
+}
+
+Napi::Value GetPerms(const Napi::CallbackInfo& info) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t t = ArgTx(info, 1);
+  std::string path = ArgString(info, 2, "path");
+  return RunAsync(
+      info.Env(), "xs_get_permissions",
+      [c, t, path](std::string& out) {
+        unsigned n = 0;
+        struct xs_permissions* p = xs_get_permissions(c->h, t, path.c_str(), &n);
+        if (!p) return errno ? errno : EIO;
+        out.assign(reinterpret_cast<char*>(p), n * sizeof(*p));
+        free(p);
+        return 0;
+      },
+      [](Napi::Env env, const std::string& out) {
+        Napi::Array a = Napi::Array::New(env);
+        size_t n = out.size() / sizeof(struct xs_permissions);
+        for (size_t i = 0; i < n; i++) {
+          struct xs_permissions p;
+          std::memcpy(&p, out.data() + i * sizeof(p), sizeof(p));
+          Napi::Object o = Napi::Object::New(env);
+          o.Set("domid", p.id);
+          o.Set("read", Napi::Boolean::New(env, p.perms & XS_PERM_READ));
+          o.Set("write", Napi::Boolean::New(env, p.perms & XS_PERM_WRITE));
+          a.Set(static_cast<uint32_t>(i), o);
+        }
+        return a;
+      });
+}
+
+// setPermissions(h, t, path, [domid, bits, domid, bits, ...])
+Napi::Value SetPerms(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t t = ArgTx(info, 1);
+  std::string path = ArgString(info, 2, "path");
+  if (info.Length() < 4 || !info[3].IsArray())
+    throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"permissions\" argument must be an array", true);
+  Napi::Array a = info[3].As<Napi::Array>();
+  std::vector<struct xs_permissions> perms;
+  for (uint32_t i = 0; i + 1 < a.Length(); i += 2) {
+    struct xs_permissions p;
+    p.id = a.Get(i).ToNumber().Uint32Value();
+    p.perms = a.Get(i + 1).ToNumber().Uint32Value();
+    perms.push_back(p);
+  }
+  if (perms.empty()) throw CodedError(env, "ERR_OUT_OF_RANGE", "At least one permission entry (the owner) is needed", false, true);
+  return RunAsync(
+      env, "xs_set_permissions",
+      [c, t, path, perms](std::string&) mutable {
+        return xs_set_permissions(c->h, t, path.c_str(), perms.data(), static_cast<unsigned>(perms.size()))
+                   ? 0
+                   : (errno ? errno : EIO);
+      },
+      Undef);
+}
+
+Napi::Value TxStart(const Napi::CallbackInfo& info) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  return RunAsync(
+      info.Env(), "xs_transaction_start",
+      [c](std::string& out) {
+        xs_transaction_t t = xs_transaction_start(c->h);
+        if (t == XBT_NULL) return errno ? errno : EIO;
+        out = std::to_string(t);
+        return 0;
+      },
+      [](Napi::Env env, const std::string& out) { return Napi::Number::New(env, std::stod(out)); });
+}
+
+Napi::Value TxEnd(const Napi::CallbackInfo& info) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t t = ArgTx(info, 1);
+  bool abort = info.Length() > 2 && info[2].ToBoolean();
+  return RunAsync(
+      info.Env(), "xs_transaction_end",
+      [c, t, abort](std::string&) { return xs_transaction_end(c->h, t, abort) ? 0 : (errno ? errno : EIO); }, Undef);
+}
+
+Napi::Value WatchOp(const Napi::CallbackInfo& info, bool add) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  std::string path = ArgString(info, 1, "path"), token = ArgString(info, 2, "token");
+  return RunAsync(
+      info.Env(), add ? "xs_watch" : "xs_unwatch",
+      [c, path, token, add](std::string&) {
+        bool ok = add ? xs_watch(c->h, path.c_str(), token.c_str()) : xs_unwatch(c->h, path.c_str(), token.c_str());
+        return ok ? 0 : (errno ? errno : EIO);
+      },
+      Undef);
+}
+
+Napi::Value Watch(const Napi::CallbackInfo& info) { return WatchOp(info, true); }
+Napi::Value Unwatch(const Napi::CallbackInfo& info) { return WatchOp(info, false); }
+
+// pollWatches(h, cb | null): cb() runs when watch events are queued; readWatches() takes them.
+Napi::Value PollWatches(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Xs* x = Unwrap<Xs>(info);
+  if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
+    if (x->poller_) x->poller_->Stop();
+    return env.Undefined();
+  }
+  Napi::Function cb = ArgFunction(info, 1, "callback");
+  if (!x->poller_) {
+    int fd = xs_fileno(x->conn_->h);
+    if (fd < 0) ThrowErrno(env, errno, "xs_fileno");
+    x->poller_ = new Poller(env, fd, cb, &x->registry());
+  }
+  x->poller_->Start(UV_READABLE);
+  return env.Undefined();
+}
+
+// readWatches(h) -> [[path, token], ...] without blocking.
+Napi::Value ReadWatches(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Xs* x = Unwrap<Xs>(info);
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (int i = 0; i < 1024; i++) {
+    char** v = xs_check_watch(x->conn_->h);
+    if (!v) break;
+    Napi::Array ev = Napi::Array::New(env, 2);
+    ev.Set(0u, Napi::String::New(env, v[XS_WATCH_PATH]));
+    ev.Set(1u, Napi::String::New(env, v[XS_WATCH_TOKEN]));
+    out.Set(n++, ev);
+    free(v);
+  }
+  return out;
+}
+
+Napi::Value RefWatches(const Napi::CallbackInfo& info) {
+  Xs* x = Unwrap<Xs>(info);
+  if (x->poller_) x->poller_->Ref(info.Length() > 1 && info[1].ToBoolean());
+  return info.Env().Undefined();
+}
+
+Napi::Value DomainPath(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Xs* x = Unwrap<Xs>(info);
+  char* p = xs_get_domain_path(x->conn_->h, ArgUint32(info, 1, "domid", 0x7fef));
+  if (!p) ThrowErrno(env, errno, "xs_get_domain_path");
+  Napi::String s = Napi::String::New(env, p);
+  free(p);
+  return s;
+}
+
+}  // namespace
+
+void InitXenstore(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
+  ExportFunctions(env, exports, "xenstore", data,
+                  {{"open", Open},
+                   {"close", Close},
+                   {"read", Read},
+                   {"write", Write},
+                   {"mkdir", Mkdir},
+                   {"rm", Rm},
+                   {"directory", Directory},
+                   {"getPermissions", GetPerms},
+                   {"setPermissions", SetPerms},
+                   {"transactionStart", TxStart},
+                   {"transactionEnd", TxEnd},
+                   {"watch", Watch},
+                   {"unwatch", Unwatch},
+                   {"pollWatches", PollWatches},
+                   {"readWatches", ReadWatches},
+                   {"refWatches", RefWatches},
+                   {"domainPath", DomainPath}});
+}
+
+}  // namespace xv
