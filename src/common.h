@@ -74,6 +74,7 @@ class Poller {
   Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg);
   ~Poller() = default;
   void Start(int events);  // UV_READABLE / UV_WRITABLE
+  void SetCallback(Napi::Function cb) { cb_ = Napi::Persistent(cb); }
   void Stop();
   void Ref(bool on);
   void Destroy();  // stops, closes and eventually frees this poller

@@ -139,7 +139,11 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   Napi::Function cb = ArgFunction(info, 1, "callback");
-  if (!e->poller_) e->poller_ = new Poller(env, xenevtchn_fd(e->h_), cb, &e->registry());
+  if (!e->poller_) {
+    e->poller_ = new Poller(env, xenevtchn_fd(e->h_), cb, &e->registry());
+  } else {
+    e->poller_->SetCallback(cb);
+  }
   e->poller_->Start(UV_READABLE);
   return env.Undefined();
 }

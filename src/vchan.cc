@@ -174,6 +174,8 @@ Napi::Value Poll(const Napi::CallbackInfo& info) {
     v->poller_->before = [v]() {
       if (!v->closed()) v->Drain();
     };
+  } else {
+    v->poller_->SetCallback(cb);
   }
   v->poller_->Start(UV_READABLE);
   return env.Undefined();

@@ -235,6 +235,8 @@ Napi::Value PollWatches(const Napi::CallbackInfo& info) {
     int fd = xs_fileno(x->conn_->h);
     if (fd < 0) ThrowErrno(env, errno, "xs_fileno");
     x->poller_ = new Poller(env, fd, cb, &x->registry());
+  } else {
+    x->poller_->SetCallback(cb);
   }
   x->poller_->Start(UV_READABLE);
   return env.Undefined();

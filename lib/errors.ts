@@ -1,0 +1,94 @@
+/** Argument checks with Node's error codes and message shapes. */
+
+type Coded<E extends Error> = E & { code: string };
+
+function describe(v: unknown): string {
+  if (v === null) return 'null';
+  if (v === undefined) return 'undefined';
+  if (typeof v === 'function') return `function ${(v as { name?: string }).name || '<anonymous>'}`;
+  if (typeof v === 'object') {
+    const ctor = (v as object).constructor?.name;
+    return ctor ? `an instance of ${ctor}` : 'an object';
+  }
+  if (typeof v === 'string') return `type string (${JSON.stringify(v.length > 28 ? `${v.slice(0, 25)}...` : v)})`;
+  return `type ${typeof v} (${String(v)})`;
+}
+
+export function invalidArgType(name: string, expected: string, actual: unknown): Coded<TypeError> {
+  const e = new TypeError(`The "${name}" argument must be ${expected}. Received ${describe(actual)}`) as Coded<TypeError>;
+  e.code = 'ERR_INVALID_ARG_TYPE';
+  return e;
+}
+
+export function outOfRange(name: string, range: string, actual: unknown): Coded<RangeError> {
+  const e = new RangeError(
+    `The value of "${name}" is out of range. It must be ${range}. Received ${typeof actual === 'number' ? String(actual) : describe(actual)}`,
+  ) as Coded<RangeError>;
+  e.code = 'ERR_OUT_OF_RANGE';
+  return e;
+}
+
+export function invalidArgValue(name: string, reason: string, actual: unknown): Coded<TypeError> {
+  const e = new TypeError(`The argument '${name}' ${reason}. Received ${describe(actual)}`) as Coded<TypeError>;
+  e.code = 'ERR_INVALID_ARG_VALUE';
+  return e;
+}
+
+export function coded(message: string, code: string): Coded<Error> {
+  const e = new Error(message) as Coded<Error>;
+  e.code = code;
+  return e;
+}
+
+/** An error shaped like Node's system errors. */
+export function systemError(code: string, errno: number, syscall: string, message: string): Error {
+  const e = new Error(`${syscall} failed: ${code}: ${message}`) as Coded<Error> & { errno: number; syscall: string };
+  e.code = code;
+  e.errno = errno;
+  e.syscall = syscall;
+  return e;
+}
+
+export function checkInt(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number') throw invalidArgType(name, 'of type number', v);
+  if (!Number.isInteger(v) || v < min || v > max) throw outOfRange(name, `an integer >= ${min} and <= ${max}`, v);
+  return v;
+}
+
+/** Xen domain ids: 0 to 32751 (DOMID_FIRST_RESERVED - 1). */
+export const MAX_DOMID = 0x7fef;
+
+export function checkDomid(name: string, v: unknown): number {
+  return checkInt(name, v, 0, MAX_DOMID);
+}
+
+export function checkPort(name: string, v: unknown): number {
+  return checkInt(name, v, 1, 0x1ffff);
+}
+
+export function checkString(name: string, v: unknown): string {
+  if (typeof v !== 'string') throw invalidArgType(name, 'of type string', v);
+  return v;
+}
+
+export function checkObject(name: string, v: unknown): Record<string, unknown> {
+  if (v === undefined) return {};
+  if (v === null || typeof v !== 'object') throw invalidArgType(name, 'of type object', v);
+  return v as Record<string, unknown>;
+}
+
+export function checkBoolean(name: string, v: unknown, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') throw invalidArgType(name, 'of type boolean', v);
+  return v;
+}
+
+/** Xenstore paths: absolute or relative, the characters xenstored accepts, no empty components. */
+export function checkXsPath(name: string, v: unknown, allowSpecial = false): string {
+  const p = checkString(name, v);
+  if (allowSpecial && (p === '@releaseDomain' || p === '@introduceDomain')) return p;
+  if (p.length === 0 || p.length > 3072 || !/^[A-Za-z0-9\-/_@]+$/.test(p) || p.includes('//') || (p.length > 1 && p.endsWith('/'))) {
+    throw invalidArgValue(name, 'must be a xenstore path (letters, digits, -/_@, no empty components, at most 3072 characters)', v);
+  }
+  return p;
+}

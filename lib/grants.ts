@@ -1,0 +1,236 @@
+/**
+ * Grant tables: sharing this domain's pages with another domain, and mapping pages another
+ * domain shared with this one. Pages are zero-copy ArrayBuffers; releasing a region detaches
+ * its ArrayBuffer first, so no view can touch memory that is gone.
+ */
+import { checkBoolean, checkDomid, checkInt, checkObject, invalidArgType, outOfRange } from './errors';
+import { asDomain, Backend, Binding, binding } from './native';
+
+export const PAGE_SIZE = 4096;
+
+/** Clear a byte and/or signal a port when the region goes away, even if the process dies. */
+export interface UnmapNotify {
+  /** Offset (within the first page) of a byte set to 0. */
+  offset: number;
+  /** Local event channel port to notify. */
+  port: number;
+}
+
+export interface GrantOptions {
+  backend?: Backend;
+  /** Mock only: open the handle as this domain. */
+  mockDomid?: number;
+}
+
+interface RegionOwner {
+  release(buffer: ArrayBuffer): void;
+}
+
+/** Pages shared with, or mapped from, another domain. */
+abstract class Region {
+  readonly #owner: RegionOwner;
+  #buffer: ArrayBuffer | null;
+  /** The domain at the other end. */
+  readonly domid: number;
+
+  protected constructor(owner: RegionOwner, buffer: ArrayBuffer, domid: number) {
+    this.#owner = owner;
+    this.#buffer = buffer;
+    this.domid = domid;
+  }
+
+  /** The pages themselves, zero-copy. Detached (byteLength 0) once released. */
+  get buffer(): ArrayBuffer {
+    if (!this.#buffer) {
+      const e = new Error('The grant region was released') as Error & { code: string };
+      e.code = 'ERR_XEN_RELEASED';
+      throw e;
+    }
+    return this.#buffer;
+  }
+
+  get released(): boolean {
+    return this.#buffer === null;
+  }
+
+  get byteLength(): number {
+    return this.#buffer ? this.#buffer.byteLength : 0;
+  }
+
+  /** A copy of LENGTH bytes from OFFSET (for code that must not hold views on shared memory). */
+  read(offset = 0, length = this.byteLength - offset): Buffer {
+    this.#bounds(offset, length);
+    return Buffer.from(new Uint8Array(this.buffer, offset, length));
+  }
+
+  /** Copies DATA in at OFFSET. */
+  write(data: Uint8Array, offset = 0): void {
+    if (!(data instanceof Uint8Array)) throw invalidArgType('data', 'an instance of Buffer or Uint8Array', data);
+    this.#bounds(offset, data.byteLength);
+    new Uint8Array(this.buffer, offset, data.byteLength).set(data);
+  }
+
+  #bounds(offset: number, length: number): void {
+    checkInt('offset', offset, 0, this.byteLength);
+    checkInt('length', length, 0, this.byteLength - offset);
+  }
+
+  protected releaseRegion(): void {
+    if (!this.#buffer) return;
+    const b = this.#buffer;
+    this.#buffer = null;
+    this.#owner.release(b);
+  }
+}
+
+/** Pages of this domain shared with another: hand `refs` to the peer (through xenstore, say). */
+export class SharedPages extends Region {
+  /** Grant references, one per page. */
+  readonly refs: readonly number[];
+  /** @internal */
+  constructor(owner: RegionOwner, buffer: ArrayBuffer, domid: number, refs: number[]) {
+    super(owner, buffer, domid);
+    this.refs = Object.freeze(refs);
+  }
+  /** Ends the sharing (the peer's existing mapping stays valid until it unmaps). Idempotent. */
+  unshare(): void {
+    this.releaseRegion();
+  }
+  [Symbol.dispose](): void {
+    this.unshare();
+  }
+}
+
+/** Another domain's pages mapped into this process. */
+export class MappedPages extends Region {
+  /** @internal */
+  constructor(owner: RegionOwner, buffer: ArrayBuffer, domid: number) {
+    super(owner, buffer, domid);
+  }
+  /** Unmaps the pages. Idempotent. */
+  unmap(): void {
+    this.releaseRegion();
+  }
+  [Symbol.dispose](): void {
+    this.unmap();
+  }
+}
+
+function checkNotify(v: unknown): UnmapNotify | undefined {
+  if (v === undefined) return undefined;
+  const n = checkObject('options.notify', v);
+  return {
+    offset: checkInt('options.notify.offset', n.offset, 0, PAGE_SIZE - 1),
+    port: checkInt('options.notify.port', n.port, 1, 0x1ffff),
+  };
+}
+
+abstract class GrantDevice implements RegionOwner {
+  protected readonly b: Binding;
+  protected h: object | null;
+  constructor(options: GrantOptions, open: (b: Binding) => object) {
+    const o = checkObject('options', options);
+    this.b = binding(o.backend as Backend | undefined);
+    const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
+    this.h = asDomain(this.b, dom, () => open(this.b));
+  }
+  protected handle(): object {
+    if (!this.h) {
+      const e = new Error('The grant handle is closed') as Error & { code: string };
+      e.code = 'ERR_XEN_CLOSED';
+      throw e;
+    }
+    return this.h;
+  }
+  /** @internal */
+  release(buffer: ArrayBuffer): void {
+    this.b.grants.release(this.h ?? this.hClosed, buffer);
+  }
+  private hClosed: object | null = null;
+  /** Closes the device handle; regions already made stay usable until released. Idempotent. */
+  close(): void {
+    if (!this.h) return;
+    this.hClosed = this.h;
+    this.h = null;
+    this.b.grants.close(this.hClosed);
+  }
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/** Shares pages of this domain (/dev/xen/gntalloc). */
+export class GrantSharer extends GrantDevice {
+  constructor(options: GrantOptions = {}) {
+    super(options, (b) => b.grants.openSharer());
+  }
+
+  /**
+   * Allocates PAGES zeroed pages and grants DOMID access to them.
+   * @param options.writable whether the peer may write (default true)
+   * @param options.notify clear a byte / signal a port when the sharing ends, even by process death
+   */
+  share(domid: number, pages: number, options: { writable?: boolean; notify?: UnmapNotify } = {}): SharedPages {
+    checkDomid('domid', domid);
+    checkInt('pages', pages, 1, 1 << 20);
+    const o = checkObject('options', options);
+    const writable = checkBoolean('options.writable', o.writable, true);
+    const notify = checkNotify(o.notify);
+    if (notify && pages !== 1) throw outOfRange('pages', '1 when options.notify is given', pages);
+    const r = this.b.grants.share(this.handle(), domid, pages, writable, notify?.offset, notify?.port) as {
+      refs: number[];
+      buffer: ArrayBuffer;
+    };
+    return new SharedPages(this, r.buffer, domid, r.refs);
+  }
+}
+
+/** One segment of a grant copy: each side is local bytes or another domain's grant. */
+export interface CopySegment {
+  source: Uint8Array | { domid: number; ref: number; offset?: number };
+  dest: Uint8Array | { domid: number; ref: number; offset?: number };
+  length: number;
+}
+
+/** Grant status codes returned per copy segment (0 is success). */
+export const GrantStatus = Object.freeze({
+  okay: 0,
+  generalError: -1,
+  badDomain: -2,
+  badGntref: -3,
+  badHandle: -4,
+  badVirtAddr: -5,
+  permissionDenied: -8,
+  badCopyArg: -10,
+});
+
+/** Maps pages other domains shared with this one (/dev/xen/gntdev). */
+export class GrantMapper extends GrantDevice {
+  constructor(options: GrantOptions = {}) {
+    super(options, (b) => b.grants.openMapper());
+  }
+
+  /**
+   * Maps the pages REFS of DOMID, contiguously.
+   * @param options.writable map read-write (default true; the grant must allow it)
+   * @param options.notify clear a byte / signal a port when unmapped, even by process death
+   */
+  map(domid: number, refs: readonly number[], options: { writable?: boolean; notify?: UnmapNotify } = {}): MappedPages {
+    checkDomid('domid', domid);
+    if (!Array.isArray(refs)) throw invalidArgType('refs', 'an array of grant references', refs);
+    if (refs.length === 0 || refs.length > 1 << 20) throw outOfRange('refs.length', '>= 1 and <= 1048576', refs.length);
+    refs.forEach((r, i) => checkInt(`refs[${i}]`, r, 0, 0xffffffff));
+    const o = checkObject('options', options);
+    const writable = checkBoolean('options.writable', o.writable, true);
+    const notify = checkNotify(o.notify);
+    if (notify && refs.length !== 1) throw outOfRange('refs.length', '1 when options.notify is given', refs.length);
+    const buf = this.b.grants.map(this.handle(), domid, [...refs], writable, notify?.offset, notify?.port) as ArrayBuffer;
+    return new MappedPages(this, buf, domid);
+  }
+
+  /** Copies between local buffers and grants without mapping; returns a status per segment. */
+  copy(segments: readonly CopySegment[]): number[] {
+    if (!Array.isArray(segments)) throw invalidArgType('segments', 'an array', segments);
+    return this.b.grants.copy(this.handle(), segments) as number[];
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * xen-vchan: Xen vchan streams, grant tables, event channels and xenstore for Node.js.
+ *
+ * ```js
+ * const { createServer, connect } = require('xen-vchan');
+ * // dom0
+ * createServer({ domid: 5, path: 'data/vchan/5/echo' }, (s) => s.pipe(s)).listen();
+ * // domain 5
+ * const s = await connect({ domid: 0, path: '/local/domain/0/data/vchan/5/echo' });
+ * ```
+ *
+ * @packageDocumentation
+ */
+export { type Backend, currentBackend, useBackend } from './native';
+export { EventChannel, type EventChannelOptions, type EventChannelEvents } from './evtchn';
+export {
+  GrantMapper,
+  GrantSharer,
+  GrantStatus,
+  MappedPages,
+  PAGE_SIZE,
+  SharedPages,
+  type CopySegment,
+  type GrantOptions,
+  type UnmapNotify,
+} from './grants';
+export {
+  Xenstore,
+  XenstoreTransaction,
+  XenstoreWatch,
+  type WatchEvent,
+  type XenstoreOps,
+  type XenstoreOptions,
+  type XsPermission,
+} from './xenstore';
+export {
+  connect,
+  createServer,
+  VchanServer,
+  VchanStream,
+  type ConnectOptions,
+  type ServerOptions,
+  type VchanInfo,
+  type VchanStreamOptions,
+} from './vchan';
+export {
+  mockAddStaticChannel,
+  mockDir,
+  mockEnv,
+  mockLibDir,
+  mockRaiseVirq,
+  mockReset,
+  mockStats,
+  type MockDomainStats,
+} from './mock';

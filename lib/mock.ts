@@ -1,0 +1,79 @@
+/**
+ * The mock hypervisor, for tests and machines without Xen: introspection, configuration and the
+ * environment that runs any libxenvchan program on it.
+ */
+import * as path from 'node:path';
+
+import { checkDomid, checkInt, coded } from './errors';
+import { binding, Binding } from './native';
+
+/** Live resources of one domain in the mock. */
+export interface MockDomainStats {
+  domid: number;
+  /** Open handles (event channel, grant, xenstore connections). */
+  handles: number;
+  /** Grant references in the domain's table. */
+  grants: number;
+  /** Foreign pages the domain has mapped. */
+  mappedPages: number;
+  /** Event channel ports in use. */
+  ports: number;
+  watches: number;
+  /** Xenstore nodes the domain owns. */
+  nodes: number;
+  transactions: number;
+}
+
+function mockBinding(): Binding & { mock: NonNullable<Binding['mock']> } {
+  const b = binding('mock');
+  if (!b.mock) throw coded('The mock backend is not loaded', 'ERR_XEN_MOCK_ONLY');
+  return b as Binding & { mock: NonNullable<Binding['mock']> };
+}
+
+/** The directory of the mock's drop-in Xen libraries. */
+export const mockLibDir = path.join(__dirname, '..', '..', 'native', 'mock', 'build', 'lib');
+
+/** The mock broker's state directory (XEN_MOCK_DIR or the per-user default). */
+export function mockDir(): string {
+  return mockBinding().mock.dir();
+}
+
+/** Per-domain counts of live resources (all known domains, or one). Empty when no broker runs. */
+export function mockStats(domid?: number): MockDomainStats[] {
+  if (domid !== undefined) checkDomid('domid', domid);
+  return mockBinding().mock.stats(domid);
+}
+
+/** Pre-binds a static (dom0less) event channel pair, as a device tree would. */
+export function mockAddStaticChannel(domid: number, port: number, remoteDomid: number, remotePort: number): void {
+  checkDomid('domid', domid);
+  checkInt('port', port, 1, 0x1ffff);
+  checkDomid('remoteDomid', remoteDomid);
+  checkInt('remotePort', remotePort, 1, 0x1ffff);
+  mockBinding().mock.staticAdd(domid, port, remoteDomid, remotePort);
+}
+
+/** Raises a virtual IRQ in DOMID. */
+export function mockRaiseVirq(domid: number, virq: number): void {
+  checkDomid('domid', domid);
+  checkInt('virq', virq, 0, 23);
+  mockBinding().mock.raiseVirq(domid, virq);
+}
+
+/** Disconnects every client of the mock and clears its state. */
+export function mockReset(): void {
+  mockBinding().mock.reset();
+}
+
+/**
+ * The environment that runs an unmodified libxenvchan program (or Xen's xenstore tools) on the
+ * mock: LD_LIBRARY_PATH to the drop-in libraries, XEN_MOCK_DIR, and XEN_MOCK_DOMID if given.
+ */
+export function mockEnv(domid?: number): Record<string, string> {
+  const env: Record<string, string> = {
+    LD_LIBRARY_PATH: [mockLibDir, process.env.LD_LIBRARY_PATH].filter(Boolean).join(':'),
+  };
+  if (process.env.XEN_MOCK_DIR) env.XEN_MOCK_DIR = process.env.XEN_MOCK_DIR;
+  if (domid !== undefined) env.XEN_MOCK_DOMID = String(checkDomid('domid', domid));
+  return env;
+}

@@ -1,0 +1,304 @@
+/** Xenstore: the hierarchical store domains use to find each other. */
+import { EventEmitter } from 'node:events';
+
+import { checkDomid, checkInt, checkObject, checkString, checkXsPath, coded, invalidArgType } from './errors';
+import { asDomain, Backend, Binding, binding } from './native';
+
+export interface XenstoreOptions {
+  backend?: Backend;
+  /** Mock only: open the connection as this domain. */
+  mockDomid?: number;
+}
+
+/** One entry of a node's permissions. The first names the owner and what every other domain may do. */
+export interface XsPermission {
+  domid: number;
+  read: boolean;
+  write: boolean;
+}
+
+export interface WatchEvent {
+  /** The path that changed (relative if the watch was set on a relative path). */
+  path: string;
+  token: string;
+}
+
+/** Reads and writes, either directly or inside a transaction. */
+export interface XenstoreOps {
+  read(path: string): Promise<string>;
+  readBuffer(path: string): Promise<Buffer>;
+  /** Like read(), but undefined instead of ENOENT. */
+  tryRead(path: string): Promise<string | undefined>;
+  write(path: string, value: string | Uint8Array): Promise<void>;
+  mkdir(path: string): Promise<void>;
+  rm(path: string): Promise<void>;
+  directory(path: string): Promise<string[]>;
+  getPermissions(path: string): Promise<XsPermission[]>;
+  setPermissions(path: string, perms: readonly XsPermission[]): Promise<void>;
+}
+
+function bits(p: XsPermission): number {
+  return (p.read ? 1 : 0) | (p.write ? 2 : 0);
+}
+
+class Ops implements XenstoreOps {
+  constructor(
+    protected readonly b: Binding,
+    protected readonly handleOf: () => object,
+    protected readonly tx: () => number,
+  ) {}
+  async readBuffer(path: string): Promise<Buffer> {
+    checkXsPath('path', path);
+    return this.b.xenstore.read(this.handleOf(), this.tx(), path);
+  }
+  async read(path: string): Promise<string> {
+    return (await this.readBuffer(path)).toString('utf8');
+  }
+  async tryRead(path: string): Promise<string | undefined> {
+    try {
+      return await this.read(path);
+    } catch (e) {
+      if ((e as { code?: string }).code === 'ENOENT') return undefined;
+      throw e;
+    }
+  }
+  async write(path: string, value: string | Uint8Array): Promise<void> {
+    checkXsPath('path', path);
+    if (typeof value !== 'string' && !(value instanceof Uint8Array))
+      throw invalidArgType('value', 'of type string or an instance of Buffer or Uint8Array', value);
+    const data = typeof value === 'string' ? Buffer.from(value, 'utf8') : value;
+    if (data.byteLength > 4096) throw coded('A xenstore value holds at most 4096 bytes', 'ERR_OUT_OF_RANGE');
+    return this.b.xenstore.write(this.handleOf(), this.tx(), path, data);
+  }
+  async mkdir(path: string): Promise<void> {
+    checkXsPath('path', path);
+    return this.b.xenstore.mkdir(this.handleOf(), this.tx(), path);
+  }
+  async rm(path: string): Promise<void> {
+    checkXsPath('path', path);
+    return this.b.xenstore.rm(this.handleOf(), this.tx(), path);
+  }
+  async directory(path: string): Promise<string[]> {
+    checkXsPath('path', path);
+    return this.b.xenstore.directory(this.handleOf(), this.tx(), path);
+  }
+  async getPermissions(path: string): Promise<XsPermission[]> {
+    checkXsPath('path', path);
+    return this.b.xenstore.getPermissions(this.handleOf(), this.tx(), path);
+  }
+  async setPermissions(path: string, perms: readonly XsPermission[]): Promise<void> {
+    checkXsPath('path', path);
+    if (!Array.isArray(perms) || perms.length === 0)
+      throw invalidArgType('perms', 'a non-empty array of { domid, read, write }', perms);
+    const flat: number[] = [];
+    perms.forEach((p, i) => {
+      const o = checkObject(`perms[${i}]`, p);
+      flat.push(checkDomid(`perms[${i}].domid`, o.domid), bits(p));
+    });
+    return this.b.xenstore.setPermissions(this.handleOf(), this.tx(), path, flat);
+  }
+}
+
+/** Operations inside a transaction: isolated until it ends. */
+export class XenstoreTransaction extends Ops {
+  /** @internal */
+  constructor(b: Binding, handleOf: () => object, readonly id: number) {
+    super(b, handleOf, () => id);
+  }
+}
+
+/**
+ * Watch events for one path, as an async iterator and as 'change' events. A watch fires once
+ * when set, then on every change at or below its path.
+ */
+export class XenstoreWatch extends EventEmitter<{ change: [WatchEvent]; error: [Error] }> implements AsyncIterable<WatchEvent> {
+  readonly #queue: WatchEvent[] = [];
+  #waiter: ((v: IteratorResult<WatchEvent>) => void) | null = null;
+  #closed = false;
+  readonly #stop: () => Promise<void>;
+
+  /** @internal */
+  constructor(readonly path: string, readonly token: string, stop: () => Promise<void>) {
+    super();
+    this.#stop = stop;
+  }
+
+  /** @internal */
+  deliver(ev: WatchEvent): void {
+    if (this.#closed) return;
+    this.emit('change', ev);
+    if (this.#waiter) {
+      const w = this.#waiter;
+      this.#waiter = null;
+      w({ value: ev, done: false });
+    } else {
+      this.#queue.push(ev);
+      if (this.#queue.length > 10000) this.#queue.shift(); // a consumer that never reads must not grow memory forever
+    }
+  }
+
+  /** @internal */
+  end(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#waiter) {
+      const w = this.#waiter;
+      this.#waiter = null;
+      w({ value: undefined, done: true });
+    }
+  }
+
+  /** Removes the watch. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.end();
+    await this.#stop();
+  }
+
+  [Symbol.asyncIterator](): AsyncIterator<WatchEvent> {
+    return {
+      next: () => {
+        const v = this.#queue.shift();
+        if (v) return Promise.resolve({ value: v, done: false });
+        if (this.#closed) return Promise.resolve({ value: undefined, done: true });
+        return new Promise((resolve) => {
+          this.#waiter = resolve;
+        });
+      },
+      return: async () => {
+        await this.close();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+}
+
+let tokenCounter = 0;
+
+/** A connection to xenstored. */
+export class Xenstore extends Ops {
+  #h: object | null;
+  readonly #watches = new Map<string, XenstoreWatch>();
+  #polling = false;
+  #refed = true;
+
+  constructor(options: XenstoreOptions = {}) {
+    const o = checkObject('options', options);
+    const b = binding(o.backend as Backend | undefined);
+    const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
+    const h = asDomain(b, dom, () => b.xenstore.open());
+    let self: Xenstore | undefined;
+    super(b, () => self!.#handle(), () => 0);
+    self = this;
+    this.#h = h;
+  }
+
+  #handle(): object {
+    if (!this.#h) throw coded('The xenstore connection is closed', 'ERR_XEN_CLOSED');
+    return this.#h;
+  }
+
+  /** "/local/domain/<domid>". */
+  domainPath(domid: number): string {
+    checkDomid('domid', domid);
+    return this.b.xenstore.domainPath(this.#handle(), domid);
+  }
+
+  /**
+   * Runs FN in a transaction and commits it, running FN again (up to options.retries times,
+   * default 20) when the commit fails with EAGAIN because something it touched changed.
+   * A throw from FN aborts the transaction.
+   */
+  async transaction<T>(fn: (tx: XenstoreTransaction) => Promise<T>, options: { retries?: number } = {}): Promise<T> {
+    if (typeof fn !== 'function') throw invalidArgType('fn', 'of type function', fn);
+    const retries = options.retries === undefined ? 20 : checkInt('options.retries', options.retries, 0, 10000);
+    for (let attempt = 0; ; attempt++) {
+      const id: number = await this.b.xenstore.transactionStart(this.#handle());
+      const tx = new XenstoreTransaction(this.b, () => this.#handle(), id);
+      let result: T;
+      try {
+        result = await fn(tx);
+      } catch (e) {
+        await this.b.xenstore.transactionEnd(this.#handle(), id, true).catch(() => undefined);
+        throw e;
+      }
+      try {
+        await this.b.xenstore.transactionEnd(this.#handle(), id, false);
+        return result;
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EAGAIN' || attempt >= retries) throw e;
+      }
+    }
+  }
+
+  /** Watches PATH (or @releaseDomain / @introduceDomain). */
+  async watch(path: string, token?: string): Promise<XenstoreWatch> {
+    checkXsPath('path', path, true);
+    const tok = token === undefined ? `xv${process.pid}-${++tokenCounter}` : checkString('token', token);
+    if (this.#watches.has(tok)) throw coded(`A watch with token ${tok} is already set on this connection`, 'ERR_XEN_WATCH_EXISTS');
+    const w = new XenstoreWatch(path, tok, async () => {
+      this.#watches.delete(tok);
+      if (this.#h) await this.b.xenstore.unwatch(this.#h, path, tok).catch(() => undefined);
+      if (this.#watches.size === 0) this.#stopPolling();
+    });
+    this.#watches.set(tok, w);
+    this.#startPolling();
+    try {
+      await this.b.xenstore.watch(this.#handle(), path, tok);
+    } catch (e) {
+      this.#watches.delete(tok);
+      w.end();
+      if (this.#watches.size === 0) this.#stopPolling();
+      throw e;
+    }
+    return w;
+  }
+
+  #startPolling(): void {
+    if (this.#polling || !this.#h) return;
+    this.b.xenstore.pollWatches(this.#h, () => this.#onWatchEvents());
+    this.b.xenstore.refWatches(this.#h, this.#refed);
+    this.#polling = true;
+  }
+
+  #stopPolling(): void {
+    if (!this.#polling || !this.#h) return;
+    this.b.xenstore.pollWatches(this.#h, null);
+    this.#polling = false;
+  }
+
+  #onWatchEvents(): void {
+    if (!this.#h) return;
+    const evs = this.b.xenstore.readWatches(this.#h) as [string, string][];
+    for (const [path, token] of evs) this.#watches.get(token)?.deliver({ path, token });
+  }
+
+  /** Keep the process alive while watches are set (the default). */
+  ref(): this {
+    this.#refed = true;
+    if (this.#h && this.#polling) this.b.xenstore.refWatches(this.#h, true);
+    return this;
+  }
+
+  /** Let the process exit with watches set. */
+  unref(): this {
+    this.#refed = false;
+    if (this.#h && this.#polling) this.b.xenstore.refWatches(this.#h, false);
+    return this;
+  }
+
+  /** Closes the connection; its watches end. Requests in flight still complete. Idempotent. */
+  close(): void {
+    if (!this.#h) return;
+    for (const w of this.#watches.values()) w.end();
+    this.#watches.clear();
+    const h = this.#h;
+    this.#h = null;
+    this.#polling = false;
+    this.b.xenstore.close(h);
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
