@@ -113,10 +113,7 @@ export class VchanStream extends Duplex {
       // closing anyway
     }
     this.#close();
-    if (!this.#readEnded) {
-      this.#readEnded = true;
-      this.push(null);
-    }
+    this.#endReadable();
     cb();
   }
 
@@ -126,6 +123,15 @@ export class VchanStream extends Duplex {
     this.#close();
     if (p) p.cb(err ?? coded('The stream was destroyed', 'ERR_STREAM_DESTROYED'));
     cb(err);
+  }
+
+  /** The readable side is over. Like net.Socket at EOF, read(0) lets 'end' (and so 'close')
+   * come even when nobody consumes the stream, once nothing is buffered. */
+  #endReadable(): void {
+    if (this.#readEnded) return;
+    this.#readEnded = true;
+    this.push(null);
+    process.nextTick(() => this.read(0));
   }
 
   #close(): void {
@@ -149,10 +155,7 @@ export class VchanStream extends Duplex {
   /** A paused stream still learns that the peer went: once its data is read, the stream ends. */
   #checkPeerGone(): void {
     const [open, ready] = this.#b.vchan.state(this.#h) as number[];
-    if (open === 0 && ready === 0) {
-      this.#readEnded = true;
-      this.push(null);
-    }
+    if (open === 0 && ready === 0) this.#endReadable();
   }
 
   #takePool(n: number): Buffer {
@@ -178,17 +181,13 @@ export class VchanStream extends Duplex {
       }
       if (n < 0) {
         // The peer is gone and the ring is empty.
-        this.#readEnded = true;
-        this.push(null);
+        this.#endReadable();
         return;
       }
       // Nothing now: ask the peer to notify us when it writes, then look once more.
       const [open, ready] = this.#b.vchan.state(this.#h) as number[];
       if (ready > 0) continue;
-      if (open === 0) {
-        this.#readEnded = true;
-        this.push(null);
-      }
+      if (open === 0) this.#endReadable();
       return;
     }
   }

@@ -6,6 +6,7 @@
  *   xenmockd reset | shutdown
  *   xenmockd static DOM:PORT DOM:PORT       pre-bind a static event channel pair
  *   xenmockd virq DOM VIRQ                  raise a virtual interrupt
+ *   xenmockd introduce DOMID...             create domains' xenstore entries, as a toolstack does
  *
  * One process, one epoll loop, no threads. Each client handle is a
  * SOCK_SEQPACKET connection; when it closes (however its process ended) the
@@ -273,6 +274,11 @@ static int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char
         store_reset();
         return 0;
     }
+    case XM_CTL_INTRODUCE:
+        if (m->a[0] >= DOMID_FIRST_RESERVED)
+            return EINVAL;
+        store_domain_introduced(m->a[0]);
+        return 0;
     case XM_CTL_SHUTDOWN:
         logmsg("shutdown requested by pid %d", (int)c->pid);
         stopping = true;
@@ -575,7 +581,7 @@ static int print_status(bool json)
 static int usage(void)
 {
     fprintf(stderr, "usage: xenmockd serve [--daemon] [--dir=DIR] | status [--json] | reset | shutdown |\n"
-                    "       static DOM:PORT DOM:PORT | virq DOM VIRQ\n");
+                    "       static DOM:PORT DOM:PORT | virq DOM VIRQ | introduce DOMID...\n");
     return 2;
 }
 
@@ -622,6 +628,15 @@ int main(int argc, char **argv)
         if (xenmock_static_evtchn_add(d, p, rd, rp) < 0) {
             perror("xenmockd: static");
             return 1;
+        }
+        return 0;
+    }
+    if (!strcmp(cmd, "introduce") && argc >= 3) {
+        for (int i = 2; i < argc; i++) {
+            if (xenmock_introduce_domain((uint32_t)strtoul(argv[i], NULL, 10)) < 0) {
+                perror("xenmockd: introduce");
+                return 1;
+            }
         }
         return 0;
     }

@@ -46,6 +46,10 @@ int xenmock_static_evtchn_add(uint32_t domid, uint32_t port, uint32_t remote_dom
 /* Raises VIRQ in DOMID (delivered where the domain has bound it). */
 int xenmock_raise_virq(uint32_t domid, uint32_t virq);
 
+/* Writes DOMID's xenstore entries (/local/domain/DOMID, its data/ directory), as a toolstack
+ * creating the domain would; they appear by themselves when a domain opens its first handle. */
+int xenmock_introduce_domain(uint32_t domid);
+
 /* Disconnects every client and clears all state. */
 int xenmock_reset(void);
 

@@ -381,6 +381,11 @@ XM_EXPORT int xenmock_raise_virq(uint32_t domid, uint32_t virq)
     return ctl_simple(XM_CTL_RAISE_VIRQ, domid, virq, 0, 0, 1);
 }
 
+XM_EXPORT int xenmock_introduce_domain(uint32_t domid)
+{
+    return ctl_simple(XM_CTL_INTRODUCE, domid, 0, 0, 0, 1);
+}
+
 XM_EXPORT int xenmock_reset(void)
 {
     int rc = ctl_simple(XM_CTL_RESET, 0, 0, 0, 0, 0);

@@ -74,6 +74,7 @@ enum xm_op {
     XM_CTL_STATIC_ADD,      /* a0 dom, a1 port, a2 remote dom, a3 remote port */
     XM_CTL_RAISE_VIRQ,      /* a0 dom, a1 virq */
     XM_CTL_SHUTDOWN,
+    XM_CTL_INTRODUCE,       /* a0 dom: write its xenstore entries, as a toolstack creating it would */
 };
 
 struct xm_msg {

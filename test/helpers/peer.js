@@ -1,0 +1,138 @@
+'use strict';
+// A peer in another domain (XEN_MOCK_DOMID on the mock), driven by the tests over IPC.
+//   serve PEER PATH READMIN WRITEMIN BYTES    serve one client: send BYTES random bytes, hash what comes back
+//   connect SERVER PATH BYTES                  connect: the same from the client side
+//   hold-serve PEER PATH | hold-connect SERVER PATH   stream until killed
+//   xs-read PATH                               try to read a xenstore node (permission tests)
+//   map DOMID REF                              try to map a grant (permission tests)
+//   bind DOMID PORT                            try to bind an interdomain port (permission tests)
+const { createHash, randomBytes } = require('node:crypto');
+const path = require('node:path');
+
+const x = require(path.join(__dirname, '..', '..'));
+
+const [role, ...args] = process.argv.slice(2);
+const send = (m) => process.send && process.send(m);
+
+function exchange(stream, bytes) {
+  return new Promise((resolve, reject) => {
+    const sent = createHash('sha256');
+    const recv = createHash('sha256');
+    let got = 0;
+    let left = bytes;
+    let wroteAll = false;
+    const finish = () => {
+      if (wroteAll && got >= bytes) resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got });
+    };
+    stream.on('data', (d) => {
+      recv.update(d);
+      got += d.length;
+      finish();
+    });
+    stream.on('error', reject);
+    const pump = () => {
+      while (left > 0) {
+        const n = Math.min(left, 1 + Math.floor(Math.random() * 100_000));
+        const b = randomBytes(n);
+        sent.update(b);
+        left -= n;
+        if (!stream.write(b)) return stream.once('drain', pump);
+      }
+      wroteAll = true;
+      finish();
+    };
+    pump();
+  });
+}
+
+async function main() {
+  switch (role) {
+    case 'serve': {
+      const [peer, p, rmin, wmin, bytes] = args;
+      const srv = x.createServer({ domid: +peer, path: p, readMin: +rmin, writeMin: +wmin });
+      srv.on('connection', async (s) => {
+        try {
+          const r = await exchange(s, +bytes);
+          send({ done: true, ...r, info: s.info });
+          s.end();
+          s.on('close', () => srv.close());
+        } catch (e) {
+          send({ error: e.code || e.message });
+          srv.close();
+        }
+      });
+      srv.listen(() => send({ listening: true }));
+      break;
+    }
+    case 'connect': {
+      const [server, p, bytes] = args;
+      const s = await x.connect({ domid: +server, path: p, timeout: 20000 });
+      send({ connected: true, info: s.info });
+      const r = await exchange(s, +bytes);
+      send({ done: true, ...r });
+      s.end();
+      break;
+    }
+    case 'hold-serve':
+    case 'hold-connect': {
+      const [dom, p] = args;
+      const go = (s) => {
+        send({ connected: true });
+        s.on('data', () => {});
+        s.on('error', () => {});
+        const b = Buffer.alloc(65536, 1);
+        const pump = () => {
+          while (s.writable && s.write(b));
+          if (s.writable) s.once('drain', pump);
+        };
+        pump();
+      };
+      if (role === 'hold-serve') x.createServer({ domid: +dom, path: p }, go).listen(() => send({ listening: true }));
+      else go(await x.connect({ domid: +dom, path: p, timeout: 20000 }));
+      break;
+    }
+    case 'xs-read': {
+      const xs = new x.Xenstore();
+      try {
+        await xs.read(args[0]);
+        send({ ok: true });
+      } catch (e) {
+        send({ code: e.code });
+      }
+      xs.close();
+      process.exit(0);
+      break;
+    }
+    case 'map': {
+      const m = new x.GrantMapper();
+      try {
+        m.map(+args[0], [+args[1]], { writable: false }).unmap();
+        send({ ok: true });
+      } catch (e) {
+        send({ code: e.code });
+      }
+      m.close();
+      process.exit(0);
+      break;
+    }
+    case 'bind': {
+      const e = new x.EventChannel();
+      try {
+        e.bindInterdomain(+args[0], +args[1]);
+        send({ ok: true });
+      } catch (err) {
+        send({ code: err.code });
+      }
+      e.close();
+      process.exit(0);
+      break;
+    }
+    default:
+      throw new Error(`unknown role ${role}`);
+  }
+}
+
+main().catch((e) => {
+  send({ error: e.code || e.message });
+  process.exit(1);
+});

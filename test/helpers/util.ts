@@ -1,0 +1,76 @@
+import { ChildProcess, fork } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import * as path from 'node:path';
+
+import { root } from './env';
+
+export const peerScript = path.join(root, 'test', 'helpers', 'peer.js');
+
+/** Starts test/helpers/peer.js as domain DOMID with ARGS; resolves its messages through next(). */
+export function startPeer(domid: number, args: string[], extraEnv: Record<string, string> = {}) {
+  const child = fork(peerScript, args, {
+    env: { ...process.env, XEN_MOCK_DOMID: String(domid), ...extraEnv },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const queue: unknown[] = [];
+  const waiters: ((m: unknown) => void)[] = [];
+  child.on('message', (m) => {
+    const w = waiters.shift();
+    if (w) w(m);
+    else queue.push(m);
+  });
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+    child.once('exit', (code, signal) => resolve({ code, signal })),
+  );
+  return {
+    child,
+    exited,
+    next<T = Record<string, unknown>>(timeoutMs = 20_000): Promise<T> {
+      const m = queue.shift();
+      if (m !== undefined) return Promise.resolve(m as T);
+      return new Promise<T>((resolve, reject) => {
+        const t = setTimeout(() => reject(new Error(`no message from peer ${args.join(' ')} in ${timeoutMs} ms`)), timeoutMs);
+        waiters.push((v) => {
+          clearTimeout(t);
+          resolve(v as T);
+        });
+      });
+    },
+    send(m: unknown) {
+      child.send(m as never);
+    },
+  };
+}
+
+export type Peer = ReturnType<typeof startPeer>;
+
+export function sha256(b: Uint8Array): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+/** Random data cut into random-sized chunks (1 byte to MAX). */
+export function randomChunks(total: number, max: number): Buffer[] {
+  const out: Buffer[] = [];
+  let left = total;
+  while (left > 0) {
+    const n = Math.min(left, 1 + Math.floor(Math.random() * max));
+    out.push(randomBytes(n));
+    left -= n;
+  }
+  return out;
+}
+
+export function fdCount(): number {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  return require('node:fs').readdirSync('/proc/self/fd').length;
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function uniquePath(tag: string): string {
+  return `data/vchan/t${process.pid}-${tag}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+export function killChild(c: ChildProcess): void {
+  if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}

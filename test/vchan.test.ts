@@ -1,0 +1,365 @@
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import { Readable, Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { connect, createServer, GrantMapper, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
+import { config, onMock, selfDomid } from './helpers/env';
+import { snapshot } from './helpers/setup';
+import { fdCount, killChild, Peer, randomChunks, sha256, sleep, startPeer, uniquePath } from './helpers/util';
+
+const servers: VchanServer[] = [];
+const peers: Peer[] = [];
+const streams: VchanStream[] = [];
+/** Every stream a test makes is destroyed after it, pass or fail, so one failure cannot cascade. */
+function track<T extends VchanStream>(s: T): T {
+  streams.push(s);
+  s.on('error', () => {});
+  return s;
+}
+afterEach(async () => {
+  for (const s of streams.splice(0)) if (!s.destroyed) s.destroy();
+  for (const p of peers.splice(0)) {
+    killChild(p.child);
+    await p.exited;
+  }
+  for (const s of servers.splice(0)) {
+    s.close();
+    // A failed test may leave a stream open: do not hang the run on it.
+    await Promise.race([once(s, 'close'), sleep(5000)]);
+  }
+});
+
+/** A server (this process) and a client (this process), dom0 <-> dom0 loopback. */
+async function pair(readMin = 65536, writeMin = 65536): Promise<{ server: VchanServer; s: VchanStream; c: VchanStream; path: string }> {
+  const path = uniquePath('pair');
+  const server = createServer({ domid: selfDomid, path, readMin, writeMin });
+  servers.push(server);
+  const accepted = once(server, 'connection');
+  server.listen();
+  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 }));
+  const [s] = (await accepted) as [VchanStream];
+  return { server, s: track(s), c, path };
+}
+
+/** Resolves when S has closed (at once if it already has: once() would wait forever). */
+function closed(s: VchanStream): Promise<unknown> {
+  return s.closed ? Promise.resolve() : once(s, 'close');
+}
+
+/** Writes CHUNKS to W, honouring backpressure, then ends it. */
+async function writeAll(w: Writable, chunks: Buffer[]): Promise<void> {
+  for (const b of chunks) if (!w.write(b)) await once(w, 'drain');
+}
+
+/** Hashes the next BYTES bytes of R (without ending or destroying it: breaking a for-await would). */
+function readHash(r: Readable, bytes: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const h = createHash('sha256');
+    let got = 0;
+    const onData = (d: Buffer) => {
+      h.update(d);
+      got += d.length;
+      if (got >= bytes) {
+        done();
+        if (got === bytes) resolve(h.digest('hex'));
+        else reject(new Error(`read ${got} bytes, expected ${bytes}`));
+      }
+    };
+    const onEnd = () => {
+      done();
+      reject(new Error(`the stream ended after ${got} of ${bytes} bytes`));
+    };
+    const onError = (e: Error) => {
+      done();
+      reject(e);
+    };
+    const done = () => {
+      r.off('data', onData).off('end', onEnd).off('error', onError);
+      r.pause();
+    };
+    r.on('data', onData).on('end', onEnd).on('error', onError);
+  });
+}
+
+const RING_SIZES: [number, number][] = [
+  [1024, 2048],
+  [2048, 1024],
+  [4096, 4096],
+  [65536, 65536],
+  [1 << 20, 1 << 20],
+  [1024, 65536],
+];
+
+describe('VchanStream', () => {
+  for (const [rmin, wmin] of RING_SIZES) {
+    it(`moves random chunk sizes both ways intact (SHA-256) on rings ${rmin}/${wmin}`, async () => {
+      const { s, c } = await pair(rmin, wmin);
+      // At least what was asked for, a power of two; both ends agree.
+      expect(s.info.readSize).toBeGreaterThanOrEqual(Math.max(rmin, 1024));
+      expect(s.info.writeSize).toBeGreaterThanOrEqual(Math.max(wmin, 1024));
+      expect(Math.log2(s.info.readSize) % 1).toBe(0);
+      expect(c.info.writeSize).toBe(s.info.readSize);
+      expect(c.info.readSize).toBe(s.info.writeSize);
+      const total = rmin >= 65536 ? 4 << 20 : 1 << 20;
+      const up = randomChunks(total, Math.max(rmin, wmin) * 3);
+      const down = randomChunks(total, Math.max(rmin, wmin) * 3);
+      const [upHash, downHash] = await Promise.all([
+        readHash(s, total),
+        readHash(c, total),
+        writeAll(c, up),
+        writeAll(s, down),
+      ]);
+      expect(upHash).toBe(sha256(Buffer.concat(up)));
+      expect(downHash).toBe(sha256(Buffer.concat(down)));
+      c.destroy();
+      s.destroy();
+    });
+  }
+
+  it('works with stream.pipeline() and async iteration; end() flushes, then the peer sees the end', async () => {
+    const { s, c } = await pair(4096, 4096);
+    const data = randomBytes(300_000);
+    const received: Buffer[] = [];
+    const reader = (async () => {
+      for await (const d of s) received.push(d as Buffer);
+    })();
+    await pipeline(Readable.from([data.subarray(0, 100_000), data.subarray(100_000)]), c);
+    await reader; // ends because the client closed after flushing
+    expect(Buffer.concat(received).equals(data)).toBe(true);
+    await closed(s);
+  });
+
+  it('an echo server: pipe() both ways', async () => {
+    const { s, c } = await pair();
+    s.pipe(s);
+    const msg = randomBytes(1 << 20);
+    const [echo] = await Promise.all([readHash(c, msg.length), writeAll(c, [msg])]);
+    expect(echo).toBe(sha256(msg));
+    c.end();
+    await closed(s);
+  });
+
+  it('the server offers the channel again after a client leaves', async () => {
+    const path = uniquePath('again');
+    const server = createServer({ domid: selfDomid, path });
+    servers.push(server);
+    server.on('connection', (s) => s.pipe(s));
+    server.listen();
+    for (let i = 0; i < 3; i++) {
+      const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 }));
+      c.write(`hello ${i}`);
+      const [d] = await once(c, 'data');
+      expect(String(d)).toBe(`hello ${i}`);
+      c.end();
+      await closed(c);
+    }
+  });
+
+  it('connect() waits for the server through a watch, honours AbortSignal, and times out with ETIMEDOUT', async () => {
+    const path = uniquePath('late');
+    const full = `/local/domain/${selfDomid}/${path}`;
+    const pending = connect({ domid: selfDomid, path: full, timeout: 10_000 });
+    await sleep(200);
+    const server = createServer({ domid: selfDomid, path }, (s) => s.end('hi')).listen();
+    servers.push(server);
+    const c = track(await pending);
+    const [d] = await once(c, 'data');
+    expect(String(d)).toBe('hi');
+    await closed(c);
+
+    const t0 = Date.now();
+    await expect(connect({ domid: selfDomid, path: `${full}-none`, timeout: 300 })).rejects.toMatchObject({
+      code: 'ETIMEDOUT',
+      syscall: 'connect',
+    });
+    expect(Date.now() - t0).toBeLessThan(3000);
+
+    const ac = new AbortController();
+    const aborted = connect({ domid: selfDomid, path: `${full}-none2`, signal: ac.signal });
+    setTimeout(() => ac.abort(), 100);
+    await expect(aborted).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+    await expect(connect({ domid: selfDomid, path: `${full}-x`, signal: AbortSignal.abort() })).rejects.toMatchObject({
+      name: 'AbortError',
+    });
+  });
+
+  it('writing after the peer closed fails with EPIPE; reading ends after the data it sent', async () => {
+    const { s, c } = await pair(4096, 4096);
+    s.write('last words');
+    s.end();
+    const got: Buffer[] = [];
+    c.on('data', (d) => got.push(d));
+    await once(c, 'end');
+    expect(Buffer.concat(got).toString()).toBe('last words');
+    await closed(c);
+  });
+
+  it('a corrupt ring index in the shared page surfaces as EPROTO, not a hang', async () => {
+    const { s, c, path } = await pair(4096, 4096);
+    // Play the hostile peer: map the channel's control page (granted to this domain) and scribble.
+    const xs = new Xenstore();
+    const ref = Number(await xs.read(`/local/domain/${selfDomid}/${path}/ring-ref`));
+    xs.close();
+    const m = new GrantMapper();
+    const page = m.map(selfDomid, [ref]);
+    const idx = new Uint32Array(page.buffer, 0, 4); // left.cons, left.prod, right.cons, right.prod
+    s.on('data', () => {});
+    const failed = once(s, 'error');
+    idx[1] = idx[0] + 0x40000000; // the client "produced" a gigabyte into a 4 KiB ring
+    c.on('error', () => {});
+    c.write('wake up'); // any event makes the server look
+    const [err] = (await failed) as [NodeJS.ErrnoException];
+    expect(err.code).toBe('EPROTO');
+    expect(err.syscall).toMatch(/libxenvchan/);
+    page.unmap();
+    m.close();
+    c.destroy();
+    await closed(s);
+  });
+
+  it('10,000 connect/close cycles leave the fd count and the mock flat', async () => {
+    const path = uniquePath('cycles');
+    const server = createServer({ domid: selfDomid, path, readMin: 1024, writeMin: 1024 });
+    servers.push(server);
+    server.on('connection', (s) => {
+      s.resume();
+      s.on('error', () => {});
+    });
+    server.listen();
+    const full = `/local/domain/${selfDomid}/${path}`;
+    const cycles = config === 'real' ? 1000 : 10_000;
+    let fds0 = 0;
+    let snap0 = {};
+    for (let i = 0; i < cycles; i++) {
+      const c = await connect({ domid: selfDomid, path: full, timeout: 5000 });
+      c.destroy();
+      await closed(c);
+      if (i === 99) {
+        await sleep(50);
+        fds0 = fdCount();
+        if (onMock) snap0 = snapshot();
+      }
+    }
+    await sleep(100);
+    expect(fdCount()).toBeLessThanOrEqual(fds0 + 2);
+    if (onMock) {
+      // Wait for the server to re-offer, then compare the mock's books.
+      for (let i = 0; i < 100 && JSON.stringify(snapshot()) !== JSON.stringify(snap0); i++) await sleep(20);
+      expect(snapshot()).toEqual(snap0);
+    }
+  }, 300_000);
+});
+
+describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)', () => {
+  for (const [rmin, wmin] of [[1024, 2048], [65536, 65536], [1 << 20, 1 << 20]] as [number, number][]) {
+    it(`a dom5 client process and a dom0 server, rings ${rmin}/${wmin}, SHA-256 both ways`, async () => {
+      const path = uniquePath('x');
+      const total = 2 << 20;
+      const server = createServer({ domid: 5, path, readMin: rmin, writeMin: wmin });
+      servers.push(server);
+      const accepted = once(server, 'connection');
+      server.listen();
+      const peer = startPeer(5, ['connect', '0', `/local/domain/0/${path}`, String(total)]);
+      peers.push(peer);
+      const [s] = (await accepted) as [VchanStream];
+      track(s);
+      const out = randomChunks(total, 200_000);
+      const [inHash] = await Promise.all([readHash(s, total), writeAll(s, out)]);
+      const done = await peer.next<{ done?: boolean; sent: string; recv: string; error?: string }>();
+      if (!done.done) Object.assign(done, await peer.next());
+      expect(done.error).toBeUndefined();
+      expect(done.sent).toBe(inHash);
+      expect(done.recv).toBe(sha256(Buffer.concat(out)));
+      s.resume(); // a paused stream does not emit 'end' (as with net.Socket)
+      await closed(s);
+      expect((await peer.exited).code).toBe(0);
+    });
+  }
+
+  it('a dom0 client of a dom5 server process', async () => {
+    const path = uniquePath('rev');
+    const total = 1 << 20;
+    const peer = startPeer(5, ['serve', '0', path, '4096', '65536', String(total)]);
+    peers.push(peer);
+    expect(await peer.next()).toMatchObject({ listening: true });
+    const c = track(await connect({ domid: 5, path: `/local/domain/5/${path}`, timeout: 10_000 }));
+    const out = randomChunks(total, 50_000);
+    const [inHash] = await Promise.all([readHash(c, total), writeAll(c, out)]);
+    const done = await peer.next<{ sent: string; recv: string }>();
+    expect(done.sent).toBe(inHash);
+    expect(done.recv).toBe(sha256(Buffer.concat(out)));
+    c.end();
+    await closed(c);
+  });
+
+  for (const side of ['client', 'server'] as const) {
+    it(`SIGKILL of the peer ${side} mid-stream ends our stream within a second and leaves nothing of it`, async () => {
+      const path = uniquePath(`kill-${side}`);
+      let ours: VchanStream;
+      let peer: Peer;
+      if (side === 'client') {
+        const server = createServer({ domid: 5, path });
+        servers.push(server);
+        const accepted = once(server, 'connection');
+        server.listen();
+        peer = startPeer(5, ['hold-connect', '0', `/local/domain/0/${path}`]);
+        peers.push(peer);
+        [ours] = (await accepted) as [VchanStream];
+        track(ours);
+      } else {
+        peer = startPeer(5, ['hold-serve', '0', path]);
+        peers.push(peer);
+        await peer.next(); // listening
+        ours = track(await connect({ domid: 5, path: `/local/domain/5/${path}`, timeout: 10_000 }));
+      }
+      await peer.next(); // connected
+      let bytes = 0;
+      ours.on('data', (d) => (bytes += d.length));
+      ours.on('error', () => {});
+      await sleep(200);
+      expect(bytes).toBeGreaterThan(0);
+      const t0 = Date.now();
+      peer.child.kill('SIGKILL');
+      await closed(ours);
+      const ms = Date.now() - t0;
+      expect(ms).toBeLessThan(1000);
+      await peer.exited;
+      // The dead domain's grants, ports and handles are gone (its xenstore node too, for a server).
+      for (let i = 0; i < 100; i++) {
+        const d5 = snapshot()['5'];
+        if (!d5 || (d5.grants === 0 && d5.ports === 0 && d5.mappedPages === 0 && d5.handles === 0)) break;
+        await sleep(10);
+      }
+      const d5 = snapshot()['5'];
+      expect(d5 === undefined || (d5.grants === 0 && d5.ports === 0 && d5.mappedPages === 0 && d5.handles === 0)).toBe(true);
+      if (side === 'server') {
+        const xs = new Xenstore();
+        await expect(xs.read(`/local/domain/5/${path}/ring-ref`)).rejects.toMatchObject({ code: 'ENOENT' });
+        xs.close();
+      }
+    });
+  }
+
+  it('a third domain can neither read the node, nor map the grant, nor bind the port', async () => {
+    const path = uniquePath('third');
+    const server = createServer({ domid: 5, path });
+    servers.push(server);
+    server.listen();
+    await once(server, 'listening');
+    const xs = new Xenstore();
+    const full = `/local/domain/0/${path}`;
+    const ref = await xs.read(`${full}/ring-ref`);
+    const port = await xs.read(`${full}/event-channel`);
+    xs.close();
+    const reader = startPeer(7, ['xs-read', `${full}/ring-ref`]);
+    expect(await reader.next()).toEqual({ code: 'EACCES' });
+    const mapper = startPeer(7, ['map', '0', ref]);
+    expect(await mapper.next()).toEqual({ code: 'EINVAL' });
+    const binder = startPeer(7, ['bind', '0', port]);
+    expect(await binder.next()).toEqual({ code: 'EINVAL' });
+    await Promise.all([reader.exited, mapper.exited, binder.exited]);
+  });
+});
