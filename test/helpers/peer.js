@@ -127,6 +127,39 @@ async function main() {
       process.exit(0);
       break;
     }
+    case 'static': {
+      // Runs against a broker of its own (the test gives this process its own XEN_MOCK_DIR).
+      x.mockAddStaticChannel(0, 70, 0, 71);
+      const a = new x.EventChannel();
+      const b = new x.EventChannel();
+      const bound = [a.bindStatic(70), b.bindStatic(71)];
+      let busy;
+      try {
+        b.bindStatic(71);
+      } catch (e) {
+        busy = e.code;
+      }
+      const event = await new Promise((r) => {
+        b.once('event', r);
+        a.notify(70);
+      });
+      b.close();
+      a.notify(70); // sent while 71 has no handle: kept pending
+      const c = new x.EventChannel();
+      const rebound = c.bindStatic(71);
+      const pendingKept = await new Promise((r) => {
+        const t = setTimeout(() => r(false), 2000);
+        c.once('event', () => {
+          clearTimeout(t);
+          r(true);
+        });
+      });
+      send({ bound, busy, event, rebound, pendingKept });
+      a.close();
+      c.close();
+      process.exit(0);
+      break;
+    }
     default:
       throw new Error(`unknown role ${role}`);
   }
