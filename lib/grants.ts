@@ -126,7 +126,9 @@ function checkNotify(v: unknown): UnmapNotify | undefined {
 }
 
 abstract class GrantDevice implements RegionOwner {
+  /** @internal */
   protected readonly b: Binding;
+  /** @internal */
   protected h: object | null;
   constructor(options: GrantOptions, open: (b: Binding) => object) {
     const o = checkObject('options', options);

@@ -605,6 +605,10 @@ int main(int argc, char **argv)
             setenv("XEN_MOCK_DIR", dir, 1);
         return serve(xenmock_dir(), daemonize);
     }
+    if (!strcmp(cmd, "dir")) {
+        printf("%s\n", xenmock_dir());
+        return 0;
+    }
     if (!strcmp(cmd, "status"))
         return print_status(argc > 2 && !strcmp(argv[2], "--json"));
     if (!strcmp(cmd, "reset")) {

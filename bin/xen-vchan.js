@@ -1,0 +1,259 @@
+#!/usr/bin/env node
+'use strict';
+const { spawnSync, fork } = require('node:child_process');
+const net = require('node:net');
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+
+const root = path.join(__dirname, '..');
+const broker = path.join(root, 'native', 'mock', 'build', 'bin', 'xenmockd');
+
+const USAGE = `usage: xen-vchan <command> [options]
+
+  demo [--bytes N] [--ring N]        a dom0 server and a domU client (two processes) on the mock, streaming
+                                     data both ways and printing throughput
+  listen --domid D --path P          serve one vchan client of domain D on stdin/stdout
+         [--read-min N] [--write-min N] [--keep]   (--keep: serve the next client after one leaves)
+  connect --domid D --path P         connect to the vchan server of domain D at the full xenstore path P,
+         [--timeout MS]              stdin/stdout
+  proxy --domid D --path P --listen unix:/sock|tcp:HOST:PORT
+                                     accept any number of socket connections at once, each over its own
+                                     vchan slot (a server proxy's P/0, P/1, ...)
+  proxy --serve --domid D --path P --connect unix:/sock|tcp:HOST:PORT [--slots N]
+                                     offer N vchan slots to domain D (default 8); each client becomes a
+                                     socket connection
+  mock env [--domid D]               print export lines that run any libxenvchan program on the mock:
+                                     eval "$(npx xen-vchan mock env)"
+  mock status [--json] | mock reset | mock introduce D...
+
+Backend: real Xen unless XEN_VCHAN_BACKEND=mock (demo and mock default to the mock).`;
+
+function fail(msg) {
+  process.stderr.write(`xen-vchan: ${msg}\n`);
+  process.exit(2);
+}
+
+function opts(args, spec) {
+  try {
+    return parseArgs({ args, options: spec, allowPositionals: true }).values;
+  } catch (e) {
+    fail(`${e.message}\n\n${USAGE}`);
+  }
+}
+
+function int(v, name) {
+  const n = Number(v);
+  if (v === undefined || !Number.isInteger(n) || n < 0) fail(`--${name} needs a non-negative integer`);
+  return n;
+}
+
+function lib() {
+  return require(root);
+}
+
+function sockAddr(spec, flag) {
+  if (!spec) fail(`${flag} is required (unix:/path or tcp:HOST:PORT)`);
+  if (spec.startsWith('unix:')) return { path: spec.slice(5) };
+  const m = /^tcp:(.*):(\d+)$/.exec(spec);
+  if (!m) fail(`${flag} must be unix:/path or tcp:HOST:PORT`);
+  return { host: m[1], port: Number(m[2]) };
+}
+
+async function cmdMock(args) {
+  process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
+  const [sub, ...rest] = args;
+  if (sub === 'env') {
+    const o = opts(rest, { domid: { type: 'string' } });
+    const env = lib().mockEnv(o.domid === undefined ? undefined : int(o.domid, 'domid'));
+    env.XEN_MOCK_DIR = env.XEN_MOCK_DIR || spawnSync(broker, ['dir']).stdout?.toString().trim() || '';
+    if (!env.XEN_MOCK_DIR) delete env.XEN_MOCK_DIR;
+    for (const [k, v] of Object.entries(env)) process.stdout.write(`export ${k}=${JSON.stringify(v)}\n`);
+    return;
+  }
+  if (['status', 'reset', 'introduce', 'shutdown'].includes(sub)) {
+    const r = spawnSync(broker, [sub, ...rest], { stdio: 'inherit' });
+    process.exit(r.status ?? 1);
+  }
+  fail(USAGE);
+}
+
+function pipeStdio(stream) {
+  process.stdin.pipe(stream);
+  stream.pipe(process.stdout);
+  stream.on('error', (e) => {
+    process.stderr.write(`xen-vchan: ${e.message}\n`);
+    process.exitCode = 1;
+  });
+  return new Promise((resolve) => stream.on('close', resolve));
+}
+
+async function cmdListen(args) {
+  const o = opts(args, {
+    domid: { type: 'string' },
+    path: { type: 'string' },
+    'read-min': { type: 'string' },
+    'write-min': { type: 'string' },
+    keep: { type: 'boolean' },
+  });
+  const { createServer } = lib();
+  const server = createServer({
+    domid: int(o.domid, 'domid'),
+    path: o.path ?? fail('--path is required'),
+    readMin: o['read-min'] === undefined ? undefined : int(o['read-min'], 'read-min'),
+    writeMin: o['write-min'] === undefined ? undefined : int(o['write-min'], 'write-min'),
+  });
+  server.on('connection', async (s) => {
+    if (!o.keep) server.close();
+    await pipeStdio(s);
+  });
+  server.on('error', (e) => fail(e.message));
+  server.listen();
+}
+
+async function cmdConnect(args) {
+  const o = opts(args, { domid: { type: 'string' }, path: { type: 'string' }, timeout: { type: 'string' } });
+  const s = await lib().connect({
+    domid: int(o.domid, 'domid'),
+    path: o.path ?? fail('--path is required'),
+    timeout: o.timeout === undefined ? undefined : int(o.timeout, 'timeout'),
+  });
+  await pipeStdio(s);
+}
+
+function splice(a, b) {
+  a.pipe(b);
+  b.pipe(a);
+  const end = () => {
+    a.destroy();
+    b.destroy();
+  };
+  a.on('error', end).on('close', end);
+  b.on('error', end).on('close', end);
+}
+
+async function cmdProxy(args) {
+  const o = opts(args, {
+    domid: { type: 'string' },
+    path: { type: 'string' },
+    listen: { type: 'string' },
+    connect: { type: 'string' },
+    serve: { type: 'boolean' },
+    slots: { type: 'string' },
+  });
+  const x = lib();
+  const domid = int(o.domid, 'domid');
+  const base = o.path ?? fail('--path is required');
+  if (o.serve) {
+    const target = sockAddr(o.connect, '--connect');
+    const slots = o.slots === undefined ? 8 : int(o.slots, 'slots');
+    for (let i = 0; i < slots; i++) {
+      x.createServer({ domid, path: `${base}/${i}` }, (s) => splice(s, net.connect(target))).listen();
+    }
+    process.stderr.write(`xen-vchan: ${slots} vchan slots for domain ${domid} under ${base}, each to ${o.connect}\n`);
+    return;
+  }
+  const at = sockAddr(o.listen, '--listen');
+  const xs = new x.Xenstore();
+  const server = net.createServer(async (sock) => {
+    sock.pause();
+    // Take the first free slot; a busy one refuses the connection (its port is taken).
+    let slots;
+    try {
+      slots = (await xs.directory(base)).sort((a, b) => Number(a) - Number(b));
+    } catch (e) {
+      process.stderr.write(`xen-vchan: no vchan slots at ${base}: ${e.code || e.message}\n`);
+      return sock.destroy();
+    }
+    for (const slot of slots) {
+      try {
+        const v = await x.connect({ domid, path: `${base}/${slot}`, timeout: 200 });
+        splice(sock, v);
+        sock.resume();
+        return;
+      } catch {
+        // busy: try the next one
+      }
+    }
+    process.stderr.write(`xen-vchan: all ${slots.length} vchan slots at ${base} are busy\n`);
+    sock.destroy();
+  });
+  server.listen(at, () => process.stderr.write(`xen-vchan: proxying ${o.listen} to domain ${domid} ${base}/*\n`));
+}
+
+async function cmdDemo(args) {
+  const o = opts(args, { bytes: { type: 'string' }, ring: { type: 'string' }, role: { type: 'string' } });
+  process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
+  const bytes = o.bytes === undefined ? 256 << 20 : int(o.bytes, 'bytes');
+  const ring = o.ring === undefined ? 65536 : int(o.ring, 'ring');
+  const x = lib();
+  const p = `data/vchan/5/demo-${o.role ? process.ppid : process.pid}`;
+  if (o.role === 'domU') {
+    // The guest: connect to dom0, echo its stream back, count.
+    const s = await x.connect({ domid: 0, path: `/local/domain/0/${p}`, timeout: 10000 });
+    s.pipe(s);
+    return;
+  }
+  const backend = process.env.XEN_VCHAN_BACKEND;
+  console.log(`xen-vchan demo (${backend} backend): dom0 server <-> domain 5 client in another process, ring ${ring} bytes`);
+  const server = x.createServer({ domid: 5, path: p, readMin: ring, writeMin: ring });
+  const child = fork(__filename, ['demo', '--role', 'domU', '--ring', String(ring)], {
+    env: { ...process.env, XEN_MOCK_DOMID: '5' },
+  });
+  server.listen();
+  const [s] = await require('node:events').once(server, 'connection');
+  server.close();
+  const chunk = Buffer.alloc(65536, 0x5a);
+  let sent = 0;
+  let echoed = 0;
+  const t0 = process.hrtime.bigint();
+  await new Promise((resolve, reject) => {
+    s.on('error', reject);
+    s.on('data', (d) => {
+      echoed += d.length;
+      if (echoed >= bytes) resolve();
+    });
+    const pump = () => {
+      while (sent < bytes) {
+        sent += chunk.length;
+        if (!s.write(chunk)) return s.once('drain', pump);
+      }
+    };
+    pump();
+  });
+  const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+  const mb = bytes / 1e6;
+  console.log(`sent ${mb.toFixed(0)} MB to domain 5 and got every byte back in ${secs.toFixed(2)} s:`);
+  console.log(`  ${(mb / secs).toFixed(0)} MB/s each way (${((2 * mb) / secs).toFixed(0)} MB/s through dom0's stream)`);
+  s.end();
+  await new Promise((r) => child.once('exit', r));
+  console.log('domain 5 has left; nothing is left behind (see `npx xen-vchan mock status`).');
+}
+
+async function main() {
+  const [cmd, ...args] = process.argv.slice(2);
+  switch (cmd) {
+    case 'mock':
+      return cmdMock(args);
+    case 'listen':
+      return cmdListen(args);
+    case 'connect':
+      return cmdConnect(args);
+    case 'proxy':
+      return cmdProxy(args);
+    case 'demo':
+      return cmdDemo(args);
+    case undefined:
+    case '-h':
+    case '--help':
+    case 'help':
+      process.stdout.write(`${USAGE}\n`);
+      return;
+    default:
+      fail(`unknown command ${cmd}\n\n${USAGE}`);
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`xen-vchan: ${e.message}${e.code ? ` (${e.code})` : ''}\n`);
+  process.exit(1);
+});
