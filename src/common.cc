@@ -173,6 +173,25 @@ void Registry::MaybeFinishCleanup() {
   }
 }
 
+Napi::Value PollArg(const Napi::CallbackInfo& info, Poller*& poller, int fd, Registry& reg,
+                    const std::function<void(Poller*)>& setup) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
+    if (poller) poller->Stop();
+    return env.Undefined();
+  }
+  Napi::Function cb = ArgFunction(info, 1, "callback");
+  if (!poller) {
+    if (fd < 0) ThrowErrno(env, errno ? errno : EBADF, "poll");
+    poller = new Poller(env, fd, cb, &reg);
+    if (setup) setup(poller);
+  } else {
+    poller->SetCallback(cb);  // a handle changing hands (server -> stream) brings a new callback
+  }
+  poller->Start(UV_READABLE);
+  return env.Undefined();
+}
+
 void ExportFunctions(Napi::Env env, Napi::Object exports, const char* name, RegistryPtr* data,
                      std::initializer_list<std::pair<const char*, Napi::Function::Callback>> fns) {
   Napi::Object o = Napi::Object::New(env);

@@ -94,6 +94,11 @@ class Poller {
   bool init_ok_ = false;
 };
 
+// The body of every poll(handle, callback | null) function: info[1] null stops polling; a function
+// starts it (creating the poller on FD the first time, and calling SETUP on it then).
+Napi::Value PollArg(const Napi::CallbackInfo& info, Poller*& poller, int fd, Registry& reg,
+                    const std::function<void(Poller*)>& setup = nullptr);
+
 // Per-module registration helpers.
 // DATA (the environment's registry) is passed to every function as its data pointer.
 using RegistryPtr = std::shared_ptr<Registry>;

@@ -132,20 +132,8 @@ Napi::Value Pending(const Napi::CallbackInfo& info) {
 
 // poll(handle, callback | null): start or stop watching the fd; callback() runs when ports are pending.
 Napi::Value Poll(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   Evtchn* e = Unwrap<Evtchn>(info);
-  if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
-    if (e->poller_) e->poller_->Stop();
-    return env.Undefined();
-  }
-  Napi::Function cb = ArgFunction(info, 1, "callback");
-  if (!e->poller_) {
-    e->poller_ = new Poller(env, xenevtchn_fd(e->h_), cb, &e->registry());
-  } else {
-    e->poller_->SetCallback(cb);
-  }
-  e->poller_->Start(UV_READABLE);
-  return env.Undefined();
+  return PollArg(info, e->poller_, xenevtchn_fd(e->h_), e->registry());
 }
 
 Napi::Value Ref(const Napi::CallbackInfo& info) {

@@ -52,6 +52,15 @@ class Vchan : public Handle {
   Poller* poller_ = nullptr;
 };
 
+// The (buffer, offset, length) arguments at 1..3, checked: a pointer and a length inside the buffer.
+std::pair<uint8_t*, uint32_t> BufferRange(const Napi::CallbackInfo& info) {
+  Napi::Uint8Array buf = ArgBytes(info, 1, "buffer");
+  uint32_t off = ArgUint32(info, 2, "offset"), len = ArgUint32(info, 3, "length");
+  if (static_cast<uint64_t>(off) + len > buf.ByteLength())
+    throw CodedError(info.Env(), "ERR_OUT_OF_RANGE", "offset + length is beyond the end of the buffer", false, true);
+  return {buf.Data() + off, len};
+}
+
 Napi::Value ServerInit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t dom = ArgUint32(info, 0, "domid", 0x7fef);
@@ -82,12 +91,9 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 Napi::Value Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
-  Napi::Uint8Array buf = ArgBytes(info, 1, "buffer");
-  uint32_t off = ArgUint32(info, 2, "offset"), len = ArgUint32(info, 3, "length");
-  if (static_cast<uint64_t>(off) + len > buf.ByteLength())
-    throw CodedError(env, "ERR_OUT_OF_RANGE", "offset + length is beyond the end of the buffer", false, true);
+  auto [ptr, len] = BufferRange(info);
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_read", "the peer's ring index is impossible");
-  int n = libxenvchan_read(v->c_, buf.Data() + off, len);
+  int n = libxenvchan_read(v->c_, ptr, len);
   if (n < 0) {
     if (errno == EPROTO) ThrowErrno(env, EPROTO, "libxenvchan_read", "the peer's ring index is impossible");
     return Napi::Number::New(env, -1);
@@ -99,13 +105,10 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
 Napi::Value Write(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
-  Napi::Uint8Array buf = ArgBytes(info, 1, "buffer");
-  uint32_t off = ArgUint32(info, 2, "offset"), len = ArgUint32(info, 3, "length");
-  if (static_cast<uint64_t>(off) + len > buf.ByteLength())
-    throw CodedError(env, "ERR_OUT_OF_RANGE", "offset + length is beyond the end of the buffer", false, true);
+  auto [ptr, len] = BufferRange(info);
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_write", "the peer's ring index is impossible");
   if (libxenvchan_is_open(v->c_) != 1) ThrowErrno(env, EPIPE, "libxenvchan_write", "the peer has closed the channel");
-  int n = libxenvchan_write(v->c_, buf.Data() + off, len);
+  int n = libxenvchan_write(v->c_, ptr, len);
   if (n < 0) ThrowErrno(env, errno == EPROTO ? EPROTO : EPIPE, "libxenvchan_write");
   return Napi::Number::New(env, n);
 }
@@ -162,23 +165,12 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
 
 // poll(h, cb | null): cb() after every wake-up; events are drained and unmasked first.
 Napi::Value Poll(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
-  if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
-    if (v->poller_) v->poller_->Stop();
-    return env.Undefined();
-  }
-  Napi::Function cb = ArgFunction(info, 1, "callback");
-  if (!v->poller_) {
-    v->poller_ = new Poller(env, libxenvchan_fd_for_select(v->c_), cb, &v->registry());
-    v->poller_->before = [v]() {
+  return PollArg(info, v->poller_, libxenvchan_fd_for_select(v->c_), v->registry(), [v](Poller* p) {
+    p->before = [v]() {
       if (!v->closed()) v->Drain();
     };
-  } else {
-    v->poller_->SetCallback(cb);
-  }
-  v->poller_->Start(UV_READABLE);
-  return env.Undefined();
+  });
 }
 
 Napi::Value Ref(const Napi::CallbackInfo& info) {

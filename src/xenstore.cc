@@ -224,22 +224,12 @@ Napi::Value Unwatch(const Napi::CallbackInfo& info) { return WatchOp(info, false
 
 // pollWatches(h, cb | null): cb() runs when watch events are queued; readWatches() takes them.
 Napi::Value PollWatches(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   Xs* x = Unwrap<Xs>(info);
-  if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
-    if (x->poller_) x->poller_->Stop();
-    return env.Undefined();
-  }
-  Napi::Function cb = ArgFunction(info, 1, "callback");
-  if (!x->poller_) {
-    int fd = xs_fileno(x->conn_->h);
-    if (fd < 0) ThrowErrno(env, errno, "xs_fileno");
-    x->poller_ = new Poller(env, fd, cb, &x->registry());
-  } else {
-    x->poller_->SetCallback(cb);
-  }
-  x->poller_->Start(UV_READABLE);
-  return env.Undefined();
+  // xs_fileno() sets up the watch channel: only ask for it when starting.
+  bool start = info.Length() > 1 && info[1].IsFunction();
+  errno = 0;
+  int fd = (start && !x->poller_) ? xs_fileno(x->conn_->h) : -1;
+  return PollArg(info, x->poller_, fd, x->registry());
 }
 
 // readWatches(h) -> [[path, token], ...] without blocking.
