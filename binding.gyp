@@ -8,6 +8,7 @@
     "real%": "<!(node scripts/gyp-config.js real)",
     "sanitize%": "<!(node scripts/gyp-config.js sanitize)",
     "mock_lib%": "<!(node scripts/gyp-config.js mock-lib)",
+    "mock%": "<!(node scripts/gyp-config.js mock)",
   },
   "target_defaults": {
     "sources": ["src/addon.cc", "src/common.cc", "src/evtchn.cc", "src/gnttab.cc", "src/xenstore.cc", "src/vchan.cc"],
@@ -25,6 +26,7 @@
   "targets": [
     {
       "target_name": "xen_vchan_mock",
+      "conditions": [["mock==0", {"type": "none"}]],
       "defines": ["XEN_VCHAN_MOCK"],
       "include_dirs": ["native/mock/include"],
       "libraries": [

@@ -77,14 +77,22 @@ async function cmdMock(args) {
   fail(USAGE);
 }
 
-function pipeStdio(stream) {
+// Bridges stdin/stdout and STREAM. When the channel closes, stdin is let go so the process can end
+// (as socat does), unless more clients are to be served (listen --keep).
+function pipeStdio(stream, keep = false) {
   process.stdin.pipe(stream);
-  stream.pipe(process.stdout);
+  stream.pipe(process.stdout, { end: false });
   stream.on('error', (e) => {
     process.stderr.write(`xen-vchan: ${e.message}\n`);
     process.exitCode = 1;
   });
-  return new Promise((resolve) => stream.on('close', resolve));
+  return new Promise((resolve) =>
+    stream.on('close', () => {
+      process.stdin.unpipe(stream);
+      if (!keep) process.stdin.destroy();
+      resolve();
+    }),
+  );
 }
 
 async function cmdListen(args) {
@@ -104,7 +112,7 @@ async function cmdListen(args) {
   });
   server.on('connection', async (s) => {
     if (!o.keep) server.close();
-    await pipeStdio(s);
+    await pipeStdio(s, o.keep);
   });
   server.on('error', (e) => fail(e.message));
   server.listen();
@@ -149,6 +157,16 @@ async function cmdProxy(args) {
     for (let i = 0; i < slots; i++) {
       x.createServer({ domid, path: `${base}/${i}` }, (s) => splice(s, net.connect(target))).listen();
     }
+    // The client domain may not list our directory: tell it how many slots there are.
+    const xs = new x.Xenstore();
+    const self = Number(await xs.read('domid'));
+    await xs.write(`${base}/slots`, String(slots));
+    await xs.setPermissions(`${base}/slots`, [
+      { domid: self, read: false, write: false },
+      { domid, read: true, write: false },
+    ]);
+    const quit = () => xs.rm(base).finally(() => process.exit(0));
+    process.once('SIGTERM', quit).once('SIGINT', quit);
     process.stderr.write(`xen-vchan: ${slots} vchan slots for domain ${domid} under ${base}, each to ${o.connect}\n`);
     return;
   }
@@ -159,7 +177,7 @@ async function cmdProxy(args) {
     // Take the first free slot; a busy one refuses the connection (its port is taken).
     let slots;
     try {
-      slots = (await xs.directory(base)).sort((a, b) => Number(a) - Number(b));
+      slots = [...Array(Number(await xs.read(`${base}/slots`))).keys()];
     } catch (e) {
       process.stderr.write(`xen-vchan: no vchan slots at ${base}: ${e.code || e.message}\n`);
       return sock.destroy();

@@ -16,9 +16,15 @@ const sanitize = process.env.XEN_VCHAN_SANITIZE === '1';
 switch (process.argv[2]) {
   case 'real': {
     const force = process.env.XEN_VCHAN_REAL;
-    process.stdout.write(force === '1' ? '1' : force === '0' ? '0' : hasXenDev() ? '1' : '0');
+    const only = process.env.XEN_VCHAN_ONLY;
+    if (only === 'mock') process.stdout.write('0');
+    else process.stdout.write(force === '1' || only === 'real' ? '1' : force === '0' ? '0' : hasXenDev() ? '1' : '0');
     break;
   }
+  case 'mock':
+    // prebuildify takes one .node per build: XEN_VCHAN_ONLY=real leaves the mock out.
+    process.stdout.write(process.env.XEN_VCHAN_ONLY === 'real' ? '0' : '1');
+    break;
   case 'sanitize':
     process.stdout.write(sanitize ? '1' : '0');
     break;

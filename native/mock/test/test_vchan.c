@@ -167,9 +167,12 @@ static int role_server(const char *lib, int peer, const char *path, size_t rmin,
     size_t ring = (size_t)1 << c->write.order;
     for (size_t i = 0; i < ring * 2; i++)
         buf[i] = gen_byte(&g);
+    /* Offered twice the ring, the write must take exactly one ring: prod - cons == size. (The
+     * client, waiting for data_ready() == size, checks the full state from its side; buffer_space()
+     * here would race with it draining the ring.) */
     int n = a.write(c, buf, ring * 2);
-    if (n != (int)ring || a.buffer_space(c) != 0) {
-        fprintf(stderr, "full ring: wrote %d of a %zu-byte ring, space left %d\n", n, ring, a.buffer_space(c));
+    if (n != (int)ring) {
+        fprintf(stderr, "full ring: wrote %d of a %zu-byte ring\n", n, ring);
         return 12;
     }
     if (transfer(&a, c, bytes, 1, 2) < 0)
