@@ -6,6 +6,8 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     pool: 'forks',
+    // --expose-gc: the finalizer test forces collections.
+    poolOptions: { forks: { execArgv: ['--expose-gc'] } },
     maxWorkers: 2,
     minWorkers: 1,
     testTimeout: 60_000,

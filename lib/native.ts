@@ -32,8 +32,10 @@ function backendError(message: string, code: string): Error {
 }
 
 function loadAddon(name: string): Binding {
+  // A local build wins over a prebuild (as node-gyp-build does), so a rebuilt addon is never shadowed.
+  const local = path.join(root, 'build', 'Release', `${name}.node`);
   const prebuilt = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, `${name}.node`);
-  if (fs.existsSync(prebuilt)) return require(prebuilt) as Binding;
+  if (!fs.existsSync(local) && fs.existsSync(prebuilt)) return require(prebuilt) as Binding;
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => Binding;
   return bindings({ bindings: `${name}.node`, module_root: root });

@@ -20,7 +20,8 @@ function run(cmd, args) {
 run('make', ['-s', '-C', 'native/mock', ...(san ? ['SAN=1'] : []), 'all']);
 
 const prebuilt = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, 'xen_vchan_mock.node');
-if (fs.existsSync(prebuilt) && !process.env.XEN_VCHAN_BUILD_FROM_SOURCE && !san) {
+const built = fs.existsSync(path.join(root, 'build', 'Release', 'xen_vchan_mock.node'));
+if (fs.existsSync(prebuilt) && !built && !process.env.XEN_VCHAN_BUILD_FROM_SOURCE && !san) {
   console.log(`xen-vchan: using prebuilt addons in ${path.dirname(prebuilt)}`);
   process.exit(0);
 }

@@ -51,14 +51,20 @@ class Grants : public Handle {
   static constexpr const char* kName = "grant";
   Grants(std::shared_ptr<Registry> reg, std::shared_ptr<Dev> dev) : Handle(std::move(reg), &kTag), dev_(std::move(dev)) {}
   ~Grants() override { Close(); }
-  // No new shares or maps; live regions keep the device open until they are released.
+  // No new shares or maps. The device closes now unless regions are still alive: each holds it
+  // until released (explicitly, or by its ArrayBuffer's finalizer).
   void Close() override {
     if (closed_) return;
     closed_ = true;
     if (registry().tearing_down)
       for (auto& kv : dev_->regions) kv.second->Release();
+    weak_ = dev_;
+    dev_.reset();
   }
+  // The device, while the handle is open or any region keeps it; null once nothing does.
+  std::shared_ptr<Dev> dev() const { return dev_ ? dev_ : weak_.lock(); }
   std::shared_ptr<Dev> dev_;
+  std::weak_ptr<Dev> weak_;
 };
 
 Napi::Value OpenDev(const Napi::CallbackInfo& info, bool share) {
@@ -185,12 +191,13 @@ Napi::Value Release(const Napi::CallbackInfo& info) {
     throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"buffer\" argument must be an ArrayBuffer from this handle", true);
   Napi::ArrayBuffer ab = info[1].As<Napi::ArrayBuffer>();
   void* addr = ab.Data();
-  auto it = g->dev_->regions.find(addr);
-  if (!addr || it == g->dev_->regions.end()) {
+  std::shared_ptr<Dev> dev = g->dev();
+  auto it = dev ? dev->regions.find(addr) : decltype(dev->regions.end()){};
+  if (!addr || !dev || it == dev->regions.end()) {
     throw CodedError(env, "ERR_XEN_NOT_MAPPED", "This ArrayBuffer is not a live region of this handle (already released?)");
   }
   Region* r = it->second;
-  g->dev_->regions.erase(it); /* the address may be reused by the next mapping */
+  dev->regions.erase(it); /* the address may be reused by the next mapping */
   ab.Detach();
   int rc = r->Release(); /* the region itself is freed by the ArrayBuffer's finalizer */
   Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(r->count * kPage));
