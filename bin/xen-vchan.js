@@ -154,8 +154,9 @@ async function cmdProxy(args) {
   if (o.serve) {
     const target = sockAddr(o.connect, '--connect');
     const slots = o.slots === undefined ? 8 : int(o.slots, 'slots');
+    const servers = [];
     for (let i = 0; i < slots; i++) {
-      x.createServer({ domid, path: `${base}/${i}` }, (s) => splice(s, net.connect(target))).listen();
+      servers.push(x.createServer({ domid, path: `${base}/${i}` }, (s) => splice(s, net.connect(target))).listen());
     }
     // The client domain may not list our directory: tell it how many slots there are.
     const xs = new x.Xenstore();
@@ -165,7 +166,11 @@ async function cmdProxy(args) {
       { domid: self, read: false, write: false },
       { domid, read: true, write: false },
     ]);
-    const quit = () => xs.rm(base).finally(() => process.exit(0));
+    // Stop offering first (a slot whose client just left would publish itself again), then tidy up.
+    const quit = () => {
+      for (const s of servers) s.close();
+      xs.rm(base).finally(() => process.exit(0));
+    };
     process.once('SIGTERM', quit).once('SIGINT', quit);
     process.stderr.write(`xen-vchan: ${slots} vchan slots for domain ${domid} under ${base}, each to ${o.connect}\n`);
     return;
