@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds the real-Xen test rig from Debian packages only, cached between runs:
+#   xen.elf       Xen 4.17 from xen-hypervisor-4.17-amd64 (gunzipped: QEMU's multiboot loader wants an ELF)
+#   vmlinuz       Debian's current 6.1 kernel (the one linux-image-amd64 depends on)
+#   dom0.cpio.zst a debootstrapped bookworm with xen-utils-4.17, the kernel's modules and our /init
+# The cache is $XEN_RIG_CACHE (default ~/.cache/xen-vchan-rig); a stamp of the package versions
+# decides whether to rebuild. The package mirror is read from this machine's own apt sources.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${XEN_RIG_CACHE:-$HOME/.cache/xen-vchan-rig}
+mkdir -p "$cache"
+sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+
+need=()
+for p in qemu-system-x86 debootstrap zstd cpio kmod; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+
+kpkg=$(apt-cache depends linux-image-amd64 | sed -n 's/.*Depends: \(linux-image-[0-9].*-amd64\)$/\1/p' | head -1)
+xver=$(apt-cache policy xen-hypervisor-4.17-amd64 | sed -n 's/ *Candidate: //p')
+kver=$(apt-cache policy "$kpkg" | sed -n 's/ *Candidate: //p')
+stamp="xen=$xver kernel=$kpkg/$kver init=$(sha256sum "$here/dom0-init.sh" | cut -c1-16)"
+if [ -f "$cache/stamp" ] && [ "$(cat "$cache/stamp")" = "$stamp" ] && [ -f "$cache/dom0.cpio.zst" ]; then
+  echo "rig: cached in $cache ($stamp)"
+  exit 0
+fi
+
+# The mirror this machine already uses (never written into the repository).
+mirror=$( { cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs: *//p' | tr ' ' '\n'
+             cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" {print $2}'
+           } | grep -v -e security -e '^$' | head -1 || true)
+[ -n "$mirror" ] || { echo "rig: no Debian mirror in this machine's apt sources" >&2; exit 1; }
+
+work=$(mktemp -d)
+trap '$sudo rm -rf "$work"' EXIT
+t0=$(date +%s)
+( cd "$work" && apt-get download -qq xen-hypervisor-4.17-amd64 "$kpkg" )
+dpkg-deb -x "$work"/xen-hypervisor-4.17-amd64_*.deb "$work/xen"
+gunzip -c "$work"/xen/boot/xen-4.17-amd64.gz > "$cache/xen.elf"
+dpkg-deb -x "$work/${kpkg}"_*.deb "$work/kernel"
+cp "$work"/kernel/boot/vmlinuz-* "$cache/vmlinuz"
+kname=$(ls "$work/kernel/lib/modules")
+
+root="$work/dom0"
+$sudo debootstrap --variant=minbase \
+  --include=xen-utils-4.17,xenstore-utils,libxenmisc4.17,busybox,kmod,procps \
+  bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; exit 1; }
+# The security updates, so the tools match the hypervisor's point release.
+$sudo cp -r /etc/apt/sources.list.d/. "$root/etc/apt/sources.list.d/" 2>/dev/null || true
+[ -f /etc/apt/sources.list ] && $sudo cp /etc/apt/sources.list "$root/etc/apt/sources.list"
+$sudo chroot "$root" sh -c 'apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get -y -qq upgrade' >/dev/null
+$sudo chroot "$root" apt-get clean
+# Only the modules dom0 loads (and what they depend on): the whole tree would triple the image.
+kmods="$work/kernel/lib/modules/$kname"
+$sudo depmod -b "$work/kernel" "$kname"
+wanted=$(for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs virtio_pci 9pnet_virtio 9p; do
+  modprobe -d "$work/kernel" -S "$kname" --show-depends "$m" 2>/dev/null | awk '$1 == "insmod" {print $2}'
+done | sort -u)
+for f in $wanted; do
+  rel=${f#"$work/kernel/"}
+  $sudo install -D -m 0644 "$f" "$root/$rel"
+done
+$sudo cp "$kmods"/modules.order "$kmods"/modules.builtin* "$root/lib/modules/$kname/"
+$sudo depmod -b "$root" "$kname"
+echo "rig: $(echo "$wanted" | wc -w) kernel modules in dom0"
+$sudo install -m 0755 "$here/dom0-init.sh" "$root/init"
+( cd "$root" && $sudo find . -print0 | $sudo cpio --null -o -H newc --quiet ) | zstd -q -T0 -6 -o "$cache/dom0.cpio.zst" -f
+echo "$stamp" > "$cache/stamp"
+echo "rig: built in $(( $(date +%s) - t0 )) s into $cache ($stamp)"
