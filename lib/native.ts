@@ -131,6 +131,6 @@ export function asDomain<T>(b: Binding, domid: number | undefined, fn: () => T):
   try {
     return fn();
   } finally {
-    b.mock.setThreadDomid(-1 as unknown as number);
+    b.mock.setThreadDomid(null);
   }
 }

@@ -121,6 +121,24 @@ describe('EventChannel', () => {
     expect((await peer.exited).code).toBe(0);
   });
 
+  it.runIf(mockAddon)('mockDomid opens a handle as another domain (mock only)', async () => {
+    const five = new EventChannel({ mockDomid: 5 });
+    const zero = new EventChannel();
+    const p0 = zero.bindUnbound(5);
+    const first = nextEvent(five);
+    const p5 = five.bindInterdomain(0, p0); // only domain 5 may bind a port offered to 5
+    expect(await first).toBe(p5);
+    expect(x.mockStats(5)[0].ports).toBe(1);
+    const seven = new EventChannel({ mockDomid: 7 });
+    expect(() => seven.bindInterdomain(0, p0)).toThrow(expect.objectContaining({ code: 'EINVAL' }));
+    seven.close();
+    const xs = new Xenstore({ mockDomid: 5 });
+    expect(await xs.read('domid')).toBe('5');
+    xs.close();
+    five.close();
+    zero.close();
+  });
+
   it.runIf(config === 'real-over-mock')('bindStatic on a kernel without IOCTL_EVTCHN_BIND_STATIC says so', () => {
     const a = new EventChannel();
     expect(() => a.bindStatic(70)).toThrow(expect.objectContaining({ code: 'ENOTSUP' }));
