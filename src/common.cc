@@ -149,20 +149,34 @@ void Poller::Destroy() {
   });
 }
 
+// Raw N-API on purpose: this runs from libuv, maybe while a worker's environment is being torn
+// down, when creating even an Error object fails. Nothing here may throw or abort: a call that
+// cannot run is dropped; an exception thrown by the JS callback goes to Node's uncaught-exception
+// handling, as it would from any other event callback.
 void Poller::OnPoll(uv_poll_t* p, int status, int events) {
   Poller* self = static_cast<Poller*>(p->data);
   if (self->cb_.IsEmpty()) return;
   if (self->before) self->before();
-  Napi::Env env = self->env_;
-  Napi::HandleScope scope(env);
-  napi_value args[2] = {Napi::Number::New(env, status), Napi::Number::New(env, events)};
-  // MakeCallback opens the callback scope: async hooks, then microtasks after the call.
-  try {
-    self->cb_.MakeCallback(env.Global(), {args[0], args[1]}, self->ctx_);
-  } catch (const Napi::Error& e) {
-    // An exception from JS is already pending in the environment: Node reports it as uncaught.
-    (void)e;
+  napi_env env = self->env_;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, args[2], result;
+  if (napi_get_reference_value(env, static_cast<napi_ref>(self->cb_), &fn) == napi_ok && fn != nullptr &&
+      napi_get_global(env, &recv) == napi_ok && napi_create_int32(env, status, &args[0]) == napi_ok &&
+      napi_create_int32(env, events, &args[1]) == napi_ok) {
+    napi_status st =
+        napi_make_callback(env, static_cast<napi_async_context>(self->ctx_), recv, fn, 2, args, &result);
+    bool pending = false;
+    if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value err;
+      if (napi_get_and_clear_last_exception(env, &err) == napi_ok && err != nullptr) {
+        napi_valuetype t;
+        // A terminating environment reports no real exception value: nothing to hand on then.
+        if (napi_typeof(env, err, &t) == napi_ok && t != napi_undefined) napi_fatal_exception(env, err);
+      }
+    }
   }
+  napi_close_handle_scope(env, scope);
 }
 
 void Registry::MaybeFinishCleanup() {
