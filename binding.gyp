@@ -13,7 +13,9 @@
   "target_defaults": {
     "sources": ["src/addon.cc", "src/common.cc", "src/evtchn.cc", "src/gnttab.cc", "src/xenstore.cc", "src/vchan.cc"],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
-    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],
+    # SWALLOW_UNTHROWABLE: an error raised while a worker is being torn down cannot be thrown; drop it
+    # rather than abort the process.
+    "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED", "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"],
     "cflags_cc!": ["-fno-exceptions", "-std=gnu++17"],
     "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
     "conditions": [

@@ -20,7 +20,12 @@ void OnCleanup(napi_async_cleanup_hook_handle handle, void* arg) {
   reg.tearing_down = true;
   // Close() may remove entries: iterate over a copy.
   std::vector<Handle*> all(reg.live.begin(), reg.live.end());
-  for (Handle* h : all) h->Close();
+  for (Handle* h : all) {
+    try {
+      h->Close();  // a C callback: nothing may be thrown out of it
+    } catch (...) {
+    }
+  }
   reg.MaybeFinishCleanup();
 }
 

@@ -10,8 +10,12 @@ Napi::Object WrapHandle(Napi::Env env, Handle* h) {
   napi_status st = napi_wrap(
       env, obj, h,
       [](napi_env, void* data, void*) {
+        // A finalizer is a C callback: nothing may be thrown out of it.
         Handle* hh = static_cast<Handle*>(data);
-        hh->Close();
+        try {
+          hh->Close();
+        } catch (...) {
+        }
         delete hh;
       },
       nullptr, nullptr);
@@ -103,12 +107,35 @@ static uv_loop_t* LoopOf(Napi::Env env) {
   return loop;
 }
 
-Poller::Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg)
-    : env_(env), cb_(Napi::Persistent(cb)), ctx_(env, "XenVchanPoll"), reg_(reg) {
+Poller::Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg) : env_(env), reg_(reg) {
+  napi_value name;
+  if (napi_create_reference(env, cb, 1, &cb_) != napi_ok ||
+      napi_create_string_utf8(env, "XenVchanPoll", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, nullptr, name, &ctx_) != napi_ok) {
+    ReleaseJs();
+    throw Napi::Error::New(env, "could not set up a poller");
+  }
   int rc = uv_poll_init(LoopOf(env), &poll_, fd);
-  if (rc != 0) ThrowErrno(env, -rc, "uv_poll_init");
+  if (rc != 0) {
+    ReleaseJs();
+    ThrowErrno(env, -rc, "uv_poll_init");
+  }
   init_ok_ = true;
   poll_.data = this;
+}
+
+void Poller::SetCallback(Napi::Function cb) {
+  napi_ref fresh = nullptr;
+  if (napi_create_reference(env_, cb, 1, &fresh) != napi_ok) throw Napi::Error::New(env_, "could not keep the callback");
+  if (cb_) napi_delete_reference(env_, cb_);
+  cb_ = fresh;
+}
+
+void Poller::ReleaseJs() {
+  if (cb_) napi_delete_reference(env_, cb_);
+  if (ctx_) napi_async_destroy(env_, ctx_);
+  cb_ = nullptr;
+  ctx_ = nullptr;
 }
 
 void Poller::Start(int events) {
@@ -134,7 +161,7 @@ void Poller::Ref(bool on) {
 
 void Poller::Destroy() {
   Stop();
-  cb_.Reset();
+  ReleaseJs();
   if (!init_ok_) {
     delete this;
     return;
@@ -155,17 +182,17 @@ void Poller::Destroy() {
 // handling, as it would from any other event callback.
 void Poller::OnPoll(uv_poll_t* p, int status, int events) {
   Poller* self = static_cast<Poller*>(p->data);
-  if (self->cb_.IsEmpty()) return;
+  if (!self->cb_) return;
   if (self->before) self->before();
   napi_env env = self->env_;
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value fn, recv, args[2], result;
-  if (napi_get_reference_value(env, static_cast<napi_ref>(self->cb_), &fn) == napi_ok && fn != nullptr &&
+  if (napi_get_reference_value(env, self->cb_, &fn) == napi_ok && fn != nullptr &&
       napi_get_global(env, &recv) == napi_ok && napi_create_int32(env, status, &args[0]) == napi_ok &&
       napi_create_int32(env, events, &args[1]) == napi_ok) {
     napi_status st =
-        napi_make_callback(env, static_cast<napi_async_context>(self->ctx_), recv, fn, 2, args, &result);
+        napi_make_callback(env, self->ctx_, recv, fn, 2, args, &result);
     bool pending = false;
     if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
       napi_value err;

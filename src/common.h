@@ -74,7 +74,7 @@ class Poller {
   Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg);
   ~Poller() = default;
   void Start(int events);  // UV_READABLE / UV_WRITABLE
-  void SetCallback(Napi::Function cb) { cb_ = Napi::Persistent(cb); }
+  void SetCallback(Napi::Function cb);
   void Stop();
   void Ref(bool on);
   void Destroy();  // stops, closes and eventually frees this poller
@@ -84,10 +84,13 @@ class Poller {
 
  private:
   static void OnPoll(uv_poll_t* p, int status, int events);
+  // Raw N-API handles, released without throwing: Destroy() may run in a finalizer or the cleanup
+  // hook of an environment that is going away, where a C++ exception would terminate the process.
+  void ReleaseJs();
   uv_poll_t poll_;
-  Napi::Env env_;
-  Napi::FunctionReference cb_;
-  Napi::AsyncContext ctx_;
+  napi_env env_;
+  napi_ref cb_ = nullptr;
+  napi_async_context ctx_ = nullptr;
   Registry* reg_;
   bool active_ = false;
   bool referenced_ = true;

@@ -95,7 +95,7 @@ Napi::ArrayBuffer Expose(Napi::Env env, Grants* g, void* addr, uint32_t count) {
   napi_value ab;
   napi_status st = napi_create_external_arraybuffer(
       env, addr, static_cast<size_t>(count) * kPage,
-      [](napi_env e, void*, void* hint) {
+      [](napi_env e, void*, void* hint) noexcept {
         Region* rr = static_cast<Region*>(hint);
         auto it = rr->dev->regions.find(rr->addr);
         if (it != rr->dev->regions.end() && it->second == rr) rr->dev->regions.erase(it);

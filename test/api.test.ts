@@ -361,6 +361,35 @@ describe('lifecycle', () => {
     // The leak check after this test proves the worker's handles were all released.
   });
 
+  it('workers terminated at random moments (even while loading the addon) never abort the process', async () => {
+    const script = `
+      const x = require(${JSON.stringify(root)});
+      (async () => {
+        const path = 'data/vchan/term-' + process.pid + '-' + require('node:worker_threads').threadId;
+        x.createServer({ domid: ${selfDomid}, path }, (s) => s.pipe(s)).listen();
+        const c = await x.connect({ domid: ${selfDomid}, path: '/local/domain/${selfDomid}/' + path });
+        const xs = new x.Xenstore();
+        await xs.watch('/local/domain/${selfDomid}/data');
+        const ev = new x.EventChannel();
+        const p = ev.bindUnbound(${selfDomid});
+        ev.bindInterdomain(${selfDomid}, p);
+        const b = Buffer.alloc(65536);
+        const pump = () => { while (c.write(b)); c.once('drain', pump); };
+        pump();
+        c.on('data', () => {});
+        setInterval(() => ev.notify(p), 1);
+      })();
+    `;
+    for (let i = 0; i < 20; i++) {
+      const w = new Worker(script, { eval: true, env: process.env });
+      w.on('error', () => {});
+      await sleep(10 + Math.random() * 150);
+      await w.terminate();
+    }
+    // An abort would kill this process; reaching here, the process and the mock are checked.
+    expect(process.exitCode ?? 0).toBe(0);
+  }, 120_000);
+
   it('type tags: a native function given the wrong kind of handle throws instead of crashing', () => {
     // Reach the raw addon through a private path only tests use.
     const native = require(path.join(root, 'dist', 'cjs', 'native.js')).binding();
