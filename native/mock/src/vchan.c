@@ -340,6 +340,13 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
         return -1;
     }
     struct xs_permissions perms[2] = {{self, XS_PERM_NONE}, {(unsigned)domain, XS_PERM_READ}};
+    /* Ask for the node's removal before it exists: a process killed right after publishing then
+     * leaves nothing behind. */
+    if (!xenmock_xs_remove_on_close(v->xs, c->xs_path)) {
+        free(rr);
+        free(ec);
+        return -1;
+    }
     int rc = -1;
     for (int attempt = 0; attempt < 100 && rc < 0; attempt++) {
         xs_transaction_t t = xs_transaction_start(v->xs);
@@ -363,10 +370,7 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
     int e = errno;
     free(rr);
     free(ec);
-    if (rc == 0 && !xenmock_xs_remove_on_close(v->xs, c->xs_path))
-        rc = -1;
-    else
-        errno = e;
+    errno = e;
     return rc;
 }
 
