@@ -24,7 +24,7 @@ const USAGE = `usage: xen-vchan <command> [options]
                                      socket connection
   mock env [--domid D]               print export lines that run any libxenvchan program on the mock:
                                      eval "$(npx xen-vchan mock env)"
-  mock status [--json] | mock reset | mock introduce D...
+  mock status [--json] | mock reset | mock introduce D... | mock destroy D
 
 Backend: real Xen unless XEN_VCHAN_BACKEND=mock (demo and mock default to the mock).`;
 
@@ -70,7 +70,7 @@ async function cmdMock(args) {
     for (const [k, v] of Object.entries(env)) process.stdout.write(`export ${k}=${JSON.stringify(v)}\n`);
     return;
   }
-  if (['status', 'reset', 'introduce', 'shutdown'].includes(sub)) {
+  if (['status', 'reset', 'introduce', 'destroy', 'shutdown'].includes(sub)) {
     const r = spawnSync(broker, [sub, ...rest], { stdio: 'inherit' });
     process.exit(r.status ?? 1);
   }

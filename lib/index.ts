@@ -45,8 +45,10 @@ export {
 } from './vchan';
 export {
   mockAddStaticChannel,
+  mockDestroyDomain,
   mockDir,
   mockEnv,
+  mockIntroduceDomain,
   mockLibDir,
   mockRaiseVirq,
   mockReset,

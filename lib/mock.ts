@@ -60,6 +60,23 @@ export function mockRaiseVirq(domid: number, virq: number): void {
   mockBinding().mock.raiseVirq(domid, virq);
 }
 
+/** Creates DOMID's xenstore entries (/local/domain/DOMID, its data/ directory), as a toolstack does. */
+export function mockIntroduceDomain(domid: number): void {
+  checkDomid('domid', domid);
+  mockBinding().mock.introduce(domid);
+}
+
+/**
+ * Destroys DOMID as `xl destroy` does: its handles are cut without the unmap notifications a
+ * process's exit would send, its ports close (peers become unbound, with no event), processes
+ * living only in it are killed, its xenstore directory goes and @releaseDomain fires. Streams
+ * of other domains to it then fail with ECONNRESET. Dom0 cannot be destroyed (EPERM).
+ */
+export function mockDestroyDomain(domid: number): void {
+  checkDomid('domid', domid);
+  mockBinding().mock.destroy(domid);
+}
+
 /** Disconnects every client of the mock and clears its state. */
 export function mockReset(): void {
   mockBinding().mock.reset();

@@ -3,13 +3,15 @@
  * server and a client that feel like `net`.
  *
  * Reads and writes never block and never spin: when a ring is empty (or full) the stream asks
- * the peer to notify it and sleeps until the event channel fires. A peer that closes or dies
- * ends the stream (its data first); a peer that corrupts the ring indices gets EPROTO.
+ * the peer to notify it and sleeps until the event channel fires. A peer that closes, or whose
+ * process dies, ends the stream (its data first); a peer DOMAIN that is destroyed (it sends
+ * nothing: see domains.ts) fails it with ECONNRESET; corrupt ring indices fail it with EPROTO.
  */
 import { EventEmitter } from 'node:events';
 import { Duplex, DuplexOptions } from 'node:stream';
 
 import { checkDomid, checkInt, checkObject, checkXsPath, coded, invalidArgType, systemError } from './errors';
+import { onDomainGone } from './domains';
 import { asDomain, Backend, Binding, binding } from './native';
 import { Xenstore } from './xenstore';
 
@@ -49,6 +51,7 @@ export class VchanStream extends Duplex {
   #pending: PendingWrite | null = null;
   readonly #domid: number;
   readonly #path: string;
+  #unwatchDomain: (() => void) | null = null;
 
   /** @internal */
   constructor(b: Binding, handle: object, domid: number, path: string, options: VchanStreamOptions = {}) {
@@ -60,6 +63,29 @@ export class VchanStream extends Duplex {
     this.#info = b.vchan.info(handle) as VchanInfo;
     this.#pool = Buffer.allocUnsafe(Math.max(MIN_POOL, this.#info.readSize));
     b.vchan.poll(handle, () => this.#onWake());
+    // Dom0 is never destroyed; any other peer domain may be, and would say nothing.
+    if (domid !== 0) {
+      const mockDomid = (options as { mockDomid?: number }).mockDomid;
+      this.#unwatchDomain = onDomainGone(b, mockDomid, domid, () => this.#onPeerDomainGone());
+    }
+  }
+
+  /** The peer's domain was destroyed. If it had closed the channel first, this is the usual end. */
+  #onPeerDomainGone(): void {
+    this.#unwatchDomain = null;
+    if (!this.#h) return;
+    let open: number;
+    try {
+      [open] = this.#b.vchan.state(this.#h) as number[];
+    } catch (e) {
+      this.destroy(e as Error);
+      return;
+    }
+    if (open !== 1) {
+      this.#onWake();
+      return;
+    }
+    this.destroy(systemError('ECONNRESET', -104, 'libxenvchan', `domain ${this.#domid} (the peer) was destroyed`));
   }
 
   /** The domain at the other end. */
@@ -135,6 +161,10 @@ export class VchanStream extends Duplex {
   }
 
   #close(): void {
+    if (this.#unwatchDomain) {
+      this.#unwatchDomain();
+      this.#unwatchDomain = null;
+    }
     if (!this.#h) return;
     const h = this.#h;
     this.#h = null;

@@ -205,6 +205,15 @@ export class Xenstore extends Ops {
   }
 
   /**
+   * Whether xenstored knows domain DOMID: true from its introduction until it is destroyed (a
+   * destroyed domain stays false even while other domains still map its pages).
+   */
+  async isDomainIntroduced(domid: number): Promise<boolean> {
+    checkDomid('domid', domid);
+    return this.b.xenstore.isIntroduced(this.#handle(), domid);
+  }
+
+  /**
    * Runs FN in a transaction and commits it, running FN again (up to options.retries times,
    * default 20) when the commit fails with EAGAIN because something it touched changed.
    * A throw from FN aborts the transaction.

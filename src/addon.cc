@@ -73,6 +73,16 @@ Napi::Value MockRaiseVirq(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+Napi::Value MockIntroduce(const Napi::CallbackInfo& info) {
+  if (xenmock_introduce_domain(ArgUint32(info, 0, "domid", 0x7fef)) < 0) ThrowErrno(info.Env(), errno, "xenmock_introduce_domain");
+  return info.Env().Undefined();
+}
+
+Napi::Value MockDestroy(const Napi::CallbackInfo& info) {
+  if (xenmock_destroy_domain(ArgUint32(info, 0, "domid", 0x7fef)) < 0) ThrowErrno(info.Env(), errno, "xenmock_destroy_domain");
+  return info.Env().Undefined();
+}
+
 Napi::Value MockReset(const Napi::CallbackInfo& info) {
   if (xenmock_reset() < 0) ThrowErrno(info.Env(), errno, "xenmock_reset");
   return info.Env().Undefined();
@@ -97,6 +107,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   mock.Set("staticAdd", Napi::Function::New(env, MockStaticAdd, "staticAdd"));
   mock.Set("raiseVirq", Napi::Function::New(env, MockRaiseVirq, "raiseVirq"));
   mock.Set("reset", Napi::Function::New(env, MockReset, "reset"));
+  mock.Set("introduce", Napi::Function::New(env, MockIntroduce, "introduce"));
+  mock.Set("destroy", Napi::Function::New(env, MockDestroy, "destroy"));
   mock.Set("dir", Napi::Function::New(env, MockDir, "dir"));
   exports.Set("mock", mock);
 #else

@@ -266,6 +266,24 @@ Napi::Value DomainPath(const Napi::CallbackInfo& info) {
   return s;
 }
 
+// isIntroduced(h, domid) -> Promise<boolean>: whether xenstored knows the domain (false once it
+// has been destroyed, even while others still map its pages).
+Napi::Value IsIntroduced(const Napi::CallbackInfo& info) {
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  uint32_t domid = ArgUint32(info, 1, "domid", 0x7fef);
+  return RunAsync(
+      info.Env(), "xs_is_domain_introduced",
+      [c, domid](std::string& out) {
+        errno = 0;
+        bool yes = xs_is_domain_introduced(c->h, domid);
+        // false is also its error return: only an errno tells them apart.
+        if (!yes && errno != 0 && errno != ENOENT && errno != ESRCH) return errno;
+        out = yes ? "1" : "";
+        return 0;
+      },
+      [](Napi::Env env, const std::string& out) { return Napi::Boolean::New(env, !out.empty()); });
+}
+
 }  // namespace
 
 void InitXenstore(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
@@ -286,7 +304,8 @@ void InitXenstore(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
                    {"pollWatches", PollWatches},
                    {"readWatches", ReadWatches},
                    {"refWatches", RefWatches},
-                   {"domainPath", DomainPath}});
+                   {"domainPath", DomainPath},
+                   {"isIntroduced", IsIntroduced}});
 }
 
 }  // namespace xv

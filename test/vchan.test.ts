@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { Readable, Writable } from 'node:stream';
@@ -6,7 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { connect, createServer, GrantMapper, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
-import { config, onMock, selfDomid } from './helpers/env';
+import { broker, config, onMock, selfDomid } from './helpers/env';
 import { snapshot } from './helpers/setup';
 import { fdCount, killChild, Peer, randomChunks, sha256, sleep, startPeer, uniquePath } from './helpers/util';
 
@@ -338,6 +339,55 @@ describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)
       if (side === 'server') {
         const xs = new Xenstore();
         await expect(xs.read(`/local/domain/5/${path}/ring-ref`)).rejects.toMatchObject({ code: 'ENOENT' });
+        xs.close();
+      }
+    });
+  }
+
+  for (const side of ['client', 'server'] as const) {
+    it(`the peer ${side}'s domain destroyed mid-stream (no unmap notification, no event) fails our stream with ECONNRESET`, async () => {
+      const path = uniquePath(`destroy-${side}`);
+      let ours: VchanStream;
+      let peer: Peer;
+      if (side === 'client') {
+        const server = createServer({ domid: 5, path });
+        servers.push(server);
+        const accepted = once(server, 'connection');
+        server.listen();
+        peer = startPeer(5, ['hold-connect', '0', `/local/domain/0/${path}`]);
+        peers.push(peer);
+        [ours] = (await accepted) as [VchanStream];
+        track(ours);
+      } else {
+        peer = startPeer(5, ['hold-serve', '0', path]);
+        peers.push(peer);
+        await peer.next(); // listening
+        ours = track(await connect({ domid: 5, path: `/local/domain/5/${path}`, timeout: 10_000 }));
+      }
+      await peer.next(); // connected
+      let bytes = 0;
+      ours.on('data', (d) => (bytes += d.length));
+      const failed = once(ours, 'error');
+      const wasClosed = new Promise((resolve) => ours.once('close', resolve));
+      await sleep(200);
+      expect(bytes).toBeGreaterThan(0);
+      const t0 = Date.now();
+      const r = spawnSync(broker, ['destroy', '5'], { env: process.env, encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      const [err] = (await failed) as [NodeJS.ErrnoException];
+      expect(err).toMatchObject({ code: 'ECONNRESET', errno: -104, syscall: 'libxenvchan' });
+      expect(err.message).toMatch(/domain 5/);
+      await wasClosed;
+      expect(Date.now() - t0).toBeLessThan(2000);
+      expect((await peer.exited).signal).toBe('SIGKILL'); // it lived only in domain 5
+      const xs = new Xenstore();
+      try {
+        expect(await xs.isDomainIntroduced(5)).toBe(false);
+        expect(await xs.tryRead('/local/domain/5/domid')).toBeUndefined();
+        // What the toolstack does for the next guest with this id, so later tests find it as before.
+        expect(spawnSync(broker, ['introduce', '5'], { env: process.env }).status).toBe(0);
+        await xs.mkdir('/local/domain/5/data/vchan');
+      } finally {
         xs.close();
       }
     });

@@ -107,6 +107,7 @@ struct conn {
 };
 
 /* main.c */
+extern uint32_t destroying_domain; /* the domain being destroyed, or XM_NONE */
 extern struct conn *conns;
 struct domain *domain_get(uint32_t id);            /* existing or NULL */
 struct domain *domain_get_or_create(uint32_t id);
@@ -125,6 +126,7 @@ int evtchn_static_add(uint32_t d, uint32_t p, uint32_t rd, uint32_t rp);
 int evtchn_raise_virq(uint32_t d, uint32_t virq);
 uint32_t evtchn_count(struct domain *d);
 void evtchn_domain_free(struct domain *d);
+void evtchn_domain_close_all(struct domain *d); /* every port, static ones too */
 
 /* grant.c */
 int grant_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, struct xm_msg *r, char *rbuf,
@@ -138,6 +140,8 @@ int store_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, 
 void store_conn_closed(struct conn *c);
 void store_domain_introduced(uint32_t dom);
 void store_domain_released(uint32_t dom);
+void store_domain_destroyed(uint32_t dom);
+bool store_domain_known(uint32_t dom);     /* /local/domain/DOM exists */ /* removes /local/domain/DOM, fires @releaseDomain */
 uint32_t store_count_nodes(uint32_t dom);
 void store_owners(uint8_t *bits); /* sets bit N for every domain N owning a node */
 uint32_t store_count_watches(uint32_t dom);

@@ -306,6 +306,13 @@ int evtchn_raise_virq(uint32_t dom, uint32_t virq)
     return 0;
 }
 
+void evtchn_domain_close_all(struct domain *d)
+{
+    for (uint32_t p = 1; p < d->ports_cap; p++)
+        if (d->ports[p].state != PORT_FREE)
+            free_port(d, p);
+}
+
 void evtchn_domain_free(struct domain *d)
 {
     free(d->ports);

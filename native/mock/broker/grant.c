@@ -45,7 +45,9 @@ static void share_put(struct share *sh)
 static void unmap_notify(uint32_t dom, uint32_t off, uint32_t port, struct share **shs, const uint32_t *pages,
                          uint32_t npages)
 {
-    if (off != XM_NONE && off / XM_PAGE_SIZE < npages) {
+    /* Notifications are the work of the unmapping domain's own kernel: a destroyed domain sends none. */
+    bool dead = dom == destroying_domain;
+    if (!dead && off != XM_NONE && off / XM_PAGE_SIZE < npages) {
         uint32_t i = off / XM_PAGE_SIZE;
         static const char zero = 0;
         if (pwrite(shs[i]->memfd, &zero, 1, (off_t)pages[i] * XM_PAGE_SIZE + off % XM_PAGE_SIZE) != 1)
@@ -54,7 +56,8 @@ static void unmap_notify(uint32_t dom, uint32_t off, uint32_t port, struct share
     if (port != XM_NONE) {
         struct domain *d = domain_get(dom);
         if (d) {
-            evtchn_send(d, port);
+            if (!dead)
+                evtchn_send(d, port);
             evtchn_port_put(d, port);
         }
     }

@@ -7,6 +7,7 @@
  *   xenmockd static DOM:PORT DOM:PORT       pre-bind a static event channel pair
  *   xenmockd virq DOM VIRQ                  raise a virtual interrupt
  *   xenmockd introduce DOMID...             create domains' xenstore entries, as a toolstack does
+ *   xenmockd destroy DOMID                  what `xl destroy` does (xenmock_destroy_domain)
  *
  * One process, one epoll loop, no threads. Each client handle is a
  * SOCK_SEQPACKET connection; when it closes (however its process ended) the
@@ -222,6 +223,8 @@ static int send_reply(struct conn *c, struct xm_msg *r, const void *payload, int
     }
 }
 
+static int destroy_domain(struct conn *req, uint32_t dom);
+
 static int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rbuf)
 {
     switch (m->op) {
@@ -279,12 +282,63 @@ static int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char
             return EINVAL;
         store_domain_introduced(m->a[0]);
         return 0;
+    case XM_CTL_DESTROY: return destroy_domain(c, m->a[0]);
     case XM_CTL_SHUTDOWN:
         logmsg("shutdown requested by pid %d", (int)c->pid);
         stopping = true;
         return 0;
     default: return ENOSYS;
     }
+}
+
+uint32_t destroying_domain = XM_NONE;
+
+/* `xl destroy`: the domain stops at once. Its handles are cut without the unmap notifications its
+ * kernel would have sent, its ports close (peers become unbound, no event: Xen sends none), every
+ * process living only in it is killed, the toolstack removes its xenstore directory, and
+ * @releaseDomain fires. What other domains have mapped of its pages stays mapped. */
+static int destroy_domain(struct conn *req, uint32_t dom)
+{
+    if (dom == 0)
+        return EPERM;
+    if (dom >= DOMID_FIRST_RESERVED)
+        return EINVAL;
+    struct domain *d = domain_get(dom);
+    if (!d && !store_domain_known(dom))
+        return ESRCH;
+    logmsg("destroying domain %u (asked by pid %d)", dom, (int)req->pid);
+    /* Processes with handles in this domain only. */
+    pid_t victims[256];
+    int nv = 0;
+    for (struct conn *k = conns; k; k = k->next) {
+        if (!k->hello || k->dom != dom || k->kind == XM_KIND_CTL || k->pid <= 1 || k->pid == req->pid ||
+            k->pid == getpid())
+            continue;
+        bool only = true, seen = false;
+        for (struct conn *o = conns; o; o = o->next)
+            if (o->hello && o->pid == k->pid && o->kind != XM_KIND_CTL && o->dom != dom)
+                only = false;
+        for (int i = 0; i < nv; i++)
+            seen = seen || victims[i] == k->pid;
+        if (only && !seen && nv < (int)(sizeof(victims) / sizeof(victims[0])))
+            victims[nv++] = k->pid;
+    }
+    for (int i = 0; i < nv; i++)
+        kill(victims[i], SIGKILL);
+    destroying_domain = dom;
+    for (struct conn *k = conns, *n; k; k = n) {
+        n = k->next;
+        if (k->hello && k->dom == dom && k->kind != XM_KIND_CTL)
+            conn_close(k);
+    }
+    destroying_domain = XM_NONE;
+    /* Static channels belong to the domain, not to a handle: they go with it. */
+    if ((d = domain_get(dom)) != NULL)
+        evtchn_domain_close_all(d);
+    store_domain_destroyed(dom);
+    if ((d = domain_get(dom)) != NULL && d->nconn == 0 && d->grants_used == 0 && d->mapped_pages == 0)
+        domain_free(dom);
+    return 0;
 }
 
 static void handle_hello(struct conn *c, struct xm_msg *m, int in_fd, struct xm_msg *r)
@@ -581,7 +635,7 @@ static int print_status(bool json)
 static int usage(void)
 {
     fprintf(stderr, "usage: xenmockd serve [--daemon] [--dir=DIR] | status [--json] | reset | shutdown |\n"
-                    "       static DOM:PORT DOM:PORT | virq DOM VIRQ | introduce DOMID...\n");
+                    "       static DOM:PORT DOM:PORT | virq DOM VIRQ | introduce DOMID... | destroy DOMID\n");
     return 2;
 }
 
@@ -641,6 +695,13 @@ int main(int argc, char **argv)
                 perror("xenmockd: introduce");
                 return 1;
             }
+        }
+        return 0;
+    }
+    if (!strcmp(cmd, "destroy") && argc == 3) {
+        if (xenmock_destroy_domain((uint32_t)strtoul(argv[2], NULL, 10)) < 0) {
+            perror("xenmockd: destroy");
+            return 1;
         }
         return 0;
     }

@@ -956,6 +956,23 @@ void store_domain_released(uint32_t dom)
     fire_special("@releaseDomain");
 }
 
+bool store_domain_known(uint32_t dom)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/local/domain/%u", dom);
+    return lookup(root, path) != NULL;
+}
+
+void store_domain_destroyed(uint32_t dom)
+{
+    char path[64];
+    struct ctx x = {.t = root, .dom = 0, .live = true, .privileged = true};
+    snprintf(path, sizeof(path), "/local/domain/%u", dom);
+    if (lookup(root, path))
+        op_rm(&x, path);
+    fire_special("@releaseDomain");
+}
+
 void store_init(void)
 {
     root = node_new("", 0, NULL);

@@ -49,6 +49,12 @@ int xenmock_raise_virq(uint32_t domid, uint32_t virq);
 /* Writes DOMID's xenstore entries (/local/domain/DOMID, its data/ directory), as a toolstack
  * creating the domain would; they appear by themselves when a domain opens its first handle. */
 int xenmock_introduce_domain(uint32_t domid);
+/* Destroys a domain as `xl destroy` does: its handles are cut without the unmap notifications a
+ * dying process's kernel would send (a destroyed guest runs no more code), its ports close (their
+ * peers become unbound, with no event), processes that live only in it are killed, its xenstore
+ * directory is removed and @releaseDomain fires. Pages others have mapped stay mapped. Dom0 cannot
+ * be destroyed (EPERM). */
+int xenmock_destroy_domain(uint32_t domid);
 
 /* Disconnects every client and clears all state. */
 int xenmock_reset(void);

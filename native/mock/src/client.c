@@ -386,6 +386,11 @@ XM_EXPORT int xenmock_introduce_domain(uint32_t domid)
     return ctl_simple(XM_CTL_INTRODUCE, domid, 0, 0, 0, 1);
 }
 
+XM_EXPORT int xenmock_destroy_domain(uint32_t domid)
+{
+    return ctl_simple(XM_CTL_DESTROY, domid, 0, 0, 0, 1);
+}
+
 XM_EXPORT int xenmock_reset(void)
 {
     int rc = ctl_simple(XM_CTL_RESET, 0, 0, 0, 0, 0);

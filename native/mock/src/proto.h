@@ -75,6 +75,7 @@ enum xm_op {
     XM_CTL_RAISE_VIRQ,      /* a0 dom, a1 virq */
     XM_CTL_SHUTDOWN,
     XM_CTL_INTRODUCE,       /* a0 dom: write its xenstore entries, as a toolstack creating it would */
+    XM_CTL_DESTROY,         /* a0 dom: what `xl destroy` does (see broker/main.c) */
 };
 
 struct xm_msg {

@@ -510,6 +510,79 @@ static void test_vchan_permissions_and_hostile(void)
     }
 }
 
+static void test_destroy(void)
+{
+    TEST("destroying a domain: no unmap notification, no event, peers unbound, @releaseDomain")
+    {
+        CHECK_ERR(xenmock_destroy_domain(0), EPERM);
+        CHECK_ERR(xenmock_destroy_domain(999), ESRCH);
+        as(0);
+        CHECK(xenmock_introduce_domain(8) == 0);
+        struct xs_handle *xs = xs_open(0);
+        xenevtchn_handle *e0 = xenevtchn_open(NULL, 0);
+        xengntshr_handle *s0 = xengntshr_open(NULL, 0);
+        xengnttab_handle *m0 = xengnttab_open(NULL, 0);
+        uint32_t ref0;
+        char *page0 = xengntshr_share_pages(s0, 8, 1, &ref0, 1);
+        CHECK(page0 != NULL);
+
+        as(8);
+        xenevtchn_handle *e8 = xenevtchn_open(NULL, 0);
+        xengntshr_handle *s8 = xengntshr_open(NULL, 0);
+        xengnttab_handle *m8 = xengnttab_open(NULL, 0);
+        int p8 = xenevtchn_bind_unbound_port(e8, 0);
+        uint32_t ref8;
+        char *page8 = xengntshr_share_pages(s8, 0, 1, &ref8, 1);
+        CHECK(p8 > 0 && page8 != NULL);
+        if (page8)
+            strcpy(page8, "left behind");
+
+        as(0);
+        int p0 = xenevtchn_bind_interdomain(e0, 8, (uint32_t)p8);
+        CHECK(p0 > 0);
+        while (next_event(e0, 50) >= 0) /* the pending bit of a fresh bind */
+            xenevtchn_unmask(e0, (evtchn_port_t)p0);
+        as(8);
+        /* Dom8 maps dom0's page asking for an unmap notification: clear byte 100, signal p8. */
+        char *m = page0 ? xengnttab_map_grant_ref_notify(m8, 0, ref0, PROT_READ | PROT_WRITE, 100, (uint32_t)p8) : NULL;
+        CHECK(m != NULL);
+        if (page0)
+            page0[100] = 1;
+        as(0);
+        char *seen = page8 ? xengnttab_map_grant_ref(m0, 8, ref8, PROT_READ) : NULL;
+        CHECK(seen != NULL);
+        CHECK(xs_is_domain_introduced(xs, 8));
+        CHECK(xs_watch(xs, "@releaseDomain", "rel"));
+        unsigned n;
+        free(xs_read_watch(xs, &n)); /* the initial firing */
+
+        CHECK(xenmock_destroy_domain(8) == 0);
+        CHECK(next_event(e0, 200) == -1); /* no event: Xen sends none, and dom8's kernel is gone */
+        CHECK(page0 && page0[100] == 1);  /* no unmap notification either */
+        char **w = xs_read_watch(xs, &n);
+        CHECK(w && strcmp(w[XS_WATCH_PATH], "@releaseDomain") == 0);
+        free(w);
+        CHECK(!xs_is_domain_introduced(xs, 8));
+        CHECK(xs_read(xs, XBT_NULL, "/local/domain/8", &n) == NULL && errno == ENOENT);
+        CHECK(seen && strcmp(seen, "left behind") == 0); /* what dom0 mapped stays mapped */
+        CHECK(xenevtchn_notify(e0, (evtchn_port_t)p0) == 0); /* an unbound port: nowhere to go */
+        CHECK_ERR(xenevtchn_notify(e8, (evtchn_port_t)p8), EPIPE); /* dom8's handles are cut */
+        CHECK(stats_of(8).grants == 0 && stats_of(8).ports == 0 && stats_of(8).connections == 0);
+        if (seen)
+            xengnttab_unmap(m0, seen, 1);
+        if (page0)
+            xengntshr_unshare(s0, page0, 1);
+        xenevtchn_unbind(e0, (evtchn_port_t)p0);
+        xenevtchn_close(e8);
+        xengntshr_close(s8);
+        xengnttab_close(m8);
+        xenevtchn_close(e0);
+        xengntshr_close(s0);
+        xengnttab_close(m0);
+        xs_close(xs);
+    }
+}
+
 static void test_no_leaks(void)
 {
     TEST("nothing leaked by any domain")
@@ -541,6 +614,7 @@ int main(void)
     test_grants();
     test_xenstore();
     test_vchan_permissions_and_hostile();
+    test_destroy();
     test_no_leaks();
     xs_close(keep);
     return h_finish("test_mock");

@@ -1,0 +1,101 @@
+/**
+ * Knowing when another domain is destroyed.
+ *
+ * A vchan peer whose process exits (even by SIGKILL) says so: its kernel's unmap notification
+ * clears the peer's "live" byte and sends an event. A destroyed domain runs no more code, so
+ * nothing is sent: Xen closes its event channels without notifying anyone and the shared pages
+ * stay as they were. The only signal is xenstored's @releaseDomain watch, after which
+ * XS_IS_DOMAIN_INTRODUCED says which domain went. One watch per process (per backend and acting
+ * domain) serves every stream; it exists only while some stream needs it, and never keeps the
+ * process alive.
+ */
+import type { Binding } from './native';
+import { Xenstore } from './xenstore';
+
+type Listener = () => void;
+
+interface Monitor {
+  xs: Xenstore;
+  subs: Map<number, Set<Listener>>;
+  checking: boolean;
+  again: boolean;
+}
+
+const monitors = new Map<string, Monitor>();
+
+async function check(key: string, m: Monitor): Promise<void> {
+  if (m.checking) {
+    m.again = true;
+    return;
+  }
+  m.checking = true;
+  try {
+    do {
+      m.again = false;
+      for (const [domid, set] of [...m.subs]) {
+        let alive: boolean;
+        try {
+          alive = await m.xs.isDomainIntroduced(domid);
+        } catch {
+          continue; // closed, or not allowed to ask: the stream keeps the ring's own signals
+        }
+        if (alive || m.subs.get(domid) !== set) continue;
+        m.subs.delete(domid);
+        for (const fn of set) {
+          try {
+            fn();
+          } catch (e) {
+            process.nextTick(() => {
+              throw e;
+            });
+          }
+        }
+      }
+    } while (m.again && monitors.get(key) === m);
+  } finally {
+    m.checking = false;
+  }
+  if (m.subs.size === 0 && monitors.get(key) === m) stop(key, m);
+}
+
+function stop(key: string, m: Monitor): void {
+  monitors.delete(key);
+  m.xs.close();
+}
+
+/**
+ * Calls ON_GONE once if domain DOMID is destroyed. Returns the function that cancels it.
+ * MOCK_DOMID is the domain the caller acts as on the mock (undefined: its own).
+ */
+export function onDomainGone(b: Binding, mockDomid: number | undefined, domid: number, onGone: Listener): () => void {
+  const key = `${b.backend}/${mockDomid ?? ''}`;
+  let m = monitors.get(key);
+  if (!m) {
+    let xs: Xenstore;
+    try {
+      xs = new Xenstore({ backend: b.backend, mockDomid }).unref();
+    } catch {
+      return () => undefined; // no xenstore: nothing to learn from
+    }
+    const mon: Monitor = { xs, subs: new Map(), checking: false, again: false };
+    m = mon;
+    monitors.set(key, mon);
+    // The watch fires once when set, so a domain that died before this is caught too.
+    xs.watch('@releaseDomain')
+      .then((w) => w.on('change', () => void check(key, mon)))
+      .catch(() => {
+        // Unprivileged domains may not watch @releaseDomain: the ring's signals remain.
+      });
+  }
+  const mon = m;
+  let set = mon.subs.get(domid);
+  if (!set) mon.subs.set(domid, (set = new Set()));
+  const fn = () => onGone();
+  set.add(fn);
+  return () => {
+    const s = mon.subs.get(domid);
+    if (!s || !s.delete(fn)) return;
+    if (s.size === 0) mon.subs.delete(domid);
+    if (mon.subs.size === 0 && monitors.get(key) === mon) stop(key, mon);
+  };
+}
