@@ -82,7 +82,8 @@ Napi::Value BindStatic(const Napi::CallbackInfo& info) {
 #else
   struct ioctl_evtchn_bind_static b = {port};
   int rc = ioctl(xenevtchn_fd(e->h_), XV_IOCTL_EVTCHN_BIND_STATIC, &b);
-  if (rc < 0 && errno == ENOTTY)
+  // Kernels before 6.5 do not know the ioctl: the evtchn driver answers ENOSYS, other files ENOTTY.
+  if (rc < 0 && (errno == ENOTTY || errno == ENOSYS))
     ThrowErrno(info.Env(), ENOTSUP, "ioctl(IOCTL_EVTCHN_BIND_STATIC)", "static event channels need Linux 6.5 or later");
   return Result(info.Env(), rc < 0 ? rc : static_cast<int>(port), "ioctl(IOCTL_EVTCHN_BIND_STATIC)");
 #endif

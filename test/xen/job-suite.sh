@@ -1,13 +1,16 @@
 #!/bin/sh
-# Runs inside the rig's dom0 (from test/xen/boot.sh): the vitest suite against the REAL backend
-# (real libxenvchan, /dev/xen/evtchn, gntdev, gntalloc, xenstored), dom0 <-> dom0, one vitest
-# process per file (a single run of all files crashes vitest itself under emulation: README.md).
+# Runs inside the rig's dom0 (from test/xen/boot.sh): the project's vitest suite against the REAL
+# backend (real libxenvchan, /dev/xen/evtchn, gntdev, gntalloc, xenstored), dom0 <-> dom0, plus
+# test/xen/domu.test.ts, which boots a PV domU running Node (XEN_RIG_DOMU: its kernel and initramfs).
 cd /mnt/host
-export PATH=/mnt/host/.rig/bin:$PATH HOME=/tmp
+export PATH=/mnt/host/.rig/bin:$PATH HOME=/tmp XEN_RIG_DOMU=/mnt/host/.rig
+# Native rollup instead of the WebAssembly build, in this mount namespace only (run.sh).
+mount --bind /mnt/host/.rig/rollup /mnt/host/node_modules/rollup || exit 1
 node --version
-rc=0
-for f in test/*.test.ts; do
-  XEN_VCHAN_BACKEND=real XEN_VCHAN_TEST_CONFIG=real node node_modules/vitest/vitest.mjs run "$f" --reporter=default \
-    --reporter=json --outputFile="/mnt/host/.rig/$(basename "$f" .test.ts).json" || rc=1
-done
+t0=$(cut -d' ' -f1 /proc/uptime)
+XEN_VCHAN_BACKEND=real XEN_VCHAN_TEST_CONFIG=real node node_modules/vitest/vitest.mjs run --reporter=default \
+  --reporter=json --outputFile=/mnt/host/.rig/suite.json
+rc=$?
+echo "rig: vitest finished with $rc, $(cut -d' ' -f1 /proc/uptime) s since boot (started at $t0 s)"
+umount /mnt/host/node_modules/rollup
 exit $rc

@@ -1,0 +1,154 @@
+'use strict';
+// The Node program inside the rig's PV domU (its initramfs's /init starts it; test/xen/domu.test.ts
+// in dom0 drives it). A domU has no share with dom0, so commands and results travel through
+// xenstore, under the domain's own data/ directory:
+//   dom0 writes  /local/domain/<D>/data/peer/cmd     {"id":N,"op":...,...}
+//   we write     /local/domain/<D>/data/peer/result/<N>/<phase>  {...}  ("-" when it has one result)
+// Ops:
+//   connect {path, bytes}   a client of dom0's server at PATH: send BYTES random bytes, hash both ways
+//   serve   {path, bytes}   a server for dom0 at data/<path>: the same from the server's side
+//   hold    {path}          a client of dom0 that streams until this domain is destroyed
+//   share   {text}          share a page with dom0 holding TEXT; 'unshare' reads dom0's reply first
+//   map     {refs}          map dom0's page, read it, write a reply into it
+//   evtchn  {}              an unbound port for dom0; report its event, then notify back
+const { createHash, randomBytes } = require('node:crypto');
+const x = require('/app');
+
+const xs = new x.Xenstore();
+
+async function reply(id, msg) {
+  await xs.write(`data/peer/result/${id}/${msg.phase || '-'}`, JSON.stringify({ id, ...msg }));
+}
+
+function exchange(stream, bytes) {
+  return new Promise((resolve, reject) => {
+    const sent = createHash('sha256');
+    const recv = createHash('sha256');
+    let got = 0;
+    let left = bytes;
+    let wroteAll = false;
+    const finish = () => {
+      if (wroteAll && got >= bytes) resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got });
+    };
+    stream.on('data', (d) => {
+      recv.update(d);
+      got += d.length;
+      finish();
+    });
+    stream.on('error', reject);
+    const pump = () => {
+      while (left > 0) {
+        const n = Math.min(left, 1 + Math.floor(Math.random() * 65536));
+        const b = randomBytes(n);
+        sent.update(b);
+        left -= n;
+        if (!stream.write(b)) return stream.once('drain', pump);
+      }
+      wroteAll = true;
+      finish();
+    };
+    pump();
+  });
+}
+
+let shared = null;
+let evtchn = null;
+
+async function run(cmd) {
+  const { id, op } = cmd;
+  switch (op) {
+    case 'connect': {
+      const s = await x.connect({ domid: 0, path: cmd.path, timeout: 60000 });
+      await reply(id, { phase: 'connected', info: s.info });
+      const r = await exchange(s, cmd.bytes);
+      s.end();
+      await new Promise((resolve) => s.once('close', resolve));
+      return reply(id, { phase: 'done', ...r });
+    }
+    case 'serve': {
+      const srv = x.createServer({ domid: 0, path: cmd.path, readMin: cmd.readMin, writeMin: cmd.writeMin });
+      const conn = new Promise((resolve) => srv.once('connection', resolve));
+      srv.listen();
+      await reply(id, { phase: 'listening' });
+      const s = await conn;
+      srv.close();
+      const r = await exchange(s, cmd.bytes);
+      // The client ends the channel once it has everything; our end follows.
+      s.resume();
+      await new Promise((resolve) => s.once('close', resolve));
+      return reply(id, { phase: 'done', ...r });
+    }
+    case 'hold': {
+      const s = await x.connect({ domid: 0, path: cmd.path, timeout: 60000 });
+      s.on('error', () => {});
+      s.resume();
+      const chunk = Buffer.alloc(65536, 0x5a);
+      const pump = () => {
+        while (s.write(chunk));
+        s.once('drain', pump);
+      };
+      pump();
+      return reply(id, { phase: 'connected' });
+    }
+    case 'share': {
+      const g = new x.GrantSharer();
+      const pages = g.share(0, 1);
+      pages.write(Buffer.from(cmd.text + '\0'));
+      shared = { g, pages };
+      return reply(id, { refs: pages.refs });
+    }
+    case 'unshare': {
+      const b = shared.pages.read(0, 256);
+      const text = b.subarray(0, b.indexOf(0)).toString();
+      shared.g.close();
+      shared = null;
+      return reply(id, { text });
+    }
+    case 'map': {
+      const g = new x.GrantMapper();
+      const m = g.map(0, cmd.refs);
+      const b = m.read(0, 256);
+      const text = b.subarray(0, b.indexOf(0)).toString();
+      m.write(Buffer.from(cmd.reply + '\0'));
+      g.close();
+      return reply(id, { text });
+    }
+    case 'evtchn': {
+      evtchn = new x.EventChannel();
+      const port = evtchn.bindUnbound(0);
+      evtchn.once('event', async (p) => {
+        evtchn.notify(p);
+        await reply(id, { phase: 'event', port: p });
+        evtchn.close();
+      });
+      return reply(id, { phase: 'bound', port });
+    }
+    default:
+      return reply(id, { error: `unknown op ${op}` });
+  }
+}
+
+async function main() {
+  const domid = Number(await xs.read('domid'));
+  const w = await xs.watch('data/peer/cmd');
+  await xs.write('data/peer/ready', String(process.pid));
+  console.log(`domu-peer: domain ${domid} ready`);
+  let last = 0;
+  for await (const _ of w) {
+    const raw = await xs.tryRead('data/peer/cmd');
+    if (!raw) continue;
+    const cmd = JSON.parse(raw);
+    if (cmd.id <= last) continue;
+    last = cmd.id;
+    console.log(`domu-peer: ${raw}`);
+    run(cmd).catch((e) => {
+      console.log(`domu-peer: ${cmd.op} failed: ${e.stack}`);
+      reply(cmd.id, { error: e.code || e.message }).catch(() => {});
+    });
+  }
+}
+
+main().catch((e) => {
+  console.log(`domu-peer: ${e.stack}`);
+  process.exit(1);
+});

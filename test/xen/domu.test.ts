@@ -1,0 +1,218 @@
+/**
+ * Dom0 <-> a PV domU, Node at both ends, on real Xen (the rig only: test/xen/run.sh builds the
+ * domU's initramfs and job-suite.sh points XEN_RIG_DOMU at it). The domU runs
+ * test/xen/domu-peer.js; commands and results travel through xenstore under the domU's data/.
+ */
+import { execFileSync } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { connect, createServer, EventChannel, GrantMapper, GrantSharer, VchanStream, Xenstore } from '../../dist/cjs/index.js';
+import { hasDevXen } from '../helpers/env';
+
+const rig = process.env.XEN_RIG_DOMU; // directory holding vmlinuz and domu.cpio.zst
+const NAME = 'vchan-domu';
+
+function xl(...args: string[]): string {
+  return execFileSync('xl', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function consoleLog(): string {
+  try {
+    return fs.readFileSync(`/var/log/xen/console/guest-${NAME}.log`, 'utf8');
+  } catch {
+    return '(no console log)';
+  }
+}
+
+function sha256(b: Buffer): string {
+  return createHash('sha256').update(b).digest('hex');
+}
+
+describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xen)', () => {
+  let domid = -1;
+  let xs: Xenstore;
+  let home = '';
+  let nextId = 0;
+
+  /** Sends a command to the domU's peer; returns a function awaiting each phase's result. */
+  async function command(op: string, args: Record<string, unknown> = {}) {
+    const id = ++nextId;
+    await xs.write(`${home}/data/peer/cmd`, JSON.stringify({ id, op, ...args }));
+    return async function result(phase = '-', timeoutMs = 60_000): Promise<Record<string, any>> {
+      const key = `${home}/data/peer/result/${id}/${phase}`;
+      const w = await xs.watch(key);
+      const t = setTimeout(() => void w.close(), timeoutMs);
+      try {
+        for await (const _ of w) {
+          const v = await xs.tryRead(key);
+          if (v === undefined) continue;
+          const r = JSON.parse(v);
+          if (r.error) throw new Error(`domU ${op}: ${r.error}`);
+          return r;
+        }
+        throw new Error(`no ${op}/${phase} result from the domU in ${timeoutMs} ms\n${consoleLog().slice(-3000)}`);
+      } finally {
+        clearTimeout(t);
+        await w.close();
+      }
+    };
+  }
+
+  beforeAll(async () => {
+    const cfg = '/tmp/vchan-domu.cfg';
+    fs.writeFileSync(
+      cfg,
+      [
+        `name = "${NAME}"`,
+        'type = "pv"',
+        `kernel = "${rig}/vmlinuz"`,
+        `ramdisk = "${rig}/domu.cpio.zst"`,
+        'extra = "console=hvc0 rdinit=/init"',
+        'memory = 1024',
+        'vcpus = 1',
+        'on_crash = "preserve"',
+        '',
+      ].join('\n'),
+    );
+    const t0 = Date.now();
+    xl('create', cfg);
+    domid = Number(xl('domid', NAME).trim());
+    xs = new Xenstore();
+    home = `/local/domain/${domid}`;
+    // Wait for the peer to say it is ready (Node starts in the domU after its kernel boots).
+    const w = await xs.watch(`${home}/data/peer/ready`);
+    const t = setTimeout(() => void w.close(), 240_000);
+    for await (const _ of w) if ((await xs.tryRead(`${home}/data/peer/ready`)) !== undefined) break;
+    clearTimeout(t);
+    await w.close();
+    if ((await xs.tryRead(`${home}/data/peer/ready`)) === undefined)
+      throw new Error(`the domU's Node peer never became ready\n${consoleLog().slice(-3000)}`);
+    console.log(`domU ${domid}: Node peer ready ${((Date.now() - t0) / 1000).toFixed(1)} s after xl create`);
+  }, 300_000);
+
+  afterAll(() => {
+    try {
+      xl('destroy', NAME);
+    } catch {
+      // already gone (the last test destroys it)
+    }
+    xs?.close();
+    console.log(`domU console:\n${consoleLog().slice(-2000)}`);
+  });
+
+  it('a dom0 server and a Node client in the domU: 2 MiB each way, SHA-256', async () => {
+    const path = `data/vchan/${domid}/up`;
+    const total = 2 << 20;
+    const server = createServer({ domid, path });
+    const accepted = once(server, 'connection');
+    server.listen();
+    const result = await command('connect', { path: `/local/domain/0/${path}`, bytes: total });
+    const [s] = (await accepted) as [VchanStream];
+    const closed = once(s, 'close');
+    server.close();
+    expect((await result('connected')).info).toMatchObject({ server: false });
+    const out = randomBytes(total);
+    const recv = createHash('sha256');
+    let got = 0;
+    s.on('data', (d: Buffer) => {
+      recv.update(d);
+      got += d.length;
+    });
+    s.write(out);
+    const done = await result('done');
+    await closed;
+    expect(got).toBe(total);
+    expect(done.recv).toBe(sha256(out));
+    expect(done.sent).toBe(recv.digest('hex'));
+  });
+
+  it('a Node server in the domU and a dom0 client: 2 MiB each way, SHA-256, 4 KiB / 64 KiB rings', async () => {
+    const path = 'data/vchan/0/down';
+    const total = 2 << 20;
+    const result = await command('serve', { path, bytes: total, readMin: 4096, writeMin: 65536 });
+    await result('listening');
+    const c = await connect({ domid, path: `${home}/${path}`, timeout: 30_000 });
+    expect(c.info).toMatchObject({ server: false, readSize: 65536, writeSize: 4096 });
+    const out = randomBytes(total);
+    const recv = createHash('sha256');
+    let got = 0;
+    // Resolved from the handler itself: several 'data' events can come in one tick.
+    const all = new Promise<void>((resolve) =>
+      c.on('data', (d: Buffer) => {
+        recv.update(d);
+        got += d.length;
+        if (got >= total) resolve();
+      }),
+    );
+    c.write(out);
+    await all;
+    const closed = once(c, 'close');
+    c.end();
+    await closed;
+    const done = await result('done');
+    expect(done.recv).toBe(sha256(out));
+    expect(done.sent).toBe(recv.digest('hex'));
+  });
+
+  it('grants: the domU shares a page that dom0 maps and answers in, and the reverse', async () => {
+    const shared = await (await command('share', { text: `from domain ${domid}` }))();
+    const mapper = new GrantMapper();
+    const m = mapper.map(domid, shared.refs);
+    const page = m.read(0, 64);
+    expect(page.subarray(0, page.indexOf(0)).toString()).toBe(`from domain ${domid}`);
+    m.write(Buffer.from('dom0 was here\0'));
+    mapper.close();
+    expect((await (await command('unshare'))()).text).toBe('dom0 was here');
+
+    const sharer = new GrantSharer();
+    const p = sharer.share(domid, 1);
+    p.write(Buffer.from('from dom0\0'));
+    const r = await (await command('map', { refs: p.refs, reply: `domain ${domid} was here` }))();
+    expect(r.text).toBe('from dom0');
+    const back = p.read(0, 64);
+    expect(back.subarray(0, back.indexOf(0)).toString()).toBe(`domain ${domid} was here`);
+    sharer.close();
+  });
+
+  it('event channels: dom0 binds the domU\'s unbound port, notifies, and is notified back', async () => {
+    const result = await command('evtchn');
+    const { port: remote } = await result('bound');
+    const ev = new EventChannel();
+    try {
+      const local = ev.bindInterdomain(domid, remote);
+      // Xen marks a freshly bound interdomain port pending: take that event first.
+      await Promise.race([once(ev, 'event'), new Promise((r) => setTimeout(r, 3000))]);
+      const back = once(ev, 'event');
+      ev.notify(local);
+      expect((await result('event')).port).toBe(remote);
+      expect(await back).toEqual([local]);
+    } finally {
+      ev.close();
+    }
+  });
+
+  it('the domU destroyed mid-stream: dom0\'s stream fails with ECONNRESET, it does not hang', async () => {
+    const path = `data/vchan/${domid}/doomed`;
+    const server = createServer({ domid, path });
+    const accepted = once(server, 'connection');
+    server.listen();
+    const result = await command('hold', { path: `/local/domain/0/${path}` });
+    const [s] = (await accepted) as [VchanStream];
+    server.close();
+    await result('connected');
+    let bytes = 0;
+    s.on('data', (d: Buffer) => (bytes += d.length));
+    const failed = once(s, 'error');
+    await new Promise<void>((resolve) => s.on('data', () => bytes >= 1 << 20 && resolve()));
+    const t0 = Date.now();
+    xl('destroy', NAME);
+    const [err] = (await failed) as [NodeJS.ErrnoException];
+    expect(err).toMatchObject({ code: 'ECONNRESET' });
+    console.log(`dom0's stream failed ${Date.now() - t0} ms after xl destroy returned, having read ${bytes} bytes`);
+    expect(await xs.isDomainIntroduced(domid)).toBe(false);
+  });
+});
