@@ -35,6 +35,7 @@ export {
 } from './xenstore';
 export {
   connect,
+  MAX_VCHAN_PATH,
   createServer,
   VchanServer,
   VchanStream,

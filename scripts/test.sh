@@ -34,7 +34,7 @@ run_vitest() { # NAME, then environment assignments
 run_vitest mock XEN_VCHAN_BACKEND=mock
 if [ -f build/Release/xen_vchan_real.node ]; then
   run_vitest real-over-mock XEN_VCHAN_TEST_CONFIG=real-over-mock XEN_VCHAN_BACKEND=real XEN_VCHAN_NO_DEVICE_CHECK=1 \
-    LD_LIBRARY_PATH="$PWD/native/mock/build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    LD_LIBRARY_PATH="$PWD/native/mock/build/stable${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 else
   echo "SKIP real-over-mock: the real addon was not built (apt-get install libxen-dev, then npm rebuild)"
 fi

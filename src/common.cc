@@ -1,6 +1,8 @@
 // Registry, handle wrapping, errors, argument checks, the poller and the async runner.
 #include "common.h"
 
+#include <cstdio>
+
 #include <cstring>
 
 namespace xv {
@@ -124,6 +126,22 @@ Poller::Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg) : env_(e
   poll_.data = this;
 }
 
+int Poller::InEpollSet() const {
+  if (!init_ok_) return -1;
+  int efd = uv_backend_fd(poll_.loop);
+  char path[64], line[256];
+  snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", efd);
+  FILE* f = fopen(path, "r");
+  if (!f) return -1;
+  int found = 0;
+  while (fgets(line, sizeof(line), f)) {
+    int tfd;
+    if (sscanf(line, "tfd: %d", &tfd) == 1 && tfd == poll_.io_watcher.fd) found = 1;
+  }
+  fclose(f);
+  return found;
+}
+
 void Poller::SetCallback(Napi::Function cb) {
   napi_ref fresh = nullptr;
   if (napi_create_reference(env_, cb, 1, &fresh) != napi_ok) throw Napi::Error::New(env_, "could not keep the callback");
@@ -139,7 +157,7 @@ void Poller::ReleaseJs() {
 }
 
 void Poller::Start(int events) {
-  if (!init_ok_) return;
+  if (!init_ok_ || active_) return;  // never re-arm a live poll: no epoll churn on this fd
   int rc = uv_poll_start(&poll_, events, OnPoll);
   if (rc != 0) ThrowErrno(env_, -rc, "uv_poll_start");
   active_ = true;
@@ -182,7 +200,16 @@ void Poller::Destroy() {
 // handling, as it would from any other event callback.
 void Poller::OnPoll(uv_poll_t* p, int status, int events) {
   Poller* self = static_cast<Poller*>(p->data);
+  self->last_events_ = events;
+  if (status < 0) {
+    // libuv has stopped this poll (POLLERR on the fd): start it again, or no wake-up would
+    // ever come again while we believe we are polling.
+    self->errors_++;
+    self->active_ = false;
+    if (self->cb_) self->Start(UV_READABLE);
+  }
   if (!self->cb_) return;
+  self->wakes_++;
   if (self->before) self->before();
   napi_env env = self->env_;
   napi_handle_scope scope;

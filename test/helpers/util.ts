@@ -67,8 +67,9 @@ export function fdCount(): number {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A fresh vchan path: short, since libxenvchan takes at most 49 bytes even for "/local/domain/N/..." */
 export function uniquePath(tag: string): string {
-  return `data/vchan/t${process.pid}-${tag}-${Math.random().toString(36).slice(2, 8)}`;
+  return `data/vchan/${tag.slice(0, 8)}-${(process.pid % 1296).toString(36)}${Math.random().toString(36).slice(2, 6)}`;
 }
 
 export function killChild(c: ChildProcess): void {

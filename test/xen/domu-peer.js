@@ -2,7 +2,7 @@
 // The Node program inside the rig's PV domU (its initramfs's /init starts it; test/xen/domu.test.ts
 // in dom0 drives it). A domU has no share with dom0, so commands and results travel through
 // xenstore, under the domain's own data/ directory:
-//   dom0 writes  /local/domain/<D>/data/peer/cmd     {"id":N,"op":...,...}
+//   dom0 writes  /local/domain/<D>/data/peer/cmd/<N>  {"id":N,"op":...,...}  (one key per command)
 //   we write     /local/domain/<D>/data/peer/result/<N>/<phase>  {...}  ("-" when it has one result)
 // Ops:
 //   connect {path, bytes}   a client of dom0's server at PATH: send BYTES random bytes, hash both ways
@@ -17,10 +17,15 @@ const x = require('/app');
 const xs = new x.Xenstore();
 
 async function reply(id, msg) {
+  console.log(`domu-peer: ${id} ${msg.phase || '-'}${msg.error ? ` error ${msg.error}` : ''}`);
   await xs.write(`data/peer/result/${id}/${msg.phase || '-'}`, JSON.stringify({ id, ...msg }));
 }
 
+const active = new Set(); // exchanges in progress, for 'status'
+
 function exchange(stream, bytes) {
+  const me = { stream, got: 0, left: bytes };
+  active.add(me);
   return new Promise((resolve, reject) => {
     const sent = createHash('sha256');
     const recv = createHash('sha256');
@@ -28,13 +33,16 @@ function exchange(stream, bytes) {
     let left = bytes;
     let wroteAll = false;
     const finish = () => {
-      if (wroteAll && got >= bytes) resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got });
+      if (wroteAll && got >= bytes)
+        resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got, missedWakeups: stream.ringState()?.missedWakeups });
     };
     stream.on('data', (d) => {
       recv.update(d);
       got += d.length;
+      me.got = got;
       finish();
     });
+    stream.on('close', () => active.delete(me));
     stream.on('error', reject);
     const pump = () => {
       while (left > 0) {
@@ -42,6 +50,7 @@ function exchange(stream, bytes) {
         const b = randomBytes(n);
         sent.update(b);
         left -= n;
+        me.left = left;
         if (!stream.write(b)) return stream.once('drain', pump);
       }
       wroteAll = true;
@@ -123,6 +132,11 @@ async function run(cmd) {
       });
       return reply(id, { phase: 'bound', port });
     }
+    case 'status': {
+      const list = [...active].map((e) => ({ got: e.got, left: e.left, ring: e.stream.ringState(), queued: e.stream.writableLength }));
+      console.log(`domu-peer: status ${JSON.stringify(list)}`);
+      return reply(id, { active: list });
+    }
     default:
       return reply(id, { error: `unknown op ${op}` });
   }
@@ -133,19 +147,25 @@ async function main() {
   const w = await xs.watch('data/peer/cmd');
   await xs.write('data/peer/ready', String(process.pid));
   console.log(`domu-peer: domain ${domid} ready`);
-  let last = 0;
-  for await (const _ of w) {
-    const raw = await xs.tryRead('data/peer/cmd');
-    if (!raw) continue;
-    const cmd = JSON.parse(raw);
-    if (cmd.id <= last) continue;
-    last = cmd.id;
-    console.log(`domu-peer: ${raw}`);
-    run(cmd).catch((e) => {
-      console.log(`domu-peer: ${cmd.op} failed: ${e.stack}`);
-      reply(cmd.id, { error: e.code || e.message }).catch(() => {});
-    });
-  }
+  const done = new Set();
+  const look = async () => {
+    const ids = ((await xs.directory('data/peer/cmd').catch(() => [])) || []).map(Number).sort((a, b) => a - b);
+    for (const id of ids) {
+      if (done.has(id)) continue;
+      done.add(id);
+      const raw = await xs.tryRead(`data/peer/cmd/${id}`);
+      if (!raw) continue;
+      const cmd = JSON.parse(raw);
+      console.log(`domu-peer: ${raw}`);
+      run(cmd).catch((e) => {
+        console.log(`domu-peer: ${cmd.op} failed: ${e.stack}`);
+        reply(cmd.id, { error: e.code || e.message }).catch(() => {});
+      });
+    }
+  };
+  // The watch, and a look every second besides (see issue 4's note on lost wake-ups).
+  setInterval(() => void look(), 1000);
+  for await (const _ of w) await look();
 }
 
 main().catch((e) => {

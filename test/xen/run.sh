@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # npm run test:xen: build the rig (cached), then boot Xen under QEMU and run the vitest suite in
 # dom0 against the real backend. The real addon is the host's build (libxen-dev, no -march=native).
+#   test/xen/run.sh [JOB]   another job instead of job-suite.sh (bench/rig.sh runs the benchmark)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
 cache=${XEN_RIG_CACHE:-$HOME/.cache/xen-vchan-rig}
+job=$(cd "$(dirname "${1:-$here/job-suite.sh}")" && pwd)/$(basename "${1:-job-suite.sh}")
 bash "$here/build-rig.sh"
 # The real addon, built here against libxen-dev (binding.gyp adds no -march flags: the rig's
 # emulated CPU is a plain x86-64), and the compiled TypeScript.
@@ -15,6 +17,11 @@ fi
 [ -f "$repo/dist/cjs/index.js" ] || ( cd "$repo" && npm run -s build:ts )
 mkdir -p "$repo/.rig/bin"
 rm -f "$repo/.rig/suite.json"
+# Test switches for the job (see test/xen/domu.test.ts).
+: > "$repo/.rig/env.sh"
+for v in XEN_RIG_REVERSE XEN_RIG_REPEAT XEN_RIG_SMALL_RING; do
+  [ -n "${!v:-}" ] && echo "export $v='${!v}'" >> "$repo/.rig/env.sh"
+done
 cp "$(command -v node)" "$repo/.rig/bin/node"
 
 # Vite parses every module with rollup; this project pins rollup to its WebAssembly build (the
@@ -63,11 +70,11 @@ trap - EXIT
 
 # A boot that never reached the job (exit 125) is retried once; anything else is the result.
 set +e
-bash "$here/boot.sh" "$here/job-suite.sh"
+bash "$here/boot.sh" "$job"
 rc=$?
 if [ "$rc" -eq 125 ]; then
   echo "rig: the boot failed before the tests started; retrying once"
-  bash "$here/boot.sh" "$here/job-suite.sh"
+  bash "$here/boot.sh" "$job"
   rc=$?
 fi
 if [ -f "$repo/.rig/suite.json" ]; then
