@@ -7,7 +7,8 @@
  *   vchan_bench pipe-throughput WRITE BYTES | pipe-latency COUNT
  *   vchan_bench memcpy BYTES                  one core's memcpy bandwidth
  *
- * One JSON object per line on stdout. The vchan side runs in domains 0 and 5 (two processes).
+ * One JSON object per line on stdout. The vchan side runs in domains 0 and 5 (two processes) on the
+ * mock; on real Xen set VCHAN_BENCH_PEER=0 for dom0 <-> dom0 (both processes in dom0).
  * Linked against libxenvchan: the mock's by default; any libxenvchan with LD_LIBRARY_PATH.
  */
 #define _GNU_SOURCE
@@ -58,7 +59,8 @@ static struct libxenvchan *open_side(int server, size_t ring)
 {
     struct libxenvchan *c = NULL;
     if (server) {
-        c = libxenvchan_server_init(NULL, 5, path_for(0), ring, ring);
+        const char *peer = getenv("VCHAN_BENCH_PEER");
+        c = libxenvchan_server_init(NULL, peer ? atoi(peer) : 5, path_for(0), ring, ring);
         if (!c)
             return NULL;
         c->blocking = 1;
@@ -152,6 +154,10 @@ static void vchan_throughput(size_t ring, size_t wsize, uint64_t bytes)
                    "\"seconds\":%.6f,\"MBps\":%.1f,\"senderCpuSeconds\":%.4f}\n",
                    server ? "dom0->domU" : "domU->dom0", ring, wsize, (unsigned long long)bytes, dt, bytes / dt / 1e6,
                    cpu);
+        else
+            printf("{\"bench\":\"vchan-c-receiver\",\"direction\":\"%s\",\"ring\":%zu,\"write\":%zu,"
+                   "\"receiverCpuSeconds\":%.4f}\n",
+                   server ? "domU->dom0" : "dom0->domU", ring, wsize, cpu);
         fflush(stdout);
     }
     libxenvchan_close(c);
