@@ -255,6 +255,28 @@ describe('VchanStream', () => {
 });
 
 describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)', () => {
+  /** Our end of a stream whose peer (a domain-5 process, client or server) writes until it dies. */
+  async function streamWithHoldingPeer(side: 'client' | 'server', path: string): Promise<{ ours: VchanStream; peer: Peer }> {
+    let ours: VchanStream;
+    let peer: Peer;
+    if (side === 'client') {
+      const server = createServer({ domid: 5, path });
+      servers.push(server);
+      const accepted = once(server, 'connection');
+      server.listen();
+      peer = startPeer(5, ['hold-connect', '0', `/local/domain/0/${path}`]);
+      peers.push(peer);
+      [ours] = (await accepted) as [VchanStream];
+      track(ours);
+    } else {
+      peer = startPeer(5, ['hold-serve', '0', path]);
+      peers.push(peer);
+      await peer.next(); // listening
+      ours = track(await connect({ domid: 5, path: `/local/domain/5/${path}`, timeout: 10_000 }));
+    }
+    await peer.next(); // connected
+    return { ours, peer };
+  }
   for (const [rmin, wmin] of [[1024, 2048], [65536, 65536], [1 << 20, 1 << 20]] as [number, number][]) {
     it(`a dom5 client process and a dom0 server, rings ${rmin}/${wmin}, SHA-256 both ways`, async () => {
       const path = uniquePath('x');
@@ -299,24 +321,7 @@ describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)
   for (const side of ['client', 'server'] as const) {
     it(`SIGKILL of the peer ${side} mid-stream ends our stream within a second and leaves nothing of it`, async () => {
       const path = uniquePath(`kill-${side}`);
-      let ours: VchanStream;
-      let peer: Peer;
-      if (side === 'client') {
-        const server = createServer({ domid: 5, path });
-        servers.push(server);
-        const accepted = once(server, 'connection');
-        server.listen();
-        peer = startPeer(5, ['hold-connect', '0', `/local/domain/0/${path}`]);
-        peers.push(peer);
-        [ours] = (await accepted) as [VchanStream];
-        track(ours);
-      } else {
-        peer = startPeer(5, ['hold-serve', '0', path]);
-        peers.push(peer);
-        await peer.next(); // listening
-        ours = track(await connect({ domid: 5, path: `/local/domain/5/${path}`, timeout: 10_000 }));
-      }
-      await peer.next(); // connected
+      const { ours, peer } = await streamWithHoldingPeer(side, path);
       let bytes = 0;
       ours.on('data', (d) => (bytes += d.length));
       ours.on('error', () => {});
@@ -357,24 +362,7 @@ describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)
   for (const side of ['client', 'server'] as const) {
     it(`the peer ${side}'s domain destroyed mid-stream (no unmap notification, no event) fails our stream with ECONNRESET`, async () => {
       const path = uniquePath(`destroy-${side}`);
-      let ours: VchanStream;
-      let peer: Peer;
-      if (side === 'client') {
-        const server = createServer({ domid: 5, path });
-        servers.push(server);
-        const accepted = once(server, 'connection');
-        server.listen();
-        peer = startPeer(5, ['hold-connect', '0', `/local/domain/0/${path}`]);
-        peers.push(peer);
-        [ours] = (await accepted) as [VchanStream];
-        track(ours);
-      } else {
-        peer = startPeer(5, ['hold-serve', '0', path]);
-        peers.push(peer);
-        await peer.next(); // listening
-        ours = track(await connect({ domid: 5, path: `/local/domain/5/${path}`, timeout: 10_000 }));
-      }
-      await peer.next(); // connected
+      const { ours, peer } = await streamWithHoldingPeer(side, path);
       let bytes = 0;
       ours.on('data', (d) => (bytes += d.length));
       const failed = once(ours, 'error');
