@@ -16,19 +16,6 @@ import { asDomain, Backend, Binding, binding } from './native';
 import { Xenstore } from './xenstore';
 
 /*
- * The stall guard. On real Xen (Linux 6.1 guests, both dom0 and a PV domU, under QEMU) a stream
- * was seen, rarely, to wait forever with its event already pending on the event channel's fd, the
- * fd registered with epoll, and no wake-up from the event loop. The root cause is not established
- * (see issue 4's note). While a stream has work waiting (a write not yet in the ring, or a read
- * during a transfer), a timer looks for such an unreported event: after GUARD_MIN ms, doubling to
- * GUARD_MAX while nothing moves, and for a reader only within GUARD_IDLE ms of the last progress.
- * An idle stream has no timer at all. Missed wake-ups are counted in ringState().missedWakeups.
- */
-const GUARD_MIN = 25;
-const GUARD_MAX = 1000;
-const GUARD_IDLE = 5000;
-
-/*
  * Reads land in a pool shared by every stream of the process: a chunk handed to the consumer is a
  * view of it, never copied again; an idle stream holds no buffer at all. A pool is replaced when
  * less than MIN_READ is left in it (the old one lives on while chunks of it do).
@@ -79,12 +66,6 @@ export class VchanStream extends Duplex {
   readonly #domid: number;
   readonly #path: string;
   #unwatchDomain: (() => void) | null = null;
-  #moved = 0; // bytes read + written, for the stall guard
-  #guard: NodeJS.Timeout | null = null;
-  #guardDelay = GUARD_MIN;
-  #guardSeen = -1;
-  #lastProgress = 0;
-  #missed = 0;
 
   /** @internal */
   constructor(b: Binding, handle: object, domid: number, path: string, options: VchanStreamOptions = {}) {
@@ -154,18 +135,23 @@ export class VchanStream extends Duplex {
         polling: boolean;
         wakeups: number;
         events: number;
-        inEpoll: number;
-        pollErrors: number;
-        lastPollEvents: number;
-        missedWakeups: number;
       }
     | undefined {
     if (!this.#h) return undefined;
-    const [open, readable, writable, weAsked, peerAsked, eventPending, polling, wakeups, events, inEpoll, pollErrors, lastPollEvents] =
-      this.#b.vchan.peek(this.#h) as [number, number, number, number, number, boolean, boolean, number, number, number, number, number];
+    const [open, readable, writable, weAsked, peerAsked, eventPending, polling, wakeups, events] = this.#b.vchan.peek(this.#h) as [
+      number,
+      number,
+      number,
+      number,
+      number,
+      boolean,
+      boolean,
+      number,
+      number,
+    ];
     const p = this.#pending;
     const writeWaiting = p ? p.chunks.reduce((n, c) => n + c.byteLength, 0) - p.offset : 0;
-    return { open, readable, writable, weAsked, peerAsked, wantRead: this.#wantRead, writeWaiting, eventPending, polling, wakeups, events, inEpoll, pollErrors, lastPollEvents, missedWakeups: this.#missed };
+    return { open, readable, writable, weAsked, peerAsked, wantRead: this.#wantRead, writeWaiting, eventPending, polling, wakeups, events };
   }
 
   /** Let the process exit while this stream is open. */
@@ -183,50 +169,16 @@ export class VchanStream extends Duplex {
   override _read(): void {
     this.#wantRead = true;
     this.#pumpRead();
-    this.#guardStall();
   }
 
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: chunks.map((c) => c.chunk), offset: 0, cb };
     this.#pumpWrite();
-    this.#guardStall();
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: [chunk], offset: 0, cb };
     this.#pumpWrite();
-    this.#guardStall();
-  }
-
-  /** Starts the stall guard (see GUARD_MIN) if work is waiting and it is not running. */
-  #guardStall(): void {
-    if (this.#guard || !this.#h) return;
-    if (!this.#pending && !(this.#wantRead && !this.#readEnded)) return;
-    if (!this.#pending && Date.now() - this.#lastProgress > GUARD_IDLE) return; // a quiet reader
-    this.#guard = setTimeout(() => this.#checkStall(), this.#guardDelay);
-    this.#guard.unref();
-  }
-
-  #checkStall(): void {
-    this.#guard = null;
-    if (!this.#h) return;
-    if (this.#moved !== this.#guardSeen) {
-      this.#guardSeen = this.#moved;
-      this.#guardDelay = GUARD_MIN;
-    } else {
-      this.#guardDelay = Math.min(this.#guardDelay * 2, GUARD_MAX);
-    }
-    let missed = false;
-    try {
-      missed = this.#b.vchan.drain(this.#h) as boolean;
-    } catch {
-      // closed meanwhile
-    }
-    if (missed) {
-      this.#missed++;
-      this.#onWake();
-    }
-    this.#guardStall();
   }
 
   override _final(cb: (err?: Error | null) => void): void {
@@ -260,10 +212,6 @@ export class VchanStream extends Duplex {
   }
 
   #close(): void {
-    if (this.#guard) {
-      clearTimeout(this.#guard);
-      this.#guard = null;
-    }
     if (this.#unwatchDomain) {
       this.#unwatchDomain();
       this.#unwatchDomain = null;
@@ -282,9 +230,7 @@ export class VchanStream extends Duplex {
       if (this.#h && !this.#readEnded && !this.#wantRead && !this.#pending) this.#checkPeerGone();
     } catch (e) {
       this.destroy(e as Error);
-      return;
     }
-    this.#guardStall();
   }
 
   /** A paused stream still learns that the peer went: once its data is read, the stream ends. */
@@ -302,22 +248,25 @@ export class VchanStream extends Duplex {
       if (n > 0) {
         const chunk = buf.subarray(poolOff, poolOff + n);
         poolOff += n;
-        this.#moved += n;
-        this.#lastProgress = Date.now();
         this.#wantRead = this.push(chunk);
         continue;
       }
-      if (n < 0) {
-        // The peer is gone and the ring is empty.
-        this.#endReadable();
-        return;
-      }
-      // Nothing now: ask the peer to notify us when it writes, then look once more.
-      const [open, ready] = this.#b.vchan.state(this.#h) as number[];
-      if (ready > 0) continue;
-      if (open === 0) this.#endReadable();
-      return;
+      if (this.#readNothing(n)) return;
     }
+  }
+
+  /** After a read that returned N <= 0: true when reading stops for now, false to read again. */
+  #readNothing(n: number): boolean {
+    if (n < 0) {
+      // The peer is gone and the ring is empty.
+      this.#endReadable();
+      return true;
+    }
+    // Nothing now: ask the peer to notify us when it writes, then look once more.
+    const [open, ready] = this.#b.vchan.state(this.#h) as number[];
+    if (ready > 0) return false;
+    if (open === 0) this.#endReadable();
+    return true;
   }
 
   #pumpRead(): void {
@@ -336,10 +285,6 @@ export class VchanStream extends Duplex {
       this.#pending = null;
       p.cb(e as Error);
       return;
-    }
-    if (n > 0) {
-      this.#moved += n;
-      this.#lastProgress = Date.now();
     }
     // Advance through the chunks by N bytes (p.offset is into the first one).
     let i = 0;
@@ -589,8 +534,9 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
     });
     stop.catch(() => undefined);
     const it = watch[Symbol.asyncIterator]();
-    // Besides the watch, look again now and then (50 ms doubling to 2 s): on real Xen a watch event
-    // was seen, rarely, not to reach the event loop, and a connect must not hang on that.
+    // Besides the watch, try again now and then (50 ms doubling to 2 s): a watch event only says
+    // that the node changed, and an attempt that fails while a server is still setting up (or a
+    // previous channel is being torn down) must be retried even if nothing changes after it.
     let retry = 50;
     let pendingNext: Promise<IteratorResult<unknown>> | null = null;
     for (;;) {

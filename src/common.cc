@@ -1,8 +1,6 @@
 // Registry, handle wrapping, errors, argument checks, the poller and the async runner.
 #include "common.h"
 
-#include <cstdio>
-
 #include <cstring>
 
 namespace xv {
@@ -126,22 +124,6 @@ Poller::Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg) : env_(e
   poll_.data = this;
 }
 
-int Poller::InEpollSet() const {
-  if (!init_ok_) return -1;
-  int efd = uv_backend_fd(poll_.loop);
-  char path[64], line[256];
-  snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", efd);
-  FILE* f = fopen(path, "r");
-  if (!f) return -1;
-  int found = 0;
-  while (fgets(line, sizeof(line), f)) {
-    int tfd;
-    if (sscanf(line, "tfd: %d", &tfd) == 1 && tfd == poll_.io_watcher.fd) found = 1;
-  }
-  fclose(f);
-  return found;
-}
-
 void Poller::SetCallback(Napi::Function cb) {
   napi_ref fresh = nullptr;
   if (napi_create_reference(env_, cb, 1, &fresh) != napi_ok) throw Napi::Error::New(env_, "could not keep the callback");
@@ -200,11 +182,9 @@ void Poller::Destroy() {
 // handling, as it would from any other event callback.
 void Poller::OnPoll(uv_poll_t* p, int status, int events) {
   Poller* self = static_cast<Poller*>(p->data);
-  self->last_events_ = events;
   if (status < 0) {
     // libuv has stopped this poll (POLLERR on the fd): start it again, or no wake-up would
     // ever come again while we believe we are polling.
-    self->errors_++;
     self->active_ = false;
     if (self->cb_) self->Start(UV_READABLE);
   }

@@ -82,10 +82,6 @@ class Poller {
   std::function<void()> before;
   bool active() const { return active_; }
   uint64_t wakes() const { return wakes_; }  // callbacks run (diagnostics)
-  uint64_t errors() const { return errors_; }  // callbacks with an error status (diagnostics)
-  int last_events() const { return last_events_; }
-  // Diagnostics: is this poller's fd in its loop's epoll set (per /proc/self/fdinfo), -1 unknown.
-  int InEpollSet() const;
 
  private:
   static void OnPoll(uv_poll_t* p, int status, int events);
@@ -101,8 +97,6 @@ class Poller {
   bool referenced_ = true;
   bool init_ok_ = false;
   uint64_t wakes_ = 0;
-  uint64_t errors_ = 0;
-  int last_events_ = 0;
 };
 
 // The body of every poll(handle, callback | null) function: info[1] null stops polling; a function

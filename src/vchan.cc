@@ -157,9 +157,10 @@ Napi::Value State(const Napi::CallbackInfo& info) {
 }
 
 // peek(h) -> [isOpen, bytesReadable, bytesWritable, oursAsked, peerAsked, eventPending, polling,
-// wakeups, events]: the ring and the event channel as they are, without
-// asking for notifications (diagnostics). The last two are the VCHAN_NOTIFY_* bits each side has
-// asked the other to honour (1: tell me when you write, 2: when you read).
+// wakeups, events]: the ring and the event channel as they are, without asking for notifications
+// (diagnostics). oursAsked/peerAsked are the VCHAN_NOTIFY_* bits each side has asked the other to
+// honour (1: tell me when you write, 2: when you read); eventPending: an event waits on the fd;
+// wakeups/events: poll callbacks run and events drained so far.
 Napi::Value Peek(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
@@ -170,28 +171,17 @@ Napi::Value Peek(const Napi::CallbackInfo& info) {
   uint8_t* theirs = c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify;
   struct pollfd pfd = {libxenvchan_fd_for_select(c), POLLIN, 0};
   bool fd_ready = ::poll(&pfd, 1, 0) == 1;
-  Napi::Array a = Napi::Array::New(env, 12);
-  a.Set(10u, Napi::Number::New(env, v->poller_ ? static_cast<double>(v->poller_->errors()) : 0));
-  a.Set(11u, Napi::Number::New(env, v->poller_ ? v->poller_->last_events() : 0));
-  a.Set(9u, Napi::Number::New(env, v->poller_ ? v->poller_->InEpollSet() : -1));
-  a.Set(5u, Napi::Boolean::New(env, fd_ready));
-  a.Set(6u, Napi::Boolean::New(env, v->poller_ && v->poller_->active()));
-  a.Set(7u, Napi::Number::New(env, v->poller_ ? static_cast<double>(v->poller_->wakes()) : 0));
-  a.Set(8u, Napi::Number::New(env, static_cast<double>(v->events_)));
+  Napi::Array a = Napi::Array::New(env, 9);
   a.Set(0u, Napi::Number::New(env, libxenvchan_is_open(c)));
   a.Set(1u, Napi::Number::New(env, rprod - rcons));
   a.Set(2u, Napi::Number::New(env, (1u << c->write.order) - (wprod - wcons)));
   a.Set(3u, Napi::Number::New(env, __atomic_load_n(ours, __ATOMIC_ACQUIRE)));
   a.Set(4u, Napi::Number::New(env, __atomic_load_n(theirs, __ATOMIC_ACQUIRE)));
+  a.Set(5u, Napi::Boolean::New(env, fd_ready));
+  a.Set(6u, Napi::Boolean::New(env, v->poller_ && v->poller_->active()));
+  a.Set(7u, Napi::Number::New(env, v->poller_ ? static_cast<double>(v->poller_->wakes()) : 0));
+  a.Set(8u, Napi::Number::New(env, static_cast<double>(v->events_)));
   return a;
-}
-
-// drain(h) -> whether any event was pending: consumes and unmasks them, as a wake-up does.
-Napi::Value DrainEvents(const Napi::CallbackInfo& info) {
-  Vchan* v = Unwrap<Vchan>(info);
-  uint64_t before = v->events_;
-  v->Drain();
-  return Napi::Boolean::New(info.Env(), v->events_ != before);
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -233,7 +223,6 @@ void InitVchan(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
                    {"writev", Writev},
                    {"state", State},
                    {"peek", Peek},
-                   {"drain", DrainEvents},
                    {"info", Info},
                    {"poll", Poll},
                    {"ref", Ref}});

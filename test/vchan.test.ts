@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { connect, createServer, GrantMapper, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
+import type { ConnectOptions, ServerOptions } from '../dist/cjs/index.js';
 import { broker, config, onMock, selfDomid } from './helpers/env';
 import { snapshot } from './helpers/setup';
 import { fdCount, killChild, Peer, randomChunks, sha256, sleep, startPeer, uniquePath } from './helpers/util';
@@ -34,13 +35,17 @@ afterEach(async () => {
 });
 
 /** A server (this process) and a client (this process), dom0 <-> dom0 loopback. */
-async function pair(readMin = 65536, writeMin = 65536): Promise<{ server: VchanServer; s: VchanStream; c: VchanStream; path: string }> {
+async function pair(
+  readMin = 65536,
+  writeMin = 65536,
+  extra: { server?: Partial<ServerOptions>; client?: Partial<ConnectOptions> } = {},
+): Promise<{ server: VchanServer; s: VchanStream; c: VchanStream; path: string }> {
   const path = uniquePath('pair');
-  const server = createServer({ domid: selfDomid, path, readMin, writeMin });
+  const server = createServer({ domid: selfDomid, path, readMin, writeMin, ...extra.server });
   servers.push(server);
   const accepted = once(server, 'connection');
   server.listen();
-  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 }));
+  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000, ...extra.client }));
   const [s] = (await accepted) as [VchanStream];
   return { server, s: track(s), c, path };
 }
@@ -119,6 +124,36 @@ describe('VchanStream', () => {
       s.destroy();
     });
   }
+
+  it('ringState() shows a full ring, the bytes waiting, and who asked to be notified; undefined once closed', async () => {
+    const { s, c } = await pair(4096, 4096);
+    const size = s.info.writeSize;
+    const data = randomBytes(size * 2 + 1000);
+    const written = new Promise<void>((resolve, reject) => s.write(data, (e) => (e ? reject(e) : resolve())));
+    await new Promise((r) => setImmediate(r));
+    const w = s.ringState()!;
+    expect(w).toMatchObject({ open: 1, writable: 0, writeWaiting: data.length - size, polling: true });
+    expect(w.weAsked & 2).toBe(2); // "tell me when you read": the writer waits for room
+    const r = c.ringState()!;
+    expect(r).toMatchObject({ open: 1, readable: size, wantRead: false, writeWaiting: 0 });
+    expect(r.peerAsked & 2).toBe(2);
+    const got: Buffer[] = [];
+    let n = 0;
+    const all = new Promise<void>((resolve) =>
+      c.on('data', (d: Buffer) => {
+        got.push(d);
+        if ((n += d.length) === data.length) resolve();
+      }),
+    );
+    await Promise.all([written, all]);
+    expect(Buffer.concat(got).equals(data)).toBe(true);
+    expect(s.ringState()).toMatchObject({ writable: size, writeWaiting: 0 });
+    expect(c.ringState()).toMatchObject({ readable: 0, wantRead: true });
+    expect(c.ringState()!.wakeups).toBeGreaterThan(0);
+    s.destroy();
+    await closed(s);
+    expect(s.ringState()).toBeUndefined();
+  });
 
   it('works with stream.pipeline() and async iteration; end() flushes, then the peer sees the end', async () => {
     const { s, c } = await pair(4096, 4096);

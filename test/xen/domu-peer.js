@@ -34,7 +34,7 @@ function exchange(stream, bytes) {
     let wroteAll = false;
     const finish = () => {
       if (wroteAll && got >= bytes)
-        resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got, missedWakeups: stream.ringState()?.missedWakeups });
+        resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got });
     };
     stream.on('data', (d) => {
       recv.update(d);
@@ -80,11 +80,13 @@ async function run(cmd) {
       srv.listen();
       await reply(id, { phase: 'listening' });
       const s = await conn;
+      // The client ends the channel once it has everything, which can close our end before the
+      // exchange below has seen its last write complete: listen for 'close' from the start.
+      const closed = new Promise((resolve) => s.once('close', resolve));
       srv.close();
       const r = await exchange(s, cmd.bytes);
-      // The client ends the channel once it has everything; our end follows.
       s.resume();
-      await new Promise((resolve) => s.once('close', resolve));
+      await closed;
       return reply(id, { phase: 'done', ...r });
     }
     case 'hold': {
@@ -163,8 +165,6 @@ async function main() {
       });
     }
   };
-  // The watch, and a look every second besides (see issue 4's note on lost wake-ups).
-  setInterval(() => void look(), 1000);
   for await (const _ of w) await look();
 }
 

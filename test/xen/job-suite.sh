@@ -4,7 +4,7 @@
 # test/xen/domu.test.ts, which boots a PV domU running Node (XEN_RIG_DOMU: its kernel and initramfs).
 cd /mnt/host
 export PATH=/mnt/host/.rig/bin:$PATH HOME=/tmp XEN_RIG_DOMU=/mnt/host/.rig
-# XEN_RIG_REVERSE / XEN_RIG_REPEAT / XEN_RIG_SMALL_RING reach the tests from the host's environment.
+# XEN_RIG_REPEAT reaches the tests from the host's environment.
 [ -f /mnt/host/.rig/env.sh ] && . /mnt/host/.rig/env.sh
 # Native rollup instead of the WebAssembly build, in this mount namespace only (run.sh).
 mount --bind /mnt/host/.rig/rollup /mnt/host/node_modules/rollup || exit 1

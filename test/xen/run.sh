@@ -19,7 +19,7 @@ mkdir -p "$repo/.rig/bin"
 rm -f "$repo/.rig/suite.json"
 # Test switches for the job (see test/xen/domu.test.ts).
 : > "$repo/.rig/env.sh"
-for v in XEN_RIG_REVERSE XEN_RIG_REPEAT XEN_RIG_SMALL_RING; do
+for v in XEN_RIG_REPEAT; do
   [ -n "${!v:-}" ] && echo "export $v='${!v}'" >> "$repo/.rig/env.sh"
 done
 cp "$(command -v node)" "$repo/.rig/bin/node"
