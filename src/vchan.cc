@@ -83,6 +83,10 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
   errno = 0;
   struct libxenvchan* c = libxenvchan_client_init(nullptr, static_cast<int>(dom), path.c_str());
   if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_client_init", path);
+  // libxenvchan_client_init marks the client live but sends no event: a server waiting for events
+  // (ours, or Xen's own) would learn of a client that only reads at its first write, or never.
+  // Tell it now; to a server already past that point it is one spurious wake-up.
+  xenevtchn_notify(c->event, static_cast<evtchn_port_t>(c->event_port));
   return WrapHandle(env, new Vchan(RegistryOf(info), c));
 }
 

@@ -7,7 +7,6 @@ import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { connect, createServer, GrantMapper, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
-import type { ConnectOptions, ServerOptions } from '../dist/cjs/index.js';
 import { broker, config, onMock, selfDomid } from './helpers/env';
 import { snapshot } from './helpers/setup';
 import { fdCount, killChild, Peer, randomChunks, sha256, sleep, startPeer, uniquePath } from './helpers/util';
@@ -35,17 +34,13 @@ afterEach(async () => {
 });
 
 /** A server (this process) and a client (this process), dom0 <-> dom0 loopback. */
-async function pair(
-  readMin = 65536,
-  writeMin = 65536,
-  extra: { server?: Partial<ServerOptions>; client?: Partial<ConnectOptions> } = {},
-): Promise<{ server: VchanServer; s: VchanStream; c: VchanStream; path: string }> {
+async function pair(readMin = 65536, writeMin = 65536): Promise<{ server: VchanServer; s: VchanStream; c: VchanStream; path: string }> {
   const path = uniquePath('pair');
-  const server = createServer({ domid: selfDomid, path, readMin, writeMin, ...extra.server });
+  const server = createServer({ domid: selfDomid, path, readMin, writeMin });
   servers.push(server);
   const accepted = once(server, 'connection');
   server.listen();
-  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000, ...extra.client }));
+  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 }));
   const [s] = (await accepted) as [VchanStream];
   return { server, s: track(s), c, path };
 }
@@ -153,6 +148,22 @@ describe('VchanStream', () => {
     s.destroy();
     await closed(s);
     expect(s.ringState()).toBeUndefined();
+  });
+
+  it("a client that only reads is seen at once: 'connection' does not wait for its first write", async () => {
+    // Xen's libxenvchan_client_init sends no event; the server would otherwise learn of a quiet
+    // client only when it writes (a greeting protocol, server speaks first, would deadlock).
+    const path = uniquePath('quiet');
+    const server = createServer({ domid: selfDomid, path });
+    servers.push(server);
+    const accepted = once(server, 'connection');
+    server.listen();
+    const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 }));
+    const [s] = (await Promise.race([accepted, sleep(3000).then(() => [null])])) as [VchanStream | null];
+    expect(s).not.toBeNull();
+    track(s!).end('hello, client');
+    const [greeting] = await once(c, 'data');
+    expect(String(greeting)).toBe('hello, client');
   });
 
   it('works with stream.pipeline() and async iteration; end() flushes, then the peer sees the end', async () => {
