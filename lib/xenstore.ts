@@ -116,6 +116,9 @@ export class XenstoreWatch extends EventEmitter<{ change: [WatchEvent]; error: [
   #waiter: ((v: IteratorResult<WatchEvent>) => void) | null = null;
   #closed = false;
   readonly #stop: () => Promise<void>;
+  // Xenstore fires every watch once as it is set, and that event can reach us before watch()'s
+  // promise has resolved, i.e. before anyone could listen: 'change' events are held until then.
+  #held: WatchEvent[] | null = [];
 
   /** @internal */
   constructor(readonly path: string, readonly token: string, stop: () => Promise<void>) {
@@ -126,7 +129,8 @@ export class XenstoreWatch extends EventEmitter<{ change: [WatchEvent]; error: [
   /** @internal */
   deliver(ev: WatchEvent): void {
     if (this.#closed) return;
-    this.emit('change', ev);
+    if (this.#held) this.#held.push(ev);
+    else this.emit('change', ev);
     if (this.#waiter) {
       const w = this.#waiter;
       this.#waiter = null;
@@ -135,6 +139,13 @@ export class XenstoreWatch extends EventEmitter<{ change: [WatchEvent]; error: [
       this.#queue.push(ev);
       if (this.#queue.length > 10000) this.#queue.shift(); // a consumer that never reads must not grow memory forever
     }
+  }
+
+  /** @internal Emits the 'change' events held since the watch was set (see #held). */
+  release(): void {
+    const held = this.#held;
+    this.#held = null;
+    if (held && !this.#closed) for (const ev of held) this.emit('change', ev);
   }
 
   /** @internal */
@@ -260,6 +271,8 @@ export class Xenstore extends Ops {
       if (this.#watches.size === 0) this.#stopPolling();
       throw e;
     }
+    // After the caller's continuation has run and attached its listeners.
+    setImmediate(() => w.release());
     return w;
   }
 

@@ -317,6 +317,21 @@ describe('Xenstore', () => {
     other.close();
   });
 
+  it("the event a watch fires when set reaches 'change' listeners attached after watch() resolved", async () => {
+    const xs = new Xenstore();
+    const p = `/local/domain/${selfDomid}/data/w0-${process.pid}`;
+    await xs.write(p, 'already there');
+    for (let i = 0; i < 20; i++) {
+      const w = await xs.watch(p);
+      await Promise.resolve(); // a caller that attaches a little later, still in the same turn
+      const [ev] = await Promise.race([once(w, 'change'), sleep(2000).then(() => [null])]);
+      expect(ev).toMatchObject({ path: p, token: w.token });
+      await w.close();
+    }
+    await xs.rm(p);
+    xs.close();
+  });
+
   it('watches fire once when set, then on changes, as events and as an async iterator', async () => {
     const xs = new Xenstore();
     const p = `/local/domain/${selfDomid}/data/w-${process.pid}`;
