@@ -16,9 +16,15 @@ const x = require('/app');
 
 const xs = new x.Xenstore();
 
+const phases = new Map(); // command id -> where it is, for 'status'
+
 async function reply(id, msg) {
-  console.log(`domu-peer: ${id} ${msg.phase || '-'}${msg.error ? ` error ${msg.error}` : ''}`);
-  await xs.write(`data/peer/result/${id}/${msg.phase || '-'}`, JSON.stringify({ id, ...msg }));
+  const phase = msg.phase || '-';
+  console.log(`domu-peer: ${id} ${phase}${msg.error ? ` error ${msg.error}` : ''}`);
+  phases.set(id, `writing result ${phase}`);
+  const t0 = Date.now();
+  await xs.write(`data/peer/result/${id}/${phase}`, JSON.stringify({ id, ...msg }));
+  phases.set(id, `wrote result ${phase} (${Date.now() - t0} ms)`);
 }
 
 const active = new Set(); // exchanges in progress, for 'status'
@@ -136,7 +142,7 @@ async function run(cmd) {
     }
     case 'status': {
       const list = [...active].map((e) => ({ got: e.got, left: e.left, ring: e.stream.ringState(), queued: e.stream.writableLength }));
-      console.log(`domu-peer: status ${JSON.stringify(list)}`);
+      console.log(`domu-peer: status ${JSON.stringify(list)} ${JSON.stringify([...phases].slice(-4))}`);
       return reply(id, { active: list });
     }
     default:

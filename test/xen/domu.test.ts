@@ -109,35 +109,69 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
     console.log(`domU console (the peer's lines):\n${log.split('\n').filter((l) => l.startsWith('domu')).join('\n').slice(-6000)}`);
   });
 
-  it('a dom0 server and a Node client in the domU: 2 MiB each way, SHA-256', async () => {
-    const path = `data/vchan/${domid}/up`;
-    const total = 2 << 20;
-    const server = createServer({ domid, path });
-    const accepted = once(server, 'connection');
-    server.listen();
-    const result = await command('connect', { path: `/local/domain/0/${path}`, bytes: total });
-    const [s] = (await accepted) as [VchanStream];
-    const closed = once(s, 'close');
-    server.close();
-    expect((await result('connected')).info).toMatchObject({ server: false });
-    const out = randomBytes(total);
-    const recv = createHash('sha256');
-    let got = 0;
-    s.on('data', (d: Buffer) => {
-      recv.update(d);
-      got += d.length;
+  /** Until stopped, says every 10 s where a transfer stands: dom0's counts and ring, and (through
+   * the 'status' command) the domU's. Should a transfer hang, the log shows which end waits on what. */
+  function watchdog(label: string, stream: () => VchanStream | undefined, progress: () => string): { stage: string; stop: () => void } {
+    const t0 = Date.now();
+    const w = {
+      stage: 'connecting',
+      stop: () => clearInterval(timer),
+    };
+    const timer = setInterval(() => {
+      const s = stream();
+      console.log(
+        `${label} (${w.stage}, ${Date.now() - t0} ms): ${progress()}` +
+          (s ? `, queued ${s.writableLength}, finished ${s.writableFinished}, ended ${s.readableEnded}, ring ${JSON.stringify(s.ringState())}` : ', no stream yet'),
+      );
+      void command('status').catch(() => undefined);
+    }, 10_000);
+    return w;
+  }
+
+  const rounds = Number(process.env.XEN_RIG_REPEAT ?? 1); // XEN_RIG_REPEAT=N runs each transfer N times
+
+  for (let round = 0; round < rounds; round++)
+    it(`a dom0 server and a Node client in the domU: 2 MiB each way, SHA-256${round ? ` (again, ${round})` : ''}`, async () => {
+      const path = `data/vchan/${domid}/up-${round}`;
+      const total = 2 << 20;
+      const server = createServer({ domid, path });
+      const accepted = once(server, 'connection');
+      server.listen();
+      let s: VchanStream | undefined;
+      let got = 0;
+      const wd = watchdog('dom0 server', () => s, () => `got ${got} of ${total}`);
+      const result = await command('connect', { path: `/local/domain/0/${path}`, bytes: total });
+      let done: Record<string, any>;
+      try {
+        [s] = (await accepted) as [VchanStream];
+        wd.stage = 'connected';
+        const closed = new Promise((resolve) => s!.once('close', resolve));
+        server.close();
+        expect((await result('connected')).info).toMatchObject({ server: false });
+        wd.stage = 'transferring';
+        const out = randomBytes(total);
+        const recv = createHash('sha256');
+        s.on('data', (d: Buffer) => {
+          recv.update(d);
+          got += d.length;
+        });
+        s.on('error', () => {}); // a hang shows in the watchdog; the assertions below say what failed
+        s.write(out);
+        done = await result('done');
+        wd.stage = 'closing';
+        await closed;
+        expect(got).toBe(total);
+        expect(done.recv).toBe(sha256(out));
+        expect(done.sent).toBe(recv.digest('hex'));
+      } finally {
+        wd.stop();
+        s?.destroy();
+        server.close();
+      }
     });
-    s.write(out);
-    const done = await result('done');
-    await closed;
-    expect(got).toBe(total);
-    expect(done.recv).toBe(sha256(out));
-    expect(done.sent).toBe(recv.digest('hex'));
-  });
 
   // The domU as the server, with equal 64 KiB rings and with a 4 KiB client -> server ring (the
-  // client's writes wait for the domU's reads 512 times). XEN_RIG_REPEAT=N runs each N times.
-  const rounds = Number(process.env.XEN_RIG_REPEAT ?? 1);
+  // client's writes wait for the domU's reads 512 times).
   for (const readMin of [65536, 4096])
     for (let round = 0; round < rounds; round++)
       it(`a Node server in the domU and a dom0 client, rings 64 KiB / ${readMin >> 10} KiB: 2 MiB each way, SHA-256${round ? ` (again, ${round})` : ''}`, async () => {
@@ -158,27 +192,22 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
             if (got >= total) resolve();
           }),
         );
+        c.on('error', () => {});
         c.write(out);
-        // Should this hang, say where: both ends' counts and the ring as each end sees it.
-        let stage = 'reading';
-        const watchdog = setInterval(() => {
-          console.log(
-            `dom0 client (${stage}): got ${got} of ${total}, queued ${c.writableLength}, finished ${c.writableFinished}, ` +
-              `ended ${c.readableEnded}, ring ${JSON.stringify(c.ringState())}`,
-          );
-          void command('status').catch(() => undefined);
-        }, 10_000);
+        const wd = watchdog('dom0 client', () => c, () => `got ${got} of ${total}`);
+        wd.stage = 'transferring';
         let done: Record<string, any>;
         try {
           await all;
-          stage = 'closing';
-          const closed = once(c, 'close');
+          wd.stage = 'closing';
+          const closed = new Promise((resolve) => c.once('close', resolve));
           c.end();
           await closed;
-          stage = 'waiting for the domU';
+          wd.stage = 'waiting for the domU';
           done = await result('done');
         } finally {
-          clearInterval(watchdog);
+          wd.stop();
+          c.destroy();
         }
         expect(done.got).toBe(total);
         expect(done.recv).toBe(sha256(out));
