@@ -42,6 +42,7 @@ export {
   type ConnectOptions,
   type ServerOptions,
   type VchanInfo,
+  type VchanOnread,
   type VchanStreamOptions,
 } from './vchan';
 export {

@@ -33,7 +33,33 @@ function poolRoom(): number {
   return pool.length - poolOff;
 }
 
-export interface VchanStreamOptions extends Pick<DuplexOptions, 'highWaterMark' | 'readableHighWaterMark' | 'writableHighWaterMark'> {}
+/**
+ * Like net.Socket's `onread`: incoming data is read into one reusable buffer and handed to a
+ * callback instead of being pushed as 'data' events (no allocation per chunk, no pool memory held by
+ * the consumer). The stream still emits 'end', 'error' and 'close'; pause() and resume() still work.
+ */
+export interface VchanOnread {
+  /** The buffer to read into, or a function returning it (called before every read). */
+  buffer: Uint8Array | (() => Uint8Array);
+  /** Called for each chunk with its length and the buffer holding it at offset 0. Return false to pause(). */
+  callback: (nread: number, buffer: Uint8Array) => boolean | void;
+}
+
+export interface VchanStreamOptions extends Pick<DuplexOptions, 'highWaterMark' | 'readableHighWaterMark' | 'writableHighWaterMark'> {
+  /** Read into a reusable buffer instead of emitting 'data' (see VchanOnread). */
+  onread?: VchanOnread;
+}
+
+function checkOnread(v: unknown): VchanOnread | undefined {
+  if (v === undefined) return undefined;
+  const o = checkObject('options.onread', v);
+  const buf = o.buffer;
+  if (!(buf instanceof Uint8Array) && typeof buf !== 'function')
+    throw invalidArgType('options.onread.buffer', 'an instance of Buffer, Uint8Array or a function', buf);
+  if (buf instanceof Uint8Array && buf.byteLength === 0) throw outOfRange('options.onread.buffer', 'a non-empty buffer', 'an empty one');
+  if (typeof o.callback !== 'function') throw invalidArgType('options.onread.callback', 'of type function', o.callback);
+  return { buffer: buf as VchanOnread['buffer'], callback: o.callback as VchanOnread['callback'] };
+}
 
 /** Ring sizes and the event channel port of an open stream. */
 export interface VchanInfo {
@@ -65,6 +91,7 @@ export class VchanStream extends Duplex {
   #pending: PendingWrite | null = null;
   readonly #domid: number;
   readonly #path: string;
+  readonly #onread: VchanOnread | null;
   #unwatchDomain: (() => void) | null = null;
 
   /** @internal */
@@ -75,6 +102,9 @@ export class VchanStream extends Duplex {
     this.#domid = domid;
     this.#path = path;
     this.#info = b.vchan.info(handle) as VchanInfo;
+    this.#onread = options.onread ?? null;
+    // With onread, reading starts at once (as net.Socket's does) and only pause() stops it.
+    if (this.#onread) this.#wantRead = true;
     b.vchan.poll(handle, () => this.#onWake());
     // Dom0 is never destroyed; any other peer domain may be, and would say nothing.
     if (domid !== 0) {
@@ -166,6 +196,20 @@ export class VchanStream extends Duplex {
     return this;
   }
 
+  override pause(): this {
+    if (this.#onread) this.#wantRead = false;
+    return super.pause();
+  }
+
+  override resume(): this {
+    super.resume();
+    if (this.#onread && !this.#wantRead && !this.#readEnded) {
+      this.#wantRead = true;
+      process.nextTick(() => this.#onWake());
+    }
+    return this;
+  }
+
   override _read(): void {
     this.#wantRead = true;
     this.#pumpRead();
@@ -241,7 +285,20 @@ export class VchanStream extends Duplex {
 
   /** Reads as long as the consumer wants data (or, with FORCE, everything available). */
   #drainReadable(force: boolean): void {
+    const onread = this.#onread;
     while (this.#h && (this.#wantRead || force) && !this.#readEnded) {
+      if (onread) {
+        const buf = typeof onread.buffer === 'function' ? onread.buffer() : onread.buffer;
+        if (!(buf instanceof Uint8Array) || buf.byteLength === 0)
+          throw Object.assign(new TypeError('options.onread.buffer() must return a non-empty Buffer or Uint8Array'), { code: 'ERR_INVALID_RETURN_VALUE' });
+        const n: number = this.#b.vchan.read(this.#h, buf, 0, Math.min(buf.byteLength, this.#info.readSize));
+        if (n > 0) {
+          if (onread.callback.call(undefined, n, buf) === false) this.pause();
+          continue;
+        }
+        if (this.#readNothing(n)) return;
+        continue;
+      }
       const room = Math.min(poolRoom(), this.#info.readSize);
       const buf = pool!;
       const n: number = this.#b.vchan.read(this.#h, buf, poolOff, room);
@@ -372,6 +429,7 @@ export class VchanServer extends EventEmitter<{
     const readMin = o.readMin === undefined ? 65536 : checkInt('options.readMin', o.readMin, 0, MAX_RING);
     const writeMin = o.writeMin === undefined ? 65536 : checkInt('options.writeMin', o.writeMin, 0, MAX_RING);
     if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
+    checkOnread(o.onread);
     this.#b = binding(o.backend as Backend | undefined);
     this.#opts = { ...(options as ServerOptions), domid, path, readMin, writeMin };
     if (onConnection !== undefined) {
@@ -516,6 +574,7 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
   const signal = o.signal as AbortSignal | undefined;
   if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArgType('options.signal', 'an instance of AbortSignal', signal);
   const mockDomid = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
+  checkOnread(o.onread);
   const b = binding(o.backend as Backend | undefined);
   if (signal?.aborted) throw abortError(signal);
 

@@ -7,6 +7,7 @@ import { pipeline } from 'node:stream/promises';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { connect, createServer, GrantMapper, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
+import type { ConnectOptions, ServerOptions } from '../dist/cjs/index.js';
 import { broker, config, onMock, selfDomid } from './helpers/env';
 import { snapshot } from './helpers/setup';
 import { fdCount, killChild, Peer, randomChunks, sha256, sleep, startPeer, uniquePath } from './helpers/util';
@@ -34,13 +35,17 @@ afterEach(async () => {
 });
 
 /** A server (this process) and a client (this process), dom0 <-> dom0 loopback. */
-async function pair(readMin = 65536, writeMin = 65536): Promise<{ server: VchanServer; s: VchanStream; c: VchanStream; path: string }> {
+async function pair(
+  readMin = 65536,
+  writeMin = 65536,
+  extra: { server?: Partial<ServerOptions>; client?: Partial<ConnectOptions> } = {},
+): Promise<{ server: VchanServer; s: VchanStream; c: VchanStream; path: string }> {
   const path = uniquePath('pair');
-  const server = createServer({ domid: selfDomid, path, readMin, writeMin });
+  const server = createServer({ domid: selfDomid, path, readMin, writeMin, ...extra.server });
   servers.push(server);
   const accepted = once(server, 'connection');
   server.listen();
-  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 }));
+  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000, ...extra.client }));
   const [s] = (await accepted) as [VchanStream];
   return { server, s: track(s), c, path };
 }
@@ -148,6 +153,91 @@ describe('VchanStream', () => {
     s.destroy();
     await closed(s);
     expect(s.ringState()).toBeUndefined();
+  });
+
+  describe('onread (a reusable buffer instead of data events)', () => {
+    it('hands every chunk to the callback in the same buffer, emits no data, and ends', async () => {
+      const buffer = Buffer.alloc(10_000);
+      const copies: Buffer[] = [];
+      const seen = new Set<Uint8Array>();
+      const { s, c } = await pair(65536, 65536, {
+        server: {
+          onread: {
+            buffer,
+            callback: (n, b) => {
+              expect(n).toBeGreaterThan(0);
+              expect(n).toBeLessThanOrEqual(buffer.length);
+              seen.add(b);
+              copies.push(Buffer.from(b.subarray(0, n)));
+            },
+          },
+        },
+      });
+      let dataEvents = 0;
+      s.on('data', () => dataEvents++);
+      const ended = once(s, 'end');
+      const data = randomBytes(1 << 20);
+      await writeAll(c, [data]);
+      c.end();
+      await ended;
+      expect(Buffer.concat(copies).equals(data)).toBe(true);
+      expect([...seen]).toEqual([buffer]);
+      expect(dataEvents).toBe(0);
+      await closed(s);
+    });
+
+    it('returning false pauses; resume() goes on; a function may supply the buffer', async () => {
+      let calls = 0;
+      let got = 0;
+      let stop = true;
+      const { s, c } = await pair(4096, 4096, {
+        client: {
+          onread: {
+            buffer: () => (calls++, Buffer.allocUnsafe(1000)),
+            callback: (n) => {
+              got += n;
+              if (stop) return false;
+            },
+          },
+        },
+      });
+      const data = randomBytes(50_000);
+      void writeAll(s, [data]);
+      await sleep(100);
+      expect(got).toBeGreaterThan(0);
+      expect(got).toBeLessThanOrEqual(1000); // paused after the first chunk
+      expect(c.isPaused()).toBe(true);
+      expect(c.ringState()!.readable).toBeGreaterThan(0);
+      stop = false;
+      c.resume();
+      while (got < data.length) await sleep(10);
+      expect(got).toBe(data.length);
+      expect(calls).toBeGreaterThanOrEqual(50);
+    });
+
+    it('refuses a bad onread with ERR_INVALID_ARG_TYPE / ERR_OUT_OF_RANGE; a bad buffer() fails the stream', async () => {
+      const base = { domid: selfDomid, path: uniquePath('onread') };
+      const cb = () => {};
+      expect(() => createServer({ ...base, onread: 5 as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+      expect(() => createServer({ ...base, onread: { buffer: 'x', callback: cb } as never })).toThrow(
+        expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', name: 'TypeError' }),
+      );
+      expect(() => createServer({ ...base, onread: { buffer: Buffer.alloc(0), callback: cb } })).toThrow(
+        expect.objectContaining({ code: 'ERR_OUT_OF_RANGE', name: 'RangeError' }),
+      );
+      expect(() => createServer({ ...base, onread: { buffer: Buffer.alloc(1) } as never })).toThrow(
+        expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+      );
+      await expect(connect({ ...base, path: `/local/domain/${selfDomid}/${base.path}`, onread: { buffer: Buffer.alloc(0), callback: cb } })).rejects.toMatchObject({
+        code: 'ERR_OUT_OF_RANGE',
+      });
+      const { s, c } = await pair(4096, 4096, { server: { onread: { buffer: () => 'nope' as never, callback: cb } } });
+      const failed = once(s, 'error');
+      c.write(Buffer.alloc(10));
+      const [err] = await failed;
+      expect(err).toMatchObject({ code: 'ERR_INVALID_RETURN_VALUE', name: 'TypeError' });
+      await closed(s);
+    });
   });
 
   it("a client that only reads is seen at once: 'connection' does not wait for its first write", async () => {
