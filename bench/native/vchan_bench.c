@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xenevtchn.h>
 #include <libxenvchan.h>
 
 static double now(void)
@@ -72,8 +73,12 @@ static struct libxenvchan *open_side(int server, size_t ring)
             if (!c)
                 usleep(10000);
         }
-        if (c)
+        if (c) {
             c->blocking = 1;
+            /* libxenvchan_client_init sends no event: without one, a server waiting in
+             * libxenvchan_wait() learns of us only at our first write (latency: never). */
+            xenevtchn_notify(c->event, c->event_port);
+        }
     }
     return c;
 }
