@@ -51,14 +51,16 @@ async function main() {
       const [peer, p, rmin, wmin, bytes] = args;
       const srv = x.createServer({ domid: +peer, path: p, readMin: +rmin, writeMin: +wmin });
       srv.on('connection', async (s) => {
+        // One client only: close the server now (the stream lives on). Closing it after the
+        // stream would first offer the channel again, and Xen's libxenvchan leaves the nodes of a
+        // server closed before any client came.
+        srv.close();
         try {
           const r = await exchange(s, +bytes);
           send({ done: true, ...r, info: s.info });
           s.end();
-          s.on('close', () => srv.close());
         } catch (e) {
           send({ error: e.code || e.message });
-          srv.close();
         }
       });
       srv.listen(() => send({ listening: true }));
