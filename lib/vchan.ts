@@ -480,9 +480,8 @@ export class VchanServer extends EventEmitter<{
     }
     if (open === 2) return; // still waiting for the client
     // Connected (or connected and gone already: the stream will deliver its data and end).
-    // The stream takes the poller over as it is (a new callback, same uv_poll): stopping and
-    // restarting the poll on this fd here once lost its next wakeup on real Xen (the event stayed
-    // pending on the fd, epoll never reported it, and the stream stalled for good).
+    // The stream takes the poller over as it is (a new callback, same uv_poll): no stop and
+    // restart of the poll on this fd between the two owners.
     this.#waiting = null;
     const s = new VchanStream(this.#b, h, this.#opts.domid, this.#opts.path, this.#opts);
     if (!this.#refed) s.unref();
@@ -593,22 +592,12 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
     });
     stop.catch(() => undefined);
     const it = watch[Symbol.asyncIterator]();
-    // Besides the watch, try again now and then (50 ms doubling to 2 s): a watch event only says
-    // that the node changed, and an attempt that fails while a server is still setting up (or a
-    // previous channel is being torn down) must be retried even if nothing changes after it.
-    let retry = 50;
-    let pendingNext: Promise<IteratorResult<unknown>> | null = null;
     for (;;) {
-      // Each event (the first fires at once) may mean the server is there: try.
-      pendingNext ??= it.next();
-      let tick: NodeJS.Timeout | undefined;
-      const again = new Promise<'again'>((resolve) => (tick = setTimeout(() => resolve('again'), retry)));
-      const next = await Promise.race([pendingNext, stop, again]).finally(() => clearTimeout(tick));
-      if (next === 'again') retry = Math.min(retry * 2, 2000);
-      else {
-        pendingNext = null;
-        if (next.done) throw coded('The xenstore watch ended', 'ERR_XEN_CLOSED');
-      }
+      // Each event (the first fires at once) may mean the server is there: try. The iterator queues
+      // events, so none is lost while an attempt runs; a server's last step (the permissions of
+      // event-channel) fires the watch once more, so an attempt that came too early is retried.
+      const next = await Promise.race([it.next(), stop]);
+      if (next.done) throw coded('The xenstore watch ended', 'ERR_XEN_CLOSED');
       let h: object;
       try {
         h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path));
