@@ -452,6 +452,9 @@ describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)
     expect(done.recv).toBe(sha256(Buffer.concat(out)));
     c.end();
     await closed(c);
+    // The peer closes its end and exits by itself; killing it first (afterEach does, for a test that
+    // failed) would leave its server's xenstore entry, as a killed server leaves it on Xen.
+    expect(await peer.exited).toEqual({ code: 0, signal: null });
   });
 
   for (const side of ['client', 'server'] as const) {

@@ -223,6 +223,22 @@ static int send_reply(struct conn *c, struct xm_msg *r, const void *payload, int
     }
 }
 
+/* Domains destroyed and not introduced again since. On Xen a destroyed domain runs nothing more: a
+ * handle it asks for after its destruction (a process that connects before its SIGKILL lands, or
+ * whose hello is still queued in the socket) must not bring it back, and the toolstack's
+ * introduce is what makes the id usable again. */
+static uint8_t destroyed[(DOMID_FIRST_RESERVED + 7) / 8];
+static bool is_destroyed(uint32_t dom) { return dom < DOMID_FIRST_RESERVED && (destroyed[dom / 8] >> (dom % 8)) & 1; }
+static void set_destroyed(uint32_t dom, bool on)
+{
+    if (dom >= DOMID_FIRST_RESERVED)
+        return;
+    if (on)
+        destroyed[dom / 8] |= (uint8_t)(1u << (dom % 8));
+    else
+        destroyed[dom / 8] &= (uint8_t)~(1u << (dom % 8));
+}
+
 static int destroy_domain(struct conn *req, uint32_t dom);
 
 static int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rbuf)
@@ -274,12 +290,14 @@ static int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char
         }
         for (uint32_t id = 0; id < DOMID_FIRST_RESERVED; id++)
             domain_free(id);
+        memset(destroyed, 0, sizeof(destroyed));
         store_reset();
         return 0;
     }
     case XM_CTL_INTRODUCE:
         if (m->a[0] >= DOMID_FIRST_RESERVED)
             return EINVAL;
+        set_destroyed(m->a[0], false);
         store_domain_introduced(m->a[0]);
         return 0;
     case XM_CTL_DESTROY: return destroy_domain(c, m->a[0]);
@@ -292,6 +310,7 @@ static int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char
 }
 
 uint32_t destroying_domain = XM_NONE;
+
 
 /* `xl destroy`: the domain stops at once. Its handles are cut without the unmap notifications its
  * kernel would have sent, its ports close (peers become unbound, no event: Xen sends none), every
@@ -325,6 +344,7 @@ static int destroy_domain(struct conn *req, uint32_t dom)
     }
     for (int i = 0; i < nv; i++)
         kill(victims[i], SIGKILL);
+    set_destroyed(dom, true);
     destroying_domain = dom;
     for (struct conn *k = conns, *n; k; k = n) {
         n = k->next;
@@ -353,6 +373,14 @@ static void handle_hello(struct conn *c, struct xm_msg *m, int in_fd, struct xm_
     }
     if (m->a[0] == XM_KIND_EVTCHN && in_fd < 0) {
         r->err = EINVAL;
+        return;
+    }
+    if (m->a[0] != XM_KIND_CTL && is_destroyed(m->a[1])) {
+        r->err = ESRCH; /* xl destroy'ed: gone until introduced again */
+        return;
+    }
+    if (c->pid > 1 && kill(c->pid, 0) < 0 && errno == ESRCH) {
+        r->err = ESRCH; /* a hello still queued from a process that has died since */
         return;
     }
     c->kind = (int)m->a[0];

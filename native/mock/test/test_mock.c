@@ -581,6 +581,26 @@ static void test_destroy(void)
         xengnttab_close(m0);
         xs_close(xs);
     }
+    TEST("a destroyed domain stays gone until it is introduced again")
+    {
+        /* A process of the dead domain that connects late (before its SIGKILL lands) gets nothing. */
+        as(8);
+        xenevtchn_handle *late = xenevtchn_open(NULL, 0);
+        CHECK(late == NULL && errno == ESRCH);
+        struct xs_handle *xs8 = xs_open(0);
+        CHECK(xs8 == NULL && errno == ESRCH);
+        as(0);
+        CHECK(stats_of(8).connections == 0);
+        CHECK(xenmock_introduce_domain(8) == 0);
+        as(8);
+        late = xenevtchn_open(NULL, 0);
+        CHECK(late != NULL);
+        as(0);
+        if (late)
+            xenevtchn_close(late);
+        if (xs8)
+            xs_close(xs8);
+    }
 }
 
 static void test_no_leaks(void)
