@@ -194,6 +194,18 @@ export interface CopySegment {
   length: number;
 }
 
+function copySide(name: string, v: unknown, length: number): CopySegment['source'] {
+  if (v instanceof Uint8Array) {
+    if (v.byteLength < length) throw outOfRange(`${name}.byteLength`, `>= the segment's length (${length})`, v.byteLength);
+    return v;
+  }
+  const o = checkObject(name, v);
+  const domid = checkDomid(`${name}.domid`, o.domid);
+  const ref = checkInt(`${name}.ref`, o.ref, 0, 0xffffffff);
+  const offset = o.offset === undefined ? 0 : checkInt(`${name}.offset`, o.offset, 0, PAGE_SIZE - length);
+  return { domid, ref, offset };
+}
+
 /** Grant status codes returned per copy segment (0 is success). */
 export const GrantStatus = Object.freeze({
   okay: 0,
@@ -233,6 +245,13 @@ export class GrantMapper extends GrantDevice {
   /** Copies between local buffers and grants without mapping; returns a status per segment. */
   copy(segments: readonly CopySegment[]): number[] {
     if (!Array.isArray(segments)) throw invalidArgType('segments', 'an array', segments);
-    return this.b.grants.copy(this.handle(), segments) as number[];
+    // Every property is read once, here, into plain values (a getter runs now or never); the
+    // addon then checks the handle and the buffers again after the last of them ran.
+    const plain = segments.map((seg, i): CopySegment => {
+      const o = checkObject(`segments[${i}]`, seg);
+      const length = checkInt(`segments[${i}].length`, o.length, 0, PAGE_SIZE);
+      return { source: copySide(`segments[${i}].source`, o.source, length), dest: copySide(`segments[${i}].dest`, o.dest, length), length };
+    });
+    return this.b.grants.copy(this.handle(), plain) as number[];
   }
 }

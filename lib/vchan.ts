@@ -69,6 +69,9 @@ export interface VchanInfo {
   server: boolean;
 }
 
+/** Only this module makes streams: a VchanStream wraps a native handle it was given. */
+const kInternal = Symbol('xen-vchan internal');
+
 interface PendingWrite {
   chunks: Uint8Array[];
   offset: number; // into chunks[0]
@@ -94,8 +97,13 @@ export class VchanStream extends Duplex {
   readonly #onread: VchanOnread | null;
   #unwatchDomain: (() => void) | null = null;
 
-  /** @internal */
-  constructor(b: Binding, handle: object, domid: number, path: string, options: VchanStreamOptions = {}) {
+  /** @internal Streams come from createServer() ('connection') and connect(). */
+  constructor(token: typeof kInternal, b: Binding, handle: object, domid: number, path: string, options: VchanStreamOptions = {}) {
+    if (token !== kInternal) {
+      throw Object.assign(new TypeError('Illegal constructor: a VchanStream comes from createServer() or connect()'), {
+        code: 'ERR_ILLEGAL_CONSTRUCTOR',
+      });
+    }
     super({ ...options, allowHalfOpen: false, decodeStrings: true, emitClose: true, autoDestroy: true });
     this.#b = b;
     this.#h = handle;
@@ -212,17 +220,34 @@ export class VchanStream extends Duplex {
 
   override _read(): void {
     this.#wantRead = true;
-    this.#pumpRead();
+    try {
+      this.#pumpRead();
+    } catch (e) {
+      this.destroy(e as Error);
+    }
   }
 
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: chunks.map((c) => c.chunk), offset: 0, cb };
-    this.#pumpWrite();
+    this.#pumpWriteSafe();
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: [chunk], offset: 0, cb };
-    this.#pumpWrite();
+    this.#pumpWriteSafe();
+  }
+
+  /** A write never throws out of write(): a failure (EPROTO from a corrupt ring, EPIPE) goes to the
+   * write's callback, and so to 'error', as Writable does with any failed write. */
+  #pumpWriteSafe(): void {
+    try {
+      this.#pumpWrite();
+    } catch (e) {
+      const p = this.#pending;
+      this.#pending = null;
+      if (p) p.cb(e as Error);
+      else this.destroy(e as Error);
+    }
   }
 
   override _final(cb: (err?: Error | null) => void): void {
@@ -335,14 +360,7 @@ export class VchanStream extends Duplex {
   #pumpWrite(): void {
     const p = this.#pending;
     if (!p || !this.#h) return;
-    let n: number;
-    try {
-      n = this.#b.vchan.writev(this.#h, p.chunks, p.offset);
-    } catch (e) {
-      this.#pending = null;
-      p.cb(e as Error);
-      return;
-    }
+    const n: number = this.#b.vchan.writev(this.#h, p.chunks, p.offset);
     // Advance through the chunks by N bytes (p.offset is into the first one).
     let i = 0;
     let off = p.offset + n;
@@ -405,11 +423,17 @@ function checkVchanPath(name: string, v: unknown): string {
 /**
  * A vchan server: one channel at a time for one client domain. After a client leaves, the
  * server offers the channel again for the next one. Emits 'listening', 'connection'
- * (VchanStream), 'error' and 'close'.
+ * (VchanStream), 'clientError', 'error' and 'close'.
+ *
+ * A client that breaks the protocol as it connects (a ring index no ring can hold) costs that one
+ * connection: the channel is dropped, 'clientError' is emitted (only if someone listens; as
+ * http.Server does) and a new channel is offered. 'error' is for the server itself (a channel that
+ * cannot be offered again), after which it stops listening.
  */
 export class VchanServer extends EventEmitter<{
   listening: [];
   connection: [VchanStream];
+  clientError: [Error];
   error: [Error];
   close: [];
 }> {
@@ -444,6 +468,7 @@ export class VchanServer extends EventEmitter<{
 
   /** Publishes the channel in xenstore and waits for the client. */
   listen(cb?: () => void): this {
+    if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
     if (this.#closed) throw coded('The server is closed', 'ERR_SERVER_NOT_RUNNING');
     if (this.#listening) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
     this.#listening = true;
@@ -473,9 +498,11 @@ export class VchanServer extends EventEmitter<{
     try {
       [open] = this.#b.vchan.state(h) as number[];
     } catch (e) {
+      // The client broke the ring as it connected: drop that channel, offer a fresh one.
       this.#waiting = null;
       this.#b.vchan.close(h);
-      this.emit('error', e as Error);
+      if (this.listenerCount('clientError') > 0) this.emit('clientError', e as Error);
+      this.#reoffer();
       return;
     }
     if (open === 2) return; // still waiting for the client
@@ -483,29 +510,39 @@ export class VchanServer extends EventEmitter<{
     // The stream takes the poller over as it is (a new callback, same uv_poll): no stop and
     // restart of the poll on this fd between the two owners.
     this.#waiting = null;
-    const s = new VchanStream(this.#b, h, this.#opts.domid, this.#opts.path, this.#opts);
+    const s = new VchanStream(kInternal, this.#b, h, this.#opts.domid, this.#opts.path, this.#opts);
     if (!this.#refed) s.unref();
     this.#current = s;
     s.once('close', () => {
       this.#current = null;
-      if (!this.#closed) {
-        try {
-          this.#offer();
-        } catch (e) {
-          this.emit('error', e as Error);
-        }
-      }
+      this.#reoffer();
     });
     this.emit('connection', s);
   }
 
-  /** Stops offering the channel; a connected stream is left to finish. */
+  /** Offers the channel again for the next client; if that fails, the server is done. */
+  #reoffer(): void {
+    if (this.#closed) return;
+    try {
+      this.#offer();
+    } catch (e) {
+      this.#listening = false;
+      this.emit('error', e as Error);
+    }
+  }
+
+  /**
+   * Stops offering the channel; a connected stream is left to finish. 'close' (and CB) come once
+   * that stream has closed. As net.Server's: a second close() passes ERR_SERVER_NOT_RUNNING to its
+   * callback and emits nothing.
+   */
   close(cb?: (err?: Error) => void): this {
-    if (cb) this.once('close', () => cb());
+    if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
     if (this.#closed) {
-      process.nextTick(() => this.emit('close'));
+      if (cb) process.nextTick(cb, coded('The server is not running', 'ERR_SERVER_NOT_RUNNING'));
       return this;
     }
+    if (cb) this.once('close', () => cb());
     this.#closed = true;
     this.#listening = false;
     if (this.#waiting) {
@@ -553,6 +590,44 @@ export interface ConnectOptions extends VchanStreamOptions {
   mockDomid?: number;
 }
 
+const ERRNO: Record<string, number> = { ECONNREFUSED: -111, EPROTO: -71 };
+
+function connectError(code: 'ECONNREFUSED' | 'EPROTO', message: string, cause: unknown): Error {
+  const e = systemError(code, ERRNO[code], 'connect', message);
+  (e as Error & { cause?: unknown }).cause = cause;
+  return e;
+}
+
+/** A decimal xenstore value as Xen writes it (no sign, no spaces), 1 to 2^32-1; else undefined. */
+function parseEntryNumber(v: string): number | undefined {
+  if (!/^[0-9]{1,10}$/.test(v)) return undefined;
+  const n = Number(v);
+  return n > 0 && n <= 0xffffffff ? n : undefined;
+}
+
+/**
+ * The channel a server publishes at PATH: its control page's grant and its event channel port.
+ * Undefined while either is missing or not yet readable by us; EPROTO for an entry that no server
+ * could have written (a client must not guess what a garbage entry means).
+ */
+async function readEntry(xs: Xenstore, path: string): Promise<{ ref: number; port: number } | undefined> {
+  let rr: string | undefined;
+  let ec: string | undefined;
+  try {
+    rr = await xs.tryRead(`${path}/ring-ref`);
+    ec = await xs.tryRead(`${path}/event-channel`);
+  } catch (e) {
+    if ((e as { code?: string }).code === 'EACCES') return undefined;
+    throw e;
+  }
+  if (rr === undefined || ec === undefined) return undefined;
+  const ref = parseEntryNumber(rr);
+  const port = parseEntryNumber(ec);
+  if (ref === undefined || port === undefined)
+    throw connectError('EPROTO', `the vchan entry at ${path} is malformed (ring-ref ${JSON.stringify(rr)}, event-channel ${JSON.stringify(ec)})`, undefined);
+  return { ref, port };
+}
+
 function abortError(signal: AbortSignal): Error {
   const e = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
   e.name = 'AbortError';
@@ -562,8 +637,15 @@ function abortError(signal: AbortSignal): Error {
 
 /**
  * Connects to a vchan server, waiting (with a xenstore watch, not by polling) until the server
- * has published the channel. Rejects with ETIMEDOUT after options.timeout ms, or with an
- * AbortError when options.signal aborts.
+ * offers the channel. A client only ever attaches to a channel that is offered and that no other
+ * client has taken: while the server is busy with another client, connect() waits for its next
+ * offer (bound it with options.timeout).
+ *
+ * Rejects with ETIMEDOUT after options.timeout ms; with an AbortError when options.signal aborts;
+ * with ECONNREFUSED when the published entry names a page this domain cannot map (the entry of a
+ * server that is gone, or a page granted to another domain); with EPROTO when the entry or the
+ * channel behind it is malformed (no server could have written it). Either of the last two carries
+ * the underlying system error as `cause`.
  */
 export async function connect(options: ConnectOptions): Promise<VchanStream> {
   const o = checkObject('options', options);
@@ -593,20 +675,36 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
     stop.catch(() => undefined);
     const it = watch[Symbol.asyncIterator]();
     for (;;) {
-      // Each event (the first fires at once) may mean the server is there: try. The iterator queues
-      // events, so none is lost while an attempt runs; a server's last step (the permissions of
-      // event-channel) fires the watch once more, so an attempt that came too early is retried.
+      // Each event (the first fires at once) may mean a channel is offered: try. The iterator queues
+      // events, so none is lost while an attempt runs.
       const next = await Promise.race([it.next(), stop]);
       if (next.done) throw coded('The xenstore watch ended', 'ERR_XEN_CLOSED');
-      let h: object;
+      const entry = await Promise.race([readEntry(xs, path), stop]);
+      if (!entry) continue; // not (fully) published yet
       try {
-        h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path));
+        const h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path, entry.ref, entry.port));
+        return new VchanStream(kInternal, b, h, domid, path, options);
       } catch (e) {
-        const code = (e as { code?: string }).code;
-        if (code === 'ENOENT' || code === 'EACCES' || code === 'EINVAL') continue; // not (fully) there yet
+        const { code, syscall } = e as { code?: string; syscall?: string };
+        // Taken by another client, or its client has gone and the server has not offered it again
+        // yet: the server's next offer rewrites the entry, and fires the watch.
+        if (code === 'EBUSY' || code === 'EAGAIN') continue;
+        if (syscall === 'xengnttab_map_grant_ref') {
+          // A server replacing its entry may have withdrawn that page a moment ago: look again.
+          const again = await Promise.race([readEntry(xs, path).catch(() => undefined), stop]);
+          if (!again || again.ref !== entry.ref || again.port !== entry.port) continue;
+          throw connectError(
+            'ECONNREFUSED',
+            `no vchan server offers ${path}: its ring-ref ${entry.ref} cannot be mapped ` +
+              '(the entry of a server that is gone, or a page not granted to this domain)',
+            e,
+          );
+        }
+        if (syscall === 'libxenvchan_client_init' && (code === 'ENOENT' || code === 'EACCES')) continue; // withdrawn meanwhile
+        if (code === 'EPROTO' || syscall === 'libxenvchan_client_init')
+          throw connectError('EPROTO', `the vchan at ${path} cannot be used: ${(e as Error).message}`, e);
         throw e;
       }
-      return new VchanStream(b, h, domid, path, options);
     }
   } finally {
     if (timer) clearTimeout(timer);

@@ -33,7 +33,7 @@ void OnCleanup(napi_async_cleanup_hook_handle handle, void* arg) {
 Napi::Value MockStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t dom = XENMOCK_ALL_DOMAINS;
-  if (info.Length() > 0 && !info[0].IsUndefined()) dom = ArgUint32(info, 0, "domid", 0x7fef);
+  if (info.Length() > 0 && !info[0].IsUndefined()) dom = ArgUint32(info, 0, "domid", kMaxDomid);
   std::vector<struct xenmock_stats> st(1024);
   int n = xenmock_stats(dom, st.data(), st.size());
   if (n < 0) ThrowErrno(env, errno, "xenmock_stats");
@@ -55,31 +55,31 @@ Napi::Value MockStats(const Napi::CallbackInfo& info) {
 
 Napi::Value MockSetThreadDomid(const Napi::CallbackInfo& info) {
   int dom = -1;
-  if (!info[0].IsUndefined() && !info[0].IsNull()) dom = static_cast<int>(ArgUint32(info, 0, "domid", 0x7fef));
+  if (!info[0].IsUndefined() && !info[0].IsNull()) dom = static_cast<int>(ArgUint32(info, 0, "domid", kMaxDomid));
   if (xenmock_set_thread_domid(dom) < 0) ThrowErrno(info.Env(), errno, "xenmock_set_thread_domid");
   return info.Env().Undefined();
 }
 
 Napi::Value MockStaticAdd(const Napi::CallbackInfo& info) {
-  uint32_t d = ArgUint32(info, 0, "domid", 0x7fef), p = ArgUint32(info, 1, "port"),
-           rd = ArgUint32(info, 2, "remoteDomid", 0x7fef), rp = ArgUint32(info, 3, "remotePort");
+  uint32_t d = ArgUint32(info, 0, "domid", kMaxDomid), p = ArgUint32(info, 1, "port"),
+           rd = ArgUint32(info, 2, "remoteDomid", kMaxDomid), rp = ArgUint32(info, 3, "remotePort");
   if (xenmock_static_evtchn_add(d, p, rd, rp) < 0) ThrowErrno(info.Env(), errno, "xenmock_static_evtchn_add");
   return info.Env().Undefined();
 }
 
 Napi::Value MockRaiseVirq(const Napi::CallbackInfo& info) {
-  uint32_t d = ArgUint32(info, 0, "domid", 0x7fef), v = ArgUint32(info, 1, "virq", 23);
+  uint32_t d = ArgUint32(info, 0, "domid", kMaxDomid), v = ArgUint32(info, 1, "virq", 23);
   if (xenmock_raise_virq(d, v) < 0) ThrowErrno(info.Env(), errno, "xenmock_raise_virq");
   return info.Env().Undefined();
 }
 
 Napi::Value MockIntroduce(const Napi::CallbackInfo& info) {
-  if (xenmock_introduce_domain(ArgUint32(info, 0, "domid", 0x7fef)) < 0) ThrowErrno(info.Env(), errno, "xenmock_introduce_domain");
+  if (xenmock_introduce_domain(ArgUint32(info, 0, "domid", kMaxDomid)) < 0) ThrowErrno(info.Env(), errno, "xenmock_introduce_domain");
   return info.Env().Undefined();
 }
 
 Napi::Value MockDestroy(const Napi::CallbackInfo& info) {
-  if (xenmock_destroy_domain(ArgUint32(info, 0, "domid", 0x7fef)) < 0) ThrowErrno(info.Env(), errno, "xenmock_destroy_domain");
+  if (xenmock_destroy_domain(ArgUint32(info, 0, "domid", kMaxDomid)) < 0) ThrowErrno(info.Env(), errno, "xenmock_destroy_domain");
   return info.Env().Undefined();
 }
 

@@ -83,6 +83,15 @@ Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* 
   return info[i].As<Napi::Uint8Array>();
 }
 
+Bytes CurrentBytes(napi_env env, const Napi::Uint8Array& a) {
+  napi_typedarray_type type;
+  size_t length = 0, offset = 0;
+  void* data = nullptr;
+  napi_value ab;
+  if (napi_get_typedarray_info(env, a, &type, &length, &data, &ab, &offset) != napi_ok || !data) return {nullptr, 0};
+  return {static_cast<uint8_t*>(data), length};
+}
+
 std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsString()) {
     throw CodedError(info.Env(), "ERR_INVALID_ARG_TYPE", std::string("The \"") + name + "\" argument must be of type string",

@@ -14,6 +14,9 @@
 
 namespace xv {
 
+// The highest ordinary domain id: DOMID_FIRST_RESERVED (0x7ff0) - 1.
+constexpr uint32_t kMaxDomid = 0x7fef;
+
 class Handle;
 
 // Every native handle of one environment (main thread or worker). Closed by
@@ -64,6 +67,14 @@ Napi::Error CodedError(Napi::Env env, const char* code, const std::string& msg, 
 // Argument checks (TypeScript validates first; these keep C++ safe on its own).
 uint32_t ArgUint32(const Napi::CallbackInfo& info, size_t i, const char* name, uint32_t max = UINT32_MAX);
 Napi::Uint8Array ArgBytes(const Napi::CallbackInfo& info, size_t i, const char* name);
+// The bytes of a Uint8Array as they are NOW. Napi::TypedArray caches its pointer and length when it
+// is made, so a buffer detached since (by a getter that ran in between) still looks alive through
+// it; use this after any JS may have run. Detached: {nullptr, 0}.
+struct Bytes {
+  uint8_t* data;
+  size_t length;
+};
+Bytes CurrentBytes(napi_env env, const Napi::Uint8Array& a);
 std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name);
 Napi::Function ArgFunction(const Napi::CallbackInfo& info, size_t i, const char* name);
 

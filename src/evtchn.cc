@@ -109,7 +109,7 @@ Napi::Value Unmask(const Napi::CallbackInfo& info) {
 
 Napi::Value Restrict(const Napi::CallbackInfo& info) {
   Evtchn* e = Unwrap<Evtchn>(info);
-  uint32_t dom = ArgUint32(info, 1, "domid", 0x7fef);
+  uint32_t dom = ArgUint32(info, 1, "domid", kMaxDomid);
   if (xenevtchn_restrict(e->h_, static_cast<domid_t>(dom)) < 0) ThrowErrno(info.Env(), errno, "xenevtchn_restrict");
   return info.Env().Undefined();
 }

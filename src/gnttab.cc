@@ -16,6 +16,13 @@ namespace xv {
 namespace {
 
 constexpr size_t kPage = 4096;
+// One copy call takes at most this many segments (Linux's gntdev copies in batches of 16; this
+// bounds the memory one call can make us allocate).
+constexpr uint32_t kMaxCopySegments = 1u << 16;
+
+void CheckOpen(Napi::Env env, const Handle* h) {
+  if (h->closed()) throw CodedError(env, "ERR_XEN_CLOSED", "The grant handle was closed while its arguments were read");
+}
 
 // The device handle, kept open while any region made through it is alive.
 struct Region;
@@ -125,7 +132,7 @@ Napi::Value Share(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Grants* g = Unwrap<Grants>(info);
   if (!g->dev_->share) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant sharer", true);
-  uint32_t dom = ArgUint32(info, 1, "domid", 0x7fef);
+  uint32_t dom = ArgUint32(info, 1, "domid", kMaxDomid);
   uint32_t pages = ArgUint32(info, 2, "pages", 1u << 20);
   bool writable = info[3].ToBoolean();
   bool notify = info.Length() > 5 && info[4].IsNumber() && info[5].IsNumber();
@@ -150,11 +157,12 @@ Napi::Value Share(const Napi::CallbackInfo& info) {
 }
 
 // map(handle, domid, refs[], writable, notifyOffset, notifyPort) -> ArrayBuffer
+// Reading the refs may run JS (index getters), which may close the handle: every argument is read
+// first, and the handle is looked at only afterwards.
 Napi::Value Map(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Grants* g = Unwrap<Grants>(info);
-  if (g->dev_->share) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant mapper", true);
-  uint32_t dom = ArgUint32(info, 1, "domid", 0x7fef);
+  uint32_t dom = ArgUint32(info, 1, "domid", kMaxDomid);
   if (info.Length() < 3 || !info[2].IsArray())
     throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"refs\" argument must be an array of grant references", true);
   Napi::Array arr = info[2].As<Napi::Array>();
@@ -170,15 +178,18 @@ Napi::Value Map(const Napi::CallbackInfo& info) {
   }
   int prot = PROT_READ | (info[3].ToBoolean() ? PROT_WRITE : 0);
   bool notify = info.Length() > 5 && info[4].IsNumber() && info[5].IsNumber();
-  auto* h = static_cast<xengnttab_handle*>(g->dev_->h);
-  void* addr;
+  uint32_t off = 0, port = 0;
   if (notify) {
     if (n != 1) throw CodedError(env, "ERR_OUT_OF_RANGE", "An unmap notification needs exactly one page", false, true);
-    uint32_t off = ArgUint32(info, 4, "notify.offset", kPage - 1), port = ArgUint32(info, 5, "notify.port");
-    addr = xengnttab_map_grant_ref_notify(h, dom, refs[0], prot, off, port);
-  } else {
-    addr = xengnttab_map_domain_grant_refs(h, n, dom, refs.data(), prot);
+    off = ArgUint32(info, 4, "notify.offset", kPage - 1);
+    port = ArgUint32(info, 5, "notify.port");
   }
+  // No JS runs from here on.
+  CheckOpen(env, g);
+  if (g->dev_->share) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant mapper", true);
+  auto* h = static_cast<xengnttab_handle*>(g->dev_->h);
+  void* addr = notify ? xengnttab_map_grant_ref_notify(h, dom, refs[0], prot, off, port)
+                      : xengnttab_map_domain_grant_refs(h, n, dom, refs.data(), prot);
   if (!addr) ThrowErrno(env, errno, notify ? "xengnttab_map_grant_ref_notify" : "xengnttab_map_domain_grant_refs");
   return Expose(env, g, addr, n);
 }
@@ -207,15 +218,33 @@ Napi::Value Release(const Napi::CallbackInfo& info) {
 
 // copy(handle, segments) -> statuses. A segment: { source, dest, length } where source/dest are
 // either a Uint8Array (local) or { domid, ref, offset } (a grant).
+//
+// Two passes. The first reads every property (getters run JS: they may close this handle, detach a
+// buffer or unmap the region under it) into plain values; the second, with no JS running, checks the
+// handle and every buffer again and only then takes raw pointers for xengnttab_grant_copy.
+namespace {
+struct CopySide {
+  Napi::Uint8Array local;  // empty for a grant
+  uint16_t domid = 0, offset = 0;
+  uint32_t ref = 0;
+};
+struct CopySeg {
+  uint16_t len = 0;
+  CopySide side[2];
+};
+}  // namespace
+
 Napi::Value Copy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Grants* g = Unwrap<Grants>(info);
-  if (g->dev_->share) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant mapper", true);
   if (info.Length() < 2 || !info[1].IsArray())
     throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"segments\" argument must be an array", true);
   Napi::Array arr = info[1].As<Napi::Array>();
   uint32_t n = arr.Length();
-  std::vector<xengnttab_grant_copy_segment_t> segs(n);
+  if (n > kMaxCopySegments)
+    throw CodedError(env, "ERR_OUT_OF_RANGE", "At most " + std::to_string(kMaxCopySegments) + " segments per copy", false, true);
+  static const char* const kSides[2] = {"source", "dest"};
+  std::vector<CopySeg> in(n);
   for (uint32_t i = 0; i < n; i++) {
     Napi::Value sv = arr.Get(i);
     if (!sv.IsObject()) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "Each segment must be an object", true);
@@ -224,32 +253,52 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
     double len = lv.IsNumber() ? lv.As<Napi::Number>().DoubleValue() : -1;
     if (!(len >= 0 && len <= kPage) || len != static_cast<double>(static_cast<uint32_t>(len)))
       throw CodedError(env, "ERR_OUT_OF_RANGE", "A segment's length must be an integer from 0 to 4096", false, true);
-    auto& seg = segs[i];
-    std::memset(&seg, 0, sizeof(seg));
-    seg.len = static_cast<uint16_t>(len);
-    const char* sides[2] = {"source", "dest"};
+    in[i].len = static_cast<uint16_t>(len);
     for (int k = 0; k < 2; k++) {
-      Napi::Value v = s.Get(sides[k]);
-      auto& ptr = k == 0 ? seg.source : seg.dest;
+      Napi::Value v = s.Get(kSides[k]);
+      CopySide& side = in[i].side[k];
       if (v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array) {
-        Napi::Uint8Array a = v.As<Napi::Uint8Array>();
-        if (a.ByteLength() < seg.len)
-          throw CodedError(env, "ERR_OUT_OF_RANGE", std::string("A segment's ") + sides[k] + " buffer is shorter than its length", false, true);
-        ptr.virt = a.Data();
-      } else if (v.IsObject()) {
+        side.local = v.As<Napi::Uint8Array>();
+      } else if (v.IsObject() && !v.IsTypedArray()) {
         Napi::Object f = v.As<Napi::Object>();
         Napi::Value d = f.Get("domid"), r = f.Get("ref"), o = f.Get("offset");
         double dd = d.IsNumber() ? d.As<Napi::Number>().DoubleValue() : -1;
         double rr = r.IsNumber() ? r.As<Napi::Number>().DoubleValue() : -1;
         double oo = o.IsUndefined() ? 0 : (o.IsNumber() ? o.As<Napi::Number>().DoubleValue() : -1);
-        if (!(dd >= 0 && dd < 0x7ff0) || !(rr >= 0 && rr <= UINT32_MAX) || !(oo >= 0 && oo + seg.len <= kPage))
-          throw CodedError(env, "ERR_OUT_OF_RANGE", std::string("A segment's ") + sides[k] + " grant is out of range", false, true);
-        ptr.foreign.domid = static_cast<uint16_t>(dd);
-        ptr.foreign.ref = static_cast<uint32_t>(rr);
-        ptr.foreign.offset = static_cast<uint16_t>(oo);
-        seg.flags |= k == 0 ? GNTCOPY_source_gref : GNTCOPY_dest_gref;
+        auto whole = [](double x) { return x == static_cast<double>(static_cast<uint64_t>(x)); };
+        if (!(dd >= 0 && dd <= kMaxDomid) || !(rr >= 0 && rr <= UINT32_MAX) || !(oo >= 0 && oo + len <= kPage) ||
+            !whole(dd) || !whole(rr) || !whole(oo))
+          throw CodedError(env, "ERR_OUT_OF_RANGE", std::string("A segment's ") + kSides[k] + " grant is out of range", false, true);
+        side.domid = static_cast<uint16_t>(dd);
+        side.ref = static_cast<uint32_t>(rr);
+        side.offset = static_cast<uint16_t>(oo);
       } else {
-        throw CodedError(env, "ERR_INVALID_ARG_TYPE", std::string("A segment's ") + sides[k] + " must be a Uint8Array or a grant", true);
+        throw CodedError(env, "ERR_INVALID_ARG_TYPE", std::string("A segment's ") + kSides[k] + " must be a Uint8Array or a grant", true);
+      }
+    }
+  }
+  // No JS runs from here on: what the getters did is visible now, and nothing can change it.
+  CheckOpen(env, g);
+  if (g->dev_->share) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant mapper", true);
+  std::vector<xengnttab_grant_copy_segment_t> segs(n);
+  for (uint32_t i = 0; i < n; i++) {
+    auto& seg = segs[i];
+    std::memset(&seg, 0, sizeof(seg));
+    seg.len = in[i].len;
+    for (int k = 0; k < 2; k++) {
+      CopySide& side = in[i].side[k];
+      auto& ptr = k == 0 ? seg.source : seg.dest;
+      if (!side.local.IsEmpty()) {
+        // A detached buffer (a released region among them) has length 0 now.
+        Bytes now = CurrentBytes(env, side.local);
+        if (now.length < seg.len)
+          throw CodedError(env, "ERR_OUT_OF_RANGE", std::string("A segment's ") + kSides[k] + " buffer is shorter than its length (detached?)", false, true);
+        ptr.virt = now.data;
+      } else {
+        ptr.foreign.domid = side.domid;
+        ptr.foreign.ref = side.ref;
+        ptr.foreign.offset = side.offset;
+        seg.flags |= k == 0 ? GNTCOPY_source_gref : GNTCOPY_dest_gref;
       }
     }
   }

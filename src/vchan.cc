@@ -7,6 +7,9 @@
 #include "xen.h"
 
 #include <poll.h>
+#include <sys/mman.h>
+
+#include <cstddef>
 
 #include <vector>
 
@@ -34,8 +37,12 @@ class Vchan : public Handle {
     libxenvchan_close(c_);
     c_ = nullptr;
   }
-  // Both peer-owned indices must describe at most a full ring.
+  // Both peer-owned indices must describe at most a full ring, and the peer's live byte must hold
+  // one of the protocol's states (0 closed, 1 connected, 2 waiting): anything else was written by
+  // a peer that breaks the protocol, which libxenvchan would take for a close.
   bool Corrupt() const {
+    uint8_t peer_live = __atomic_load_n(c_->is_server ? &c_->ring->cli_live : &c_->ring->srv_live, __ATOMIC_ACQUIRE);
+    if (peer_live > 2) return true;
     uint32_t rsize = 1u << c_->read.order, wsize = 1u << c_->write.order;
     uint32_t rprod = __atomic_load_n(&c_->read.shr->prod, __ATOMIC_ACQUIRE);
     uint32_t rcons = __atomic_load_n(&c_->read.shr->cons, __ATOMIC_ACQUIRE);
@@ -67,7 +74,7 @@ std::pair<uint8_t*, uint32_t> BufferRange(const Napi::CallbackInfo& info) {
 
 Napi::Value ServerInit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  uint32_t dom = ArgUint32(info, 0, "domid", 0x7fef);
+  uint32_t dom = ArgUint32(info, 0, "domid", kMaxDomid);
   std::string path = ArgString(info, 1, "path");
   uint32_t rmin = ArgUint32(info, 2, "readMin", 1u << 20), wmin = ArgUint32(info, 3, "writeMin", 1u << 20);
   errno = 0;
@@ -76,17 +83,117 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
   return WrapHandle(env, new Vchan(RegistryOf(info), c));
 }
 
+// ---- Connecting: claim the channel before libxenvchan attaches to it ----
+//
+// libxenvchan_client_init maps whatever ring-ref xenstore names and sets cli_live = 1 unconditionally,
+// so a client that reads a stale entry (the previous client's channel, still published while the
+// server winds it down) or a busy one attaches to a channel someone else holds, and bytes reach the
+// wrong stream. So first: map the control page ourselves and compare-and-swap cli_live from 2 ("not
+// yet connected") to 1. Only the one client that wins the swap goes on; then libxenvchan attaches,
+// and a probe bit checks that it attached to the very page we claimed. Any failure after the claim
+// gives it back (cli_live 1 -> 0 and an event: the server sees a client that came and went).
+
+constexpr uint8_t kLiveClosed = 0, kLiveConnected = 1, kLiveWaiting = 2;
+// A bit of cli_notify the protocol does not use (it defines 1 and 2): set through one mapping and
+// looked for through the other, it tells whether two mappings are of the same page.
+constexpr uint8_t kProbeBit = 0x80;
+
+// The ring layout a server published: orders the protocol knows, rings that do not overlap each
+// other or the grant list.
+bool LayoutOk(unsigned lo, unsigned ro) {
+  constexpr unsigned kMin = 10, kMax = 20, kPageShift = 12;
+  if (lo < kMin || lo > kMax || ro < kMin || ro > kMax) return false;
+  if (lo < kPageShift && ro < kPageShift && lo == ro) return false;
+  auto pages = [](unsigned o) { return o >= kPageShift ? 1u << (o - kPageShift) : 0u; };
+  auto in_page_offset = [](unsigned o) { return o == 10 ? 1024u : 2048u; };
+  uint32_t grants_end = offsetof(struct vchan_interface, grants) + 4 * (pages(lo) + pages(ro));
+  uint32_t first_ring = 4096;
+  if (lo < kPageShift) first_ring = in_page_offset(lo);
+  if (ro < kPageShift && in_page_offset(ro) < first_ring) first_ring = in_page_offset(ro);
+  return grants_end <= first_ring;
+}
+
+class Claim {
+ public:
+  Claim(uint32_t dom, uint32_t port) : dom_(dom), port_(port) {}
+  ~Claim() {
+    if (claimed_) GiveBack();
+    if (page_) xengnttab_unmap(gt_, page_, 1);
+    if (gt_) xengnttab_close(gt_);
+  }
+  // 0, or an errno: of the mapping (the entry is stale or not ours), EPROTO (the page is not a vchan),
+  // EBUSY (another client holds it, or its client has gone and the server has not offered it again).
+  int Take(uint32_t ref) {
+    gt_ = xengnttab_open(nullptr, 0);
+    if (!gt_) return errno ? errno : EIO;
+    page_ = static_cast<struct vchan_interface*>(xengnttab_map_grant_ref(gt_, dom_, ref, PROT_READ | PROT_WRITE));
+    if (!page_) return errno ? errno : EIO;
+    unsigned lo = __atomic_load_n(&page_->left_order, __ATOMIC_ACQUIRE);
+    unsigned ro = __atomic_load_n(&page_->right_order, __ATOMIC_ACQUIRE);
+    if (!LayoutOk(lo, ro)) return EPROTO;
+    uint8_t expected = kLiveWaiting;
+    if (!__atomic_compare_exchange_n(&page_->cli_live, &expected, kLiveConnected, false, __ATOMIC_SEQ_CST,
+                                     __ATOMIC_SEQ_CST)) {
+      seen_ = expected;
+      return EBUSY;
+    }
+    claimed_ = true;
+    return 0;
+  }
+  bool SamePage(struct vchan_interface* other) {
+    __atomic_fetch_or(&page_->cli_notify, kProbeBit, __ATOMIC_SEQ_CST);
+    bool same = __atomic_load_n(&other->cli_notify, __ATOMIC_SEQ_CST) & kProbeBit;
+    __atomic_fetch_and(&page_->cli_notify, static_cast<uint8_t>(~kProbeBit), __ATOMIC_SEQ_CST);
+    return same;
+  }
+  void Keep() { claimed_ = false; }  // libxenvchan holds the channel now
+  uint8_t seen() const { return seen_; }
+
+ private:
+  // The server sees a client that connected and left, ends that connection and offers a new one.
+  void GiveBack() {
+    uint8_t one = kLiveConnected;
+    __atomic_compare_exchange_n(&page_->cli_live, &one, kLiveClosed, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    xenevtchn_handle* ev = xenevtchn_open(nullptr, 0);
+    if (!ev) return;
+    xenevtchn_port_or_error_t local = xenevtchn_bind_interdomain(ev, dom_, port_);
+    if (local >= 0) {
+      xenevtchn_notify(ev, static_cast<evtchn_port_t>(local));
+      xenevtchn_unbind(ev, static_cast<evtchn_port_t>(local));
+    }
+    xenevtchn_close(ev);
+  }
+  uint32_t dom_, port_;
+  xengnttab_handle* gt_ = nullptr;
+  struct vchan_interface* page_ = nullptr;
+  bool claimed_ = false;
+  uint8_t seen_ = 0;
+};
+
+// clientInit(domid, path, ringRef, port): ringRef and port as the caller read them from xenstore.
+// Throws errno errors by step: syscall "xengnttab_map_grant_ref" (the entry names no page we may map),
+// "vchan_claim" with EPROTO (not a vchan layout) or EBUSY (taken), "libxenvchan_client_init" (its own
+// errno, after the claim was given back), and EAGAIN when the entry changed under us (try again).
 Napi::Value ClientInit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  uint32_t dom = ArgUint32(info, 0, "domid", 0x7fef);
+  uint32_t dom = ArgUint32(info, 0, "domid", kMaxDomid);
   std::string path = ArgString(info, 1, "path");
+  uint32_t ref = ArgUint32(info, 2, "ringRef"), port = ArgUint32(info, 3, "port");
+  Claim claim(dom, port);
+  if (int e = claim.Take(ref)) {
+    if (e == EPROTO) ThrowErrno(env, e, "vchan_claim", "the page at " + path + "/ring-ref is not a vchan control page");
+    if (e == EBUSY)
+      ThrowErrno(env, e, "vchan_claim", "the channel at " + path + " is not offered (cli_live=" + std::to_string(claim.seen()) + ")");
+    ThrowErrno(env, e, "xengnttab_map_grant_ref", path + "/ring-ref");
+  }
   errno = 0;
   struct libxenvchan* c = libxenvchan_client_init(nullptr, static_cast<int>(dom), path.c_str());
   if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_client_init", path);
-  // libxenvchan_client_init marks the client live but sends no event: a server waiting for events
-  // (ours, or Xen's own) would learn of a client that only reads at its first write, or never.
-  // Tell it now; to a server already past that point it is one spurious wake-up.
-  xenevtchn_notify(c->event, static_cast<evtchn_port_t>(c->event_port));
+  if (!claim.SamePage(c->ring)) {
+    libxenvchan_close(c);
+    ThrowErrno(env, EAGAIN, "libxenvchan_client_init", "the channel at " + path + " was offered again while connecting");
+  }
+  claim.Keep();
   return WrapHandle(env, new Vchan(RegistryOf(info), c));
 }
 
@@ -122,25 +229,35 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
 }
 
 // writev(h, [chunks], startOffset) -> total bytes written from the chunk list (first chunk from startOffset).
+// The chunks are all read (index getters may run JS, and may close this channel or detach a chunk)
+// before the channel is looked at; the pointers are taken afterwards, with no JS in between.
 Napi::Value Writev(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
   if (info.Length() < 2 || !info[1].IsArray()) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"chunks\" argument must be an array", true);
-  Napi::Array chunks = info[1].As<Napi::Array>();
+  Napi::Array list = info[1].As<Napi::Array>();
   uint32_t skip = info.Length() > 2 ? ArgUint32(info, 2, "offset") : 0;
+  uint32_t count = list.Length();
+  std::vector<Napi::Uint8Array> chunks;
+  chunks.reserve(count < 1024 ? count : 1024);
+  for (uint32_t i = 0; i < count; i++) {
+    Napi::Value cv = list.Get(i);
+    if (!cv.IsTypedArray() || cv.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw CodedError(env, "ERR_INVALID_ARG_TYPE", "Every chunk must be a Buffer or Uint8Array", true);
+    chunks.push_back(cv.As<Napi::Uint8Array>());
+  }
+  // No JS runs from here on.
+  if (v->closed()) throw CodedError(env, "ERR_XEN_CLOSED", "The Vchan handle was closed while its arguments were read");
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_write", "the peer's ring index is impossible");
   if (libxenvchan_is_open(v->c_) != 1) ThrowErrno(env, EPIPE, "libxenvchan_write", "the peer has closed the channel");
   double total = 0;
-  for (uint32_t i = 0; i < chunks.Length(); i++) {
-    Napi::Value cv = chunks.Get(i);
-    if (!cv.IsTypedArray() || cv.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
-      throw CodedError(env, "ERR_INVALID_ARG_TYPE", "Every chunk must be a Buffer or Uint8Array", true);
-    Napi::Uint8Array b = cv.As<Napi::Uint8Array>();
+  for (uint32_t i = 0; i < chunks.size(); i++) {
+    Bytes b = CurrentBytes(env, chunks[i]);
     size_t start = i == 0 ? skip : 0;
-    if (start > b.ByteLength()) break;
-    size_t want = b.ByteLength() - start;
+    if (start > b.length) break;
+    size_t want = b.length - start;
     if (!want) continue;
-    int n = libxenvchan_write(v->c_, b.Data() + start, want);
+    int n = libxenvchan_write(v->c_, b.data + start, want);
     if (n < 0) ThrowErrno(env, errno == EPROTO ? EPROTO : EPIPE, "libxenvchan_write");
     total += n;
     if (static_cast<size_t>(n) < want) break;

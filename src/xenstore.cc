@@ -159,21 +159,31 @@ Napi::Value GetPerms(const Napi::CallbackInfo& info) {
 }
 
 // setPermissions(h, t, path, [domid, bits, domid, bits, ...])
+// A request carries at most XENSTORE_PAYLOAD_MAX (4096) bytes: far fewer entries than this fit.
+constexpr uint32_t kMaxPerms = 1024;
+
 Napi::Value SetPerms(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
+  Unwrap<Xs>(info);  // type check first; the connection is taken once the arguments are read
   uint32_t t = ArgTx(info, 1);
   std::string path = ArgString(info, 2, "path");
   if (info.Length() < 4 || !info[3].IsArray())
     throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"permissions\" argument must be an array", true);
   Napi::Array a = info[3].As<Napi::Array>();
   std::vector<struct xs_permissions> perms;
-  for (uint32_t i = 0; i + 1 < a.Length(); i += 2) {
-    struct xs_permissions p;
-    p.id = a.Get(i).ToNumber().Uint32Value();
-    p.perms = a.Get(i + 1).ToNumber().Uint32Value();
-    perms.push_back(p);
+  uint32_t n = a.Length();
+  if (n > 2 * kMaxPerms) throw CodedError(env, "ERR_OUT_OF_RANGE", "Too many permission entries", false, true);
+  for (uint32_t i = 0; i + 1 < n; i += 2) {
+    // Numbers only: a getter or valueOf could run JS (and close this connection) in between.
+    Napi::Value id = a.Get(i), bits = a.Get(i + 1);
+    if (!id.IsNumber() || !bits.IsNumber())
+      throw CodedError(env, "ERR_INVALID_ARG_TYPE", "Permission entries must be numbers", true);
+    double d = id.As<Napi::Number>().DoubleValue(), b = bits.As<Napi::Number>().DoubleValue();
+    if (!(d >= 0 && d <= 0xffff) || !(b >= 0 && b <= 3) || d != static_cast<uint32_t>(d) || b != static_cast<uint32_t>(b))
+      throw CodedError(env, "ERR_OUT_OF_RANGE", "A permission entry is out of range", false, true);
+    perms.push_back({static_cast<unsigned>(d), static_cast<unsigned>(b)});
   }
+  std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;  // throws ERR_XEN_CLOSED if a getter closed it
   if (perms.empty()) throw CodedError(env, "ERR_OUT_OF_RANGE", "At least one permission entry (the owner) is needed", false, true);
   return RunAsync(
       env, "xs_set_permissions",

@@ -546,10 +546,10 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logge
     v->wr_prod = __atomic_load_n(&ring->left.prod, __ATOMIC_ACQUIRE);
     v->rd_cons = __atomic_load_n(&ring->right.cons, __ATOMIC_ACQUIRE);
     __atomic_store_n(&ring->srv_notify, VCHAN_NOTIFY_WRITE, __ATOMIC_SEQ_CST);
-    /* As Xen's libxenvchan: no event here. The server learns of the client from the client's
-     * first write (it asked for VCHAN_NOTIFY_WRITE) or close; a client that wants to be seen at
-     * once notifies the port itself (the addon's clientInit does). */
     __atomic_store_n(&ring->cli_live, 1, __ATOMIC_SEQ_CST);
+    /* As Xen's libxenvchan (4.17 and later, checked in Debian's binary): wake the server, so a
+     * server waiting for its client learns of it now, not at the client's first write. */
+    xenevtchn_notify(c->event, c->event_port);
     return c;
 fail: {
     int e = errno;

@@ -1,0 +1,239 @@
+/**
+ * Hostile and unlucky peers (issue 10): a server that publishes garbage or a channel that cannot be
+ * used, a client that corrupts the ring as it connects, rings that alias the control page, and the
+ * reconnect race. Each peer here is built by hand from the public primitives (grants, event channels,
+ * xenstore), so it can say what no libxenvchan would.
+ *
+ * The shared page (xen/io/libxenvchan.h): left.cons 0, left.prod 4, right.cons 8, right.prod 12,
+ * left_order 16, right_order 18, cli_live 20, srv_live 21, cli_notify 22, srv_notify 23, grants 24...
+ */
+import { once } from 'node:events';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { connect, createServer, EventChannel, GrantMapper, GrantSharer, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
+import { onMock, selfDomid } from './helpers/env';
+import { sleep, uniquePath } from './helpers/util';
+
+const OFF = { leftCons: 0, leftProd: 4, rightCons: 8, rightProd: 12, leftOrder: 16, rightOrder: 18, cliLive: 20, srvLive: 21, grants: 24 };
+const RACE_CYCLES = Number(process.env.XEN_VCHAN_RACE_CYCLES ?? 500);
+
+const cleanups: (() => unknown)[] = [];
+afterEach(async () => {
+  for (const f of cleanups.splice(0).reverse()) await f();
+});
+
+/**
+ * A server that offers a channel by hand: one control page with HEADER (orders and grants), an
+ * unbound port, and a xenstore entry. `refs` shares extra pages for rings (their refs go after the
+ * control page's in the returned list).
+ */
+async function handmadeServer(
+  path: string,
+  opts: { leftOrder?: number; rightOrder?: number; grants?: (refs: number[]) => number[]; ringPages?: number; writable?: boolean; grantTo?: number },
+) {
+  const full = `/local/domain/${selfDomid}/${path}`;
+  const sharer = new GrantSharer();
+  const ev = new EventChannel();
+  const xs = new Xenstore();
+  const to = opts.grantTo ?? selfDomid;
+  const ctl = sharer.share(to, 1, { writable: opts.writable ?? true });
+  const rings = opts.ringPages ? sharer.share(to, opts.ringPages) : undefined;
+  const page = new DataView(ctl.buffer);
+  page.setUint16(OFF.leftOrder, opts.leftOrder ?? 10, true);
+  page.setUint16(OFF.rightOrder, opts.rightOrder ?? 11, true);
+  page.setUint8(OFF.cliLive, 2);
+  page.setUint8(OFF.srvLive, 1);
+  const grants = opts.grants ? opts.grants([ctl.refs[0], ...(rings?.refs ?? [])]) : [];
+  grants.forEach((g, i) => page.setUint32(OFF.grants + 4 * i, g, true));
+  const port = ev.bindUnbound(selfDomid);
+  await xs.write(`${full}/ring-ref`, String(ctl.refs[0]));
+  await xs.write(`${full}/event-channel`, String(port));
+  cleanups.push(async () => {
+    await xs.rm(full).catch(() => undefined);
+    xs.close();
+    try {
+      ctl.unshare();
+    } catch {
+      // already
+    }
+    rings?.unshare();
+    sharer.close();
+    ev.close();
+  });
+  return { full, page, port, ref: ctl.refs[0] };
+}
+
+async function entry(path: string, ringRef: string, eventChannel: string): Promise<string> {
+  const full = `/local/domain/${selfDomid}/${path}`;
+  const xs = new Xenstore();
+  await xs.write(`${full}/ring-ref`, ringRef);
+  await xs.write(`${full}/event-channel`, eventChannel);
+  cleanups.push(async () => {
+    await xs.rm(full).catch(() => undefined);
+    xs.close();
+  });
+  return full;
+}
+
+describe.skipIf(!onMock)('a hostile or broken server: connect() settles with a clear error', () => {
+  for (const [what, rr, ec] of [
+    ['a ring-ref that is not a number', 'abc', '5'],
+    ['ring-ref 0', '0', '5'],
+    ['an event channel that is not a number', '8', '-1'],
+    ['a ring-ref beyond 32 bits', '99999999999', '5'],
+  ] as const) {
+    it(`${what}: EPROTO at once`, async () => {
+      const full = await entry(uniquePath('garbage'), rr, ec);
+      await expect(connect({ domid: selfDomid, path: full })).rejects.toMatchObject({ code: 'EPROTO', errno: -71, syscall: 'connect' });
+    });
+  }
+
+  it('a ring-ref no page is granted under: ECONNREFUSED (the entry of a server that is gone)', async () => {
+    const full = await entry(uniquePath('stale'), '999999', '5');
+    const err = await connect({ domid: selfDomid, path: full }).catch((e) => e);
+    expect(err).toMatchObject({ code: 'ECONNREFUSED', errno: -111, syscall: 'connect' });
+    expect(err.cause).toMatchObject({ syscall: 'xengnttab_map_grant_ref' });
+  });
+
+  it('a page granted to another domain: ECONNREFUSED', async () => {
+    const s = await handmadeServer(uniquePath('other'), { grantTo: 7 });
+    await expect(connect({ domid: selfDomid, path: s.full })).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+  });
+
+  it('a read-only control page: ECONNREFUSED', async () => {
+    const s = await handmadeServer(uniquePath('ro'), { writable: false });
+    await expect(connect({ domid: selfDomid, path: s.full })).rejects.toMatchObject({ code: 'ECONNREFUSED' });
+  });
+
+  it('orders no vchan has (5 / 99): EPROTO, and the page is left as it was', async () => {
+    const s = await handmadeServer(uniquePath('orders'), { leftOrder: 5, rightOrder: 99 });
+    await expect(connect({ domid: selfDomid, path: s.full })).rejects.toMatchObject({ code: 'EPROTO' });
+    expect(s.page.getUint8(OFF.cliLive)).toBe(2);
+  });
+
+  it('an order-20 ring with only 2 valid refs: EPROTO, and the claim is given back (cli_live 0)', async () => {
+    // Right ring in the page at 2048, clear of the 256-entry grant list; only 2 of the 256 left refs valid.
+    const s = await handmadeServer(uniquePath('short'), { leftOrder: 20, rightOrder: 11, ringPages: 2, grants: (r) => r.slice(1) });
+    const err = await connect({ domid: selfDomid, path: s.full }).catch((e) => e);
+    expect(err).toMatchObject({ code: 'EPROTO', syscall: 'connect' });
+    expect(err.cause).toMatchObject({ syscall: 'libxenvchan_client_init' });
+    expect(s.page.getUint8(OFF.cliLive)).toBe(0);
+  });
+});
+
+describe.skipIf(!onMock)('a hostile client costs the server that one connection', () => {
+  it('an impossible ring index written as it connects: clientError, a new offer, and the next client is served', async () => {
+    const path = uniquePath('badcli');
+    const full = `/local/domain/${selfDomid}/${path}`;
+    const server = createServer({ domid: selfDomid, path });
+    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+    const clientErrors: Error[] = [];
+    server.on('clientError', (e) => clientErrors.push(e));
+    server.on('error', (e) => {
+      throw e;
+    });
+    server.listen();
+    await once(server, 'listening');
+    // The hostile client: claims the page, writes left.prod far beyond any ring, tells the server.
+    const xs = new Xenstore();
+    const ref = Number(await xs.read(`${full}/ring-ref`));
+    const port = Number(await xs.read(`${full}/event-channel`));
+    const mapper = new GrantMapper();
+    const ev = new EventChannel();
+    const m = mapper.map(selfDomid, [ref]);
+    const page = new DataView(m.buffer);
+    page.setUint32(OFF.leftProd, 0xdead0000, true);
+    page.setUint8(OFF.cliLive, 1);
+    const local = ev.bindInterdomain(selfDomid, port);
+    ev.notify(local);
+    for (let i = 0; i < 200 && !clientErrors.length; i++) await sleep(5);
+    m.unmap();
+    mapper.close();
+    ev.close();
+    expect(clientErrors[0]).toMatchObject({ code: 'EPROTO' });
+    expect(server.listening).toBe(true);
+    // The server offered a fresh channel: a well-behaved client is served.
+    const accepted = once(server, 'connection');
+    const c = await connect({ domid: selfDomid, path: full, timeout: 5000 });
+    const [s] = (await accepted) as [VchanStream];
+    c.write('hello');
+    const [d] = await once(s, 'data');
+    expect(String(d)).toBe('hello');
+    c.destroy();
+    s.destroy();
+    xs.close();
+  });
+});
+
+describe.skipIf(!onMock)('a ring that aliases the control page', () => {
+  it('write() never throws: the stream fails with EPROTO through its error event', async () => {
+    // Left ring (the client writes it) of one page whose grant is the control page itself.
+    const s = await handmadeServer(uniquePath('alias'), { leftOrder: 12, rightOrder: 11, grants: (r) => [r[0]] });
+    const c = await connect({ domid: selfDomid, path: s.full, timeout: 5000 });
+    const failed = once(c, 'error');
+    // Each write lands on the control page and breaks its indices; the next look sees it.
+    expect(() => {
+      for (let i = 0; i < 4; i++) c.write(Buffer.alloc(4096, 0xff));
+    }).not.toThrow();
+    const [err] = await failed;
+    expect(err).toMatchObject({ code: 'EPROTO' });
+    c.destroy();
+  });
+});
+
+describe.skipIf(!onMock)('the reconnect race', () => {
+  it(`${RACE_CYCLES} connect/close cycles, each client's bytes reach its own 'connection' only`, async () => {
+    const path = uniquePath('race');
+    const full = `/local/domain/${selfDomid}/${path}`;
+    const server: VchanServer = createServer({ domid: selfDomid, path, readMin: 1024, writeMin: 1024 });
+    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+    const got = new Map<number, string>(); // connection number -> what it received
+    let connections = 0;
+    server.on('connection', (s) => {
+      const n = connections++;
+      let text = '';
+      s.on('data', (d) => (text += d));
+      s.on('error', () => {});
+      s.on('close', () => got.set(n, text));
+    });
+    server.listen();
+    await once(server, 'listening');
+    const errors: string[] = [];
+    for (let i = 0; i < RACE_CYCLES; i++) {
+      const c = await connect({ domid: selfDomid, path: full, timeout: 10_000 });
+      const closedC = once(c, 'close');
+      c.on('error', (e) => errors.push(`${i}: ${(e as Error).message}`));
+      c.end(`<${i}>`);
+      await closedC;
+    }
+    for (let i = 0; i < 500 && got.size < RACE_CYCLES; i++) await sleep(10);
+    expect(errors).toEqual([]);
+    expect(connections).toBe(RACE_CYCLES);
+    // Every connection got exactly one client's token, and every token arrived once.
+    const tokens = [...got.values()];
+    expect(tokens.every((t) => /^<\d+>$/.test(t))).toBe(true);
+    expect(new Set(tokens).size).toBe(RACE_CYCLES);
+  }, 600_000);
+});
+
+describe('API misuse gets coded errors, never an uncaught exception', () => {
+  it('close(cb) takes a function; a second close() passes ERR_SERVER_NOT_RUNNING to its callback', async () => {
+    const server = createServer({ domid: selfDomid, path: uniquePath('close') });
+    expect(() => server.close(42 as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => server.listen(42 as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    server.listen();
+    let closes = 0;
+    server.on('close', () => closes++);
+    await new Promise<void>((r) => server.close(() => r()));
+    const second = await new Promise<Error | undefined>((r) => server.close((e) => r(e)));
+    expect(second).toMatchObject({ code: 'ERR_SERVER_NOT_RUNNING' });
+    await sleep(10);
+    expect(closes).toBe(1);
+  });
+
+  it('a VchanStream cannot be constructed directly', () => {
+    const Ctor = VchanStream as unknown as new (...a: unknown[]) => unknown;
+    expect(() => new Ctor({}, {}, 0, 'x')).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_ILLEGAL_CONSTRUCTOR' }));
+  });
+});
