@@ -7,7 +7,9 @@
  * The shared page (xen/io/libxenvchan.h): left.cons 0, left.prod 4, right.cons 8, right.prod 12,
  * left_order 16, right_order 18, cli_live 20, srv_live 21, cli_notify 22, srv_notify 23, grants 24...
  */
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import * as nodePath from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
@@ -183,6 +185,26 @@ describe.skipIf(!onMock)('a ring that aliases the control page', () => {
 });
 
 describe.skipIf(!onMock)('the reconnect race', () => {
+  for (const [state, live] of [
+    ['whose client has left (cli_live 0)', 0],
+    ['that another client holds (cli_live 1)', 1],
+  ] as const) {
+    it(`an entry that still names a channel ${state} is never attached to: connect() waits for the next offer`, async () => {
+      const path = uniquePath(`live${live}`);
+      const old = await handmadeServer(path, {});
+      old.page.setUint8(OFF.cliLive, live);
+      const pending = connect({ domid: selfDomid, path: old.full, timeout: 5000 });
+      await sleep(200);
+      expect(old.page.getUint8(OFF.cliLive)).toBe(live); // not taken over
+      // The server's next offer: a fresh page under the same path.
+      const fresh = await handmadeServer(path, {});
+      const c = await pending;
+      expect(fresh.page.getUint8(OFF.cliLive)).toBe(1);
+      expect(old.page.getUint8(OFF.cliLive)).toBe(live);
+      c.destroy();
+    });
+  }
+
   it(`${RACE_CYCLES} connect/close cycles, each client's bytes reach its own 'connection' only`, async () => {
     const path = uniquePath('race');
     const full = `/local/domain/${selfDomid}/${path}`;
@@ -200,13 +222,16 @@ describe.skipIf(!onMock)('the reconnect race', () => {
     server.listen();
     await once(server, 'listening');
     const errors: string[] = [];
+    const closes: Promise<unknown>[] = [];
     for (let i = 0; i < RACE_CYCLES; i++) {
       const c = await connect({ domid: selfDomid, path: full, timeout: 10_000 });
-      const closedC = once(c, 'close');
+      closes.push(once(c, 'close'));
       c.on('error', (e) => errors.push(`${i}: ${(e as Error).message}`));
+      // The next connect() starts at once, while this channel is still being wound down: the
+      // entry it reads may still name this channel.
       c.end(`<${i}>`);
-      await closedC;
     }
+    await Promise.all(closes);
     for (let i = 0; i < 500 && got.size < RACE_CYCLES; i++) await sleep(10);
     expect(errors).toEqual([]);
     expect(connections).toBe(RACE_CYCLES);
@@ -236,4 +261,24 @@ describe('API misuse gets coded errors, never an uncaught exception', () => {
     const Ctor = VchanStream as unknown as new (...a: unknown[]) => unknown;
     expect(() => new Ctor({}, {}, 0, 'x')).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_ILLEGAL_CONSTRUCTOR' }));
   });
+});
+
+// Under the sanitizer job ASan keeps freed memory in quarantine: RSS says nothing there.
+const sanitized = (process.env.LD_PRELOAD ?? '').includes('asan');
+describe.skipIf(!onMock || sanitized)('memory', () => {
+  // Measured (issue 10, item 8): RSS grows by ~45 MB over the first 8,000 cycles and is flat after;
+  // heapUsed stays at ~3.5 MB. The growth is V8's young generation growing to its 32 MiB cap, not
+  // native memory: with it capped (below), RSS is flat within ~3 MB from cycle 2,000 to 10,000.
+  it('connect/close cycles hold native memory flat (RSS within 6 MB over 4,000 cycles after a warm-up)', () => {
+    const script = nodePath.join(__dirname, 'helpers', 'cycles.js');
+    const r = spawnSync(process.execPath, ['--expose-gc', '--max-semi-space-size=1', script, '1500', '4000', uniquePath('mem')], {
+      env: process.env,
+      encoding: 'utf8',
+      timeout: 240_000,
+    });
+    expect(r.status, r.stderr).toBe(0);
+    const [start, end] = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as { cycle: number; rss: number });
+    const grewMB = (end.rss - start.rss) / 1048576;
+    expect(grewMB, `RSS ${(start.rss / 1048576).toFixed(1)} -> ${(end.rss / 1048576).toFixed(1)} MB`).toBeLessThan(6);
+  }, 300_000);
 });
