@@ -96,6 +96,9 @@ export class VchanStream extends Duplex {
   readonly #path: string;
   readonly #onread: VchanOnread | null;
   #unwatchDomain: (() => void) | null = null;
+  #idleMs = 0;
+  #idleTimer: NodeJS.Timeout | null = null;
+  #lastActive = 0;
 
   /** @internal Streams come from createServer() ('connection') and connect(). */
   constructor(token: typeof kInternal, b: Binding, handle: object, domid: number, path: string, options: VchanStreamOptions = {}) {
@@ -192,6 +195,50 @@ export class VchanStream extends Duplex {
     return { open, readable, writable, weAsked, peerAsked, wantRead: this.#wantRead, writeWaiting, eventPending, polling, wakeups, events };
   }
 
+  /**
+   * As net.Socket's: emit 'timeout' once the stream has been idle (nothing read or written) for
+   * MS milliseconds; 0 turns it off. The stream stays open: end or destroy it in the listener.
+   * This is how a user notices a peer that vanished without a word (a process of an ocaml-vchan
+   * peer, which asks for no unmap notification, or one whose domain keeps another process alive):
+   * vchan itself cannot tell such a peer from a quiet one.
+   */
+  setTimeout(ms: number, cb?: () => void): this {
+    checkInt('msecs', ms, 0, 2 ** 31 - 1);
+    if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('callback', 'of type function', cb);
+    if (cb) {
+      if (ms === 0) this.removeListener('timeout', cb);
+      else this.once('timeout', cb);
+    }
+    this.#idleMs = ms;
+    if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    this.#idleTimer = null;
+    this.#active();
+    return this;
+  }
+
+  /** The idle timeout set with setTimeout(), or undefined. */
+  get timeout(): number | undefined {
+    return this.#idleMs || undefined;
+  }
+
+  /** Something was read or written: the idle clock starts again (the timer re-arms lazily). */
+  #active(): void {
+    if (!this.#idleMs) return;
+    this.#lastActive = performance.now();
+    if (!this.#idleTimer && this.#h) this.#armIdle(this.#idleMs);
+  }
+
+  #armIdle(delay: number): void {
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = null;
+      if (!this.#h || !this.#idleMs) return;
+      const idle = performance.now() - this.#lastActive;
+      if (idle >= this.#idleMs - 1) this.emit('timeout');
+      else this.#armIdle(this.#idleMs - idle);
+    }, delay);
+    this.#idleTimer.unref();
+  }
+
   /** Let the process exit while this stream is open. */
   unref(): this {
     if (this.#h) this.#b.vchan.ref(this.#h, false);
@@ -281,6 +328,8 @@ export class VchanStream extends Duplex {
   }
 
   #close(): void {
+    if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    this.#idleTimer = null;
     if (this.#unwatchDomain) {
       this.#unwatchDomain();
       this.#unwatchDomain = null;
@@ -318,6 +367,7 @@ export class VchanStream extends Duplex {
           throw Object.assign(new TypeError('options.onread.buffer() must return a non-empty Buffer or Uint8Array'), { code: 'ERR_INVALID_RETURN_VALUE' });
         const n: number = this.#b.vchan.read(this.#h, buf, 0, Math.min(buf.byteLength, this.#info.readSize));
         if (n > 0) {
+          this.#active();
           if (onread.callback.call(undefined, n, buf) === false) this.pause();
           continue;
         }
@@ -328,6 +378,7 @@ export class VchanStream extends Duplex {
       const buf = pool!;
       const n: number = this.#b.vchan.read(this.#h, buf, poolOff, room);
       if (n > 0) {
+        this.#active();
         const chunk = buf.subarray(poolOff, poolOff + n);
         poolOff += n;
         this.#wantRead = this.push(chunk);
@@ -361,6 +412,7 @@ export class VchanStream extends Duplex {
     const p = this.#pending;
     if (!p || !this.#h) return;
     const n: number = this.#b.vchan.writev(this.#h, p.chunks, p.offset);
+    if (n > 0) this.#active();
     // Advance through the chunks by N bytes (p.offset is into the first one).
     let i = 0;
     let off = p.offset + n;

@@ -28,9 +28,9 @@ afterEach(async () => {
     await p.exited;
   }
   for (const s of servers.splice(0)) {
-    s.close();
-    // A failed test may leave a stream open: do not hang the run on it.
-    await Promise.race([once(s, 'close'), sleep(5000)]);
+    // The callback runs either way (with ERR_SERVER_NOT_RUNNING for a server the test closed). A
+    // failed test may leave a stream open: do not hang the run on it.
+    await Promise.race([new Promise((r) => s.close(() => r(undefined))), sleep(5000)]);
   }
 });
 
@@ -49,6 +49,35 @@ async function pair(
   const [s] = (await accepted) as [VchanStream];
   return { server, s: track(s), c, path };
 }
+
+describe('idle timeout (setTimeout, as net.Socket)', () => {
+  it("emits 'timeout' after the stream has been idle that long, not while data flows; 0 turns it off", async () => {
+    const { s, c } = await pair(1024, 1024);
+    s.on('data', () => {});
+    let timeouts = 0;
+    const t0 = Date.now();
+    s.setTimeout(150, () => timeouts++);
+    expect(s.timeout).toBe(150);
+    // Traffic every 40 ms for 400 ms: never idle for 150 ms.
+    for (let i = 0; i < 10; i++) {
+      c.write('x');
+      await sleep(40);
+    }
+    expect(timeouts).toBe(0);
+    await once(s, 'timeout');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(400 + 100);
+    expect(timeouts).toBe(1);
+    expect(s.destroyed).toBe(false); // as net's: the stream stays open
+    s.setTimeout(0);
+    expect(s.timeout).toBeUndefined();
+    await sleep(250);
+    expect(timeouts).toBe(1);
+    expect(() => s.setTimeout(-1)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
+    expect(() => s.setTimeout(10, 5 as never)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    c.destroy();
+    s.destroy();
+  });
+});
 
 /** Resolves when S has closed (at once if it already has: once() would wait forever). */
 function closed(s: VchanStream): Promise<unknown> {
