@@ -16,9 +16,12 @@ for t in "$out"/test/test_*; do
   echo "== $(basename "$t") ($out)"
   XEN_MOCK_DIR=$dir XEN_MOCK_LOG=$log "$t"
   rc=$?
-  # The broker must leave by itself once the test's last handle is gone.
-  for _ in $(seq 50); do [ -e "$dir" ] || break; sleep 0.1; done
-  if [ -e "$dir" ] || pgrep -f "xenmockd serve --daemon --dir=$dir" >/dev/null; then
+  # The broker must leave by itself once the test's last handle is gone: its directory removed and
+  # its process gone. Both are waited for (the sanitized broker removes its directory, then runs
+  # LeakSanitizer at exit, which takes seconds on a loaded machine).
+  broker_alive() { pgrep -f "xenmockd serve --daemon --dir=$dir" >/dev/null; }
+  for _ in $(seq 100); do { [ -e "$dir" ] || broker_alive; } || break; sleep 0.1; done
+  if [ -e "$dir" ] || broker_alive; then
     echo "FAIL: broker or state directory left behind for $dir"; rc=1
   fi
   if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$log" 2>/dev/null; then
