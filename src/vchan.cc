@@ -19,6 +19,14 @@ namespace xv {
 
 namespace {
 
+// Live states (cli_live, srv_live) of xen/io/libxenvchan.h.
+constexpr uint8_t kLiveClosed = 0, kLiveConnected = 1, kLiveWaiting = 2;
+// Bits of cli_notify the protocol does not use (it defines 1 and 2, and Xen's libxenvchan only ever
+// sets or clears those two, so others pass through untouched). kProbeBit: set through one mapping and
+// looked for through the other, it tells whether two mappings are of the same page. kSingleUse: set
+// by our servers when they offer a channel: "do not reuse this channel after its client".
+constexpr uint8_t kProbeBit = 0x80, kSingleUse = 0x40;
+
 class Vchan : public Handle {
  public:
   static constexpr napi_type_tag kTag = {0x2d4f6a8b0c1e3a5cULL, 0x7e9f1a2b3c4d5e6fULL};
@@ -80,6 +88,8 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
   errno = 0;
   struct libxenvchan* c = libxenvchan_server_init(nullptr, static_cast<int>(dom), path.c_str(), rmin, wmin);
   if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_server_init", path);
+  // A VchanServer offers a fresh channel for each client: mark this one not to be reused (see Claim).
+  __atomic_fetch_or(&c->ring->cli_notify, kSingleUse, __ATOMIC_SEQ_CST);
   return WrapHandle(env, new Vchan(RegistryOf(info), c));
 }
 
@@ -88,15 +98,17 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
 // libxenvchan_client_init maps whatever ring-ref xenstore names and sets cli_live = 1 unconditionally,
 // so a client that reads a stale entry (the previous client's channel, still published while the
 // server winds it down) or a busy one attaches to a channel someone else holds, and bytes reach the
-// wrong stream. So first: map the control page ourselves and compare-and-swap cli_live from 2 ("not
-// yet connected") to 1. Only the one client that wins the swap goes on; then libxenvchan attaches,
-// and a probe bit checks that it attached to the very page we claimed. Any failure after the claim
-// gives it back (cli_live 1 -> 0 and an event: the server sees a client that came and went).
+// wrong stream. So first: map the control page ourselves and compare-and-swap cli_live to 1. Only the
+// one client that wins the swap goes on; then libxenvchan attaches, and a probe bit checks that it
+// attached to the very page we claimed. Any failure after the claim gives it back (cli_live 1 -> 0
+// and an event: the server sees a client that came and went).
+//
+// Which channels may be claimed: one offered and never connected (cli_live 2); and one whose client
+// has left (cli_live 0) while its server lives on (srv_live 1), unless the server marked it single-use.
+// Xen's servers may serve successive clients on one channel (vchan-socket-proxy in server mode waits
+// on the same page for the next client); ours never do: a VchanServer offers a fresh channel for
+// each client, so a closed channel of ours must never be taken over.
 
-constexpr uint8_t kLiveClosed = 0, kLiveConnected = 1, kLiveWaiting = 2;
-// A bit of cli_notify the protocol does not use (it defines 1 and 2): set through one mapping and
-// looked for through the other, it tells whether two mappings are of the same page.
-constexpr uint8_t kProbeBit = 0x80;
 
 // The ring layout a server published: orders the protocol knows, rings that do not overlap each
 // other or the grant list.
@@ -131,14 +143,17 @@ class Claim {
     unsigned lo = __atomic_load_n(&page_->left_order, __ATOMIC_ACQUIRE);
     unsigned ro = __atomic_load_n(&page_->right_order, __ATOMIC_ACQUIRE);
     if (!LayoutOk(lo, ro)) return EPROTO;
-    uint8_t expected = kLiveWaiting;
-    if (!__atomic_compare_exchange_n(&page_->cli_live, &expected, kLiveConnected, false, __ATOMIC_SEQ_CST,
-                                     __ATOMIC_SEQ_CST)) {
-      seen_ = expected;
-      return EBUSY;
+    uint8_t expected = __atomic_load_n(&page_->cli_live, __ATOMIC_ACQUIRE);
+    bool reusable = expected == kLiveClosed && __atomic_load_n(&page_->srv_live, __ATOMIC_ACQUIRE) == 1 &&
+                    !(__atomic_load_n(&page_->cli_notify, __ATOMIC_ACQUIRE) & kSingleUse);
+    if ((expected == kLiveWaiting || reusable) &&
+        __atomic_compare_exchange_n(&page_->cli_live, &expected, kLiveConnected, false, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST)) {
+      claimed_ = true;
+      return 0;
     }
-    claimed_ = true;
-    return 0;
+    seen_ = expected;
+    return EBUSY;
   }
   bool SamePage(struct vchan_interface* other) {
     __atomic_fetch_or(&page_->cli_notify, kProbeBit, __ATOMIC_SEQ_CST);
