@@ -197,6 +197,10 @@ VCHAN_EXPORT int libxenvchan_read(struct libxenvchan *c, void *data, size_t size
 {
     if (size == 0)
         return 0;
+    /* As Xen's: a non-blocking read asks to be told of the next write whatever it finds (it goes
+     * through data_ready), so a caller that sleeps on the fd after a partial read is woken. */
+    if (!c->blocking)
+        request_notify(c, VCHAN_NOTIFY_WRITE);
     int64_t n = await(c, 1, 0);
     if (n <= 0)
         return (int)n;
@@ -219,6 +223,11 @@ VCHAN_EXPORT int libxenvchan_write(struct libxenvchan *c, const void *data, size
 {
     if (size == 0)
         return 0;
+    /* As Xen's: a non-blocking write asks to be told of the next read whatever room it finds (it
+     * goes through buffer_space), so a caller that sleeps on the fd after a partial write is woken:
+     * without this, Xen's vchan-socket-proxy stalled on the mock. */
+    if (!c->blocking)
+        request_notify(c, VCHAN_NOTIFY_READ);
     int64_t n = await(c, 1, 1);
     if (n <= 0)
         return (int)n;
