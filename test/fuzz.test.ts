@@ -13,7 +13,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 
 import * as x from '../dist/cjs/index.js';
 import { binding } from '../dist/cjs/native.js';
-import { backend, onMock } from './helpers/env';
+import { onMock } from './helpers/env';
 import { sleep } from './helpers/util';
 
 const SEED = Number(process.env.XEN_VCHAN_FUZZ_SEED ?? 0x5eed) >>> 0;
@@ -33,7 +33,7 @@ function prng(seed: number): () => number {
   };
 }
 
-const b = binding(backend);
+const b = binding(); // the backend of this run (XEN_VCHAN_BACKEND)
 type Fn = (...args: unknown[]) => unknown;
 
 /** Handles and buffers one round plays with. */
