@@ -144,6 +144,10 @@ class Claim {
     unsigned ro = __atomic_load_n(&page_->right_order, __ATOMIC_ACQUIRE);
     if (!LayoutOk(lo, ro)) return EPROTO;
     uint8_t expected = __atomic_load_n(&page_->cli_live, __ATOMIC_ACQUIRE);
+    if (expected > kLiveWaiting) {  // no state of the protocol: a broken or hostile server
+      seen_ = expected;
+      return EPROTO;
+    }
     bool reusable = expected == kLiveClosed && __atomic_load_n(&page_->srv_live, __ATOMIC_ACQUIRE) == 1 &&
                     !(__atomic_load_n(&page_->cli_notify, __ATOMIC_ACQUIRE) & kSingleUse);
     if ((expected == kLiveWaiting || reusable) &&
@@ -196,7 +200,9 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
   uint32_t ref = ArgUint32(info, 2, "ringRef"), port = ArgUint32(info, 3, "port");
   Claim claim(dom, port);
   if (int e = claim.Take(ref)) {
-    if (e == EPROTO) ThrowErrno(env, e, "vchan_claim", "the page at " + path + "/ring-ref is not a vchan control page");
+    if (e == EPROTO)
+      ThrowErrno(env, e, "vchan_claim",
+                 "the page at " + path + "/ring-ref is not a vchan control page (impossible orders or live state)");
     if (e == EBUSY)
       ThrowErrno(env, e, "vchan_claim", "the channel at " + path + " is not offered (cli_live=" + std::to_string(claim.seen()) + ")");
     ThrowErrno(env, e, "xengnttab_map_grant_ref", path + "/ring-ref");

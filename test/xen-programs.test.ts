@@ -89,9 +89,18 @@ function removeEntryAfter(full: string): void {
   });
 }
 
-async function waitForFile(p: string): Promise<void> {
-  for (let i = 0; i < 500 && !fs.existsSync(p); i++) await sleep(10);
-  expect(fs.existsSync(p), `${p} appears`).toBe(true);
+/** Waits until a Unix socket accepts connections (the file exists from bind(), before listen()). */
+async function waitForListener(p: string): Promise<void> {
+  for (let i = 0; i < 500; i++) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect(p);
+      s.once('connect', () => (s.destroy(), resolve(true)));
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    await sleep(10);
+  }
+  throw new Error(`nothing listens on ${p}`);
 }
 
 describe.skipIf(!onMock || !proxy)("Xen's vchan-socket-proxy on the mock", () => {
@@ -132,7 +141,7 @@ describe.skipIf(!onMock || !proxy)("Xen's vchan-socket-proxy on the mock", () =>
       startProxy(lib, 5, ['-m', 'server', '0', rel, sock]);
       const front = path.join(path.dirname(sock), 'front.sock');
       startProxy(lib, undefined, ['-m', 'client', '5', full, front]);
-      await waitForFile(front);
+      await waitForListener(front);
       for (let i = 0; i < 3; i++) {
         const out = randomBytes(1 + Math.floor(Math.random() * 60_000));
         const back = await new Promise<Buffer>((resolve, reject) => {

@@ -2,7 +2,8 @@
 // connect/close cycles against one server in this process; prints JSON lines {cycle, rss} after a
 // warm-up and at the end. Run with --max-semi-space-size=1 so that V8's young generation, which
 // otherwise grows to 32 MiB under this allocation rate, cannot hide (or fake) native growth.
-//   node --expose-gc --max-semi-space-size=1 cycles.js WARMUP MEASURED PATH
+//   node --expose-gc --max-semi-space-size=1 cycles.js WARMUP WINDOW PATH
+// Reports after WARMUP cycles and after each of two windows of WINDOW cycles.
 const path = require('node:path');
 const x = require(path.join(__dirname, '..', '..'));
 
@@ -22,14 +23,14 @@ async function main() {
     const v8heap = require('node:v8').getHeapStatistics().total_physical_size;
     process.stdout.write(`${JSON.stringify({ cycle, rss, native: rss - v8heap })}\n`);
   };
-  for (let i = 0; i < warmup + measured; i++) {
-    if (i === warmup) report(i);
+  for (let i = 0; i < warmup + 2 * measured; i++) {
+    if (i === warmup || i === warmup + measured) report(i);
     const c = await x.connect({ domid: 0, path: `/local/domain/0/${p}`, timeout: 5000 });
     const closed = new Promise((r) => c.once('close', r));
     c.end('x');
     await closed;
   }
-  report(warmup + measured);
+  report(warmup + 2 * measured);
   await new Promise((r) => srv.close(r));
 }
 main().catch((e) => {
