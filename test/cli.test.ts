@@ -52,7 +52,16 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     await sleep(500); // the slots are published
     const port = 20000 + (process.pid % 20000);
     const front = run(5, ['proxy', '--domid', '0', '--path', `/local/domain/0/${base}`, '--listen', `tcp:127.0.0.1:${port}`]);
-    await sleep(500);
+    // Until it listens (a fixed wait failed on a loaded machine: ECONNREFUSED).
+    for (let i = 0; i < 200; i++) {
+      const ok = await new Promise<boolean>((resolve) => {
+        const probe = net.connect(port, '127.0.0.1');
+        probe.once('connect', () => (probe.destroy(), resolve(true)));
+        probe.once('error', () => resolve(false));
+      });
+      if (ok) break;
+      await sleep(50);
+    }
     const talk = async (i: number) => {
       const c = net.connect(port, '127.0.0.1');
       await once(c, 'connect');
