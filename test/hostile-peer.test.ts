@@ -64,7 +64,7 @@ async function exercise(s: VchanStream, ms: number): Promise<string> {
   let outcome = 'open';
   s.on('error', (e) => {
     coded(e);
-    outcome = (e as { code: string }).code;
+    outcome = (e as unknown as { code: string }).code;
   });
   s.on('end', () => outcome === 'open' && (outcome = 'end'));
   s.on('data', () => {});
@@ -117,12 +117,12 @@ describe.skipIf(!onMock || !fs.existsSync(peerBin))('a hostile C peer in another
         cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
         cleanups.push(() => streams.forEach((st) => st.destroy()));
         const events: string[] = [];
-        server.on('clientError', (e) => (coded(e), events.push(`clientError ${(e as { code: string }).code}`)));
+        server.on('clientError', (e) => (coded(e), events.push(`clientError ${(e as unknown as { code: string }).code}`)));
         server.on('error', (e) => events.push(`error ${(e as Error).message}`));
         server.on('connection', (s) => {
           streams.push(s);
           received.set(s, '');
-          s.on('error', (e) => (coded(e), events.push(`stream ${(e as { code: string }).code}`)));
+          s.on('error', (e) => (coded(e), events.push(`stream ${(e as unknown as { code: string }).code}`)));
           s.on('data', (d) => received.set(s, received.get(s) + String(d)));
         });
         server.listen();
@@ -142,6 +142,8 @@ describe.skipIf(!onMock || !fs.existsSync(peerBin))('a hostile C peer in another
         );
         children.push(good);
         const served = () => [...received.values()].includes('good');
+        // Node's start-up is slow under the sanitizer job (ASan preloaded): wait for the client to finish.
+        await Promise.race([once(good, 'exit'), sleep(20_000)]);
         for (let i = 0; i < 200 && !served(); i++) await sleep(10);
         expect(served(), `the next client is served (${events.join(', ')})`).toBe(true);
         expect(events.filter((e) => e.startsWith('error '))).toEqual([]);
