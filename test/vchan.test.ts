@@ -539,21 +539,24 @@ describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)
       expect(bytes).toBeGreaterThan(0);
       const t0 = Date.now();
       const r = spawnSync(broker, ['destroy', '5'], { env: process.env, encoding: 'utf8' });
-      expect(r.status, r.stderr).toBe(0);
-      const [err] = (await failed) as [NodeJS.ErrnoException];
-      expect(err).toMatchObject({ code: 'ECONNRESET', errno: -104, syscall: 'libxenvchan' });
-      expect(err.message).toMatch(/domain 5/);
-      await wasClosed;
-      expect(Date.now() - t0).toBeLessThan(2000);
-      expect((await peer.exited).signal).toBe('SIGKILL'); // it lived only in domain 5
       const xs = new Xenstore();
       try {
+        expect(r.status, r.stderr).toBe(0);
+        const [err] = (await failed) as [NodeJS.ErrnoException];
+        expect(err).toMatchObject({ code: 'ECONNRESET', errno: -104, syscall: 'libxenvchan' });
+        expect(err.message).toMatch(/domain 5/);
+        await wasClosed;
+        // It fails instead of hanging (about 1 s idle; 6 s was seen under the sanitizer job on a
+        // loaded machine): the bound is about liveness, not speed.
+        expect(Date.now() - t0).toBeLessThan(10_000);
+        expect((await peer.exited).signal).toBe('SIGKILL'); // it lived only in domain 5
         expect(await xs.isDomainIntroduced(5)).toBe(false);
         expect(await xs.tryRead('/local/domain/5/domid')).toBeUndefined();
-        // What the toolstack does for the next guest with this id, so later tests find it as before.
-        expect(spawnSync(broker, ['introduce', '5'], { env: process.env }).status).toBe(0);
-        await xs.mkdir('/local/domain/5/data/vchan');
       } finally {
+        // What the toolstack does for the next guest with this id, so later tests find it as before
+        // even when this one failed (a destroyed domain stays gone until introduced again).
+        spawnSync(broker, ['introduce', '5'], { env: process.env });
+        await xs.mkdir('/local/domain/5/data/vchan').catch(() => undefined);
         xs.close();
       }
     });
