@@ -1,8 +1,8 @@
 {
   # Two addons from the same src/*.cc:
   #   xen_vchan_mock  always, against the mock libraries in native/mock (built first by scripts/install.js)
-  #   xen_vchan_real  where pkg-config finds xenvchan, xenevtchn, xengnttab and xenstore
-  #                   (XEN_VCHAN_REAL=1 forces it on, XEN_VCHAN_REAL=0 off)
+  #   xen_vchan_real  always (XEN_VCHAN_REAL=0 or XEN_VCHAN_ONLY=mock leaves it out); needs no Xen
+  #                   package to build, and loads on any Xen from 4.14 on
   # XEN_VCHAN_SANITIZE=1 builds both with AddressSanitizer + UndefinedBehaviorSanitizer.
   "variables": {
     "real%": "<!(node scripts/gyp-config.js real)",
@@ -40,14 +40,23 @@
       "ldflags": ["-Wl,-rpath,'$$ORIGIN/../../<(mock_lib)'"],
     },
     {
+      # Runs on every Xen release from 4.14 on without a rebuild: our own libxenvchan (native/vchan,
+      # wire-compatible with Xen's) is compiled in, libxenstore (libxenstore.so.4 or .so.3.0) is found
+      # at run time (src/xenstore_loader.cc), and libxenevtchn.so.1 / libxengnttab.so.1, whose soname
+      # and symbol versions Xen keeps stable, are linked. Built against Xen's API as native/mock/include
+      # declares it and linked against the mock's libraries of the same sonames and symbol versions, so
+      # no Xen development package is needed; nothing here points at the mock at run time (no rpath).
       "target_name": "xen_vchan_real",
-      "conditions": [
-        ["real==1", {
-          "cflags_cc": ["<!@(pkg-config --cflags xenvchan xenevtchn xengnttab xenstore 2>/dev/null || true)"],
-          "libraries": ["<!@(pkg-config --libs xenvchan xenevtchn xengnttab xenstore 2>/dev/null || true)"],
-        }, {
-          "type": "none",
-        }],
+      "conditions": [["real==0", {"type": "none"}]],
+      "sources": ["src/xenstore_loader.cc", "native/vchan/vchan.c"],
+      "include_dirs": ["native/mock/include"],
+      "defines": ["VCHAN_EXPORT="],
+      "cflags": ["-fvisibility=hidden"],
+      "cflags_c": ["-std=gnu11"],
+      "cflags_cc": ["-fvisibility=hidden"],
+      "libraries": [
+        "-L<(module_root_dir)/<(mock_lib)", "-Wl,-rpath-link,<(module_root_dir)/<(mock_lib)",
+        "-l:libxenevtchn.so.1", "-l:libxengnttab.so.1", "-ldl",
       ],
     },
   ],

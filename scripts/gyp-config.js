@@ -1,16 +1,6 @@
 'use strict';
 // Values binding.gyp asks for: whether to build the real-Xen addon, whether to sanitize,
 // and where the mock libraries are.
-const { execFileSync } = require('node:child_process');
-
-function hasXenDev() {
-  try {
-    execFileSync('pkg-config', ['--exists', 'xenvchan', 'xenevtchn', 'xengnttab', 'xenstore'], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 const sanitize = process.env.XEN_VCHAN_SANITIZE === '1';
 switch (process.argv[2]) {
@@ -18,7 +8,7 @@ switch (process.argv[2]) {
     const force = process.env.XEN_VCHAN_REAL;
     const only = process.env.XEN_VCHAN_ONLY;
     if (only === 'mock') process.stdout.write('0');
-    else process.stdout.write(force === '1' || only === 'real' ? '1' : force === '0' ? '0' : hasXenDev() ? '1' : '0');
+    else process.stdout.write(force === '0' ? '0' : '1');
     break;
   }
   case 'mock':

@@ -28,6 +28,11 @@ Napi::Object WrapHandle(Napi::Env env, Handle* h) {
   return obj;
 }
 
+#ifdef XEN_VCHAN_MOCK
+// The mock's libraries are linked, never looked for.
+std::string XenLibraryHint() { return ""; }
+#endif
+
 static std::string ErrName(int err) {
   const char* n = uv_err_name(-err);
   if (n && std::strncmp(n, "Unknown", 7) != 0) return n;
@@ -39,6 +44,10 @@ Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::s
   std::string code = ErrName(err);
   std::string msg = std::string(syscall) + " failed: " + code + " (" + std::strerror(err) + ")";
   if (!detail.empty()) msg += ": " + detail;
+  if (err == ELIBACC) {
+    std::string hint = XenLibraryHint();
+    if (!hint.empty()) msg += ". " + hint;
+  }
   Napi::Error e = Napi::Error::New(env, msg);
   e.Set("code", Napi::String::New(env, code));
   e.Set("errno", Napi::Number::New(env, -err));

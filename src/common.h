@@ -60,6 +60,9 @@ T* Unwrap(const Napi::CallbackInfo& info, bool allow_closed = false);
 
 // Errors shaped like Node's: .code, .errno (negative, as libuv's), .syscall.
 Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::string& detail = "");
+// Why a Xen library could not be loaded (real backend: src/xenstore_loader.cc), or "". Errors with
+// ELIBACC carry it.
+std::string XenLibraryHint();
 [[noreturn]] void ThrowErrno(Napi::Env env, int err, const char* syscall, const std::string& detail = "");
 Napi::Error CodedError(Napi::Env env, const char* code, const std::string& msg, bool type_error = false,
                        bool range_error = false);

@@ -1,7 +1,12 @@
 /*
- * libxenvchan for the mock build: the libxenvchan API over the mock's
- * evtchn/gnttab/xenstore libraries, speaking the vchan wire format (see
+ * Our libxenvchan: the libxenvchan API over Xen's stable libraries (libxenevtchn,
+ * libxengnttab, libxenstore), speaking the vchan wire format (see
  * xen/io/libxenvchan.h), so it interoperates with Xen's own libxenvchan.
+ *
+ * Built twice: into the mock's drop-in libxenvchan.so.4.17 (native/mock/Makefile,
+ * with VCHAN_MOCK_XENSTORE), and into the real addon (binding.gyp), where it runs on
+ * whichever Xen release the system has: Xen's own libxenvchan changes soname and
+ * struct layout with every release, the wire format and the libraries under it do not.
  *
  * Differences from Xen's implementation, all on the side of safety:
  *  - our own ring index is kept privately and only the peer's is read from the
@@ -11,8 +16,10 @@
  *  - a live byte holding anything but 0/1/2 counts as closed;
  *  - send/recv larger than the ring fail with EMSGSIZE rather than returning 0
  *    forever;
- *  - the server's xenstore node is removed when its handle's process ends,
- *    even by SIGKILL (a mock xenstore feature), and paths are never truncated.
+ *  - paths are never truncated (Xen's take at most 49 bytes, a 64-byte buffer
+ *    holding "<path>/event-channel"): any path xenstore accepts works;
+ *  - on the mock, the server's xenstore node is removed when its handle's
+ *    process ends, even by SIGKILL (a mock xenstore feature).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -27,7 +34,11 @@
 #include <xenstore.h>
 
 
+/* Exported from the mock's shared library; the real addon builds with VCHAN_EXPORT empty and
+ * -fvisibility=hidden, so these names stay private to it. */
+#ifndef VCHAN_EXPORT
 #define VCHAN_EXPORT __attribute__((visibility("default")))
+#endif
 #define PAGE 4096u
 #define MIN_ORDER 10
 #define MAX_ORDER 20 /* 1 MiB per direction */
@@ -349,6 +360,7 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
         return -1;
     }
     struct xs_permissions perms[2] = {{self, XS_PERM_NONE}, {(unsigned)domain, XS_PERM_READ}};
+#ifdef VCHAN_MOCK_XENSTORE
     /* Ask for the node's removal before it exists: a process killed right after publishing then
      * leaves nothing behind. */
     if (!xenmock_xs_remove_on_close(v->xs, c->xs_path)) {
@@ -356,6 +368,7 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
         free(ec);
         return -1;
     }
+#endif
     int rc = -1;
     for (int attempt = 0; attempt < 100 && rc < 0; attempt++) {
         xs_transaction_t t = xs_transaction_start(v->xs);
