@@ -36,6 +36,7 @@ export {
 export {
   connect,
   MAX_VCHAN_PATH,
+  XEN_LIBXENVCHAN_MAX_PATH,
   createServer,
   VchanServer,
   VchanStream,

@@ -457,18 +457,29 @@ export interface ServerOptions extends VchanStreamOptions {
 const MAX_RING = 1 << 20;
 
 /**
- * libxenvchan (Xen's, every version to date) formats "<path>/ring-ref" and "<path>/event-channel"
- * into 64-byte buffers, server and client alike: a longer path is silently truncated, and the
- * client then fails with ENOENT or the server publishes the wrong nodes. Refuse such paths up front,
- * on every backend, so that what works on the mock works on Xen.
+ * The longest vchan path, in bytes: what xenstore itself takes for an absolute path (3072 bytes)
+ * less the "/event-channel" the channel's entry adds. A relative path (resolved against the
+ * domain's home, /local/domain/<domid>) may be up to 2048 - 14 = 2034 bytes. Our vchan, built into
+ * both addons, never truncates a path.
  */
-export const MAX_VCHAN_PATH = 63 - '/event-channel'.length;
+export const MAX_VCHAN_PATH = 3072 - '/event-channel'.length;
+const MAX_RELATIVE_VCHAN_PATH = 2048 - '/event-channel'.length;
+
+/**
+ * The longest path Xen's own C libxenvchan handles, in bytes, in every release to date: it formats
+ * "<path>/event-channel" into a 64-byte buffer and silently truncates a longer one (its client then
+ * fails with ENOENT, its server publishes the wrong entry). Keep paths this short when the other
+ * end of a channel uses Xen's libxenvchan (vchan-socket-proxy, Qubes' tools, a C program); between
+ * two ends of this library any path up to {@link MAX_VCHAN_PATH} works.
+ */
+export const XEN_LIBXENVCHAN_MAX_PATH = 63 - '/event-channel'.length;
 
 function checkVchanPath(name: string, v: unknown): string {
   const p = checkXsPath(name, v);
   const n = Buffer.byteLength(p);
-  if (n > MAX_VCHAN_PATH)
-    throw outOfRange(name, `at most ${MAX_VCHAN_PATH} bytes long (libxenvchan keeps "<path>/event-channel" in a 64-byte buffer)`, `${n} bytes`);
+  const max = p.startsWith('/') ? MAX_VCHAN_PATH : MAX_RELATIVE_VCHAN_PATH;
+  if (n > max)
+    throw outOfRange(name, `at most ${max} bytes long (xenstore's limit, less "/event-channel")`, `${n} bytes`);
   return p;
 }
 

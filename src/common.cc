@@ -36,6 +36,8 @@ std::string XenLibraryHint() { return ""; }
 static std::string ErrName(int err) {
   const char* n = uv_err_name(-err);
   if (n && std::strncmp(n, "Unknown", 7) != 0) return n;
+  // Errnos of ours that libuv has no name for.
+  if (err == ELIBACC) return "ELIBACC";
   return "E" + std::to_string(err);
 }
 
@@ -46,7 +48,7 @@ Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const std::s
   if (!detail.empty()) msg += ": " + detail;
   if (err == ELIBACC) {
     std::string hint = XenLibraryHint();
-    if (!hint.empty()) msg += ". " + hint;
+    if (!hint.empty()) msg += ": " + hint;
   }
   Napi::Error e = Napi::Error::New(env, msg);
   e.Set("code", Napi::String::New(env, code));

@@ -39,7 +39,10 @@ class Xs : public Handle {
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   struct xs_handle* h = xs_open(0);
-  if (!h) ThrowErrno(env, errno, "xs_open", "is xenstored running (or /dev/xen/xenbus present)?");
+  if (!h) {
+    int e = errno;
+    ThrowErrno(env, e, "xs_open", e == ELIBACC ? "" : "is xenstored running (or /dev/xen/xenbus present)?");
+  }
   return WrapHandle(env, new Xs(RegistryOf(info), std::shared_ptr<Conn>(new Conn{h})));
 }
 

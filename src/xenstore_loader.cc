@@ -10,8 +10,11 @@
 #include <dlfcn.h>
 
 #include <cerrno>
+#include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include "common.h"
 #include "xen.h"
@@ -55,7 +58,11 @@ bool Resolve(void* lib, const char* name, T* out, std::string* missing) {
 
 void Load() {
   std::string tried;
-  for (const char* soname : kSonames) {
+  // XEN_VCHAN_LIBXENSTORE names the one library to use instead (a soname or a path).
+  const char* only = std::getenv("XEN_VCHAN_LIBXENSTORE");
+  std::vector<const char*> names(std::begin(kSonames), std::end(kSonames));
+  if (only && *only) names.assign(1, only);
+  for (const char* soname : names) {
     void* lib = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
     if (!lib) {
       tried += std::string(tried.empty() ? "" : "; ") + dlerror();

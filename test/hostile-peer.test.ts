@@ -11,25 +11,17 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { createInterface } from 'node:readline';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { connect, createServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
 import { onMock, root } from './helpers/env';
-import { killChild, sleep, uniquePath } from './helpers/util';
+import { afterEachTest, killChild, sleep, uniquePath } from './helpers/util';
 
 const sanitized = (process.env.LD_PRELOAD ?? '').includes('asan');
 const peerBin = path.join(root, 'native', 'mock', sanitized ? 'build-san' : 'build', 'test', 'hostile_peer');
 const FIELDS = ['left.cons', 'left.prod', 'right.cons', 'right.prod', 'left_order', 'right_order', 'cli_live', 'srv_live', 'cli_notify', 'srv_notify', 'grant0'];
 
-const children: ChildProcess[] = [];
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of children.splice(0)) {
-    killChild(c);
-    if (c.exitCode === null && c.signalCode === null) await once(c, 'exit');
-  }
-  for (const f of cleanups.splice(0).reverse()) await f();
-});
+const { children, cleanups } = afterEachTest();
 
 /** Starts the hostile peer in domain 5; resolves at its "ready", exposes its later lines. */
 async function hostile(args: string[]): Promise<{ child: ChildProcess; corrupted: Promise<void> }> {
@@ -79,7 +71,6 @@ async function exercise(s: VchanStream, ms: number): Promise<string> {
 
 describe.skipIf(!onMock || !fs.existsSync(peerBin))('a hostile C peer in another domain', () => {
   const outcomes: Record<string, string> = {};
-  afterEach(() => undefined);
 
   for (const when of ['before', 'after'] as const) {
     for (const field of [...FIELDS, ...(when === 'before' ? ['ring-ref', 'event-channel'] : [])]) {

@@ -15,11 +15,11 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { connect, Xenstore } from '../dist/cjs/index.js';
 import { onMock, root } from './helpers/env';
-import { killChild, sleep, uniquePath } from './helpers/util';
+import { afterEachTest, sleep, uniquePath } from './helpers/util';
 
 function findProxy(): string | undefined {
   const base = '/usr/lib';
@@ -41,15 +41,7 @@ const libdirs = {
 };
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
-const children: ChildProcess[] = [];
-const cleanups: (() => unknown)[] = [];
-afterEach(async () => {
-  for (const c of children.splice(0)) {
-    killChild(c);
-    if (c.exitCode === null && c.signalCode === null) await once(c, 'exit');
-  }
-  for (const f of cleanups.splice(0).reverse()) await f();
-});
+const { children, cleanups } = afterEachTest();
 
 function startProxy(lib: keyof typeof libdirs, domid: number | undefined, args: string[]): ChildProcess {
   const env: NodeJS.ProcessEnv = { ...process.env, LD_LIBRARY_PATH: libdirs[lib] };

@@ -1,7 +1,7 @@
 /**
  * Which backend this run tests, and what it can do:
  *  - mock:            the mock addon (always available)
- *  - real-over-mock:  the real addon, linked to Debian's libxenvchan, with LD_LIBRARY_PATH pointing
+ *  - real-over-mock:  the real addon (the binary that runs on Xen), with LD_LIBRARY_PATH pointing
  *                     Xen's stable libraries at the mock (XEN_VCHAN_TEST_CONFIG=real-over-mock)
  *  - real:            real Xen (/dev/xen present; dom0 <-> dom0 in the rig)
  */

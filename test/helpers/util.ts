@@ -1,6 +1,9 @@
 import { ChildProcess, fork } from 'node:child_process';
+import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import * as path from 'node:path';
+
+import { afterEach } from 'vitest';
 
 import { root } from './env';
 
@@ -67,11 +70,28 @@ export function fdCount(): number {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** A fresh vchan path: short, since libxenvchan takes at most 49 bytes even for "/local/domain/N/..." */
+/** A fresh vchan path: short, since Xen's libxenvchan takes at most 49 bytes even for "/local/domain/N/..." */
 export function uniquePath(tag: string): string {
   return `data/vchan/${tag.slice(0, 8)}-${(process.pid % 1296).toString(36)}${Math.random().toString(36).slice(2, 6)}`;
 }
 
 export function killChild(c: ChildProcess): void {
   if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+}
+
+/**
+ * Children and cleanups of a test file, undone after every test: each child is killed and awaited,
+ * then the cleanups run, last first.
+ */
+export function afterEachTest(): { children: ChildProcess[]; cleanups: (() => unknown)[] } {
+  const children: ChildProcess[] = [];
+  const cleanups: (() => unknown)[] = [];
+  afterEach(async () => {
+    for (const c of children.splice(0)) {
+      killChild(c);
+      if (c.exitCode === null && c.signalCode === null) await once(c, 'exit');
+    }
+    for (const f of cleanups.splice(0).reverse()) await f();
+  });
+  return { children, cleanups };
 }

@@ -35,10 +35,7 @@ if [ -f "$cache/stamp" ] && [ "$(cat "$cache/stamp")" = "$stamp" ] && [ -f "$cac
 fi
 
 # The mirror this machine already uses (never written into the repository).
-mirror=$( { cat /etc/apt/sources.list.d/*.sources 2>/dev/null | sed -n 's/^URIs: *//p' | tr ' ' '\n'
-             cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | awk '$1 == "deb" {print $2}'
-           } | grep -v -e security -e '^$' | head -1 || true)
-[ -n "$mirror" ] || { echo "rig: no Debian mirror in this machine's apt sources" >&2; exit 1; }
+mirror=$(bash "$here/../../scripts/debian-mirror.sh")
 
 work=$(mktemp -d)
 trap '$sudo rm -rf "$work"' EXIT
