@@ -36,8 +36,9 @@
         "-l:libxenvchan.so.4.17", "-l:libxenevtchn.so.1", "-l:libxengnttab.so.1",
         "-l:libxenstore.so.4", "-l:libxenmock.so.1",
       ],
-      # Found relative to the addon, from build/Release and from prebuilds/<platform>-<arch> alike.
-      "ldflags": ["-Wl,-rpath,'$$ORIGIN/../../<(mock_lib)'"],
+      # Found relative to the addon: prebuilds/<platform>-<arch>/mock/lib next to a prebuilt one
+      # (scripts/prebuild.sh), native/mock/build/lib from build/Release.
+      "ldflags": ["-Wl,-rpath,'$$ORIGIN/mock/lib:$$ORIGIN/../../<(mock_lib)'"],
     },
     {
       # Runs on every Xen release from 4.14 on without a rebuild: our own libxenvchan (native/vchan,

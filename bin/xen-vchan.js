@@ -6,7 +6,8 @@ const path = require('node:path');
 const { parseArgs } = require('node:util');
 
 const root = path.join(__dirname, '..');
-const broker = path.join(root, 'native', 'mock', 'build', 'bin', 'xenmockd');
+// The broker that belongs with the mock addon this package loads (prebuilt or built here).
+const broker = require('../dist/cjs/native.js').mockBrokerPath();
 
 const USAGE = `usage: xen-vchan <command> [options]
 

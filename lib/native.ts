@@ -31,14 +31,58 @@ function backendError(message: string, code: string): Error {
   return err;
 }
 
+/**
+ * Where addon NAME is found, as node-gyp-build (prebuildify's loader) looks, for one addon of
+ * several: a local build (build/Release, then build/Debug) wins, so a rebuilt addon is never
+ * shadowed; then prebuilds/<platform>-<arch>/<name>[.<tag>...].node whose tags fit this process
+ * (napi, glibc or musl), the most specific first. Undefined if there is neither.
+ */
+export function addonPath(name: string): string | undefined {
+  for (const dir of ['Release', 'Debug']) {
+    const p = path.join(root, 'build', dir, `${name}.node`);
+    if (fs.existsSync(p)) return p;
+  }
+  return prebuildPath(name);
+}
+
+/** The prebuilt addon NAME for this platform, libc and N-API (see {@link addonPath}), if shipped. */
+export function prebuildPath(name: string): string | undefined {
+  const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  let files: string[];
+  try {
+    files = fs.readdirSync(dir);
+  } catch {
+    return undefined;
+  }
+  const libc = process.platform !== 'linux' ? undefined : fs.existsSync('/etc/alpine-release') ? 'musl' : 'glibc';
+  let best: { file: string; specificity: number } | undefined;
+  for (const file of files) {
+    const tags = file.split('.');
+    if (tags.pop() !== 'node' || tags.shift() !== name) continue;
+    let ok = true;
+    for (const t of tags) {
+      if (t === 'glibc' || t === 'musl') ok &&= t === libc;
+      else if (t !== 'napi' && t !== 'node') ok = false; // abi-, uv- or armv-tagged builds are not ours
+    }
+    if (ok && (!best || tags.length > best.specificity)) best = { file, specificity: tags.length };
+  }
+  return best && path.join(dir, best.file);
+}
+
+/**
+ * The mock broker (xenmockd) that belongs with the mock addon this process would load: its
+ * libraries start it from ../bin next to themselves, prebuilt or built here.
+ */
+export function mockBrokerPath(): string {
+  const addon = addonPath('xen_vchan_mock');
+  if (addon && addon === prebuildPath('xen_vchan_mock')) return path.join(path.dirname(addon), 'mock', 'bin', 'xenmockd');
+  return path.join(root, 'native', 'mock', 'build', 'bin', 'xenmockd');
+}
+
 function loadAddon(name: string): Binding {
-  // A local build wins over a prebuild (as node-gyp-build does), so a rebuilt addon is never shadowed.
-  const local = path.join(root, 'build', 'Release', `${name}.node`);
-  const prebuilt = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`, `${name}.node`);
-  if (!fs.existsSync(local) && fs.existsSync(prebuilt)) return require(prebuilt) as Binding;
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const bindings = require('bindings') as (opts: { bindings: string; module_root: string }) => Binding;
-  return bindings({ bindings: `${name}.node`, module_root: root });
+  const p = addonPath(name);
+  if (!p) throw new Error(`no ${name}.node in build/ or prebuilds/${process.platform}-${process.arch}/`);
+  return require(p) as Binding;
 }
 
 function envBackend(): Backend {
@@ -54,8 +98,8 @@ function load(backend: Backend): Binding {
       return loadAddon('xen_vchan_mock');
     } catch (e) {
       throw backendError(
-        `The mock addon could not be loaded (${(e as Error).message}). Rebuild it with \`npm rebuild xen-vchan\` ` +
-          '(needs make, a C/C++ compiler and python3).',
+        `The mock addon could not be loaded (${(e as Error).message.split('\n')[0]}). Rebuild it with ` +
+          '`npm rebuild xen-vchan --build-from-source` (needs make, a C/C++ compiler and python3).',
         'ERR_XEN_NO_ADDON',
       );
     }
@@ -64,9 +108,15 @@ function load(backend: Backend): Binding {
   try {
     binding = loadAddon('xen_vchan_real');
   } catch (e) {
+    const why = (e as Error).message.split('\n')[0];
+    // The addon links only libxenevtchn.so.1 and libxengnttab.so.1 (libxenstore is found when first
+    // used); both come with every Xen from 4.14 on.
+    const fix = /libxen(evtchn|gnttab)\.so/.test(why)
+      ? "Install Xen's runtime libraries (Debian/Ubuntu: apt-get install libxenevtchn1 libxengnttab1 libxenstore4; " +
+        'elsewhere the Xen tools or libs package).'
+      : 'Reinstall it, or build it with `npm rebuild xen-vchan --build-from-source` (needs make, a C/C++ compiler and python3).';
     throw backendError(
-      `The real Xen addon is not available (${(e as Error).message.split('\n')[0]}). On a Xen domain install Xen's ` +
-        'development files (Debian/Ubuntu: apt-get install libxen-dev) and run `npm rebuild xen-vchan`. ' +
+      `The real Xen addon could not be loaded (${why}). ${fix} ` +
         'Without Xen, choose the mock explicitly: XEN_VCHAN_BACKEND=mock.',
       'ERR_XEN_NO_ADDON',
     );

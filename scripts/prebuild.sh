@@ -1,14 +1,84 @@
 #!/usr/bin/env bash
-# npm run prebuild: N-API prebuilds in prebuilds/<platform>-<arch>/, one per addon (prebuildify takes
-# one .node per build). The loader (lib/native.ts) finds them before any build/Release output.
+# npm run prebuild: the prebuilt binaries the package ships, in prebuilds/linux-x64/:
+#   xen_vchan_mock.glibc.node, xen_vchan_real.glibc.node   the addons (prebuildify, N-API)
+#   mock/lib/*.so.*, mock/bin/xenmockd                      the mock's libraries and broker
+# As root they are compiled in a Debian bullseye root (scripts/build-sysroot.sh: glibc 2.31, gcc 10),
+# so they load on every glibc since: Debian 11-13, Ubuntu 22.04 and later. Without root they are
+# built on this machine, and the glibc they need is this machine's (printed at the end).
+# The same binaries are left in build/Release and native/mock/build, so the tests run what ships.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-make -s -C native/mock all
-XEN_VCHAN_ONLY=mock npx prebuildify --napi --strip --name xen_vchan_mock
-if node scripts/gyp-config.js real | grep -q 1; then
-  XEN_VCHAN_ONLY=real npx prebuildify --napi --strip --name xen_vchan_real
+repo=$PWD
+out=prebuilds/linux-x64
+# Node's headers next to the node binary (/usr for Debian's or NodeSource's, /usr/local for the official builds).
+export npm_config_nodedir=${npm_config_nodedir:-$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")}
+nodeinc=$npm_config_nodedir/include/node
+[ -f "$nodeinc/node_api.h" ] || { echo "prebuild: no Node headers in $nodeinc (set npm_config_nodedir)" >&2; exit 1; }
+
+tmp=$(mktemp -d)
+mounts=()
+cleanup() {
+  for ((i = ${#mounts[@]} - 1; i >= 0; i--)); do umount "${mounts[i]}" 2>/dev/null || umount -l "${mounts[i]}" || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+if [ "$(id -u)" -eq 0 ] && [ "${XEN_VCHAN_PREBUILD_HOST:-0}" != 1 ]; then
+  sysroot=$(bash scripts/build-sysroot.sh)
+  # The compilers run inside the bullseye root, on this tree and the Node headers mounted at the
+  # same paths, so the build files node-gyp writes here work unchanged.
+  for d in "$repo" "$nodeinc"; do
+    mkdir -p "$sysroot$d"
+    mount --bind "$d" "$sysroot$d"
+    mounts+=("$sysroot$d")
+  done
+  mkdir -p "$tmp/bin"
+  for tool in cc gcc c++ g++; do
+    printf '#!/bin/sh\nexec chroot %q /usr/bin/env -C "$PWD" %s "$@"\n' "$sysroot" "$tool" >"$tmp/bin/$tool"
+    chmod +x "$tmp/bin/$tool"
+  done
+  # By name too: prebuildify puts node's own directory (often /usr/bin) first on node-gyp's PATH.
+  export PATH=$tmp/bin:$PATH CC=$tmp/bin/gcc CXX=$tmp/bin/g++
+  where="a Debian bullseye root ($sysroot)"
 else
-  echo "prebuild: no Xen development files (libxen-dev): the real addon is not prebuilt"
+  where="this machine (not root: no bullseye root)"
 fi
-node-gyp rebuild >/dev/null 2>&1 || node scripts/install.js >/dev/null   # restore build/Release
-ls -l prebuilds/*/
+echo "prebuild: compiling in $where with $(${CC:-cc} --version | head -1)"
+
+rm -rf "$out"
+rm -rf native/mock/build
+make -s -C native/mock all
+rm -rf build
+XEN_VCHAN_ONLY=mock npx prebuildify --napi --strip --tag-libc --name xen_vchan_mock
+XEN_VCHAN_ONLY=real npx prebuildify --napi --strip --tag-libc --name xen_vchan_real
+mkdir -p "$out/mock/lib" "$out/mock/bin"
+cp -P native/mock/build/lib/*.so.* "$out/mock/lib/"
+cp native/mock/build/bin/xenmockd "$out/mock/bin/"
+strip --strip-unneeded "$out"/mock/lib/*.so.* "$out/mock/bin/xenmockd"
+mkdir -p build/Release
+cp "$out/xen_vchan_mock.glibc.node" build/Release/xen_vchan_mock.node
+cp "$out/xen_vchan_real.glibc.node" build/Release/xen_vchan_real.node
+
+# The newest glibc symbol version anything shipped asks for: the oldest glibc it loads on.
+floor=$(objdump -T "$out"/*.node "$out"/mock/lib/*.so.* "$out/mock/bin/xenmockd" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+echo "prebuild: built in $where; needs $floor or later"
+
+if [ -n "${sysroot:-}" ]; then
+  # Proof on the oldest target itself: this machine's node (built for glibc 2.28) inside the
+  # bullseye root loads both prebuilt addons and runs the CommonJS consumer on the mock.
+  node=$(readlink -f "$(command -v node)")
+  touch "$sysroot/usr/local/bin/node"
+  mount --bind "$node" "$sysroot/usr/local/bin/node"; mounts+=("$sysroot/usr/local/bin/node")
+  mount -t proc proc "$sysroot/proc"; mounts+=("$sysroot/proc")
+  app=/tmp/xen-vchan-glibc-smoke
+  rm -rf "$sysroot$app" && mkdir -p "$sysroot$app/node_modules"
+  ln -s "$repo" "$sysroot$app/node_modules/xen-vchan"
+  cp test/pack/consumer.cjs "$sysroot$app/"
+  chroot "$sysroot" /usr/bin/env -u NODE_EXTRA_CA_CERTS -C "$app" LD_LIBRARY_PATH="$repo/$out/mock/lib" /usr/local/bin/node -e "
+    const n = require('$repo/dist/cjs/native.js');
+    for (const a of ['xen_vchan_mock', 'xen_vchan_real']) require(n.prebuildPath(a));"
+  chroot "$sysroot" /usr/bin/env -u NODE_EXTRA_CA_CERTS -C "$app" XEN_MOCK_DIR="$app/mock" /usr/local/bin/node consumer.cjs
+  echo "prebuild: the prebuilt binaries load and run on Debian bullseye's glibc $(chroot "$sysroot" ldd --version | head -1 | grep -o '[0-9.]*$')"
+  rm -rf "$sysroot$app"
+fi
+ls -l "$out" "$out/mock/lib" "$out/mock/bin"

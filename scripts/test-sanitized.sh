@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 make -s -C native/mock SAN=1 check
 
 asan=$(gcc -print-file-name=libasan.so)
-restore() { XEN_VCHAN_SANITIZE= node scripts/install.js >/dev/null; }
+restore() { XEN_VCHAN_SANITIZE= XEN_VCHAN_BUILD_FROM_SOURCE=1 node scripts/install.js >/dev/null; }
 trap restore EXIT
 XEN_VCHAN_SANITIZE=1 XEN_VCHAN_BUILD_FROM_SOURCE=1 npm_config_node_gyp=${npm_config_node_gyp:-} node scripts/install.js
 

@@ -36,7 +36,7 @@ if [ -f build/Release/xen_vchan_real.node ]; then
   run_vitest real-over-mock XEN_VCHAN_TEST_CONFIG=real-over-mock XEN_VCHAN_BACKEND=real XEN_VCHAN_NO_DEVICE_CHECK=1 \
     LD_LIBRARY_PATH="$PWD/native/mock/build/stable${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 else
-  echo "SKIP real-over-mock: the real addon was not built (apt-get install libxen-dev, then npm rebuild)"
+  echo "SKIP real-over-mock: the real addon was not built (npm run build:native)"
 fi
 if [ -e /dev/xen/evtchn ]; then
   run_vitest real XEN_VCHAN_BACKEND=real XEN_VCHAN_TEST_CONFIG=real

@@ -468,8 +468,9 @@ describe('bad arguments get TypeError/RangeError with Node codes', () => {
     ['createServer(path)', () => x.createServer({ domid: 0, path: 'bad path!' }), V],
     ['createServer(readMin)', () => x.createServer({ domid: 0, path: 'data/x', readMin: 2 << 20 }), R],
     ['createServer(listener)', () => x.createServer({ domid: 0, path: 'data/x' }, 5 as never), T],
-    // libxenvchan truncates "<path>/event-channel" at 64 bytes: a 50-byte path would fail on Xen.
-    ['createServer(path of 50 bytes)', () => x.createServer({ domid: 0, path: `data/vchan/${'p'.repeat(39)}` }), R],
+    // "<path>/event-channel" must fit xenstore's 2048 bytes (relative) or 3072 (absolute).
+    ['createServer(relative path of 2035 bytes)', () => x.createServer({ domid: 0, path: `data/${'p'.repeat(2030)}` }), R],
+    ['createServer(path of 3059 bytes)', () => x.createServer({ domid: 0, path: `/local/domain/0/${'p'.repeat(3043)}` }), R],
     ['mockStats(-1)', () => x.mockStats(-1), R],
     ['useBackend(bad)', () => x.useBackend('xen' as never), V],
   ];
@@ -490,7 +491,7 @@ describe('bad arguments get TypeError/RangeError with Node codes', () => {
     ['connect(no options)', () => x.connect(undefined as never), T],
     ['connect(path)', () => x.connect({ domid: 0, path: '' }), V],
     ['connect(timeout)', () => x.connect({ domid: 0, path: '/a', timeout: -1 }), R],
-    ['connect(path of 50 bytes)', () => x.connect({ domid: 0, path: `/local/domain/0/data/vchan/${'p'.repeat(23)}` }), R],
+    ['connect(path of 3059 bytes)', () => x.connect({ domid: 0, path: `/local/domain/0/${'p'.repeat(3043)}` }), R],
     ['connect(signal)', () => x.connect({ domid: 0, path: '/a', signal: {} as never }), T],
     ['xs.read(path)', () => xs.read(5 as never), T],
     ['xs.write(value)', () => xs.write('/a', 5 as never), T],

@@ -141,8 +141,8 @@ describe.skipIf(!onMock || !release || !peerBin)(`Xen ${release}'s libxenvchan a
   });
 
   it('paths longer than Xen\'s 49 bytes work between two of ours (a Node peer in domain 5)', async () => {
-    // 62 bytes is what the PCI daemon's per-client channels need; 200 is far past any fixed buffer.
-    for (const len of [62, 200]) {
+    // 62 bytes is what the PCI daemon's per-client channels need; 2034 is the longest relative path.
+    for (const len of [62, 200, 2034]) {
       const rel = `data/${'p'.repeat(len - 'data/'.length - 7)}-${Math.random().toString(36).slice(2, 8)}`;
       expect(`/local/domain/0/${rel}`.length).toBeGreaterThan(49);
       const server = createServer({ domid: PEER_DOMID, path: rel });

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # npm run test:xen: build the rig (cached), then boot Xen under QEMU and run the vitest suite in
-# dom0 against the real backend. The real addon is the host's build (libxen-dev, no -march=native).
+# dom0 against the real backend, with the prebuilt real addon when there is one.
 #   test/xen/run.sh [JOB]   another job instead of job-suite.sh (bench/rig.sh runs the benchmark)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -8,11 +8,17 @@ repo=$(cd "$here/../.." && pwd)
 cache=${XEN_RIG_CACHE:-$HOME/.cache/xen-vchan-rig}
 job=$(cd "$(dirname "${1:-$here/job-suite.sh}")" && pwd)/$(basename "${1:-job-suite.sh}")
 bash "$here/build-rig.sh"
-# The real addon, built here against libxen-dev (binding.gyp adds no -march flags: the rig's
-# emulated CPU is a plain x86-64), and the compiled TypeScript.
-if [ ! -f "$repo/build/Release/xen_vchan_real.node" ] || ldd "$repo/build/Release/xen_vchan_real.node" | grep -q -e asan -e ubsan; then
-  pkg-config --exists xenvchan || { echo "test:xen: the real addon needs libxen-dev (apt-get install libxen-dev)" >&2; exit 1; }
-  ( cd "$repo" && XEN_VCHAN_REAL=1 npm run -s build:native )
+# The real addon: the prebuilt one the package ships (npm run prebuild) when there is one, so the
+# binary users install is the one that meets real Xen; else this tree's build (binding.gyp adds no
+# -march flags: the rig's emulated CPU is a plain x86-64). The loader prefers build/Release, so the
+# prebuilt binary is put there.
+prebuilt="$repo/prebuilds/linux-x64/xen_vchan_real.glibc.node"
+if [ -f "$prebuilt" ]; then
+  mkdir -p "$repo/build/Release"
+  cp "$prebuilt" "$repo/build/Release/xen_vchan_real.node"
+  echo "rig: testing the prebuilt real addon (sha256 $(sha256sum "$prebuilt" | cut -c1-16))"
+elif [ ! -f "$repo/build/Release/xen_vchan_real.node" ] || ldd "$repo/build/Release/xen_vchan_real.node" | grep -q -e asan -e ubsan; then
+  ( cd "$repo" && npm run -s build:native )
 fi
 [ -f "$repo/dist/cjs/index.js" ] || ( cd "$repo" && npm run -s build:ts )
 mkdir -p "$repo/.rig/bin"
@@ -44,8 +50,8 @@ rm -rf "$repo/.rig/rollup"; cp -a "$native/rollup" "$repo/.rig/rollup"
 
 # The PV domU's initramfs (a domU has no share with dom0, so everything it runs is in here): the
 # cached base (static busybox, modules), this machine's node and the libraries it and the real
-# addon load, and the project as an installed package would be: package.json, dist, the addon,
-# bindings. The kernel is dom0's.
+# addon load (libxenstore it finds at run time), and the project as an installed package would be:
+# package.json, dist, the addon. The kernel is dom0's.
 t0=$(date +%s)
 img=$(mktemp -d)
 trap 'rm -rf "$img"' EXIT
@@ -53,14 +59,16 @@ cp -a "$cache/domu/." "$img/"
 install -D -m 0755 "$here/domu-init.sh" "$img/init"
 install -D -m 0755 "$(readlink -f "$(command -v node)")" "$img/usr/bin/node"
 addon="$repo/build/Release/xen_vchan_real.node"
-for lib in $( (ldd "$(command -v node)"; ldd "$addon") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u); do
+xslib=$(ldconfig -p | awk '$1 == "libxenstore.so.4" {print $NF; exit}')
+[ -n "$xslib" ] || { echo "test:xen: no libxenstore.so.4 on this machine for the domU (apt-get install libxenstore4)" >&2; exit 1; }
+install -D -m 0755 "$(readlink -f "$xslib")" "$img$xslib"
+for lib in $( (ldd "$(command -v node)"; ldd "$addon"; ldd "$xslib") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u); do
   install -D -m 0755 "$(readlink -f "$lib")" "$img$lib"
 done
 mkdir -p "$img/app/build/Release" "$img/app/node_modules" "$img/app/test/xen" "$img/tmp" "$img/proc" "$img/sys" "$img/dev"
 cp "$repo/package.json" "$img/app/"
 cp -a "$repo/dist" "$img/app/"
 cp "$addon" "$img/app/build/Release/"
-cp -a "$repo/node_modules/bindings" "$repo/node_modules/file-uri-to-path" "$img/app/node_modules/"
 cp "$here/domu-peer.js" "$img/app/test/xen/"
 ( cd "$img" && find . -print0 | cpio --null -o -H newc -R 0:0 --quiet ) | zstd -q -T0 -3 -o "$repo/.rig/domu.cpio.zst" -f
 cp "$cache/vmlinuz" "$repo/.rig/vmlinuz"

@@ -15,6 +15,7 @@
  * exactly as Linux's gntalloc/gntdev do when a process dies.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -539,8 +540,37 @@ static void apply_static_config(void)
     free(copy);
 }
 
+/* A broker started by a client library inherits whatever that process had open (posix_spawn's
+ * closefrom action is glibc 2.34+, newer than the oldest glibc the prebuilds run on): close it all
+ * but stdin/stdout/stderr, so no client's socket or file is held open by the broker. */
+static void close_inherited_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    int keep = dirfd(d);
+    int fds[256];
+    for (;;) {
+        size_t n = 0;
+        struct dirent *e;
+        while (n < sizeof(fds) / sizeof(fds[0]) && (e = readdir(d)) != NULL) {
+            int fd = atoi(e->d_name);
+            if (fd > 2 && fd != keep)
+                fds[n++] = fd;
+        }
+        if (n == 0)
+            break;
+        for (size_t i = 0; i < n; i++)
+            close(fds[i]);
+        rewinddir(d);
+    }
+    closedir(d);
+}
+
 static int serve(const char *dir, bool daemonize)
 {
+    if (daemonize)
+        close_inherited_fds();
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         logmsg("cannot create %s: %s", dir, strerror(errno));
         return 1;
