@@ -78,6 +78,15 @@ if [ -n "${sysroot:-}" ]; then
     const n = require('$repo/dist/cjs/native.js');
     for (const a of ['xen_vchan_mock', 'xen_vchan_real']) require(n.prebuildPath(a));"
   chroot "$sysroot" /usr/bin/env -u NODE_EXTRA_CA_CERTS -C "$app" XEN_MOCK_DIR="$app/mock" /usr/local/bin/node consumer.cjs
+  # A machine without Xen (no devices, no Xen libraries) gets errors that say what to do, not a crash.
+  for check in "ERR_XEN_NO_DEVICE:XEN_VCHAN_BACKEND=mock" "ERR_XEN_NO_ADDON:apt-get install libxenevtchn1"; do
+    code=${check%%:*} says=${check#*:}
+    nodev=""; [ "$code" = ERR_XEN_NO_ADDON ] && nodev=XEN_VCHAN_NO_DEVICE_CHECK=1
+    got=$(chroot "$sysroot" /usr/bin/env -u NODE_EXTRA_CA_CERTS -C "$app" $nodev /usr/local/bin/node -e "
+      try { new (require('xen-vchan').Xenstore)(); console.log('opened?!'); } catch (e) { console.log(e.code, e.message); }")
+    case $got in "$code "*"$says"*) ;; *) echo "prebuild: without Xen, expected $code saying \"$says\"; got: $got" >&2; exit 1 ;; esac
+    echo "prebuild: without Xen there: $code, saying \"$says\""
+  done
   echo "prebuild: the prebuilt binaries load and run on Debian bullseye's glibc $(chroot "$sysroot" ldd --version | head -1 | grep -o '[0-9.]*$')"
   rm -rf "$sysroot$app"
 fi

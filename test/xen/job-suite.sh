@@ -10,6 +10,9 @@ export PATH=/mnt/host/.rig/bin:$PATH HOME=/tmp XEN_RIG_DOMU=/mnt/host/.rig
 mount --bind /mnt/host/.rig/rollup /mnt/host/node_modules/rollup || exit 1
 node --version
 t0=$(cut -d' ' -f1 /proc/uptime)
+# The system's libxenvchan at the other end (test/xen-releases.test.ts).
+export XEN_VCHAN_RELEASE=$(xl info 2>/dev/null | awk '$1 == "xen_major" {M=$3} $1 == "xen_minor" {m=$3} END {print M "." m}')
+export XEN_VCHAN_RELEASE_PEER=/mnt/host/.rig/bin/vchan_echo
 XEN_VCHAN_BACKEND=real XEN_VCHAN_TEST_CONFIG=real node node_modules/vitest/vitest.mjs run --reporter=default \
   --reporter=json --outputFile=/mnt/host/.rig/suite.json
 rc=$?

@@ -22,6 +22,9 @@ elif [ ! -f "$repo/build/Release/xen_vchan_real.node" ] || ldd "$repo/build/Rele
 fi
 [ -f "$repo/dist/cjs/index.js" ] || ( cd "$repo" && npm run -s build:ts )
 mkdir -p "$repo/.rig/bin"
+# Xen's own libxenvchan as the peer on real Xen (test/xen-releases.test.ts): the echo peer built
+# against this machine's (libxen-dev), which is the rig dom0's release.
+cc -O2 -Wall -o "$repo/.rig/bin/vchan_echo" "$repo/test/releases/vchan_echo.c" $(pkg-config --cflags --libs xenvchan)
 rm -f "$repo/.rig/suite.json"
 # Test switches for the job (see test/xen/domu.test.ts).
 : > "$repo/.rig/env.sh"
