@@ -78,6 +78,17 @@ if [ -n "${sysroot:-}" ]; then
     const n = require('$repo/dist/cjs/native.js');
     for (const a of ['xen_vchan_mock', 'xen_vchan_real']) require(n.prebuildPath(a));"
   chroot "$sysroot" /usr/bin/env -u NODE_EXTRA_CA_CERTS -C "$app" XEN_MOCK_DIR="$app/mock" /usr/local/bin/node consumer.cjs
+  # A Xen 4.14/4.15 system has libxenstore.so.3.0 and no .so.4: the real addon falls back to it. Here
+  # the mock's libraries as 4.14 names them stand in for Xen's (bullseye has no Xen libraries).
+  chroot "$sysroot" /usr/bin/env -u NODE_EXTRA_CA_CERTS -C "$app" XEN_MOCK_DIR="$app/mock" XEN_VCHAN_BACKEND=real \
+    XEN_VCHAN_NO_DEVICE_CHECK=1 LD_LIBRARY_PATH="$repo/native/mock/build/stable-4.14" /usr/local/bin/node -e "
+      const xs = new (require('xen-vchan').Xenstore)();
+      xs.read('domid').then((d) => {
+        xs.close();
+        const m = require('fs').readFileSync('/proc/self/maps', 'utf8');
+        if (d !== '0' || !m.includes('/libxenstore.so.3.0') || m.includes('/libxenstore.so.4')) throw new Error('not on libxenstore.so.3.0');
+        console.log('prebuild: the real addon falls back to libxenstore.so.3.0 where there is no .so.4');
+      });"
   # A machine without Xen (no devices, no Xen libraries) gets errors that say what to do, not a crash.
   for check in "ERR_XEN_NO_DEVICE:XEN_VCHAN_BACKEND=mock" "ERR_XEN_NO_ADDON:apt-get install libxenevtchn1"; do
     code=${check%%:*} says=${check#*:}
