@@ -30,6 +30,7 @@
       "target_name": "xen_vchan_mock",
       "conditions": [["mock==0", {"type": "none"}]],
       "defines": ["XEN_VCHAN_MOCK"],
+      "sources": ["src/mock.cc"],
       "include_dirs": ["native/mock/include"],
       "libraries": [
         "-L<(module_root_dir)/<(mock_lib)",

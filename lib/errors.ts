@@ -1,4 +1,9 @@
 /** Argument checks with Node's error codes and message shapes. */
+import { constants } from 'node:os';
+
+import { MAX_DOMID, XENSTORE_ABS_PATH_MAX } from './constants';
+
+const osErrno = constants.errno;
 
 type Coded<E extends Error> = E & { code: string };
 
@@ -41,10 +46,11 @@ export function coded(message: string, code: string): Coded<Error> {
 }
 
 /** An error shaped like Node's system errors. */
-export function systemError(code: string, errno: number, syscall: string, message: string): Error {
+/** An errno-shaped error made in TypeScript, as the addon makes them: code, negative errno, syscall. */
+export function systemError(code: keyof typeof osErrno, syscall: string, message: string): Error {
   const e = new Error(`${syscall} failed: ${code}: ${message}`) as Coded<Error> & { errno: number; syscall: string };
   e.code = code;
-  e.errno = errno;
+  e.errno = -osErrno[code];
   e.syscall = syscall;
   return e;
 }
@@ -55,8 +61,6 @@ export function checkInt(name: string, v: unknown, min: number, max: number): nu
   return v;
 }
 
-/** Xen domain ids: 0 to 32751 (DOMID_FIRST_RESERVED - 1). */
-export const MAX_DOMID = 0x7fef;
 
 export function checkDomid(name: string, v: unknown): number {
   return checkInt(name, v, 0, MAX_DOMID);
@@ -87,8 +91,8 @@ export function checkBoolean(name: string, v: unknown, dflt: boolean): boolean {
 export function checkXsPath(name: string, v: unknown, allowSpecial = false): string {
   const p = checkString(name, v);
   if (allowSpecial && (p === '@releaseDomain' || p === '@introduceDomain')) return p;
-  if (p.length === 0 || p.length > 3072 || !/^[A-Za-z0-9\-/_@]+$/.test(p) || p.includes('//') || (p.length > 1 && p.endsWith('/'))) {
-    throw invalidArgValue(name, 'must be a xenstore path (letters, digits, -/_@, no empty components, at most 3072 characters)', v);
+  if (p.length === 0 || p.length > XENSTORE_ABS_PATH_MAX || !/^[A-Za-z0-9\-/_@]+$/.test(p) || p.includes('//') || (p.length > 1 && p.endsWith('/'))) {
+    throw invalidArgValue(name, `must be a xenstore path (letters, digits, -/_@, no empty components, at most ${XENSTORE_ABS_PATH_MAX} characters)`, v);
   }
   return p;
 }

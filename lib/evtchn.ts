@@ -2,7 +2,8 @@
 import { EventEmitter } from 'node:events';
 
 import { checkBoolean, checkDomid, checkInt, checkObject, checkPort } from './errors';
-import { asDomain, Backend, Binding, binding } from './native';
+import { DOMID_FIRST_RESERVED } from './constants';
+import { asDomain, Backend, Binding, binding, type EvtchnHandle } from './native';
 
 export interface EventChannelOptions {
   /** Process backend ('mock' or 'real'); see useBackend(). */
@@ -30,7 +31,7 @@ export interface EventChannelEvents {
  */
 export class EventChannel extends EventEmitter<EventChannelEvents> {
   readonly #b: Binding;
-  #h: object | null;
+  #h: EvtchnHandle | null;
   readonly #ports = new Set<number>();
   readonly #autoUnmask: boolean;
   #polling = false;
@@ -60,7 +61,7 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     return this.#b.evtchn.fd(this.#handle());
   }
 
-  #handle(): object {
+  #handle(): EvtchnHandle {
     if (!this.#h) {
       const e = new Error('The event channel handle is closed') as Error & { code: string };
       e.code = 'ERR_XEN_CLOSED';
@@ -77,13 +78,13 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
 
   /** Allocates a port that REMOTE_DOMID (and only it) may bind with bindInterdomain. */
   bindUnbound(remoteDomid: number): number {
-    checkInt('remoteDomid', remoteDomid, 0, 0x7ff0);
+    checkInt('remoteDomid', remoteDomid, 0, DOMID_FIRST_RESERVED); // DOMID_SELF allowed
     return this.#bound(this.#b.evtchn.bindUnbound(this.#handle(), remoteDomid));
   }
 
   /** Connects to REMOTE_PORT of REMOTE_DOMID, which must have been offered to this domain. */
   bindInterdomain(remoteDomid: number, remotePort: number): number {
-    checkInt('remoteDomid', remoteDomid, 0, 0x7ff0);
+    checkInt('remoteDomid', remoteDomid, 0, DOMID_FIRST_RESERVED); // DOMID_SELF allowed
     checkPort('remotePort', remotePort);
     return this.#bound(this.#b.evtchn.bindInterdomain(this.#handle(), remoteDomid, remotePort));
   }

@@ -4,7 +4,7 @@
  * its ArrayBuffer first, so no view can touch memory that is gone.
  */
 import { checkBoolean, checkDomid, checkInt, checkObject, invalidArgType, outOfRange } from './errors';
-import { asDomain, Backend, Binding, binding } from './native';
+import { asDomain, Backend, Binding, binding, type GrantHandle } from './native';
 
 export const PAGE_SIZE = 4096;
 
@@ -129,14 +129,14 @@ abstract class GrantDevice implements RegionOwner {
   /** @internal */
   protected readonly b: Binding;
   /** @internal */
-  protected h: object | null;
-  constructor(options: GrantOptions, open: (b: Binding) => object) {
+  protected h: GrantHandle | null;
+  constructor(options: GrantOptions, open: (b: Binding) => GrantHandle) {
     const o = checkObject('options', options);
     this.b = binding(o.backend as Backend | undefined);
     const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
     this.h = asDomain(this.b, dom, () => open(this.b));
   }
-  protected handle(): object {
+  protected handle(): GrantHandle {
     if (!this.h) {
       const e = new Error('The grant handle is closed') as Error & { code: string };
       e.code = 'ERR_XEN_CLOSED';
@@ -146,9 +146,9 @@ abstract class GrantDevice implements RegionOwner {
   }
   /** @internal */
   release(buffer: ArrayBuffer): void {
-    this.b.grants.release(this.h ?? this.hClosed, buffer);
+    this.b.grants.release((this.h ?? this.hClosed)!, buffer);
   }
-  private hClosed: object | null = null;
+  private hClosed: GrantHandle | null = null;
   /** Closes the device handle; regions already made stay usable until released. Idempotent. */
   close(): void {
     if (!this.h) return;

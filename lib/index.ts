@@ -12,6 +12,15 @@
  * @packageDocumentation
  */
 export { type Backend, currentBackend, useBackend } from './native';
+export {
+  DEFAULT_RING_SIZE,
+  DOMID_FIRST_RESERVED,
+  LiveState,
+  MAX_DOMID,
+  MAX_RING_SIZE,
+  XENSTORE_ABS_PATH_MAX,
+  XENSTORE_REL_PATH_MAX,
+} from './constants';
 export { EventChannel, type EventChannelOptions, type EventChannelEvents } from './evtchn';
 export {
   GrantMapper,

@@ -2,27 +2,12 @@
  * The mock hypervisor, for tests and machines without Xen: introspection, configuration and the
  * environment that runs any libxenvchan program on it.
  */
-import * as path from 'node:path';
 
 import { checkDomid, checkInt, coded } from './errors';
-import { binding, Binding } from './native';
+import { binding, Binding, mockLibraryDir, type MockDomainStats } from './native';
 
-/** Live resources of one domain in the mock. */
-export interface MockDomainStats {
-  domid: number;
-  /** Open handles (event channel, grant, xenstore connections). */
-  handles: number;
-  /** Grant references in the domain's table. */
-  grants: number;
-  /** Foreign pages the domain has mapped. */
-  mappedPages: number;
-  /** Event channel ports in use. */
-  ports: number;
-  watches: number;
-  /** Xenstore nodes the domain owns. */
-  nodes: number;
-  transactions: number;
-}
+export type { MockDomainStats };
+
 
 function mockBinding(): Binding & { mock: NonNullable<Binding['mock']> } {
   const b = binding('mock');
@@ -30,8 +15,8 @@ function mockBinding(): Binding & { mock: NonNullable<Binding['mock']> } {
   return b as Binding & { mock: NonNullable<Binding['mock']> };
 }
 
-/** The directory of the mock's drop-in Xen libraries. */
-export const mockLibDir = path.join(__dirname, '..', '..', 'native', 'mock', 'build', 'lib');
+/** The directory of the mock's drop-in Xen libraries (prebuilt, or built in the package). */
+export const mockLibDir = mockLibraryDir();
 
 /** The mock broker's state directory (XEN_MOCK_DIR or the per-user default). */
 export function mockDir(): string {

@@ -7,20 +7,205 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
+import { LiveState } from './constants';
+
+export { LiveState };
+
 /** Which implementation of Xen's libraries the process uses. */
 export type Backend = 'mock' | 'real';
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
-/** The raw addon: functions over opaque handle objects (see src/*.cc). */
+/**
+ * An opaque handle the addon returns and takes back (a wrapped, type-tagged native object). Only
+ * the addon can make one; the brand keeps handles of different kinds apart in TypeScript.
+ */
+export type NativeHandle<Kind extends string> = object & { readonly __kind?: Kind };
+export type EvtchnHandle = NativeHandle<'evtchn'>;
+export type GrantHandle = NativeHandle<'grants'>;
+export type XenstoreHandle = NativeHandle<'xenstore'>;
+export type VchanHandle = NativeHandle<'vchan'>;
+
+
+/** src/evtchn.cc: libxenevtchn. Ports and domids are numbers; failures throw errno errors. */
+export interface EvtchnBinding {
+  open(): EvtchnHandle;
+  close(h: EvtchnHandle): void;
+  bindUnbound(h: EvtchnHandle, remoteDomid: number): number;
+  bindInterdomain(h: EvtchnHandle, remoteDomid: number, remotePort: number): number;
+  bindVirq(h: EvtchnHandle, virq: number): number;
+  bindStatic(h: EvtchnHandle, port: number): number;
+  unbind(h: EvtchnHandle, port: number): void;
+  notify(h: EvtchnHandle, port: number): void;
+  unmask(h: EvtchnHandle, port: number): void;
+  restrict(h: EvtchnHandle, domid: number): void;
+  /** Every port pending now, without blocking. */
+  pending(h: EvtchnHandle): number[];
+  /** Starts (callback) or stops (null) watching the handle's fd on the loop. */
+  poll(h: EvtchnHandle, callback: (() => void) | null): void;
+  ref(h: EvtchnHandle, ref: boolean): void;
+  fd(h: EvtchnHandle): number;
+}
+
+/** One side of a grant copy: local bytes, or a grant of another domain. */
+export type NativeCopySide = Uint8Array | { domid: number; ref: number; offset?: number };
+
+/** src/gnttab.cc: libxengntshr (sharer) and libxengnttab (mapper). */
+export interface GrantsBinding {
+  openSharer(): GrantHandle;
+  openMapper(): GrantHandle;
+  close(h: GrantHandle): void;
+  share(
+    h: GrantHandle,
+    domid: number,
+    pages: number,
+    writable: boolean,
+    notifyOffset: number | undefined,
+    notifyPort: number | undefined,
+  ): { refs: number[]; buffer: ArrayBuffer };
+  map(
+    h: GrantHandle,
+    domid: number,
+    refs: number[],
+    writable: boolean,
+    notifyOffset: number | undefined,
+    notifyPort: number | undefined,
+  ): ArrayBuffer;
+  /** Unmaps or unshares now; the ArrayBuffer is detached first. */
+  release(h: GrantHandle, buffer: ArrayBuffer): void;
+  /** One GNTST_* status per segment. */
+  copy(h: GrantHandle, segments: { source: NativeCopySide; dest: NativeCopySide; length: number }[]): number[];
+}
+
+/** src/xenstore.cc: libxenstore; requests run off the event loop and resolve with their results. */
+export interface XenstoreBinding {
+  open(): XenstoreHandle;
+  close(h: XenstoreHandle): void;
+  read(h: XenstoreHandle, tx: number, path: string): Promise<Buffer>;
+  write(h: XenstoreHandle, tx: number, path: string, data: Uint8Array): Promise<void>;
+  mkdir(h: XenstoreHandle, tx: number, path: string): Promise<void>;
+  rm(h: XenstoreHandle, tx: number, path: string): Promise<void>;
+  directory(h: XenstoreHandle, tx: number, path: string): Promise<string[]>;
+  getPermissions(h: XenstoreHandle, tx: number, path: string): Promise<{ domid: number; read: boolean; write: boolean }[]>;
+  /** FLAT: [domid, bits, domid, bits, ...] (bits: 1 read, 2 write). */
+  setPermissions(h: XenstoreHandle, tx: number, path: string, flat: number[]): Promise<void>;
+  transactionStart(h: XenstoreHandle): Promise<number>;
+  transactionEnd(h: XenstoreHandle, tx: number, abort: boolean): Promise<void>;
+  watch(h: XenstoreHandle, path: string, token: string): Promise<void>;
+  unwatch(h: XenstoreHandle, path: string, token: string): Promise<void>;
+  pollWatches(h: XenstoreHandle, callback: (() => void) | null): void;
+  /** The watch events queued now, without blocking. */
+  readWatches(h: XenstoreHandle): { path: string; token: string }[];
+  refWatches(h: XenstoreHandle, ref: boolean): void;
+  domainPath(h: XenstoreHandle, domid: number): string;
+  isIntroduced(h: XenstoreHandle, domid: number): Promise<boolean>;
+}
+
+/** The ring as it is (vchan.peek): diagnostics, no notification requested. */
+export interface NativeRingPeek {
+  live: LiveState;
+  readable: number;
+  writable: number;
+  /** VCHAN_NOTIFY_* bits we asked the peer to honour (1: on write, 2: on read). */
+  oursAsked: number;
+  /** The bits the peer asked of us. */
+  peerAsked: number;
+  eventPending: boolean;
+  polling: boolean;
+  wakeups: number;
+  events: number;
+}
+
+/** src/vchan.cc: our libxenvchan (native/vchan), non-blocking, driven by the poller. */
+export interface VchanBinding {
+  serverInit(domid: number, path: string, readMin: number | undefined, writeMin: number | undefined): VchanHandle;
+  /** RINGREF and PORT as the caller read them from the server's xenstore entry. */
+  clientInit(domid: number, path: string, ringRef: number, port: number): VchanHandle;
+  close(h: VchanHandle): void;
+  /** Bytes read; 0: nothing yet; -1: the peer is gone and the ring is empty. */
+  read(h: VchanHandle, target: Uint8Array, offset: number, length: number): number;
+  /** Bytes written; 0: the ring is full. Throws EPIPE once the peer is gone. */
+  write(h: VchanHandle, source: Uint8Array, offset: number, length: number): number;
+  /** Bytes written from CHUNKS, the first from START. */
+  writev(h: VchanHandle, chunks: Uint8Array[], start: number): number;
+  /** The live state and what can be read and written now; asks the peer to notify us of changes. */
+  arm(h: VchanHandle): { live: LiveState; readable: number; writable: number };
+  peek(h: VchanHandle): NativeRingPeek;
+  info(h: VchanHandle): { readSize: number; writeSize: number; port: number; server: boolean };
+  /** CALLBACK runs after every wake-up (events drained and unmasked first); null stops it. */
+  poll(h: VchanHandle, callback: (() => void) | null): void;
+  ref(h: VchanHandle, ref: boolean): void;
+}
+
+/** Live resources of one domain in the mock. */
+export interface MockDomainStats {
+  domid: number;
+  /** Open handles (event channel, grant, xenstore connections). */
+  handles: number;
+  /** Grant references in the domain's table. */
+  grants: number;
+  /** Foreign pages the domain has mapped. */
+  mappedPages: number;
+  /** Event channel ports in use. */
+  ports: number;
+  watches: number;
+  /** Xenstore nodes the domain owns. */
+  nodes: number;
+  transactions: number;
+}
+
+/** src/mock.cc: the mock's introspection and configuration (mock addon only). */
+export interface MockBinding {
+  stats(domid?: number): MockDomainStats[];
+  /** Handles opened by this thread from now on belong to DOMID (null: the process's own). */
+  setThreadDomid(domid: number | null): void;
+  staticAdd(domid: number, port: number, remoteDomid: number, remotePort: number): void;
+  raiseVirq(domid: number, virq: number): void;
+  reset(): void;
+  introduce(domid: number): void;
+  destroy(domid: number): void;
+  dir(): string;
+}
+
+/** The raw addon: functions over opaque handles, one object per Xen library (see src/*.cc). */
 export interface Binding {
   backend: Backend;
-  evtchn: Record<string, (...args: any[]) => any>;
-  grants: Record<string, (...args: any[]) => any>;
-  xenstore: Record<string, (...args: any[]) => any>;
-  vchan: Record<string, (...args: any[]) => any>;
-  mock?: Record<string, (...args: any[]) => any>;
+  evtchn: EvtchnBinding;
+  grants: GrantsBinding;
+  xenstore: XenstoreBinding;
+  vchan: VchanBinding;
+  mock?: MockBinding;
 }
-/* eslint-enable @typescript-eslint/no-explicit-any */
+
+/**
+ * The functions each part of the addon exports, as a value: test/native.test.ts checks it against
+ * what the loaded addon really exports, and the types below check it against the interfaces, so
+ * neither side can gain or lose a function unnoticed.
+ */
+export const NATIVE_FUNCTIONS = {
+  evtchn: ['open', 'close', 'bindUnbound', 'bindInterdomain', 'bindVirq', 'bindStatic', 'unbind', 'notify', 'unmask',
+    'restrict', 'pending', 'poll', 'ref', 'fd'],
+  grants: ['openSharer', 'openMapper', 'close', 'share', 'map', 'release', 'copy'],
+  xenstore: ['open', 'close', 'read', 'write', 'mkdir', 'rm', 'directory', 'getPermissions', 'setPermissions',
+    'transactionStart', 'transactionEnd', 'watch', 'unwatch', 'pollWatches', 'readWatches', 'refWatches', 'domainPath',
+    'isIntroduced'],
+  vchan: ['serverInit', 'clientInit', 'close', 'read', 'write', 'writev', 'arm', 'peek', 'info', 'poll', 'ref'],
+  mock: ['stats', 'setThreadDomid', 'staticAdd', 'raiseVirq', 'reset', 'introduce', 'destroy', 'dir'],
+} as const satisfies { [K in keyof Required<Binding>]?: readonly (keyof NonNullable<Binding[K]>)[] };
+
+// Every declared function is listed (the `satisfies` above checks the reverse).
+type Unlisted<K extends keyof typeof NATIVE_FUNCTIONS> = Exclude<
+  keyof NonNullable<Binding[K]>,
+  (typeof NATIVE_FUNCTIONS)[K][number]
+>;
+const everyFunctionListed: [
+  Unlisted<'evtchn'>,
+  Unlisted<'grants'>,
+  Unlisted<'xenstore'>,
+  Unlisted<'vchan'>,
+  Unlisted<'mock'>,
+] extends [never, never, never, never, never]
+  ? true
+  : never = true;
+void everyFunctionListed;
 
 const root = path.join(__dirname, '..', '..');
 let loaded: Binding | undefined;
@@ -74,9 +259,19 @@ export function prebuildPath(name: string): string | undefined {
  * libraries start it from ../bin next to themselves, prebuilt or built here.
  */
 export function mockBrokerPath(): string {
+  return path.join(mockBuildDir(), 'bin', 'xenmockd');
+}
+
+/** The directory of the mock's drop-in Xen libraries that belong with the mock addon. */
+export function mockLibraryDir(): string {
+  return path.join(mockBuildDir(), 'lib');
+}
+
+/** Where the mock's libraries (lib/) and broker (bin/) are: next to a prebuilt addon, or built here. */
+function mockBuildDir(): string {
   const addon = addonPath('xen_vchan_mock');
-  if (addon && addon === prebuildPath('xen_vchan_mock')) return path.join(path.dirname(addon), 'mock', 'bin', 'xenmockd');
-  return path.join(root, 'native', 'mock', 'build', 'bin', 'xenmockd');
+  if (addon && addon === prebuildPath('xen_vchan_mock')) return path.join(path.dirname(addon), 'mock');
+  return path.join(root, 'native', 'mock', 'build');
 }
 
 function loadAddon(name: string): Binding {

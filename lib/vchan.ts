@@ -12,7 +12,8 @@ import { Duplex, DuplexOptions } from 'node:stream';
 
 import { checkDomid, checkInt, checkObject, checkXsPath, coded, invalidArgType, outOfRange, systemError } from './errors';
 import { onDomainGone } from './domains';
-import { asDomain, Backend, Binding, binding } from './native';
+import { DEFAULT_RING_SIZE, LiveState, MAX_RING_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX } from './constants';
+import { asDomain, Backend, Binding, binding, type VchanHandle } from './native';
 import { Xenstore } from './xenstore';
 
 /*
@@ -87,7 +88,7 @@ interface PendingWrite {
  */
 export class VchanStream extends Duplex {
   readonly #b: Binding;
-  #h: object | null;
+  #h: VchanHandle | null;
   readonly #info: VchanInfo;
   #wantRead = false;
   #readEnded = false;
@@ -101,7 +102,7 @@ export class VchanStream extends Duplex {
   #lastActive = 0;
 
   /** @internal Streams come from createServer() ('connection') and connect(). */
-  constructor(token: typeof kInternal, b: Binding, handle: object, domid: number, path: string, options: VchanStreamOptions = {}) {
+  constructor(token: typeof kInternal, b: Binding, handle: VchanHandle, domid: number, path: string, options: VchanStreamOptions = {}) {
     if (token !== kInternal) {
       throw Object.assign(new TypeError('Illegal constructor: a VchanStream comes from createServer() or connect()'), {
         code: 'ERR_ILLEGAL_CONSTRUCTOR',
@@ -128,18 +129,18 @@ export class VchanStream extends Duplex {
   #onPeerDomainGone(): void {
     this.#unwatchDomain = null;
     if (!this.#h) return;
-    let open: number;
+    let live: LiveState;
     try {
-      [open] = this.#b.vchan.state(this.#h) as number[];
+      ({ live } = this.#b.vchan.arm(this.#h));
     } catch (e) {
       this.destroy(e as Error);
       return;
     }
-    if (open !== 1) {
+    if (live !== LiveState.Open) {
       this.#onWake();
       return;
     }
-    this.destroy(systemError('ECONNRESET', -104, 'libxenvchan', `domain ${this.#domid} (the peer) was destroyed`));
+    this.destroy(systemError('ECONNRESET', 'libxenvchan', `domain ${this.#domid} (the peer) was destroyed`));
   }
 
   /** The domain at the other end. */
@@ -179,17 +180,8 @@ export class VchanStream extends Duplex {
       }
     | undefined {
     if (!this.#h) return undefined;
-    const [open, readable, writable, weAsked, peerAsked, eventPending, polling, wakeups, events] = this.#b.vchan.peek(this.#h) as [
-      number,
-      number,
-      number,
-      number,
-      number,
-      boolean,
-      boolean,
-      number,
-      number,
-    ];
+    const { live: open, readable, writable, oursAsked: weAsked, peerAsked, eventPending, polling, wakeups, events } =
+      this.#b.vchan.peek(this.#h);
     const p = this.#pending;
     const writeWaiting = p ? p.chunks.reduce((n, c) => n + c.byteLength, 0) - p.offset : 0;
     return { open, readable, writable, weAsked, peerAsked, wantRead: this.#wantRead, writeWaiting, eventPending, polling, wakeups, events };
@@ -353,8 +345,8 @@ export class VchanStream extends Duplex {
 
   /** A paused stream still learns that the peer went: once its data is read, the stream ends. */
   #checkPeerGone(): void {
-    const [open, ready] = this.#b.vchan.state(this.#h) as number[];
-    if (open === 0 && ready === 0) this.#endReadable();
+    const { live, readable } = this.#b.vchan.arm(this.#h!);
+    if (live === LiveState.Closed && readable === 0) this.#endReadable();
   }
 
   /** Reads as long as the consumer wants data (or, with FORCE, everything available). */
@@ -396,9 +388,9 @@ export class VchanStream extends Duplex {
       return true;
     }
     // Nothing now: ask the peer to notify us when it writes, then look once more.
-    const [open, ready] = this.#b.vchan.state(this.#h) as number[];
-    if (ready > 0) return false;
-    if (open === 0) this.#endReadable();
+    const { live, readable } = this.#b.vchan.arm(this.#h!);
+    if (readable > 0) return false;
+    if (live === LiveState.Closed) this.#endReadable();
     return true;
   }
 
@@ -425,13 +417,13 @@ export class VchanStream extends Duplex {
     if (i > 0) p.chunks.splice(0, i);
     p.offset = off;
     // Ring full: ask the peer to notify us when it reads, then look once more.
-    const [open, , space] = this.#b.vchan.state(this.#h) as number[];
-    if (open !== 1) {
+    const { live, writable } = this.#b.vchan.arm(this.#h!);
+    if (live !== LiveState.Open) {
       this.#pending = null;
-      p.cb(systemError('EPIPE', -32, 'libxenvchan_write', 'the peer has closed the channel'));
+      p.cb(systemError('EPIPE', 'libxenvchan_write', 'the peer has closed the channel'));
       return;
     }
-    if (space > 0) this.#pumpWrite();
+    if (writable > 0) this.#pumpWrite();
   }
 
   /** Destroys the stream (without the orderly end()). */
@@ -454,7 +446,6 @@ export interface ServerOptions extends VchanStreamOptions {
   mockDomid?: number;
 }
 
-const MAX_RING = 1 << 20;
 
 /**
  * The longest vchan path, in bytes: what xenstore itself takes for an absolute path (3072 bytes)
@@ -462,8 +453,8 @@ const MAX_RING = 1 << 20;
  * domain's home, /local/domain/<domid>) may be up to 2048 - 14 = 2034 bytes. Our vchan, built into
  * both addons, never truncates a path.
  */
-export const MAX_VCHAN_PATH = 3072 - '/event-channel'.length;
-const MAX_RELATIVE_VCHAN_PATH = 2048 - '/event-channel'.length;
+export const MAX_VCHAN_PATH = XENSTORE_ABS_PATH_MAX - '/event-channel'.length;
+const MAX_RELATIVE_VCHAN_PATH = XENSTORE_REL_PATH_MAX - '/event-channel'.length;
 
 /**
  * The longest path Xen's own C libxenvchan handles, in bytes, in every release to date: it formats
@@ -502,7 +493,7 @@ export class VchanServer extends EventEmitter<{
 }> {
   readonly #b: Binding;
   readonly #opts: Required<Pick<ServerOptions, 'domid' | 'path' | 'readMin' | 'writeMin'>> & ServerOptions;
-  #waiting: object | null = null;
+  #waiting: VchanHandle | null = null;
   #current: VchanStream | null = null;
   #listening = false;
   #closed = false;
@@ -513,8 +504,8 @@ export class VchanServer extends EventEmitter<{
     const o = checkObject('options', options);
     const domid = checkDomid('options.domid', o.domid);
     const path = checkVchanPath('options.path', o.path);
-    const readMin = o.readMin === undefined ? 65536 : checkInt('options.readMin', o.readMin, 0, MAX_RING);
-    const writeMin = o.writeMin === undefined ? 65536 : checkInt('options.writeMin', o.writeMin, 0, MAX_RING);
+    const readMin = o.readMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
+    const writeMin = o.writeMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.writeMin', o.writeMin, 0, MAX_RING_SIZE);
     if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
     checkOnread(o.onread);
     this.#b = binding(o.backend as Backend | undefined);
@@ -555,11 +546,11 @@ export class VchanServer extends EventEmitter<{
     this.#b.vchan.ref(h, this.#refed);
   }
 
-  #onWake(h: object): void {
+  #onWake(h: VchanHandle): void {
     if (h !== this.#waiting) return;
-    let open: number;
+    let live: LiveState;
     try {
-      [open] = this.#b.vchan.state(h) as number[];
+      ({ live } = this.#b.vchan.arm(h));
     } catch (e) {
       // The client broke the ring as it connected: drop that channel, offer a fresh one.
       this.#waiting = null;
@@ -568,7 +559,7 @@ export class VchanServer extends EventEmitter<{
       this.#reoffer();
       return;
     }
-    if (open === 2) return; // still waiting for the client
+    if (live === LiveState.Waiting) return; // still waiting for the client
     // Connected (or connected and gone already: the stream will deliver its data and end).
     // The stream takes the poller over as it is (a new callback, same uv_poll): no stop and
     // restart of the poll on this fd between the two owners.
@@ -653,10 +644,8 @@ export interface ConnectOptions extends VchanStreamOptions {
   mockDomid?: number;
 }
 
-const ERRNO: Record<string, number> = { ECONNREFUSED: -111, EPROTO: -71 };
-
 function connectError(code: 'ECONNREFUSED' | 'EPROTO', message: string, cause: unknown): Error {
-  const e = systemError(code, ERRNO[code], 'connect', message);
+  const e = systemError(code, 'connect', message);
   (e as Error & { cause?: unknown }).cause = cause;
   return e;
 }
@@ -729,7 +718,7 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
     const watch = await xs.watch(`${path}/event-channel`);
     const stop = new Promise<never>((_, reject) => {
       if (timeout !== undefined)
-        timer = setTimeout(() => reject(systemError('ETIMEDOUT', -110, 'connect', `no vchan server at ${path} after ${timeout} ms`)), timeout);
+        timer = setTimeout(() => reject(systemError('ETIMEDOUT', 'connect', `no vchan server at ${path} after ${timeout} ms`)), timeout);
       if (signal) {
         onAbort = () => reject(abortError(signal));
         signal.addEventListener('abort', onAbort, { once: true });

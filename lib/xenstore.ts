@@ -2,7 +2,7 @@
 import { EventEmitter } from 'node:events';
 
 import { checkDomid, checkInt, checkObject, checkString, checkXsPath, coded, invalidArgType } from './errors';
-import { asDomain, Backend, Binding, binding } from './native';
+import { asDomain, Backend, Binding, binding, type XenstoreHandle } from './native';
 
 export interface XenstoreOptions {
   backend?: Backend;
@@ -44,7 +44,7 @@ function bits(p: XsPermission): number {
 class Ops implements XenstoreOps {
   constructor(
     protected readonly b: Binding,
-    protected readonly handleOf: () => object,
+    protected readonly handleOf: () => XenstoreHandle,
     protected readonly tx: () => number,
   ) {}
   async readBuffer(path: string): Promise<Buffer> {
@@ -102,7 +102,7 @@ class Ops implements XenstoreOps {
 /** Operations inside a transaction: isolated until it ends. */
 export class XenstoreTransaction extends Ops {
   /** @internal */
-  constructor(b: Binding, handleOf: () => object, readonly id: number) {
+  constructor(b: Binding, handleOf: () => XenstoreHandle, readonly id: number) {
     super(b, handleOf, () => id);
   }
 }
@@ -188,7 +188,7 @@ let tokenCounter = 0;
 
 /** A connection to xenstored. */
 export class Xenstore extends Ops {
-  #h: object | null;
+  #h: XenstoreHandle | null;
   readonly #watches = new Map<string, XenstoreWatch>();
   #polling = false;
   #refed = true;
@@ -204,7 +204,7 @@ export class Xenstore extends Ops {
     this.#h = h;
   }
 
-  #handle(): object {
+  #handle(): XenstoreHandle {
     if (!this.#h) throw coded('The xenstore connection is closed', 'ERR_XEN_CLOSED');
     return this.#h;
   }
@@ -291,8 +291,7 @@ export class Xenstore extends Ops {
 
   #onWatchEvents(): void {
     if (!this.#h) return;
-    const evs = this.b.xenstore.readWatches(this.#h) as [string, string][];
-    for (const [path, token] of evs) this.#watches.get(token)?.deliver({ path, token });
+    for (const { path, token } of this.b.xenstore.readWatches(this.#h)) this.#watches.get(token)?.deliver({ path, token });
   }
 
   /** Keep the process alive while watches are set (the default). */

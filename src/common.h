@@ -4,6 +4,7 @@
 
 #include <napi.h>
 #include <uv.h>
+#include <xv_protocol.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -14,8 +15,8 @@
 
 namespace xv {
 
-// The highest ordinary domain id: DOMID_FIRST_RESERVED (0x7ff0) - 1.
-constexpr uint32_t kMaxDomid = 0x7fef;
+// The highest ordinary domain id (xv_protocol.h).
+constexpr uint32_t kMaxDomid = XV_MAX_DOMID;
 
 class Handle;
 
@@ -125,6 +126,8 @@ void InitEvtchn(Napi::Env env, Napi::Object exports, RegistryPtr* data);
 void InitGrants(Napi::Env env, Napi::Object exports, RegistryPtr* data);
 void InitXenstore(Napi::Env env, Napi::Object exports, RegistryPtr* data);
 void InitVchan(Napi::Env env, Napi::Object exports, RegistryPtr* data);
+// Mock addon only (src/mock.cc).
+void InitMock(Napi::Env env, Napi::Object exports);
 
 // Adds the functions to a new object named NAME on EXPORTS.
 void ExportFunctions(Napi::Env env, Napi::Object exports, const char* name, RegistryPtr* data,

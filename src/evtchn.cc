@@ -59,13 +59,13 @@ Napi::Value Result(Napi::Env env, int rc, const char* syscall) {
 
 Napi::Value BindUnbound(const Napi::CallbackInfo& info) {
   Evtchn* e = Unwrap<Evtchn>(info);
-  return Result(info.Env(), xenevtchn_bind_unbound_port(e->h_, ArgUint32(info, 1, "remoteDomid", 0x7ff0)),
+  return Result(info.Env(), xenevtchn_bind_unbound_port(e->h_, ArgUint32(info, 1, "remoteDomid", XV_DOMID_SELF)),
                 "xenevtchn_bind_unbound_port");
 }
 
 Napi::Value BindInterdomain(const Napi::CallbackInfo& info) {
   Evtchn* e = Unwrap<Evtchn>(info);
-  uint32_t dom = ArgUint32(info, 1, "remoteDomid", 0x7ff0), port = ArgUint32(info, 2, "remotePort");
+  uint32_t dom = ArgUint32(info, 1, "remoteDomid", XV_DOMID_SELF), port = ArgUint32(info, 2, "remotePort");
   return Result(info.Env(), xenevtchn_bind_interdomain(e->h_, dom, port), "xenevtchn_bind_interdomain");
 }
 

@@ -19,8 +19,6 @@ namespace xv {
 
 namespace {
 
-// Live states (cli_live, srv_live) of xen/io/libxenvchan.h.
-constexpr uint8_t kLiveClosed = 0, kLiveConnected = 1, kLiveWaiting = 2;
 // Bits of cli_notify the protocol does not use (it defines 1 and 2, and Xen's libxenvchan only ever
 // sets or clears those two, so others pass through untouched). kProbeBit: set through one mapping and
 // looked for through the other, it tells whether two mappings are of the same page. kSingleUse: set
@@ -50,7 +48,7 @@ class Vchan : public Handle {
   // a peer that breaks the protocol, which libxenvchan would take for a close.
   bool Corrupt() const {
     uint8_t peer_live = __atomic_load_n(c_->is_server ? &c_->ring->cli_live : &c_->ring->srv_live, __ATOMIC_ACQUIRE);
-    if (peer_live > 2) return true;
+    if (peer_live > XV_LIVE_WAITING) return true;
     uint32_t rsize = 1u << c_->read.order, wsize = 1u << c_->write.order;
     uint32_t rprod = __atomic_load_n(&c_->read.shr->prod, __ATOMIC_ACQUIRE);
     uint32_t rcons = __atomic_load_n(&c_->read.shr->cons, __ATOMIC_ACQUIRE);
@@ -113,13 +111,13 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
 // The ring layout a server published: orders the protocol knows, rings that do not overlap each
 // other or the grant list.
 bool LayoutOk(unsigned lo, unsigned ro) {
-  constexpr unsigned kMin = 10, kMax = 20, kPageShift = 12;
+  constexpr unsigned kMin = XV_RING_MIN_ORDER, kMax = XV_RING_MAX_ORDER, kPageShift = XV_PAGE_ORDER;
   if (lo < kMin || lo > kMax || ro < kMin || ro > kMax) return false;
   if (lo < kPageShift && ro < kPageShift && lo == ro) return false;
   auto pages = [](unsigned o) { return o >= kPageShift ? 1u << (o - kPageShift) : 0u; };
-  auto in_page_offset = [](unsigned o) { return o == 10 ? 1024u : 2048u; };
+  auto in_page_offset = [](unsigned o) { return XV_INPAGE_RING_OFFSET(o); };
   uint32_t grants_end = offsetof(struct vchan_interface, grants) + 4 * (pages(lo) + pages(ro));
-  uint32_t first_ring = 4096;
+  uint32_t first_ring = XV_PAGE_SIZE;
   if (lo < kPageShift) first_ring = in_page_offset(lo);
   if (ro < kPageShift && in_page_offset(ro) < first_ring) first_ring = in_page_offset(ro);
   return grants_end <= first_ring;
@@ -144,14 +142,14 @@ class Claim {
     unsigned ro = __atomic_load_n(&page_->right_order, __ATOMIC_ACQUIRE);
     if (!LayoutOk(lo, ro)) return EPROTO;
     uint8_t expected = __atomic_load_n(&page_->cli_live, __ATOMIC_ACQUIRE);
-    if (expected > kLiveWaiting) {  // no state of the protocol: a broken or hostile server
+    if (expected > XV_LIVE_WAITING) {  // no state of the protocol: a broken or hostile server
       seen_ = expected;
       return EPROTO;
     }
-    bool reusable = expected == kLiveClosed && __atomic_load_n(&page_->srv_live, __ATOMIC_ACQUIRE) == 1 &&
+    bool reusable = expected == XV_LIVE_CLOSED && __atomic_load_n(&page_->srv_live, __ATOMIC_ACQUIRE) == 1 &&
                     !(__atomic_load_n(&page_->cli_notify, __ATOMIC_ACQUIRE) & kSingleUse);
-    if ((expected == kLiveWaiting || reusable) &&
-        __atomic_compare_exchange_n(&page_->cli_live, &expected, kLiveConnected, false, __ATOMIC_SEQ_CST,
+    if ((expected == XV_LIVE_WAITING || reusable) &&
+        __atomic_compare_exchange_n(&page_->cli_live, &expected, XV_LIVE_OPEN, false, __ATOMIC_SEQ_CST,
                                     __ATOMIC_SEQ_CST)) {
       claimed_ = true;
       return 0;
@@ -171,8 +169,8 @@ class Claim {
  private:
   // The server sees a client that connected and left, ends that connection and offers a new one.
   void GiveBack() {
-    uint8_t one = kLiveConnected;
-    __atomic_compare_exchange_n(&page_->cli_live, &one, kLiveClosed, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    uint8_t one = XV_LIVE_OPEN;
+    __atomic_compare_exchange_n(&page_->cli_live, &one, XV_LIVE_CLOSED, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     xenevtchn_handle* ev = xenevtchn_open(nullptr, 0);
     if (!ev) return;
     xenevtchn_port_or_error_t local = xenevtchn_bind_interdomain(ev, dom_, port_);
@@ -286,20 +284,22 @@ Napi::Value Writev(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, total);
 }
 
-// state(h) -> [isOpen, dataReady, bufferSpace]; dataReady/bufferSpace also ask the peer to notify us.
-Napi::Value State(const Napi::CallbackInfo& info) {
+// arm(h) -> {live, readable, writable}: the live state and the bytes that can be read and written
+// now, as libxenvchan_data_ready/buffer_space give them, which also ask the peer to notify us when
+// either changes (hence the name: call it before sleeping on the fd).
+Napi::Value Arm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_data_ready", "the peer's ring index is impossible");
-  Napi::Array a = Napi::Array::New(env, 3);
-  a.Set(0u, Napi::Number::New(env, libxenvchan_is_open(v->c_)));
-  a.Set(1u, Napi::Number::New(env, libxenvchan_data_ready(v->c_)));
-  a.Set(2u, Napi::Number::New(env, libxenvchan_buffer_space(v->c_)));
-  return a;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("live", Napi::Number::New(env, libxenvchan_is_open(v->c_)));
+  o.Set("readable", Napi::Number::New(env, libxenvchan_data_ready(v->c_)));
+  o.Set("writable", Napi::Number::New(env, libxenvchan_buffer_space(v->c_)));
+  return o;
 }
 
-// peek(h) -> [isOpen, bytesReadable, bytesWritable, oursAsked, peerAsked, eventPending, polling,
-// wakeups, events]: the ring and the event channel as they are, without asking for notifications
+// peek(h) -> {live, readable, writable, oursAsked, peerAsked, eventPending, polling, wakeups,
+// events}: the ring and the event channel as they are, without asking for notifications
 // (diagnostics). oursAsked/peerAsked are the VCHAN_NOTIFY_* bits each side has asked the other to
 // honour (1: tell me when you write, 2: when you read); eventPending: an event waits on the fd;
 // wakeups/events: poll callbacks run and events drained so far.
@@ -313,17 +313,17 @@ Napi::Value Peek(const Napi::CallbackInfo& info) {
   uint8_t* theirs = c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify;
   struct pollfd pfd = {libxenvchan_fd_for_select(c), POLLIN, 0};
   bool fd_ready = ::poll(&pfd, 1, 0) == 1;
-  Napi::Array a = Napi::Array::New(env, 9);
-  a.Set(0u, Napi::Number::New(env, libxenvchan_is_open(c)));
-  a.Set(1u, Napi::Number::New(env, rprod - rcons));
-  a.Set(2u, Napi::Number::New(env, (1u << c->write.order) - (wprod - wcons)));
-  a.Set(3u, Napi::Number::New(env, __atomic_load_n(ours, __ATOMIC_ACQUIRE)));
-  a.Set(4u, Napi::Number::New(env, __atomic_load_n(theirs, __ATOMIC_ACQUIRE)));
-  a.Set(5u, Napi::Boolean::New(env, fd_ready));
-  a.Set(6u, Napi::Boolean::New(env, v->poller_ && v->poller_->active()));
-  a.Set(7u, Napi::Number::New(env, v->poller_ ? static_cast<double>(v->poller_->wakes()) : 0));
-  a.Set(8u, Napi::Number::New(env, static_cast<double>(v->events_)));
-  return a;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("live", Napi::Number::New(env, libxenvchan_is_open(c)));
+  o.Set("readable", Napi::Number::New(env, rprod - rcons));
+  o.Set("writable", Napi::Number::New(env, (1u << c->write.order) - (wprod - wcons)));
+  o.Set("oursAsked", Napi::Number::New(env, __atomic_load_n(ours, __ATOMIC_ACQUIRE)));
+  o.Set("peerAsked", Napi::Number::New(env, __atomic_load_n(theirs, __ATOMIC_ACQUIRE)));
+  o.Set("eventPending", Napi::Boolean::New(env, fd_ready));
+  o.Set("polling", Napi::Boolean::New(env, v->poller_ && v->poller_->active()));
+  o.Set("wakeups", Napi::Number::New(env, v->poller_ ? static_cast<double>(v->poller_->wakes()) : 0));
+  o.Set("events", Napi::Number::New(env, static_cast<double>(v->events_)));
+  return o;
 }
 
 Napi::Value Info(const Napi::CallbackInfo& info) {
@@ -363,7 +363,7 @@ void InitVchan(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
                    {"read", Read},
                    {"write", Write},
                    {"writev", Writev},
-                   {"state", State},
+                   {"arm", Arm},
                    {"peek", Peek},
                    {"info", Info},
                    {"poll", Poll},

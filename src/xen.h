@@ -7,6 +7,7 @@ extern "C" {
 #include <xenevtchn.h>
 #include <xengnttab.h>
 #include <xenstore.h>
+#include <xv_protocol.h>
 #ifdef XEN_VCHAN_MOCK
 #include <xenmock.h>
 #endif

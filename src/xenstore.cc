@@ -245,7 +245,7 @@ Napi::Value PollWatches(const Napi::CallbackInfo& info) {
   return PollArg(info, x->poller_, fd, x->registry());
 }
 
-// readWatches(h) -> [[path, token], ...] without blocking.
+// readWatches(h) -> [{path, token}, ...] without blocking.
 Napi::Value ReadWatches(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Xs* x = Unwrap<Xs>(info);
@@ -254,9 +254,9 @@ Napi::Value ReadWatches(const Napi::CallbackInfo& info) {
   for (int i = 0; i < 1024; i++) {
     char** v = xs_check_watch(x->conn_->h);
     if (!v) break;
-    Napi::Array ev = Napi::Array::New(env, 2);
-    ev.Set(0u, Napi::String::New(env, v[XS_WATCH_PATH]));
-    ev.Set(1u, Napi::String::New(env, v[XS_WATCH_TOKEN]));
+    Napi::Object ev = Napi::Object::New(env);
+    ev.Set("path", Napi::String::New(env, v[XS_WATCH_PATH]));
+    ev.Set("token", Napi::String::New(env, v[XS_WATCH_TOKEN]));
     out.Set(n++, ev);
     free(v);
   }
@@ -272,7 +272,7 @@ Napi::Value RefWatches(const Napi::CallbackInfo& info) {
 Napi::Value DomainPath(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Xs* x = Unwrap<Xs>(info);
-  char* p = xs_get_domain_path(x->conn_->h, ArgUint32(info, 1, "domid", 0x7fef));
+  char* p = xs_get_domain_path(x->conn_->h, ArgUint32(info, 1, "domid", kMaxDomid));
   if (!p) ThrowErrno(env, errno, "xs_get_domain_path");
   Napi::String s = Napi::String::New(env, p);
   free(p);
@@ -283,7 +283,7 @@ Napi::Value DomainPath(const Napi::CallbackInfo& info) {
 // has been destroyed, even while others still map its pages).
 Napi::Value IsIntroduced(const Napi::CallbackInfo& info) {
   std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
-  uint32_t domid = ArgUint32(info, 1, "domid", 0x7fef);
+  uint32_t domid = ArgUint32(info, 1, "domid", kMaxDomid);
   return RunAsync(
       info.Env(), "xs_is_domain_introduced",
       [c, domid](std::string& out) {

@@ -32,6 +32,7 @@
 
 #include <libxenvchan.h>
 #include <xenstore.h>
+#include <xv_protocol.h>
 
 
 /* Exported from the mock's shared library; the real addon builds with VCHAN_EXPORT empty and
@@ -39,9 +40,9 @@
 #ifndef VCHAN_EXPORT
 #define VCHAN_EXPORT __attribute__((visibility("default")))
 #endif
-#define PAGE 4096u
-#define MIN_ORDER 10
-#define MAX_ORDER 20 /* 1 MiB per direction */
+#define PAGE XV_PAGE_SIZE
+#define MIN_ORDER XV_RING_MIN_ORDER
+#define MAX_ORDER XV_RING_MAX_ORDER
 #define LIVE_OFF offsetof(struct vchan_interface, cli_live)
 #define SRV_LIVE_OFF offsetof(struct vchan_interface, srv_live)
 
@@ -56,7 +57,7 @@ struct vchan {
 static struct vchan *V(struct libxenvchan *c) { return (struct vchan *)c; }
 
 static uint32_t ring_size(const struct libxenvchan_ring *r) { return 1u << r->order; }
-static uint32_t ring_pages(int order) { return order >= 12 ? 1u << (order - 12) : 0; }
+static uint32_t ring_pages(int order) { return order >= XV_PAGE_ORDER ? 1u << (order - XV_PAGE_ORDER) : 0; }
 
 static uint8_t *own_notify(struct libxenvchan *c) { return c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify; }
 static uint8_t *peer_notify(struct libxenvchan *c) { return c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify; }
@@ -145,11 +146,11 @@ VCHAN_EXPORT int libxenvchan_is_open(struct libxenvchan *c)
         return 0;
     uint8_t live = __atomic_load_n(c->is_server ? &c->ring->cli_live : &c->ring->srv_live, __ATOMIC_ACQUIRE);
     if (c->is_server) {
-        if (live == 0 && c->server_persist)
-            return 1;
-        return live <= 2 ? live : 0;
+        if (live == XV_LIVE_CLOSED && c->server_persist)
+            return XV_LIVE_OPEN;
+        return live <= XV_LIVE_WAITING ? live : XV_LIVE_CLOSED;
     }
-    return live == 1 ? 1 : 0;
+    return live == XV_LIVE_OPEN ? XV_LIVE_OPEN : XV_LIVE_CLOSED;
 }
 
 VCHAN_EXPORT int libxenvchan_fd_for_select(struct libxenvchan *c) { return xenevtchn_fd(c->event); }
@@ -195,7 +196,7 @@ static int64_t await(struct libxenvchan *c, uint32_t want, int write)
             return fail(EPROTO);
         if (n >= want && n > 0)
             return n;
-        if (libxenvchan_is_open(c) != 1 && !(c->is_server && libxenvchan_is_open(c) == 2))
+        if (libxenvchan_is_open(c) != XV_LIVE_OPEN && !(c->is_server && libxenvchan_is_open(c) == XV_LIVE_WAITING))
             return fail(V(c)->broken ? EPROTO : EPIPE);
         if (!c->blocking)
             return 0;
@@ -268,7 +269,7 @@ static int order_for(size_t min)
 }
 
 /* Where a ring of ORDER lives: in the shared page for 10/11, else in its own granted pages. */
-static void *in_page(struct vchan_interface *ring, int order) { return (char *)ring + (order == 10 ? 1024 : 2048); }
+static void *in_page(struct vchan_interface *ring, int order) { return (char *)ring + XV_INPAGE_RING_OFFSET(order); }
 
 static void release(struct vchan *v)
 {
@@ -313,7 +314,7 @@ VCHAN_EXPORT void libxenvchan_close(struct libxenvchan *c)
         return;
     if (c->ring) {
         /* Say goodbye in our live byte; the unmap notification repeats it for a peer that misses this. */
-        __atomic_store_n(c->is_server ? &c->ring->srv_live : &c->ring->cli_live, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(c->is_server ? &c->ring->srv_live : &c->ring->cli_live, XV_LIVE_CLOSED, __ATOMIC_RELEASE);
         xenevtchn_notify(c->event, c->event_port);
     }
     release(V(c));
@@ -400,7 +401,7 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logge
                                             size_t left_min, size_t right_min)
 {
     (void)logger;
-    if (!xs_path || domain < 0 || domain >= 0x7ff0) {
+    if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
         errno = EINVAL;
         return NULL;
     }
@@ -411,17 +412,18 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logge
     }
     /* In-page rings where they fit: 1 KiB at offset 1024 and 2 KiB at 2048; a lone in-page ring
      * takes the 2 KiB slot so the grant list (up to 256 refs) stays clear of it. */
-    if (lo <= 10 && ro <= 11) {
-        lo = 10;
-        ro = 11;
-    } else if (lo <= 11 && ro <= 10) {
-        lo = 11;
-        ro = 10;
+    const int small = XV_INPAGE_SMALL_ORDER, large = XV_INPAGE_LARGE_ORDER;
+    if (lo <= small && ro <= large) {
+        lo = small;
+        ro = large;
+    } else if (lo <= large && ro <= small) {
+        lo = large;
+        ro = small;
     } else {
-        if (lo < 12)
-            lo = 11;
-        if (ro < 12)
-            ro = 11;
+        if (lo < XV_PAGE_ORDER)
+            lo = large;
+        if (ro < XV_PAGE_ORDER)
+            ro = large;
     }
     struct vchan *v = calloc(1, sizeof(*v));
     if (!v)
@@ -446,8 +448,8 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logge
     memset(ring, 0, 24);
     ring->left_order = (uint16_t)lo;
     ring->right_order = (uint16_t)ro;
-    ring->cli_live = 2;
-    ring->srv_live = 1;
+    ring->cli_live = XV_LIVE_WAITING;
+    ring->srv_live = XV_LIVE_OPEN;
     ring->cli_notify = VCHAN_NOTIFY_WRITE;
     c->read.order = lo;
     c->write.order = ro;
@@ -489,21 +491,21 @@ static int layout_ok(int lo, int ro)
 {
     if (lo < MIN_ORDER || lo > MAX_ORDER || ro < MIN_ORDER || ro > MAX_ORDER)
         return 0;
-    if (lo < 12 && ro < 12 && lo == ro)
+    if (lo < XV_PAGE_ORDER && ro < XV_PAGE_ORDER && lo == ro)
         return 0;
-    uint32_t grants_end = 24 + 4 * (ring_pages(lo) + ring_pages(ro));
+    uint32_t grants_end = XV_CONTROL_HEADER_SIZE + 4 * (ring_pages(lo) + ring_pages(ro));
     uint32_t first_ring = PAGE;
-    if (lo < 12)
-        first_ring = lo == 10 ? 1024 : 2048;
-    if (ro < 12 && (ro == 10 ? 1024u : 2048u) < first_ring)
-        first_ring = ro == 10 ? 1024 : 2048;
+    if (lo < XV_PAGE_ORDER)
+        first_ring = XV_INPAGE_RING_OFFSET(lo);
+    if (ro < XV_PAGE_ORDER && XV_INPAGE_RING_OFFSET(ro) < first_ring)
+        first_ring = XV_INPAGE_RING_OFFSET(ro);
     return grants_end <= first_ring;
 }
 
 VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logger *logger, int domain, const char *xs_path)
 {
     (void)logger;
-    if (!xs_path || domain < 0 || domain >= 0x7ff0) {
+    if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
         errno = EINVAL;
         return NULL;
     }
@@ -568,7 +570,7 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logge
     v->wr_prod = __atomic_load_n(&ring->left.prod, __ATOMIC_ACQUIRE);
     v->rd_cons = __atomic_load_n(&ring->right.cons, __ATOMIC_ACQUIRE);
     __atomic_store_n(&ring->srv_notify, VCHAN_NOTIFY_WRITE, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&ring->cli_live, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&ring->cli_live, XV_LIVE_OPEN, __ATOMIC_SEQ_CST);
     /* As Xen's libxenvchan (4.17 and later, checked in Debian's binary): wake the server, so a
      * server waiting for its client learns of it now, not at the client's first write. */
     xenevtchn_notify(c->event, c->event_port);

@@ -8,9 +8,10 @@
 #include <sys/types.h>
 
 #include "../src/proto.h"
+#include "../include/xv_protocol.h"
 
-#define DOMID_FIRST_RESERVED 0x7ff0u
-#define DOMID_SELF 0x7ff0u
+#define DOMID_FIRST_RESERVED XV_DOMID_FIRST_RESERVED
+#define DOMID_SELF XV_DOMID_SELF
 #define NR_VIRQS 24
 #define VIRQ_DOM_EXC 3
 #define MAX_PORTS 131072u       /* the FIFO event channel ABI's limit */

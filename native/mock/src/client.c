@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <xv_protocol.h>
 #include "client.h"
 #include "../include/xenmock.h"
 
@@ -28,7 +29,7 @@ static __thread int thread_domid = -1;
 
 XM_EXPORT int xenmock_set_thread_domid(int domid)
 {
-    if (domid < -1 || domid >= 0x7ff0) {
+    if (domid < -1 || domid > (int)XV_MAX_DOMID) {
         errno = EINVAL;
         return -1;
     }
@@ -46,7 +47,7 @@ int xm_current_domid(void)
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
-    if (errno || *end || v < 0 || v >= 0x7ff0)
+    if (errno || *end || v < 0 || v > (long)XV_MAX_DOMID)
         return -1;
     return (int)v;
 }
@@ -196,7 +197,7 @@ static int open_common(int kind, int pass_fd, int may_spawn)
 {
     int domid = xm_current_domid();
     if (domid < 0) {
-        fprintf(stderr, "xen-mock: XEN_MOCK_DOMID must be a domain id from 0 to 32751\n");
+        fprintf(stderr, "xen-mock: XEN_MOCK_DOMID must be a domain id from 0 to %u\n", XV_MAX_DOMID);
         errno = EINVAL;
         return -1;
     }

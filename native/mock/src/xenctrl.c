@@ -10,9 +10,9 @@
 
 #include <xenctrl.h>
 #include <xenstore.h>
+#include <xv_protocol.h>
 
 #define XC_EXPORT __attribute__((visibility("default")))
-#define DOMID_FIRST_RESERVED 0x7ff0u
 
 struct xc_interface_core {
     struct xs_handle *xs;
@@ -75,7 +75,7 @@ XC_EXPORT int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid, unsigne
         char *end;
         errno = 0;
         unsigned long id = strtoul(names[i], &end, 10);
-        if (errno || end == names[i] || *end || id < first_domid || id >= DOMID_FIRST_RESERVED)
+        if (errno || end == names[i] || *end || id < first_domid || id >= XV_DOMID_FIRST_RESERVED)
             continue;
         if (id != 0 && !xs_is_domain_introduced(xch->xs, (unsigned int)id))
             continue;

@@ -17,6 +17,7 @@
 #include <xenmock.h>
 #include <xenstore.h>
 
+#include <xv_protocol.h>
 #include "harness.h"
 
 static void as(int dom) { xenmock_set_thread_domid(dom); }
@@ -90,7 +91,7 @@ static void test_evtchn(void)
         CHECK(xenevtchn_unbind(b, (uint32_t)pb) == 0);
 
         /* Loopback within a domain. */
-        int l1 = xenevtchn_bind_unbound_port(a, 0x7ff0 /* DOMID_SELF */);
+        int l1 = xenevtchn_bind_unbound_port(a, XV_DOMID_SELF);
         int l2 = xenevtchn_bind_interdomain(a, 0, (uint32_t)l1);
         CHECK(l1 > 0 && l2 > 0);
         CHECK(next_event(a, 1000) == l2);
