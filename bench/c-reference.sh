@@ -3,7 +3,7 @@
 # between two processes (throughput, 64 KiB ring and writes, both directions) and round trips.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-B=native/mock/build/bin/vchan_bench
+B=bench/build/vchan_bench
 export XEN_MOCK_DIR=${XEN_MOCK_DIR:-$(mktemp -d /tmp/xen-vchan-bench.XXXXXX)}
 BYTES=${BYTES:-1000000000}
 $B throughput 65536 65536 "$BYTES"

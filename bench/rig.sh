@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 mkdir -p .rig
 cc -O2 -Wall -o .rig/vchan_bench_real bench/native/vchan_bench.c $(pkg-config --cflags --libs xenvchan xenevtchn)
 rm -f .rig/bench.json
-bash test/xen/run.sh bench/rig-job.sh
+npm run -s test:xen -- bench/rig-job.sh

@@ -261,7 +261,7 @@ async function roundTrips(make, count) {
 // --- a and e: the C program -----------------------------------------------------------------
 
 function cBench(args, env = {}) {
-  const bin = INSIDE_RIG ? path.join(root, '.rig', 'vchan_bench_real') : path.join(root, 'native/mock/build/bin/vchan_bench');
+  const bin = INSIDE_RIG ? path.join(root, '.rig', 'vchan_bench_real') : path.join(root, 'bench', 'build', 'vchan_bench');
   const out = execFileSync(bin, args, { encoding: 'utf8', env: { ...process.env, ...env }, maxBuffer: 1 << 24 });
   return out.trim().split('\n').map((l) => JSON.parse(l));
 }
@@ -377,7 +377,7 @@ function rigPart() {
   const given = argv.includes('--rig-json') ? argv[argv.indexOf('--rig-json') + 1] : null;
   if (given) return { ...JSON.parse(fs.readFileSync(given, 'utf8')), from: `${given}, recorded ${fs.statSync(given).mtime.toISOString().slice(0, 16)}Z` };
   if (!fs.existsSync(path.join(cache, 'stamp'))) return { skipped: `no rig built (npm run test:xen builds it into ${cache})` };
-  const r = spawnSync('bash', [path.join(root, 'bench', 'rig.sh')], { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
+  const r = spawnSync('npm', ['run', '-s', 'bench:rig'], { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
   const file = path.join(root, '.rig', 'bench.json');
   if (r.status !== 0 || !fs.existsSync(file)) return { skipped: `the rig run failed (exit ${r.status})` };
   return JSON.parse(fs.readFileSync(file, 'utf8'));
@@ -393,7 +393,8 @@ async function main() {
     process.env.XEN_VCHAN_BACKEND = 'mock';
     process.env.XEN_MOCK_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'xen-vchan-bench-'));
     process.env.XEN_MOCK_GNTALLOC_LIMIT = '8192';
-    execFileSync('make', ['-s', '-C', path.join(root, 'native/mock'), 'bench']);
+    execFileSync('make', ['-s', '-C', path.join(root, 'native/mock'), 'all']);
+    execFileSync('make', ['-s', '-C', path.join(root, 'bench')]);
   } else {
     process.env.XEN_VCHAN_BACKEND = 'real';
   }
