@@ -5,6 +5,8 @@ import * as path from 'node:path';
 
 import { afterEach } from 'vitest';
 
+import type { EventChannel } from '../../dist/cjs/index.js';
+
 import { root } from './env';
 
 export const peerScript = path.join(root, 'test', 'helpers', 'peer.js');
@@ -94,4 +96,20 @@ export function afterEachTest(): { children: ChildProcess[]; cleanups: (() => un
     for (const f of cleanups.splice(0).reverse()) await f();
   });
   return { children, cleanups };
+}
+
+/** The next port EventChannel CH reports, or null after MS milliseconds. */
+export function nextEvent(ch: EventChannel, ms = 2000): Promise<number | null> {
+  return new Promise((resolve) => {
+    const t = setTimeout(() => {
+      ch.off('event', on);
+      resolve(null);
+    }, ms);
+    const on = (p: number) => {
+      clearTimeout(t);
+      ch.off('event', on);
+      resolve(p);
+    };
+    ch.on('event', on);
+  });
 }
