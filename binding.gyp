@@ -11,7 +11,8 @@
     "mock%": "<!(node scripts/gyp-config.js mock)",
   },
   "target_defaults": {
-    "sources": ["src/addon.cc", "src/common.cc", "src/evtchn.cc", "src/gnttab.cc", "src/xenstore.cc", "src/vchan.cc"],
+    "sources": ["src/addon.cc", "src/async.cc", "src/errors.cc", "src/handles.cc", "src/poller.cc", "src/evtchn.cc", "src/gnttab.cc",
+                "src/xenstore.cc", "src/vchan.cc"],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     # SWALLOW_UNTHROWABLE: an error raised while a worker is being torn down cannot be thrown; drop it
     # rather than abort the process.
