@@ -106,7 +106,7 @@ async function childMain() {
     return s;
   };
   const held = [];
-  process.on('message', async (m) => {
+  process.on('message', async (/** @type {any} */ m) => {
     try {
       if (m.op === 'transfer') {
         const sink = m.onread && m.role === 'recv' ? onreadSink(m.bytes) : null;
@@ -128,7 +128,8 @@ async function childMain() {
         const before = usage();
         for (let i = 0; i < m.count; i += 50) {
           const batch = [];
-          for (let j = i; j < Math.min(m.count, i + 50); j++) batch.push(x.connect({ domid: 0, path: `${m.path}-${j}`, timeout: 60000 }));
+          for (let j = i; j < Math.min(m.count, i + 50); j++)
+            batch.push(x.connect({ domid: 0, path: `${m.path}-${j}`, timeout: 60000 }));
           held.push(...(await Promise.all(batch)));
         }
         process.send({ id: m.id, before, after: usage() });
@@ -170,7 +171,7 @@ function ask(m) {
 async function startChild() {
   const env = { ...process.env, XEN_MOCK_DOMID: String(PEER) };
   child = fork(__filename, ['--child', ...(INSIDE_RIG ? ['--inside-rig'] : [])], { env, execArgv: ['--expose-gc'] });
-  child.on('message', (m) => {
+  child.on('message', (/** @type {any} */ m) => {
     const p = pending.get(m.id);
     if (!p) return;
     pending.delete(m.id);
@@ -188,7 +189,9 @@ function vchanPath() {
 /** A dom0 server at a fresh path and the child's client: resolves to [our stream, child's request]. */
 async function vchanPair(ring, childMsg, onread) {
   const p = vchanPath();
-  const server = x.createServer({ domid: PEER, path: p, readMin: ring, writeMin: ring, ...(onread ? { onread } : {}) }).listen();
+  const server = x
+    .createServer({ domid: PEER, path: p, readMin: ring, writeMin: ring, ...(onread ? { onread } : {}) })
+    .listen();
   const accepted = once(server, 'connection');
   const reply = ask({ ...childMsg, via: 'vchan', path: `/local/domain/0/${p}` });
   const [s] = await accepted;
@@ -261,13 +264,21 @@ async function roundTrips(make, count) {
 // --- a and e: the C program -----------------------------------------------------------------
 
 function cBench(args, env = {}) {
-  const bin = INSIDE_RIG ? path.join(root, '.rig', 'vchan_bench_real') : path.join(root, 'bench', 'build', 'vchan_bench');
+  const bin = INSIDE_RIG
+    ? path.join(root, '.rig', 'vchan_bench_real')
+    : path.join(root, 'bench', 'build', 'vchan_bench');
   const out = execFileSync(bin, args, { encoding: 'utf8', env: { ...process.env, ...env }, maxBuffer: 1 << 24 });
-  return out.trim().split('\n').map((l) => JSON.parse(l));
+  return out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
 }
 
 function cThroughput(ring, write, bytes) {
-  const lines = cBench(['throughput', String(ring), String(write), String(bytes)], INSIDE_RIG ? { VCHAN_BENCH_PEER: '0' } : {});
+  const lines = cBench(
+    ['throughput', String(ring), String(write), String(bytes)],
+    INSIDE_RIG ? { VCHAN_BENCH_PEER: '0' } : {},
+  );
   const out = {};
   for (const dir of DIRS) {
     const snd = lines.find((l) => l.bench === 'vchan-c' && l.direction === dir);
@@ -289,13 +300,15 @@ function proxyEnv(domid) {
   if (!fs.existsSync(dir)) {
     fs.mkdirSync(dir);
     const lib = path.join(root, 'native/mock/build/lib');
-    for (const f of fs.readdirSync(lib)) if (/^lib(xenevtchn|xengnttab|xenstore|xenmock|xenctrl)\.so/.test(f)) fs.symlinkSync(path.join(lib, f), path.join(dir, f));
+    for (const f of fs.readdirSync(lib))
+      if (/^lib(xenevtchn|xengnttab|xenstore|xenmock|xenctrl)\.so/.test(f))
+        fs.symlinkSync(path.join(lib, f), path.join(dir, f));
   }
   return { ...process.env, LD_LIBRARY_PATH: dir, XEN_MOCK_DOMID: String(domid) };
 }
 
 async function waitFor(file, ms = 10000) {
-  for (const t0 = Date.now(); !fs.existsSync(file); ) {
+  for (const t0 = Date.now(); !fs.existsSync(file);) {
     if (Date.now() - t0 > ms) throw new Error(`${file} never appeared`);
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -349,7 +362,8 @@ async function perStream(n) {
   const base = vchanPath();
   const before = usage();
   const servers = [];
-  for (let i = 0; i < n; i++) servers.push(x.createServer({ domid: PEER, path: `${base}-${i}`, readMin: 1024, writeMin: 1024 }).listen());
+  for (let i = 0; i < n; i++)
+    servers.push(x.createServer({ domid: PEER, path: `${base}-${i}`, readMin: 1024, writeMin: 1024 }).listen());
   const accepted = servers.map((s) => once(s, 'connection'));
   const c = await ask({ op: 'hold', path: `/local/domain/0/${base}`, count: n });
   const streams = [];
@@ -375,8 +389,13 @@ function rigPart() {
   if (flag('--no-rig')) return { skipped: '--no-rig' };
   // --rig-json FILE: the rig part from an earlier `bash bench/rig.sh` (its own side-by-side run).
   const given = argv.includes('--rig-json') ? argv[argv.indexOf('--rig-json') + 1] : null;
-  if (given) return { ...JSON.parse(fs.readFileSync(given, 'utf8')), from: `${given}, recorded ${fs.statSync(given).mtime.toISOString().slice(0, 16)}Z` };
-  if (!fs.existsSync(path.join(cache, 'stamp'))) return { skipped: `no rig built (npm run test:xen builds it into ${cache})` };
+  if (given)
+    return {
+      ...JSON.parse(fs.readFileSync(given, 'utf8')),
+      from: `${given}, recorded ${fs.statSync(given).mtime.toISOString().slice(0, 16)}Z`,
+    };
+  if (!fs.existsSync(path.join(cache, 'stamp')))
+    return { skipped: `no rig built (npm run test:xen builds it into ${cache})` };
   const r = spawnSync('npm', ['run', '-s', 'bench:rig'], { cwd: root, stdio: ['ignore', 'inherit', 'inherit'] });
   const file = path.join(root, '.rig', 'bench.json');
   if (r.status !== 0 || !fs.existsSync(file)) return { skipped: `the rig run failed (exit ${r.status})` };
@@ -402,11 +421,22 @@ async function main() {
   const keeper = new x.Xenstore(); // one broker for the whole run
   await startChild();
   const started = new Date();
-  const res = { date: started.toISOString(), quick: QUICK, host: `${os.cpus().length} cores, Node ${process.version}`, throughput: [], latency: {}, cost: {} };
+  const res = {
+    date: started.toISOString(),
+    quick: QUICK,
+    host: `${os.cpus().length} cores, Node ${process.version}`,
+    throughput: [],
+    latency: {},
+    cost: {},
+  };
   const log = (s) => process.stderr.write(`${s}\n`);
 
   const rings = INSIDE_RIG ? [65536] : process.env.BENCH_RINGS ? process.env.BENCH_RINGS.split(',').map(Number) : RINGS;
-  const writes = INSIDE_RIG ? [65536] : process.env.BENCH_WRITES ? process.env.BENCH_WRITES.split(',').map(Number) : WRITES;
+  const writes = INSIDE_RIG
+    ? [65536]
+    : process.env.BENCH_WRITES
+      ? process.env.BENCH_WRITES.split(',').map(Number)
+      : WRITES;
   for (const ring of rings) {
     for (const write of writes) {
       // A 1 MiB ring moves 4-15 GB/s here: four times the bytes, or a transfer lasts under 0.1 s.
@@ -416,8 +446,20 @@ async function main() {
         const b = await transfer((m) => vchanPair(ring, m), dir, write, false, bytes);
         // b2: the same with the receiving stream reading into one reused buffer (onread), as C does.
         const b2 = write === 65536 ? await transfer((m, o) => vchanPair(ring, m, o), dir, write, true, bytes) : null;
-        res.throughput.push({ ring, write, dir, a: c[dir].MBps, b: b.MBps, b2: b2?.MBps, aCpuPerGB: c[dir].cpuPerGB, bCpuPerGB: b.cpuPerGB, b2CpuPerGB: b2?.cpuPerGB });
-        log(`ring ${ring} write ${write} ${dir}: C ${fmt(c[dir].MBps)} MB/s, VchanStream ${fmt(b.MBps)} MB/s${b2 ? `, with onread ${fmt(b2.MBps)} MB/s` : ''}`);
+        res.throughput.push({
+          ring,
+          write,
+          dir,
+          a: c[dir].MBps,
+          b: b.MBps,
+          b2: b2?.MBps,
+          aCpuPerGB: c[dir].cpuPerGB,
+          bCpuPerGB: b.cpuPerGB,
+          b2CpuPerGB: b2?.cpuPerGB,
+        });
+        log(
+          `ring ${ring} write ${write} ${dir}: C ${fmt(c[dir].MBps)} MB/s, VchanStream ${fmt(b.MBps)} MB/s${b2 ? `, with onread ${fmt(b2.MBps)} MB/s` : ''}`,
+        );
       }
     }
   }
@@ -434,7 +476,9 @@ async function main() {
         // the mock alike (both proxies idle in select(), 2026-12-02); it is Xen's program.
         const d = hasProxy && dir === 'dom0->domU' ? await transfer((m) => proxyPair(m), dir, write) : null;
         res.baselines.push({ write, dir, c: c.MBps, d: d?.MBps, cCpuPerGB: c.cpuPerGB, dCpuPerGB: d?.cpuPerGB });
-        log(`write ${write} ${dir}: net.Socket ${fmt(c.MBps)} MB/s, via vchan-socket-proxy ${d ? `${fmt(d.MBps)} MB/s` : '(not measured)'}`);
+        log(
+          `write ${write} ${dir}: net.Socket ${fmt(c.MBps)} MB/s, via vchan-socket-proxy ${d ? `${fmt(d.MBps)} MB/s` : '(not measured)'}`,
+        );
       }
     }
     res.memcpyMBps = cBench(['memcpy', String(QUICK ? 1e9 : 4e9)])[0].MBps;
@@ -496,7 +540,8 @@ async function profile() {
     const us = dt.get(n.id) || 0;
     total += us;
     const f = n.callFrame;
-    const key = `${f.functionName || '(anonymous)'} ${f.url ? path.basename(f.url) : ''}${f.url ? `:${f.lineNumber + 1}` : ''}`.trim();
+    const key =
+      `${f.functionName || '(anonymous)'} ${f.url ? path.basename(f.url) : ''}${f.url ? `:${f.lineNumber + 1}` : ''}`.trim();
     self.set(key, (self.get(key) || 0) + us);
   }
   return [...self.entries()]
@@ -508,50 +553,91 @@ async function profile() {
 function report(r) {
   const L = [];
   const k = (n) => (n >= MiB ? `${n / MiB} MiB` : n >= 1024 ? `${n / 1024} KiB` : `${n} B`);
-  L.push(`Run: \`npm run bench${QUICK ? ' -- --quick' : ''}\`, ${r.date.slice(0, 10)}, ${r.host}, mock hypervisor (dom0 <-> domain 5, two processes).`, '');
+  L.push(
+    `Run: \`npm run bench${QUICK ? ' -- --quick' : ''}\`, ${r.date.slice(0, 10)}, ${r.host}, mock hypervisor (dom0 <-> domain 5, two processes).`,
+    '',
+  );
   L.push('### Throughput, MB/s (a: C libxenvchan, b: VchanStream; same mock, ring, library)', '');
-  L.push("b2 is b with the receiving stream reading into one reused buffer (the `onread` option), as the C program does; 64 KiB writes only.", '');
-  L.push('| ring | write | direction | a: C | b: VchanStream | b/a | b2: onread | b2/a | CPU s/GB a | CPU s/GB b | CPU s/GB b2 |', '|---|---|---|---|---|---|---|---|---|---|---|');
+  L.push(
+    'b2 is b with the receiving stream reading into one reused buffer (the `onread` option), as the C program does; 64 KiB writes only.',
+    '',
+  );
+  L.push(
+    '| ring | write | direction | a: C | b: VchanStream | b/a | b2: onread | b2/a | CPU s/GB a | CPU s/GB b | CPU s/GB b2 |',
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+  );
   for (const t of r.throughput)
     L.push(
       `| ${k(t.ring)} | ${k(t.write)} | ${t.dir} | ${fmt(t.a)} | ${fmt(t.b)} | ${ratio(t.b, t.a)} | ${fmt(t.b2)} | ${ratio(t.b2, t.a)} | ${fmt(t.aCpuPerGB, 2)} | ${fmt(t.bCpuPerGB, 2)} | ${fmt(t.b2CpuPerGB, 2)} |`,
     );
   L.push('', '### Against what a Node tool has today, MB/s (b at the 64 KiB ring)', '');
-  L.push('| write | direction | b: VchanStream | c: net.Socket, Unix socket | d: via vchan-socket-proxy | b/c | b/d |', '|---|---|---|---|---|---|---|');
+  L.push(
+    '| write | direction | b: VchanStream | c: net.Socket, Unix socket | d: via vchan-socket-proxy | b/c | b/d |',
+    '|---|---|---|---|---|---|---|',
+  );
   for (const bl of r.baselines) {
     const b = r.throughput.find((t) => t.ring === 65536 && t.write === bl.write && t.dir === bl.dir);
-    L.push(`| ${k(bl.write)} | ${bl.dir} | ${fmt(b?.b)} | ${fmt(bl.c)} | ${fmt(bl.d)} | ${ratio(b?.b, bl.c)} | ${ratio(b?.b, bl.d)} |`);
+    L.push(
+      `| ${k(bl.write)} | ${bl.dir} | ${fmt(b?.b)} | ${fmt(bl.c)} | ${fmt(bl.d)} | ${ratio(b?.b, bl.c)} | ${ratio(b?.b, bl.d)} |`,
+    );
   }
-  if (r.proxyNote && !r.baselines.some((b) => b.d)) L.push('', `d (Node -> vchan-socket-proxy -> vchan -> vchan-socket-proxy -> Node): ${r.proxyNote}.`);
+  if (r.proxyNote && !r.baselines.some((b) => b.d))
+    L.push('', `d (Node -> vchan-socket-proxy -> vchan -> vchan-socket-proxy -> Node): ${r.proxyNote}.`);
   else
     L.push(
       '',
-      'd runs Xen\'s vchan-socket-proxy at both ends (Debian\'s libxenvchan on the mock\'s libraries), dom0->domU only: ' +
+      "d runs Xen's vchan-socket-proxy at both ends (Debian's libxenvchan on the mock's libraries), dom0->domU only: " +
         'domU->dom0 stalls inside the two proxies (both idle in select()), on real Xen and on the mock alike.',
     );
   const best = Math.max(...r.throughput.filter((t) => t.ring === 65536).map((t) => t.a));
-  L.push('', `e: memcpy, one core: ${fmt(r.memcpyMBps)} MB/s. A vchan copies each byte twice (into the ring, out of it), so its`);
-  L.push(`ceiling is about ${fmt(r.memcpyMBps / 2)} MB/s for data that does not fit in the caches; the best C figure at the 64 KiB`);
-  L.push(`ring is ${ratio(best, r.memcpyMBps / 2)} of that. (A 1 MiB ring and its buffers stay in the L2 cache, which is why C exceeds it there.)`, '');
+  L.push(
+    '',
+    `e: memcpy, one core: ${fmt(r.memcpyMBps)} MB/s. A vchan copies each byte twice (into the ring, out of it), so its`,
+  );
+  L.push(
+    `ceiling is about ${fmt(r.memcpyMBps / 2)} MB/s for data that does not fit in the caches; the best C figure at the 64 KiB`,
+  );
+  L.push(
+    `ring is ${ratio(best, r.memcpyMBps / 2)} of that. (A 1 MiB ring and its buffers stay in the L2 cache, which is why C exceeds it there.)`,
+    '',
+  );
   L.push('### 64-byte request/response round trips, microseconds', '');
   L.push('| | p50 | p99 | p50 vs a |', '|---|---|---|---|');
-  for (const [name, v] of [['a: C libxenvchan', r.latency.a], ['b: VchanStream', r.latency.b], ['c: net.Socket, Unix socket', r.latency.c]])
+  for (const [name, v] of [
+    ['a: C libxenvchan', r.latency.a],
+    ['b: VchanStream', r.latency.b],
+    ['c: net.Socket, Unix socket', r.latency.c],
+  ])
     L.push(`| ${name} | ${fmt(v.p50, 1)} | ${fmt(v.p99, 1)} | ${ratio(v.p50, r.latency.a.p50)} |`);
   const ps = r.cost.perStream;
   L.push('', '### Cost', '');
-  L.push(`- Idle: a process holding ${r.cost.idle.streams} open idle streams used ${fmt(r.cost.idle.cpuMs, 1)} ms of CPU in ${r.cost.idle.seconds} s.`);
-  L.push(`- ${ps.count} concurrent streams: per stream ${fmt(ps.server.rssKiB, 1)} KiB RSS and ${fmt(ps.server.fds, 2)} fds on the server side,`);
-  L.push(`  ${fmt(ps.client.rssKiB, 1)} KiB and ${fmt(ps.client.fds, 2)} fds on the client side; threads: ${ps.server.threadsBefore} -> ${ps.server.threads} (server process),`);
+  L.push(
+    `- Idle: a process holding ${r.cost.idle.streams} open idle streams used ${fmt(r.cost.idle.cpuMs, 1)} ms of CPU in ${r.cost.idle.seconds} s.`,
+  );
+  L.push(
+    `- ${ps.count} concurrent streams: per stream ${fmt(ps.server.rssKiB, 1)} KiB RSS and ${fmt(ps.server.fds, 2)} fds on the server side,`,
+  );
+  L.push(
+    `  ${fmt(ps.client.rssKiB, 1)} KiB and ${fmt(ps.client.fds, 2)} fds on the client side; threads: ${ps.server.threadsBefore} -> ${ps.server.threads} (server process),`,
+  );
   L.push(`  ${ps.client.threadsBefore} -> ${ps.client.threads} (client process): no thread per stream.`);
   L.push('', '### On real Xen (QEMU rig, dom0 <-> dom0, ratios only: emulation distorts absolutes)', '');
   if (r.rig.skipped) L.push(`Skipped: ${r.rig.skipped}.`);
   else {
-    if (r.rig.from) L.push(`From \`bash bench/rig.sh\` (${r.rig.from}); a, b, b2 and d were measured side by side in that rig run.`, '');
+    if (r.rig.from)
+      L.push(
+        `From \`bash bench/rig.sh\` (${r.rig.from}); a, b, b2 and d were measured side by side in that rig run.`,
+        '',
+      );
     for (const t of r.rig.throughput) {
       const d = r.rig.baselines?.find((x) => x.dir === t.dir)?.d;
-      L.push(`- throughput, 64 KiB ring and writes, ${t.dir}: b/a = ${ratio(t.b, t.a)}, b2/a = ${ratio(t.b2, t.a)}, b/d = ${ratio(t.b, d)} (d: Node -> vchan-socket-proxy -> vchan -> vchan-socket-proxy -> Node)`);
+      L.push(
+        `- throughput, 64 KiB ring and writes, ${t.dir}: b/a = ${ratio(t.b, t.a)}, b2/a = ${ratio(t.b2, t.a)}, b/d = ${ratio(t.b, d)} (d: Node -> vchan-socket-proxy -> vchan -> vchan-socket-proxy -> Node)`,
+      );
     }
-    L.push(`- 64-byte round trip p50: b/a = ${ratio(r.rig.latency.b.p50, r.rig.latency.a.p50)}; p99: b/a = ${ratio(r.rig.latency.b.p99, r.rig.latency.a.p99)}`);
+    L.push(
+      `- 64-byte round trip p50: b/a = ${ratio(r.rig.latency.b.p50, r.rig.latency.a.p50)}; p99: b/a = ${ratio(r.rig.latency.b.p99, r.rig.latency.a.p99)}`,
+    );
   }
   if (r.profile) {
     L.push('', '### Profile of b (64 KiB ring and writes, both directions; self time in this process)', '');
@@ -570,7 +656,10 @@ function writeResults(md) {
   const block = `${start}\n## Latest run\n\n${md}\n${end}`;
   const i = text.indexOf(start);
   const j = text.indexOf(end);
-  const out = i >= 0 && j > i ? text.slice(0, i) + block + text.slice(j + end.length) : text.replace(/\n## /, `\n${block}\n\n## `);
+  const out =
+    i >= 0 && j > i
+      ? text.slice(0, i) + block + text.slice(j + end.length)
+      : text.replace(/\n## /, `\n${block}\n\n## `);
   fs.writeFileSync(file, out);
   process.stderr.write(`bench: recorded in ${path.relative(process.cwd(), file)}\n`);
 }

@@ -34,6 +34,10 @@ function fail(msg) {
   process.exit(2);
 }
 
+/**
+ * The options of one subcommand (node:util parseArgs), or the usage and exit 2.
+ * @returns {Record<string, any>}
+ */
 function opts(args, spec) {
   try {
     return parseArgs({ args, options: spec, allowPositionals: true }).values;
@@ -218,7 +222,9 @@ async function cmdDemo(args) {
     return;
   }
   const backend = process.env.XEN_VCHAN_BACKEND;
-  console.log(`xen-vchan demo (${backend} backend): dom0 server <-> domain 5 client in another process, ring ${ring} bytes`);
+  console.log(
+    `xen-vchan demo (${backend} backend): dom0 server <-> domain 5 client in another process, ring ${ring} bytes`,
+  );
   const server = x.createServer({ domid: 5, path: p, readMin: ring, writeMin: ring });
   const child = fork(__filename, ['demo', '--role', 'domU', '--ring', String(ring)], {
     env: { ...process.env, XEN_MOCK_DOMID: '5' },

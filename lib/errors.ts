@@ -19,37 +19,53 @@ function describe(v: unknown): string {
   return `type ${typeof v} (${String(v)})`;
 }
 
-export function invalidArgType(name: string, expected: string, actual: unknown): Coded<TypeError> {
-  const e = new TypeError(`The "${name}" argument must be ${expected}. Received ${describe(actual)}`) as Coded<TypeError>;
-  e.code = 'ERR_INVALID_ARG_TYPE';
-  return e;
-}
-
-export function outOfRange(name: string, range: string, actual: unknown): Coded<RangeError> {
-  const e = new RangeError(
-    `The value of "${name}" is out of range. It must be ${range}. Received ${typeof actual === 'number' ? String(actual) : describe(actual)}`,
-  ) as Coded<RangeError>;
-  e.code = 'ERR_OUT_OF_RANGE';
-  return e;
-}
-
-export function invalidArgValue(name: string, reason: string, actual: unknown): Coded<TypeError> {
-  const e = new TypeError(`The argument '${name}' ${reason}. Received ${describe(actual)}`) as Coded<TypeError>;
-  e.code = 'ERR_INVALID_ARG_VALUE';
-  return e;
-}
-
-export function coded(message: string, code: string): Coded<Error> {
-  const e = new Error(message) as Coded<Error>;
+/**
+ * An error with Node's `code`: the one way lib/ makes its own errors (the argument-error helpers
+ * below, systemError and abortError are built on it).
+ */
+export function coded(
+  message: string,
+  code: string,
+  Ctor: ErrorConstructor | TypeErrorConstructor | RangeErrorConstructor = Error,
+): Coded<Error> {
+  const e = new Ctor(message) as Coded<Error>;
   e.code = code;
   return e;
+}
+
+/** As Node's AbortError: name 'AbortError', code 'ABORT_ERR', the signal's reason as cause. */
+export function abortError(signal: AbortSignal): Error {
+  const e = coded('The operation was aborted', 'ABORT_ERR');
+  e.name = 'AbortError';
+  (e as Error & { cause?: unknown }).cause = signal.reason;
+  return e;
+}
+
+export function invalidArgType(name: string, expected: string, actual: unknown): Coded<Error> {
+  return coded(
+    `The "${name}" argument must be ${expected}. Received ${describe(actual)}`,
+    'ERR_INVALID_ARG_TYPE',
+    TypeError,
+  );
+}
+
+export function outOfRange(name: string, range: string, actual: unknown): Coded<Error> {
+  const received = typeof actual === 'number' ? String(actual) : describe(actual);
+  return coded(
+    `The value of "${name}" is out of range. It must be ${range}. Received ${received}`,
+    'ERR_OUT_OF_RANGE',
+    RangeError,
+  );
+}
+
+export function invalidArgValue(name: string, reason: string, actual: unknown): Coded<Error> {
+  return coded(`The argument '${name}' ${reason}. Received ${describe(actual)}`, 'ERR_INVALID_ARG_VALUE', TypeError);
 }
 
 /** An error shaped like Node's system errors. */
 /** An errno-shaped error made in TypeScript, as the addon makes them: code, negative errno, syscall. */
 export function systemError(code: keyof typeof osErrno, syscall: string, message: string): Error {
-  const e = new Error(`${syscall} failed: ${code}: ${message}`) as Coded<Error> & { errno: number; syscall: string };
-  e.code = code;
+  const e = coded(`${syscall} failed: ${code}: ${message}`, code) as Coded<Error> & { errno: number; syscall: string };
   e.errno = -osErrno[code];
   e.syscall = syscall;
   return e;
@@ -60,7 +76,6 @@ export function checkInt(name: string, v: unknown, min: number, max: number): nu
   if (!Number.isInteger(v) || v < min || v > max) throw outOfRange(name, `an integer >= ${min} and <= ${max}`, v);
   return v;
 }
-
 
 export function checkDomid(name: string, v: unknown): number {
   return checkInt(name, v, 0, MAX_DOMID);
@@ -91,8 +106,18 @@ export function checkBoolean(name: string, v: unknown, dflt: boolean): boolean {
 export function checkXsPath(name: string, v: unknown, allowSpecial = false): string {
   const p = checkString(name, v);
   if (allowSpecial && (p === '@releaseDomain' || p === '@introduceDomain')) return p;
-  if (p.length === 0 || p.length > XENSTORE_ABS_PATH_MAX || !/^[A-Za-z0-9\-/_@]+$/.test(p) || p.includes('//') || (p.length > 1 && p.endsWith('/'))) {
-    throw invalidArgValue(name, `must be a xenstore path (letters, digits, -/_@, no empty components, at most ${XENSTORE_ABS_PATH_MAX} characters)`, v);
+  if (
+    p.length === 0 ||
+    p.length > XENSTORE_ABS_PATH_MAX ||
+    !/^[A-Za-z0-9\-/_@]+$/.test(p) ||
+    p.includes('//') ||
+    (p.length > 1 && p.endsWith('/'))
+  ) {
+    throw invalidArgValue(
+      name,
+      `must be a xenstore path (letters, digits, -/_@, no empty components, at most ${XENSTORE_ABS_PATH_MAX} characters)`,
+      v,
+    );
   }
   return p;
 }

@@ -1,7 +1,7 @@
 /** Event channels: Xen's virtual interrupts, bound through one handle and delivered as JS events. */
 import { EventEmitter } from 'node:events';
 
-import { checkBoolean, checkDomid, checkInt, checkObject, checkPort } from './errors';
+import { checkBoolean, checkDomid, checkInt, checkObject, checkPort, coded } from './errors';
 import { DOMID_FIRST_RESERVED } from './constants';
 import { asDomain, Backend, Binding, binding, type EvtchnHandle } from './native';
 
@@ -63,9 +63,7 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
 
   #handle(): EvtchnHandle {
     if (!this.#h) {
-      const e = new Error('The event channel handle is closed') as Error & { code: string };
-      e.code = 'ERR_XEN_CLOSED';
-      throw e;
+      throw coded('The event channel handle is closed', 'ERR_XEN_CLOSED');
     }
     return this.#h;
   }

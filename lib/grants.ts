@@ -3,7 +3,7 @@
  * domain shared with this one. Pages are zero-copy ArrayBuffers; releasing a region detaches
  * its ArrayBuffer first, so no view can touch memory that is gone.
  */
-import { checkBoolean, checkDomid, checkInt, checkObject, invalidArgType, outOfRange } from './errors';
+import { checkBoolean, checkDomid, checkInt, checkObject, coded, invalidArgType, outOfRange } from './errors';
 import { asDomain, Backend, Binding, binding, type GrantHandle } from './native';
 
 export const PAGE_SIZE = 4096;
@@ -42,9 +42,7 @@ abstract class Region {
   /** The pages themselves, zero-copy. Detached (byteLength 0) once released. */
   get buffer(): ArrayBuffer {
     if (!this.#buffer) {
-      const e = new Error('The grant region was released') as Error & { code: string };
-      e.code = 'ERR_XEN_RELEASED';
-      throw e;
+      throw coded('The grant region was released', 'ERR_XEN_RELEASED');
     }
     return this.#buffer;
   }
@@ -138,9 +136,7 @@ abstract class GrantDevice implements RegionOwner {
   }
   protected handle(): GrantHandle {
     if (!this.h) {
-      const e = new Error('The grant handle is closed') as Error & { code: string };
-      e.code = 'ERR_XEN_CLOSED';
-      throw e;
+      throw coded('The grant handle is closed', 'ERR_XEN_CLOSED');
     }
     return this.h;
   }
@@ -196,7 +192,8 @@ export interface CopySegment {
 
 function copySide(name: string, v: unknown, length: number): CopySegment['source'] {
   if (v instanceof Uint8Array) {
-    if (v.byteLength < length) throw outOfRange(`${name}.byteLength`, `>= the segment's length (${length})`, v.byteLength);
+    if (v.byteLength < length)
+      throw outOfRange(`${name}.byteLength`, `>= the segment's length (${length})`, v.byteLength);
     return v;
   }
   const o = checkObject(name, v);
@@ -238,7 +235,14 @@ export class GrantMapper extends GrantDevice {
     const writable = checkBoolean('options.writable', o.writable, true);
     const notify = checkNotify(o.notify);
     if (notify && refs.length !== 1) throw outOfRange('refs.length', '1 when options.notify is given', refs.length);
-    const buf = this.b.grants.map(this.handle(), domid, [...refs], writable, notify?.offset, notify?.port) as ArrayBuffer;
+    const buf = this.b.grants.map(
+      this.handle(),
+      domid,
+      [...refs],
+      writable,
+      notify?.offset,
+      notify?.port,
+    ) as ArrayBuffer;
     return new MappedPages(this, buf, domid);
   }
 
@@ -250,7 +254,11 @@ export class GrantMapper extends GrantDevice {
     const plain = segments.map((seg, i): CopySegment => {
       const o = checkObject(`segments[${i}]`, seg);
       const length = checkInt(`segments[${i}].length`, o.length, 0, PAGE_SIZE);
-      return { source: copySide(`segments[${i}].source`, o.source, length), dest: copySide(`segments[${i}].dest`, o.dest, length), length };
+      return {
+        source: copySide(`segments[${i}].source`, o.source, length),
+        dest: copySide(`segments[${i}].dest`, o.dest, length),
+        length,
+      };
     });
     return this.b.grants.copy(this.handle(), plain) as number[];
   }

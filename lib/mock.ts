@@ -8,7 +8,6 @@ import { binding, Binding, mockLibraryDir, type MockDomainStats } from './native
 
 export type { MockDomainStats };
 
-
 function mockBinding(): Binding & { mock: NonNullable<Binding['mock']> } {
   const b = binding('mock');
   if (!b.mock) throw coded('The mock backend is not loaded', 'ERR_XEN_MOCK_ONLY');

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 import { LiveState } from './constants';
+import { coded } from './errors';
 
 export { LiveState };
 
@@ -23,7 +24,6 @@ export type EvtchnHandle = NativeHandle<'evtchn'>;
 export type GrantHandle = NativeHandle<'grants'>;
 export type XenstoreHandle = NativeHandle<'xenstore'>;
 export type VchanHandle = NativeHandle<'vchan'>;
-
 
 /** src/evtchn.cc: libxenevtchn. Ports and domids are numbers; failures throw errno errors. */
 export interface EvtchnBinding {
@@ -58,16 +58,16 @@ export interface GrantsBinding {
     domid: number,
     pages: number,
     writable: boolean,
-    notifyOffset: number | undefined,
-    notifyPort: number | undefined,
+    notifyOffset?: number,
+    notifyPort?: number,
   ): { refs: number[]; buffer: ArrayBuffer };
   map(
     h: GrantHandle,
     domid: number,
     refs: number[],
     writable: boolean,
-    notifyOffset: number | undefined,
-    notifyPort: number | undefined,
+    notifyOffset?: number,
+    notifyPort?: number,
   ): ArrayBuffer;
   /** Unmaps or unshares now; the ArrayBuffer is detached first. */
   release(h: GrantHandle, buffer: ArrayBuffer): void;
@@ -84,7 +84,11 @@ export interface XenstoreBinding {
   mkdir(h: XenstoreHandle, tx: number, path: string): Promise<void>;
   rm(h: XenstoreHandle, tx: number, path: string): Promise<void>;
   directory(h: XenstoreHandle, tx: number, path: string): Promise<string[]>;
-  getPermissions(h: XenstoreHandle, tx: number, path: string): Promise<{ domid: number; read: boolean; write: boolean }[]>;
+  getPermissions(
+    h: XenstoreHandle,
+    tx: number,
+    path: string,
+  ): Promise<{ domid: number; read: boolean; write: boolean }[]>;
   /** FLAT: [domid, bits, domid, bits, ...] (bits: 1 read, 2 write). */
   setPermissions(h: XenstoreHandle, tx: number, path: string, flat: number[]): Promise<void>;
   transactionStart(h: XenstoreHandle): Promise<number>;
@@ -181,12 +185,43 @@ export interface Binding {
  * neither side can gain or lose a function unnoticed.
  */
 export const NATIVE_FUNCTIONS = {
-  evtchn: ['open', 'close', 'bindUnbound', 'bindInterdomain', 'bindVirq', 'bindStatic', 'unbind', 'notify', 'unmask',
-    'restrict', 'pending', 'poll', 'ref', 'fd'],
+  evtchn: [
+    'open',
+    'close',
+    'bindUnbound',
+    'bindInterdomain',
+    'bindVirq',
+    'bindStatic',
+    'unbind',
+    'notify',
+    'unmask',
+    'restrict',
+    'pending',
+    'poll',
+    'ref',
+    'fd',
+  ],
   grants: ['openSharer', 'openMapper', 'close', 'share', 'map', 'release', 'copy'],
-  xenstore: ['open', 'close', 'read', 'write', 'mkdir', 'rm', 'directory', 'getPermissions', 'setPermissions',
-    'transactionStart', 'transactionEnd', 'watch', 'unwatch', 'pollWatches', 'readWatches', 'refWatches', 'domainPath',
-    'isIntroduced'],
+  xenstore: [
+    'open',
+    'close',
+    'read',
+    'write',
+    'mkdir',
+    'rm',
+    'directory',
+    'getPermissions',
+    'setPermissions',
+    'transactionStart',
+    'transactionEnd',
+    'watch',
+    'unwatch',
+    'pollWatches',
+    'readWatches',
+    'refWatches',
+    'domainPath',
+    'isIntroduced',
+  ],
   vchan: ['serverInit', 'clientInit', 'close', 'read', 'write', 'writev', 'arm', 'peek', 'info', 'poll', 'ref'],
   mock: ['stats', 'setThreadDomid', 'staticAdd', 'raiseVirq', 'reset', 'introduce', 'destroy', 'dir'],
 } as const satisfies { [K in keyof Required<Binding>]?: readonly (keyof NonNullable<Binding[K]>)[] };
@@ -210,11 +245,7 @@ void everyFunctionListed;
 const root = path.join(__dirname, '..', '..');
 let loaded: Binding | undefined;
 
-function backendError(message: string, code: string): Error {
-  const err = new Error(message) as Error & { code: string };
-  err.code = code;
-  return err;
-}
+const backendError = coded;
 
 /**
  * Where addon NAME is found, as node-gyp-build (prebuildify's loader) looks, for one addon of
@@ -276,7 +307,10 @@ function mockBuildDir(): string {
 
 function loadAddon(name: string): Binding {
   const p = addonPath(name);
-  if (!p) throw new Error(`no ${name}.node in build/ or prebuilds/${process.platform}-${process.arch}/`);
+  if (!p)
+    throw coded(`no ${name}.node in build/ or prebuilds/${process.platform}-${process.arch}/`, 'MODULE_NOT_FOUND');
+  // A native addon is loaded with require(), whatever module format this file is compiled to.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
   return require(p) as Binding;
 }
 
@@ -325,9 +359,11 @@ function load(backend: Backend): Binding {
  */
 export function binding(backend?: Backend): Binding {
   if (backend !== undefined && backend !== 'mock' && backend !== 'real') {
-    const err = new TypeError(`The "backend" option must be "mock" or "real". Received ${String(backend)}`);
-    (err as TypeError & { code: string }).code = 'ERR_INVALID_ARG_VALUE';
-    throw err;
+    throw coded(
+      `The "backend" option must be "mock" or "real". Received ${String(backend)}`,
+      'ERR_INVALID_ARG_VALUE',
+      TypeError,
+    );
   }
   if (loaded) {
     if (backend && backend !== loaded.backend) {

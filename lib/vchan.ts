@@ -10,7 +10,17 @@
 import { EventEmitter } from 'node:events';
 import { Duplex, DuplexOptions } from 'node:stream';
 
-import { checkDomid, checkInt, checkObject, checkXsPath, coded, invalidArgType, outOfRange, systemError } from './errors';
+import {
+  abortError,
+  checkDomid,
+  checkInt,
+  checkObject,
+  checkXsPath,
+  coded,
+  invalidArgType,
+  outOfRange,
+  systemError,
+} from './errors';
 import { onDomainGone } from './domains';
 import { DEFAULT_RING_SIZE, LiveState, MAX_RING_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX } from './constants';
 import { asDomain, Backend, Binding, binding, type VchanHandle } from './native';
@@ -46,7 +56,10 @@ export interface VchanOnread {
   callback: (nread: number, buffer: Uint8Array) => boolean | void;
 }
 
-export interface VchanStreamOptions extends Pick<DuplexOptions, 'highWaterMark' | 'readableHighWaterMark' | 'writableHighWaterMark'> {
+export interface VchanStreamOptions extends Pick<
+  DuplexOptions,
+  'highWaterMark' | 'readableHighWaterMark' | 'writableHighWaterMark'
+> {
   /** Read into a reusable buffer instead of emitting 'data' (see VchanOnread). */
   onread?: VchanOnread;
 }
@@ -57,7 +70,8 @@ function checkOnread(v: unknown): VchanOnread | undefined {
   const buf = o.buffer;
   if (!(buf instanceof Uint8Array) && typeof buf !== 'function')
     throw invalidArgType('options.onread.buffer', 'an instance of Buffer, Uint8Array or a function', buf);
-  if (buf instanceof Uint8Array && buf.byteLength === 0) throw outOfRange('options.onread.buffer', 'a non-empty buffer', 'an empty one');
+  if (buf instanceof Uint8Array && buf.byteLength === 0)
+    throw outOfRange('options.onread.buffer', 'a non-empty buffer', 'an empty one');
   if (typeof o.callback !== 'function') throw invalidArgType('options.onread.callback', 'of type function', o.callback);
   return { buffer: buf as VchanOnread['buffer'], callback: o.callback as VchanOnread['callback'] };
 }
@@ -102,11 +116,20 @@ export class VchanStream extends Duplex {
   #lastActive = 0;
 
   /** @internal Streams come from createServer() ('connection') and connect(). */
-  constructor(token: typeof kInternal, b: Binding, handle: VchanHandle, domid: number, path: string, options: VchanStreamOptions = {}) {
+  constructor(
+    token: typeof kInternal,
+    b: Binding,
+    handle: VchanHandle,
+    domid: number,
+    path: string,
+    options: VchanStreamOptions = {},
+  ) {
     if (token !== kInternal) {
-      throw Object.assign(new TypeError('Illegal constructor: a VchanStream comes from createServer() or connect()'), {
-        code: 'ERR_ILLEGAL_CONSTRUCTOR',
-      });
+      throw coded(
+        'Illegal constructor: a VchanStream comes from createServer() or connect()',
+        'ERR_ILLEGAL_CONSTRUCTOR',
+        TypeError,
+      );
     }
     super({ ...options, allowHalfOpen: false, decodeStrings: true, emitClose: true, autoDestroy: true });
     this.#b = b;
@@ -180,11 +203,32 @@ export class VchanStream extends Duplex {
       }
     | undefined {
     if (!this.#h) return undefined;
-    const { live: open, readable, writable, oursAsked: weAsked, peerAsked, eventPending, polling, wakeups, events } =
-      this.#b.vchan.peek(this.#h);
+    const {
+      live: open,
+      readable,
+      writable,
+      oursAsked: weAsked,
+      peerAsked,
+      eventPending,
+      polling,
+      wakeups,
+      events,
+    } = this.#b.vchan.peek(this.#h);
     const p = this.#pending;
     const writeWaiting = p ? p.chunks.reduce((n, c) => n + c.byteLength, 0) - p.offset : 0;
-    return { open, readable, writable, weAsked, peerAsked, wantRead: this.#wantRead, writeWaiting, eventPending, polling, wakeups, events };
+    return {
+      open,
+      readable,
+      writable,
+      weAsked,
+      peerAsked,
+      wantRead: this.#wantRead,
+      writeWaiting,
+      eventPending,
+      polling,
+      wakeups,
+      events,
+    };
   }
 
   /**
@@ -356,7 +400,11 @@ export class VchanStream extends Duplex {
       if (onread) {
         const buf = typeof onread.buffer === 'function' ? onread.buffer() : onread.buffer;
         if (!(buf instanceof Uint8Array) || buf.byteLength === 0)
-          throw Object.assign(new TypeError('options.onread.buffer() must return a non-empty Buffer or Uint8Array'), { code: 'ERR_INVALID_RETURN_VALUE' });
+          throw coded(
+            'options.onread.buffer() must return a non-empty Buffer or Uint8Array',
+            'ERR_INVALID_RETURN_VALUE',
+            TypeError,
+          );
         const n: number = this.#b.vchan.read(this.#h, buf, 0, Math.min(buf.byteLength, this.#info.readSize));
         if (n > 0) {
           this.#active();
@@ -446,7 +494,6 @@ export interface ServerOptions extends VchanStreamOptions {
   mockDomid?: number;
 }
 
-
 /**
  * The longest vchan path, in bytes: what xenstore itself takes for an absolute path (3072 bytes)
  * less the "/event-channel" the channel's entry adds. A relative path (resolved against the
@@ -504,8 +551,10 @@ export class VchanServer extends EventEmitter<{
     const o = checkObject('options', options);
     const domid = checkDomid('options.domid', o.domid);
     const path = checkVchanPath('options.path', o.path);
-    const readMin = o.readMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
-    const writeMin = o.writeMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.writeMin', o.writeMin, 0, MAX_RING_SIZE);
+    const readMin =
+      o.readMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
+    const writeMin =
+      o.writeMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.writeMin', o.writeMin, 0, MAX_RING_SIZE);
     if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
     checkOnread(o.onread);
     this.#b = binding(o.backend as Backend | undefined);
@@ -676,15 +725,12 @@ async function readEntry(xs: Xenstore, path: string): Promise<{ ref: number; por
   const ref = parseEntryNumber(rr);
   const port = parseEntryNumber(ec);
   if (ref === undefined || port === undefined)
-    throw connectError('EPROTO', `the vchan entry at ${path} is malformed (ring-ref ${JSON.stringify(rr)}, event-channel ${JSON.stringify(ec)})`, undefined);
+    throw connectError(
+      'EPROTO',
+      `the vchan entry at ${path} is malformed (ring-ref ${JSON.stringify(rr)}, event-channel ${JSON.stringify(ec)})`,
+      undefined,
+    );
   return { ref, port };
-}
-
-function abortError(signal: AbortSignal): Error {
-  const e = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
-  e.name = 'AbortError';
-  e.code = 'ABORT_ERR';
-  return e;
 }
 
 /**
@@ -705,7 +751,8 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
   const path = checkVchanPath('options.path', o.path);
   const timeout = o.timeout === undefined ? undefined : checkInt('options.timeout', o.timeout, 0, 2 ** 31 - 1);
   const signal = o.signal as AbortSignal | undefined;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArgType('options.signal', 'an instance of AbortSignal', signal);
+  if (signal !== undefined && !(signal instanceof AbortSignal))
+    throw invalidArgType('options.signal', 'an instance of AbortSignal', signal);
   const mockDomid = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
   checkOnread(o.onread);
   const b = binding(o.backend as Backend | undefined);
@@ -718,7 +765,10 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
     const watch = await xs.watch(`${path}/event-channel`);
     const stop = new Promise<never>((_, reject) => {
       if (timeout !== undefined)
-        timer = setTimeout(() => reject(systemError('ETIMEDOUT', 'connect', `no vchan server at ${path} after ${timeout} ms`)), timeout);
+        timer = setTimeout(
+          () => reject(systemError('ETIMEDOUT', 'connect', `no vchan server at ${path} after ${timeout} ms`)),
+          timeout,
+        );
       if (signal) {
         onAbort = () => reject(abortError(signal));
         signal.addEventListener('abort', onAbort, { once: true });

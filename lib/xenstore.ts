@@ -102,7 +102,11 @@ class Ops implements XenstoreOps {
 /** Operations inside a transaction: isolated until it ends. */
 export class XenstoreTransaction extends Ops {
   /** @internal */
-  constructor(b: Binding, handleOf: () => XenstoreHandle, readonly id: number) {
+  constructor(
+    b: Binding,
+    handleOf: () => XenstoreHandle,
+    readonly id: number,
+  ) {
     super(b, handleOf, () => id);
   }
 }
@@ -111,7 +115,10 @@ export class XenstoreTransaction extends Ops {
  * Watch events for one path, as an async iterator and as 'change' events. A watch fires once
  * when set, then on every change at or below its path.
  */
-export class XenstoreWatch extends EventEmitter<{ change: [WatchEvent]; error: [Error] }> implements AsyncIterable<WatchEvent> {
+export class XenstoreWatch
+  extends EventEmitter<{ change: [WatchEvent]; error: [Error] }>
+  implements AsyncIterable<WatchEvent>
+{
   readonly #queue: WatchEvent[] = [];
   #waiter: ((v: IteratorResult<WatchEvent>) => void) | null = null;
   #closed = false;
@@ -121,7 +128,11 @@ export class XenstoreWatch extends EventEmitter<{ change: [WatchEvent]; error: [
   #held: WatchEvent[] | null = [];
 
   /** @internal */
-  constructor(readonly path: string, readonly token: string, stop: () => Promise<void>) {
+  constructor(
+    readonly path: string,
+    readonly token: string,
+    stop: () => Promise<void>,
+  ) {
     super();
     this.#stop = stop;
   }
@@ -198,8 +209,15 @@ export class Xenstore extends Ops {
     const b = binding(o.backend as Backend | undefined);
     const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
     const h = asDomain(b, dom, () => b.xenstore.open());
+    // The ops base class needs the handle getter before `this` exists; the getter runs only later.
+    // eslint-disable-next-line prefer-const
     let self: Xenstore | undefined;
-    super(b, () => self!.#handle(), () => 0);
+    super(
+      b,
+      () => self!.#handle(),
+      () => 0,
+    );
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
     self = this;
     this.#h = h;
   }
@@ -255,7 +273,8 @@ export class Xenstore extends Ops {
   async watch(path: string, token?: string): Promise<XenstoreWatch> {
     checkXsPath('path', path, true);
     const tok = token === undefined ? `xv${process.pid}-${++tokenCounter}` : checkString('token', token);
-    if (this.#watches.has(tok)) throw coded(`A watch with token ${tok} is already set on this connection`, 'ERR_XEN_WATCH_EXISTS');
+    if (this.#watches.has(tok))
+      throw coded(`A watch with token ${tok} is already set on this connection`, 'ERR_XEN_WATCH_EXISTS');
     const w = new XenstoreWatch(path, tok, async () => {
       this.#watches.delete(tok);
       if (this.#h) await this.b.xenstore.unwatch(this.#h, path, tok).catch(() => undefined);
@@ -291,7 +310,8 @@ export class Xenstore extends Ops {
 
   #onWatchEvents(): void {
     if (!this.#h) return;
-    for (const { path, token } of this.b.xenstore.readWatches(this.#h)) this.#watches.get(token)?.deliver({ path, token });
+    for (const { path, token } of this.b.xenstore.readWatches(this.#h))
+      this.#watches.get(token)?.deliver({ path, token });
   }
 
   /** Keep the process alive while watches are set (the default). */

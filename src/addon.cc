@@ -29,7 +29,6 @@ void OnCleanup(napi_async_cleanup_hook_handle handle, void* arg) {
   reg.MaybeFinishCleanup();
 }
 
-
 }  // namespace
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {

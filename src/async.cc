@@ -5,7 +5,6 @@
 
 namespace xv {
 
-
 namespace {
 class FnWorker : public Napi::AsyncWorker {
  public:

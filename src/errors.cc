@@ -84,8 +84,8 @@ Bytes CurrentBytes(napi_env env, const Napi::Uint8Array& a) {
 
 std::string ArgString(const Napi::CallbackInfo& info, size_t i, const char* name) {
   if (info.Length() <= i || !info[i].IsString()) {
-    throw CodedError(info.Env(), "ERR_INVALID_ARG_TYPE", std::string("The \"") + name + "\" argument must be of type string",
-                     true);
+    throw CodedError(info.Env(), "ERR_INVALID_ARG_TYPE",
+                     std::string("The \"") + name + "\" argument must be of type string", true);
   }
   return info[i].As<Napi::String>().Utf8Value();
 }

@@ -56,7 +56,8 @@ class Grants : public Handle {
  public:
   static constexpr napi_type_tag kTag = {0x3f9d2c1b0a8e7d6cULL, 0x5b4a39281706f5e4ULL};
   static constexpr const char* kName = "grant";
-  Grants(std::shared_ptr<Registry> reg, std::shared_ptr<Dev> dev) : Handle(std::move(reg), &kTag), dev_(std::move(dev)) {}
+  Grants(std::shared_ptr<Registry> reg, std::shared_ptr<Dev> dev)
+      : Handle(std::move(reg), &kTag), dev_(std::move(dev)) {}
   ~Grants() override { Close(); }
   // No new shares or maps. The device closes now unless regions are still alive: each holds it
   // until released (explicitly, or by its ArrayBuffer's finalizer).
@@ -131,7 +132,8 @@ Napi::ArrayBuffer Expose(Napi::Env env, Grants* g, void* addr, uint32_t count) {
 Napi::Value Share(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Grants* g = Unwrap<Grants>(info);
-  if (!g->dev_->share) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant sharer", true);
+  if (!g->dev_->share)
+    throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant sharer", true);
   uint32_t dom = ArgUint32(info, 1, "domid", kMaxDomid);
   uint32_t pages = ArgUint32(info, 2, "pages", 1u << 20);
   bool writable = info[3].ToBoolean();
@@ -140,7 +142,8 @@ Napi::Value Share(const Napi::CallbackInfo& info) {
   std::vector<uint32_t> refs(pages);
   void* addr;
   if (notify) {
-    if (pages != 1) throw CodedError(env, "ERR_OUT_OF_RANGE", "An unmap notification needs exactly one page", false, true);
+    if (pages != 1)
+      throw CodedError(env, "ERR_OUT_OF_RANGE", "An unmap notification needs exactly one page", false, true);
     uint32_t off = ArgUint32(info, 4, "notify.offset", kPage - 1), port = ArgUint32(info, 5, "notify.port");
     addr = xengntshr_share_page_notify(static_cast<xengntshr_handle*>(g->dev_->h), dom, &refs[0], writable, off, port);
   } else {
@@ -167,13 +170,15 @@ Napi::Value Map(const Napi::CallbackInfo& info) {
     throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"refs\" argument must be an array of grant references", true);
   Napi::Array arr = info[2].As<Napi::Array>();
   uint32_t n = arr.Length();
-  if (n == 0 || n > (1u << 20)) throw CodedError(env, "ERR_OUT_OF_RANGE", "\"refs\" must hold 1 to 1048576 references", false, true);
+  if (n == 0 || n > (1u << 20))
+    throw CodedError(env, "ERR_OUT_OF_RANGE", "\"refs\" must hold 1 to 1048576 references", false, true);
   std::vector<uint32_t> refs(n);
   for (uint32_t i = 0; i < n; i++) {
     Napi::Value v = arr.Get(i);
     double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
     if (!(d >= 0 && d <= UINT32_MAX) || d != static_cast<double>(static_cast<uint32_t>(d)))
-      throw CodedError(env, "ERR_OUT_OF_RANGE", "Every grant reference must be an integer from 0 to 4294967295", false, true);
+      throw CodedError(env, "ERR_OUT_OF_RANGE", "Every grant reference must be an integer from 0 to 4294967295", false,
+                       true);
     refs[i] = static_cast<uint32_t>(d);
   }
   int prot = PROT_READ | (info[3].ToBoolean() ? PROT_WRITE : 0);
@@ -199,13 +204,15 @@ Napi::Value Release(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Grants* g = Unwrap<Grants>(info, true);
   if (info.Length() < 2 || !info[1].IsArrayBuffer())
-    throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"buffer\" argument must be an ArrayBuffer from this handle", true);
+    throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"buffer\" argument must be an ArrayBuffer from this handle",
+                     true);
   Napi::ArrayBuffer ab = info[1].As<Napi::ArrayBuffer>();
   void* addr = ab.Data();
   std::shared_ptr<Dev> dev = g->dev();
   auto it = dev ? dev->regions.find(addr) : decltype(dev->regions.end()){};
   if (!addr || !dev || it == dev->regions.end()) {
-    throw CodedError(env, "ERR_XEN_NOT_MAPPED", "This ArrayBuffer is not a live region of this handle (already released?)");
+    throw CodedError(env, "ERR_XEN_NOT_MAPPED",
+                     "This ArrayBuffer is not a live region of this handle (already released?)");
   }
   Region* r = it->second;
   dev->regions.erase(it); /* the address may be reused by the next mapping */
@@ -242,7 +249,8 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
   Napi::Array arr = info[1].As<Napi::Array>();
   uint32_t n = arr.Length();
   if (n > kMaxCopySegments)
-    throw CodedError(env, "ERR_OUT_OF_RANGE", "At most " + std::to_string(kMaxCopySegments) + " segments per copy", false, true);
+    throw CodedError(env, "ERR_OUT_OF_RANGE", "At most " + std::to_string(kMaxCopySegments) + " segments per copy",
+                     false, true);
   static const char* const kSides[2] = {"source", "dest"};
   std::vector<CopySeg> in(n);
   for (uint32_t i = 0; i < n; i++) {
@@ -268,12 +276,14 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
         auto whole = [](double x) { return x == static_cast<double>(static_cast<uint64_t>(x)); };
         if (!(dd >= 0 && dd <= kMaxDomid) || !(rr >= 0 && rr <= UINT32_MAX) || !(oo >= 0 && oo + len <= kPage) ||
             !whole(dd) || !whole(rr) || !whole(oo))
-          throw CodedError(env, "ERR_OUT_OF_RANGE", std::string("A segment's ") + kSides[k] + " grant is out of range", false, true);
+          throw CodedError(env, "ERR_OUT_OF_RANGE", std::string("A segment's ") + kSides[k] + " grant is out of range",
+                           false, true);
         side.domid = static_cast<uint16_t>(dd);
         side.ref = static_cast<uint32_t>(rr);
         side.offset = static_cast<uint16_t>(oo);
       } else {
-        throw CodedError(env, "ERR_INVALID_ARG_TYPE", std::string("A segment's ") + kSides[k] + " must be a Uint8Array or a grant", true);
+        throw CodedError(env, "ERR_INVALID_ARG_TYPE",
+                         std::string("A segment's ") + kSides[k] + " must be a Uint8Array or a grant", true);
       }
     }
   }
@@ -292,7 +302,9 @@ Napi::Value Copy(const Napi::CallbackInfo& info) {
         // A detached buffer (a released region among them) has length 0 now.
         Bytes now = CurrentBytes(env, side.local);
         if (now.length < seg.len)
-          throw CodedError(env, "ERR_OUT_OF_RANGE", std::string("A segment's ") + kSides[k] + " buffer is shorter than its length (detached?)", false, true);
+          throw CodedError(env, "ERR_OUT_OF_RANGE",
+                           std::string("A segment's ") + kSides[k] + " buffer is shorter than its length (detached?)",
+                           false, true);
         ptr.virt = now.data;
       } else {
         ptr.foreign.domid = side.domid;

@@ -83,8 +83,8 @@ T* Unwrap(const Napi::CallbackInfo& info, bool allow_closed) {
   bool ok = false;
   napi_check_object_type_tag(env, obj, &T::kTag, &ok);
   if (!ok) {
-    throw CodedError(env, "ERR_INVALID_ARG_TYPE", std::string("The handle argument must be a handle of type ") + T::kName,
-                     true);
+    throw CodedError(env, "ERR_INVALID_ARG_TYPE",
+                     std::string("The handle argument must be a handle of type ") + T::kName, true);
   }
   void* p = nullptr;
   napi_unwrap(env, obj, &p);

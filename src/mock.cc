@@ -53,12 +53,14 @@ Napi::Value MockRaiseVirq(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value MockIntroduce(const Napi::CallbackInfo& info) {
-  if (xenmock_introduce_domain(ArgUint32(info, 0, "domid", kMaxDomid)) < 0) ThrowErrno(info.Env(), errno, "xenmock_introduce_domain");
+  if (xenmock_introduce_domain(ArgUint32(info, 0, "domid", kMaxDomid)) < 0)
+    ThrowErrno(info.Env(), errno, "xenmock_introduce_domain");
   return info.Env().Undefined();
 }
 
 Napi::Value MockDestroy(const Napi::CallbackInfo& info) {
-  if (xenmock_destroy_domain(ArgUint32(info, 0, "domid", kMaxDomid)) < 0) ThrowErrno(info.Env(), errno, "xenmock_destroy_domain");
+  if (xenmock_destroy_domain(ArgUint32(info, 0, "domid", kMaxDomid)) < 0)
+    ThrowErrno(info.Env(), errno, "xenmock_destroy_domain");
   return info.Env().Undefined();
 }
 

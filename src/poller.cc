@@ -3,7 +3,6 @@
 
 namespace xv {
 
-
 static uv_loop_t* LoopOf(Napi::Env env) {
   uv_loop_t* loop = nullptr;
   napi_get_uv_event_loop(env, &loop);
@@ -29,7 +28,8 @@ Poller::Poller(Napi::Env env, int fd, Napi::Function cb, Registry* reg) : env_(e
 
 void Poller::SetCallback(Napi::Function cb) {
   napi_ref fresh = nullptr;
-  if (napi_create_reference(env_, cb, 1, &fresh) != napi_ok) throw Napi::Error::New(env_, "could not keep the callback");
+  if (napi_create_reference(env_, cb, 1, &fresh) != napi_ok)
+    throw Napi::Error::New(env_, "could not keep the callback");
   if (cb_) napi_delete_reference(env_, cb_);
   cb_ = fresh;
 }
@@ -101,8 +101,7 @@ void Poller::OnPoll(uv_poll_t* p, int status, int events) {
   if (napi_get_reference_value(env, self->cb_, &fn) == napi_ok && fn != nullptr &&
       napi_get_global(env, &recv) == napi_ok && napi_create_int32(env, status, &args[0]) == napi_ok &&
       napi_create_int32(env, events, &args[1]) == napi_ok) {
-    napi_status st =
-        napi_make_callback(env, self->ctx_, recv, fn, 2, args, &result);
+    napi_status st = napi_make_callback(env, self->ctx_, recv, fn, 2, args, &result);
     bool pending = false;
     if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
       napi_value err;

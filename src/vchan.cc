@@ -107,7 +107,6 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
 // on the same page for the next client); ours never do: a VchanServer offers a fresh channel for
 // each client, so a closed channel of ours must never be taken over.
 
-
 // The ring layout a server published: orders the protocol knows, rings that do not overlap each
 // other or the grant list.
 bool LayoutOk(unsigned lo, unsigned ro) {
@@ -202,7 +201,8 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
       ThrowErrno(env, e, "vchan_claim",
                  "the page at " + path + "/ring-ref is not a vchan control page (impossible orders or live state)");
     if (e == EBUSY)
-      ThrowErrno(env, e, "vchan_claim", "the channel at " + path + " is not offered (cli_live=" + std::to_string(claim.seen()) + ")");
+      ThrowErrno(env, e, "vchan_claim",
+                 "the channel at " + path + " is not offered (cli_live=" + std::to_string(claim.seen()) + ")");
     ThrowErrno(env, e, "xengnttab_map_grant_ref", path + "/ring-ref");
   }
   errno = 0;
@@ -210,7 +210,8 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
   if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_client_init", path);
   if (!claim.SamePage(c->ring)) {
     libxenvchan_close(c);
-    ThrowErrno(env, EAGAIN, "libxenvchan_client_init", "the channel at " + path + " was offered again while connecting");
+    ThrowErrno(env, EAGAIN, "libxenvchan_client_init",
+               "the channel at " + path + " was offered again while connecting");
   }
   claim.Keep();
   return WrapHandle(env, new Vchan(RegistryOf(info), c));
@@ -253,7 +254,8 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
 Napi::Value Writev(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
-  if (info.Length() < 2 || !info[1].IsArray()) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"chunks\" argument must be an array", true);
+  if (info.Length() < 2 || !info[1].IsArray())
+    throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The \"chunks\" argument must be an array", true);
   Napi::Array list = info[1].As<Napi::Array>();
   uint32_t skip = info.Length() > 2 ? ArgUint32(info, 2, "offset") : 0;
   uint32_t count = list.Length();
@@ -307,8 +309,10 @@ Napi::Value Peek(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
   struct libxenvchan* c = v->c_;
-  uint32_t rprod = __atomic_load_n(&c->read.shr->prod, __ATOMIC_ACQUIRE), rcons = __atomic_load_n(&c->read.shr->cons, __ATOMIC_ACQUIRE);
-  uint32_t wprod = __atomic_load_n(&c->write.shr->prod, __ATOMIC_ACQUIRE), wcons = __atomic_load_n(&c->write.shr->cons, __ATOMIC_ACQUIRE);
+  uint32_t rprod = __atomic_load_n(&c->read.shr->prod, __ATOMIC_ACQUIRE),
+           rcons = __atomic_load_n(&c->read.shr->cons, __ATOMIC_ACQUIRE);
+  uint32_t wprod = __atomic_load_n(&c->write.shr->prod, __ATOMIC_ACQUIRE),
+           wcons = __atomic_load_n(&c->write.shr->cons, __ATOMIC_ACQUIRE);
   uint8_t* ours = c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify;
   uint8_t* theirs = c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify;
   struct pollfd pfd = {libxenvchan_fd_for_select(c), POLLIN, 0};

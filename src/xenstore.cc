@@ -81,18 +81,21 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   return RunAsync(
       info.Env(), "xs_write",
       [c, t, path, value](std::string&) {
-        return xs_write(c->h, t, path.c_str(), value.data(), static_cast<unsigned>(value.size())) ? 0 : (errno ? errno : EIO);
+        return xs_write(c->h, t, path.c_str(), value.data(), static_cast<unsigned>(value.size()))
+                   ? 0
+                   : (errno ? errno : EIO);
       },
       Undef);
 }
 
-Napi::Value PathOp(const Napi::CallbackInfo& info, const char* syscall, bool (*fn)(struct xs_handle*, xs_transaction_t, const char*)) {
+Napi::Value PathOp(const Napi::CallbackInfo& info, const char* syscall,
+                   bool (*fn)(struct xs_handle*, xs_transaction_t, const char*)) {
   std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;
   uint32_t t = ArgTx(info, 1);
   std::string path = ArgString(info, 2, "path");
   return RunAsync(
-      info.Env(), syscall, [c, t, path, fn](std::string&) { return fn(c->h, t, path.c_str()) ? 0 : (errno ? errno : EIO); },
-      Undef);
+      info.Env(), syscall,
+      [c, t, path, fn](std::string&) { return fn(c->h, t, path.c_str()) ? 0 : (errno ? errno : EIO); }, Undef);
 }
 
 Napi::Value Mkdir(const Napi::CallbackInfo& info) { return PathOp(info, "xs_mkdir", xs_mkdir); }
@@ -182,12 +185,14 @@ Napi::Value SetPerms(const Napi::CallbackInfo& info) {
     if (!id.IsNumber() || !bits.IsNumber())
       throw CodedError(env, "ERR_INVALID_ARG_TYPE", "Permission entries must be numbers", true);
     double d = id.As<Napi::Number>().DoubleValue(), b = bits.As<Napi::Number>().DoubleValue();
-    if (!(d >= 0 && d <= 0xffff) || !(b >= 0 && b <= 3) || d != static_cast<uint32_t>(d) || b != static_cast<uint32_t>(b))
+    if (!(d >= 0 && d <= 0xffff) || !(b >= 0 && b <= 3) || d != static_cast<uint32_t>(d) ||
+        b != static_cast<uint32_t>(b))
       throw CodedError(env, "ERR_OUT_OF_RANGE", "A permission entry is out of range", false, true);
     perms.push_back({static_cast<unsigned>(d), static_cast<unsigned>(b)});
   }
   std::shared_ptr<Conn> c = Unwrap<Xs>(info)->conn_;  // throws ERR_XEN_CLOSED if a getter closed it
-  if (perms.empty()) throw CodedError(env, "ERR_OUT_OF_RANGE", "At least one permission entry (the owner) is needed", false, true);
+  if (perms.empty())
+    throw CodedError(env, "ERR_OUT_OF_RANGE", "At least one permission entry (the owner) is needed", false, true);
   return RunAsync(
       env, "xs_set_permissions",
       [c, t, path, perms](std::string&) mutable {

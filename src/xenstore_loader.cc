@@ -131,12 +131,8 @@ void* xs_read(struct xs_handle* h, xs_transaction_t t, const char* path, unsigne
 bool xs_write(struct xs_handle* h, xs_transaction_t t, const char* path, const void* data, unsigned int len) {
   return api.write(h, t, path, data, len);
 }
-bool xs_rm(struct xs_handle* h, xs_transaction_t t, const char* path) {
-  return api.rm(h, t, path);
-}
-bool xs_mkdir(struct xs_handle* h, xs_transaction_t t, const char* path) {
-  return api.mkdir(h, t, path);
-}
+bool xs_rm(struct xs_handle* h, xs_transaction_t t, const char* path) { return api.rm(h, t, path); }
+bool xs_mkdir(struct xs_handle* h, xs_transaction_t t, const char* path) { return api.mkdir(h, t, path); }
 char** xs_directory(struct xs_handle* h, xs_transaction_t t, const char* path, unsigned int* num) {
   return api.directory(h, t, path, num);
 }
@@ -148,29 +144,15 @@ bool xs_set_permissions(struct xs_handle* h, xs_transaction_t t, const char* pat
                         unsigned int num) {
   return api.set_permissions(h, t, path, perms, num);
 }
-bool xs_watch(struct xs_handle* h, const char* path, const char* token) {
-  return api.watch(h, path, token);
-}
-bool xs_unwatch(struct xs_handle* h, const char* path, const char* token) {
-  return api.unwatch(h, path, token);
-}
-int xs_fileno(struct xs_handle* h) {
-  return api.fileno(h);
-}
-char** xs_check_watch(struct xs_handle* h) {
-  return api.check_watch(h);
-}
-xs_transaction_t xs_transaction_start(struct xs_handle* h) {
-  return api.transaction_start(h);
-}
+bool xs_watch(struct xs_handle* h, const char* path, const char* token) { return api.watch(h, path, token); }
+bool xs_unwatch(struct xs_handle* h, const char* path, const char* token) { return api.unwatch(h, path, token); }
+int xs_fileno(struct xs_handle* h) { return api.fileno(h); }
+char** xs_check_watch(struct xs_handle* h) { return api.check_watch(h); }
+xs_transaction_t xs_transaction_start(struct xs_handle* h) { return api.transaction_start(h); }
 bool xs_transaction_end(struct xs_handle* h, xs_transaction_t t, bool abort) {
   return api.transaction_end(h, t, abort);
 }
-char* xs_get_domain_path(struct xs_handle* h, unsigned int domid) {
-  return api.get_domain_path(h, domid);
-}
-bool xs_is_domain_introduced(struct xs_handle* h, unsigned int domid) {
-  return api.is_domain_introduced(h, domid);
-}
+char* xs_get_domain_path(struct xs_handle* h, unsigned int domid) { return api.get_domain_path(h, domid); }
+bool xs_is_domain_introduced(struct xs_handle* h, unsigned int domid) { return api.is_domain_introduced(h, domid); }
 
 }  // extern "C"

@@ -1,12 +1,12 @@
 /** The package as a whole: module formats, lifecycle (workers, cleanup hooks) and argument errors across every module. */
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import * as x from '../dist/cjs/index.js';
+import { binding } from '../dist/cjs/native.js';
 import { EventChannel, GrantMapper, GrantSharer, Xenstore } from '../dist/cjs/index.js';
 import { root, selfDomid } from './helpers/env';
 import { sleep } from './helpers/util';
@@ -23,7 +23,11 @@ describe('module formats', () => {
     `;
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
     expect(r.stderr).toBe('');
-    expect(JSON.parse(r.stdout)).toEqual({ same: true, shared: true, n: Object.keys(x).filter((k) => k !== 'default').length });
+    expect(JSON.parse(r.stdout)).toEqual({
+      same: true,
+      shared: true,
+      n: Object.keys(x).filter((k) => k !== 'default').length,
+    });
   });
 });
 
@@ -85,11 +89,17 @@ describe('lifecycle', () => {
 
   it('type tags: a native function given the wrong kind of handle throws instead of crashing', () => {
     // Reach the raw addon through a private path only tests use.
-    const native = require(path.join(root, 'dist', 'cjs', 'native.js')).binding();
+    const native = binding();
     const xs = native.xenstore.open();
-    expect(() => native.evtchn.notify(xs, 1)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
-    expect(() => native.vchan.read({}, Buffer.alloc(1), 0, 1)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
-    expect(() => native.grants.map(undefined, 0, [1])).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+    expect(() => native.evtchn.notify(xs as never, 1)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    expect(() => native.vchan.read({}, Buffer.alloc(1), 0, 1)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    expect(() => native.grants.map(undefined as never, 0, [1], false)).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
     native.xenstore.close(xs);
     expect(() => native.xenstore.domainPath(xs, 0)).toThrow(expect.objectContaining({ code: 'ERR_XEN_CLOSED' }));
   });
@@ -147,8 +157,16 @@ describe('bad arguments get TypeError/RangeError with Node codes', () => {
     ['createServer(readMin)', () => x.createServer({ domid: 0, path: 'data/x', readMin: 2 << 20 }), R],
     ['createServer(listener)', () => x.createServer({ domid: 0, path: 'data/x' }, 5 as never), T],
     // "<path>/event-channel" must fit xenstore's 2048 bytes (relative) or 3072 (absolute).
-    ['createServer(relative path of 2035 bytes)', () => x.createServer({ domid: 0, path: `data/${'p'.repeat(2030)}` }), R],
-    ['createServer(path of 3059 bytes)', () => x.createServer({ domid: 0, path: `/local/domain/0/${'p'.repeat(3043)}` }), R],
+    [
+      'createServer(relative path of 2035 bytes)',
+      () => x.createServer({ domid: 0, path: `data/${'p'.repeat(2030)}` }),
+      R,
+    ],
+    [
+      'createServer(path of 3059 bytes)',
+      () => x.createServer({ domid: 0, path: `/local/domain/0/${'p'.repeat(3043)}` }),
+      R,
+    ],
     ['mockStats(-1)', () => x.mockStats(-1), R],
     ['useBackend(bad)', () => x.useBackend('xen' as never), V],
   ];

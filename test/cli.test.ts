@@ -48,10 +48,29 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     const echo = net.createServer((c) => c.pipe(c)).listen(sock);
     await once(echo, 'listening');
     const base = uniquePath('proxy');
-    const serve = run(0, ['proxy', '--serve', '--domid', '5', '--path', base, '--connect', `unix:${sock}`, '--slots', '4']);
+    const serve = run(0, [
+      'proxy',
+      '--serve',
+      '--domid',
+      '5',
+      '--path',
+      base,
+      '--connect',
+      `unix:${sock}`,
+      '--slots',
+      '4',
+    ]);
     await sleep(500); // the slots are published
     const port = 20000 + (process.pid % 20000);
-    const front = run(5, ['proxy', '--domid', '0', '--path', `/local/domain/0/${base}`, '--listen', `tcp:127.0.0.1:${port}`]);
+    const front = run(5, [
+      'proxy',
+      '--domid',
+      '0',
+      '--path',
+      `/local/domain/0/${base}`,
+      '--listen',
+      `tcp:127.0.0.1:${port}`,
+    ]);
     // Until it listens (a fixed wait failed on a loaded machine: ECONNREFUSED).
     for (let i = 0; i < 200; i++) {
       const ok = await new Promise<boolean>((resolve) => {

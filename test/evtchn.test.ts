@@ -121,9 +121,12 @@ describe('EventChannel', () => {
     zero.close();
   });
 
-  it.runIf(config !== 'mock')('bindStatic on a kernel without IOCTL_EVTCHN_BIND_STATIC (Linux < 6.5, the rig\'s 6.1) says so', () => {
-    const a = new EventChannel();
-    expect(() => a.bindStatic(70)).toThrow(expect.objectContaining({ code: 'ENOTSUP' }));
-    a.close();
-  });
+  it.runIf(config !== 'mock')(
+    "bindStatic on a kernel without IOCTL_EVTCHN_BIND_STATIC (Linux < 6.5, the rig's 6.1) says so",
+    () => {
+      const a = new EventChannel();
+      expect(() => a.bindStatic(70)).toThrow(expect.objectContaining({ code: 'ENOTSUP' }));
+      a.close();
+    },
+  );
 });

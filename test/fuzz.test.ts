@@ -66,7 +66,10 @@ class World {
     add('grants', mp);
     const mapped = b.grants.map(mp, 0, shared.refs, true) as ArrayBuffer;
     this.buffers.push(new Uint8Array(mapped), new Uint8Array(mapped, 100, 50));
-    this.regions.push({ release: () => b.grants.release(mp, mapped) }, { release: () => b.grants.release(sh, shared.buffer) });
+    this.regions.push(
+      { release: () => b.grants.release(mp, mapped) },
+      { release: () => b.grants.release(sh, shared.buffer) },
+    );
     this.buffers.push(Buffer.alloc(4096, 1), new Uint8Array(64), Buffer.alloc(0));
     // A vchan pair, through the public API, and its raw handles through the binding.
     const path = `data/vchan/fuzz-${n}`;
@@ -273,7 +276,7 @@ describe.skipIf(!onMock)('fuzz', () => {
       for (const [k, fn] of Object.entries(b[ns])) fns.push({ name: `${ns}.${k}`, fn: fn as Fn });
     // The mock's admin functions change the broker for the whole file (reset, introduce, destroy,
     // static channels); they are tested on their own. The rest of the mock namespace is fuzzed.
-    for (const k of ['stats', 'dir', 'setThreadDomid', 'raiseVirq'])
+    for (const k of ['stats', 'dir', 'setThreadDomid', 'raiseVirq'] as const)
       if (b.mock?.[k]) fns.push({ name: `mock.${k}`, fn: b.mock[k] as Fn });
     const pending: Promise<unknown>[] = [];
     let calls = 0;
@@ -348,7 +351,10 @@ describe.skipIf(!onMock)('fuzz', () => {
         const [tname, obj] = targets[Math.floor(rnd() * targets.length)];
         const proto = Object.getPrototypeOf(obj) as object;
         const methods = Object.getOwnPropertyNames(proto).filter(
-          (m) => m !== 'constructor' && !m.startsWith('_') && typeof Object.getOwnPropertyDescriptor(proto, m)?.value === 'function',
+          (m) =>
+            m !== 'constructor' &&
+            !m.startsWith('_') &&
+            typeof Object.getOwnPropertyDescriptor(proto, m)?.value === 'function',
         );
         if (!methods.length) continue;
         const m = methods[Math.floor(rnd() * methods.length)];
@@ -391,7 +397,7 @@ describe('getters with side effects never reach freed memory', () => {
     const copy = (mapper: x.GrantMapper, segs: unknown[]) =>
       api === 'public'
         ? mapper.copy(segs as x.CopySegment[])
-        : b.grants.copy((mapper as unknown as { handle(): object }).handle(), segs);
+        : b.grants.copy((mapper as unknown as { handle(): object }).handle(), segs as never);
 
     it(`copy (${api}): a getter that closes the mapper gets ERR_XEN_CLOSED`, () => {
       const { mapper, shared, done } = page();
@@ -443,7 +449,7 @@ describe('getters with side effects never reach freed memory', () => {
     });
   }
 
-  it('copy (raw): a later segment\'s getter that detaches an earlier destination gets ERR_OUT_OF_RANGE', () => {
+  it("copy (raw): a later segment's getter that detaches an earlier destination gets ERR_OUT_OF_RANGE", () => {
     const { mapper, shared, done } = page();
     const h = (mapper as unknown as { handle(): object }).handle();
     const early = new Uint8Array(4096);
@@ -455,9 +461,9 @@ describe('getters with side effects never reach freed memory', () => {
       },
       length: 16,
     };
-    expect(() => b.grants.copy(h, [{ source: { domid: 0, ref: shared.refs[0] }, dest: early, length: 4096 }, later])).toThrow(
-      expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }),
-    );
+    expect(() =>
+      b.grants.copy(h, [{ source: { domid: 0, ref: shared.refs[0] }, dest: early, length: 4096 }, later]),
+    ).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
     done();
   });
 
@@ -503,11 +509,13 @@ describe('getters with side effects never reach freed memory', () => {
         },
         enumerable: true,
       });
-      expect(b.vchan.writev(cli, list, 0)).toBe(5);
+      expect(b.vchan.writev(cli, list as never, 0)).toBe(5);
       const got = Buffer.alloc(64);
       expect(b.vchan.read(srv, got, 0, 64)).toBe(5);
       expect(got.subarray(0, 5).toString()).toBe('after');
-      expect(() => b.vchan.writev(cli, closing, 0)).toThrow(expect.objectContaining({ code: 'ERR_XEN_CLOSED' }));
+      expect(() => b.vchan.writev(cli, closing as never, 0)).toThrow(
+        expect.objectContaining({ code: 'ERR_XEN_CLOSED' }),
+      );
     } finally {
       b.vchan.close(cli);
       b.vchan.close(srv);
@@ -517,7 +525,7 @@ describe('getters with side effects never reach freed memory', () => {
   it('setPermissions (raw): entries must be numbers (a valueOf could close the connection)', async () => {
     const h = b.xenstore.open();
     const evil = { valueOf: () => (b.xenstore.close(h), 0) };
-    expect(() => b.xenstore.setPermissions(h, 0, '/local/domain/0/data', [evil, 1])).toThrow(
+    expect(() => b.xenstore.setPermissions(h, 0, '/local/domain/0/data', [evil as never, 1])).toThrow(
       expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
     );
     b.xenstore.close(h);

@@ -19,13 +19,28 @@ import { afterEachTest, killChild, sleep, uniquePath } from './helpers/util';
 
 const sanitized = (process.env.LD_PRELOAD ?? '').includes('asan');
 const peerBin = path.join(root, 'native', 'mock', sanitized ? 'build-san' : 'build', 'test', 'hostile_peer');
-const FIELDS = ['left.cons', 'left.prod', 'right.cons', 'right.prod', 'left_order', 'right_order', 'cli_live', 'srv_live', 'cli_notify', 'srv_notify', 'grant0'];
+const FIELDS = [
+  'left.cons',
+  'left.prod',
+  'right.cons',
+  'right.prod',
+  'left_order',
+  'right_order',
+  'cli_live',
+  'srv_live',
+  'cli_notify',
+  'srv_notify',
+  'grant0',
+];
 
 const { children, cleanups } = afterEachTest();
 
 /** Starts the hostile peer in domain 5; resolves at its "ready", exposes its later lines. */
 async function hostile(args: string[]): Promise<{ child: ChildProcess; corrupted: Promise<void> }> {
-  const child = spawn(peerBin, args, { env: { ...process.env, XEN_MOCK_DOMID: '5' }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(peerBin, args, {
+    env: { ...process.env, XEN_MOCK_DOMID: '5' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.push(child);
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
@@ -40,7 +55,9 @@ async function hostile(args: string[]): Promise<{ child: ChildProcess; corrupted
     new Promise<void>((resolve, reject) => {
       if (seen.has(l)) return resolve();
       waiters.set(l, resolve);
-      child.once('exit', (code) => reject(new Error(`hostile_peer ${args.join(' ')} exited ${code} before "${l}": ${err}`)));
+      child.once('exit', (code) =>
+        reject(new Error(`hostile_peer ${args.join(' ')} exited ${code} before "${l}": ${err}`)),
+      );
     });
   await line('ready');
   return { child, corrupted: line('corrupted') };
@@ -108,7 +125,10 @@ describe.skipIf(!onMock || !fs.existsSync(peerBin))('a hostile C peer in another
         cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
         cleanups.push(() => streams.forEach((st) => st.destroy()));
         const events: string[] = [];
-        server.on('clientError', (e) => (coded(e), events.push(`clientError ${(e as unknown as { code: string }).code}`)));
+        server.on(
+          'clientError',
+          (e) => (coded(e), events.push(`clientError ${(e as unknown as { code: string }).code}`)),
+        );
         server.on('error', (e) => events.push(`error ${(e as Error).message}`));
         server.on('connection', (s) => {
           streams.push(s);
@@ -128,7 +148,10 @@ describe.skipIf(!onMock || !fs.existsSync(peerBin))('a hostile C peer in another
         // The next client: a process of domain 5, as on Xen (on every backend).
         const good = spawn(
           process.execPath,
-          ['-e', `require(${JSON.stringify(root)}).connect({ domid: 0, path: ${JSON.stringify(full)}, timeout: 5000 }).then((c) => c.end('good'))`],
+          [
+            '-e',
+            `require(${JSON.stringify(root)}).connect({ domid: 0, path: ${JSON.stringify(full)}, timeout: 5000 }).then((c) => c.end('good'))`,
+          ],
           { env: { ...process.env, XEN_MOCK_DOMID: '5' }, stdio: 'inherit' },
         );
         children.push(good);
@@ -145,6 +168,10 @@ describe.skipIf(!onMock || !fs.existsSync(peerBin))('a hostile C peer in another
   }
 
   it('(the outcomes, for the record)', () => {
-    console.log(Object.entries(outcomes).map(([k, v]) => `${k}: ${v}`).join('\n'));
+    console.log(
+      Object.entries(outcomes)
+        .map(([k, v]) => `${k}: ${v}`)
+        .join('\n'),
+    );
   });
 });

@@ -13,11 +13,31 @@ import * as nodePath from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { connect, createServer, EventChannel, GrantMapper, GrantSharer, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
+import {
+  connect,
+  createServer,
+  EventChannel,
+  GrantMapper,
+  GrantSharer,
+  VchanServer,
+  VchanStream,
+  Xenstore,
+} from '../dist/cjs/index.js';
 import { onMock, selfDomid } from './helpers/env';
 import { sleep, uniquePath } from './helpers/util';
 
-const OFF = { leftCons: 0, leftProd: 4, rightCons: 8, rightProd: 12, leftOrder: 16, rightOrder: 18, cliLive: 20, srvLive: 21, cliNotify: 22, grants: 24 };
+const OFF = {
+  leftCons: 0,
+  leftProd: 4,
+  rightCons: 8,
+  rightProd: 12,
+  leftOrder: 16,
+  rightOrder: 18,
+  cliLive: 20,
+  srvLive: 21,
+  cliNotify: 22,
+  grants: 24,
+};
 /** The bit of cli_notify with which our servers mark a channel single-use (src/vchan.cc). */
 const SINGLE_USE = 0x40;
 const RACE_CYCLES = Number(process.env.XEN_VCHAN_RACE_CYCLES ?? 500);
@@ -34,7 +54,14 @@ afterEach(async () => {
  */
 async function handmadeServer(
   path: string,
-  opts: { leftOrder?: number; rightOrder?: number; grants?: (refs: number[]) => number[]; ringPages?: number; writable?: boolean; grantTo?: number },
+  opts: {
+    leftOrder?: number;
+    rightOrder?: number;
+    grants?: (refs: number[]) => number[];
+    ringPages?: number;
+    writable?: boolean;
+    grantTo?: number;
+  },
 ) {
   const full = `/local/domain/${selfDomid}/${path}`;
   const sharer = new GrantSharer();
@@ -89,7 +116,11 @@ describe.skipIf(!onMock)('a hostile or broken server: connect() settles with a c
   ] as const) {
     it(`${what}: EPROTO at once`, async () => {
       const full = await entry(uniquePath('garbage'), rr, ec);
-      await expect(connect({ domid: selfDomid, path: full })).rejects.toMatchObject({ code: 'EPROTO', errno: -71, syscall: 'connect' });
+      await expect(connect({ domid: selfDomid, path: full })).rejects.toMatchObject({
+        code: 'EPROTO',
+        errno: -71,
+        syscall: 'connect',
+      });
     });
   }
 
@@ -118,7 +149,12 @@ describe.skipIf(!onMock)('a hostile or broken server: connect() settles with a c
 
   it('an order-20 ring with only 2 valid refs: EPROTO, and the claim is given back (cli_live 0)', async () => {
     // Right ring in the page at 2048, clear of the 256-entry grant list; only 2 of the 256 left refs valid.
-    const s = await handmadeServer(uniquePath('short'), { leftOrder: 20, rightOrder: 11, ringPages: 2, grants: (r) => r.slice(1) });
+    const s = await handmadeServer(uniquePath('short'), {
+      leftOrder: 20,
+      rightOrder: 11,
+      ringPages: 2,
+      grants: (r) => r.slice(1),
+    });
     const err = await connect({ domid: selfDomid, path: s.full }).catch((e) => e);
     expect(err).toMatchObject({ code: 'EPROTO', syscall: 'connect' });
     expect(err.cause).toMatchObject({ syscall: 'libxenvchan_client_init' });
@@ -288,7 +324,9 @@ describe('API misuse gets coded errors, never an uncaught exception', () => {
 
   it('a VchanStream cannot be constructed directly', () => {
     const Ctor = VchanStream as unknown as new (...a: unknown[]) => unknown;
-    expect(() => new Ctor({}, {}, 0, 'x')).toThrow(expect.objectContaining({ name: 'TypeError', code: 'ERR_ILLEGAL_CONSTRUCTOR' }));
+    expect(() => new Ctor({}, {}, 0, 'x')).toThrow(
+      expect.objectContaining({ name: 'TypeError', code: 'ERR_ILLEGAL_CONSTRUCTOR' }),
+    );
   });
 });
 
@@ -304,21 +342,28 @@ describe.skipIf(!onMock || sanitized)('memory', () => {
   // a shared machine shows in one. The test fails only if both windows grow past the bound: 6 MB per
   // 3,000 cycles, so a leak of 2 KiB per cycle or more fails it. (Once, in CI with two test files
   // running at once, the one window then measured grew 11.6 MB; idle, windows grow 0.3-2 MB.)
-  it('connect/close cycles hold native memory flat (RSS less V8\'s heap: no two 3,000-cycle windows both grow 6 MB)', async () => {
+  it("connect/close cycles hold native memory flat (RSS less V8's heap: no two 3,000-cycle windows both grow 6 MB)", async () => {
     const script = nodePath.join(__dirname, 'helpers', 'cycles.js');
     // Asynchronously: a worker blocked in spawnSync for minutes on a loaded machine misses vitest's
     // own RPC deadlines ("Timeout calling onTaskUpdate").
-    const child = spawn(process.execPath, ['--expose-gc', '--max-semi-space-size=1', script, '2000', '3000', uniquePath('mem')], {
-      env: process.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      process.execPath,
+      ['--expose-gc', '--max-semi-space-size=1', script, '2000', '3000', uniquePath('mem')],
+      {
+        env: process.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
     child.stderr.on('data', (d) => (stderr += d));
     const [code] = (await once(child, 'exit')) as [number | null];
     expect(code, stderr).toBe(0);
-    const pts = stdout.trim().split('\n').map((l) => JSON.parse(l) as { cycle: number; rss: number; native: number });
+    const pts = stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { cycle: number; rss: number; native: number });
     expect(pts).toHaveLength(3);
     const mb = (n: number) => (n / 1048576).toFixed(1);
     const grew = [pts[1].native - pts[0].native, pts[2].native - pts[1].native].map((n) => n / 1048576);

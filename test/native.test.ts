@@ -39,7 +39,17 @@ describe('the native surface', () => {
       try {
         expect(b.vchan.arm(raw)).toEqual({ live: LiveState.Waiting, readable: 0, writable: expect.any(Number) });
         expect(Object.keys(b.vchan.peek(raw)).sort()).toEqual(
-          ['events', 'eventPending', 'live', 'oursAsked', 'peerAsked', 'polling', 'readable', 'wakeups', 'writable'].sort(),
+          [
+            'events',
+            'eventPending',
+            'live',
+            'oursAsked',
+            'peerAsked',
+            'polling',
+            'readable',
+            'wakeups',
+            'writable',
+          ].sort(),
         );
         // Two in-page rings: 1 KiB and 2 KiB (the larger slot goes to the one asked for second).
         expect(b.vchan.info(raw)).toEqual({ readSize: 1024, writeSize: 2048, port: expect.any(Number), server: true });

@@ -45,7 +45,9 @@ async function pair(
   servers.push(server);
   const accepted = once(server, 'connection');
   server.listen();
-  const c = track(await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000, ...extra.client }));
+  const c = track(
+    await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000, ...extra.client }),
+  );
   const [s] = (await accepted) as [VchanStream];
   return { server, s: track(s), c, path };
 }
@@ -247,7 +249,9 @@ describe('VchanStream', () => {
     it('refuses a bad onread with ERR_INVALID_ARG_TYPE / ERR_OUT_OF_RANGE; a bad buffer() fails the stream', async () => {
       const base = { domid: selfDomid, path: uniquePath('onread') };
       const cb = () => {};
-      expect(() => createServer({ ...base, onread: 5 as never })).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }));
+      expect(() => createServer({ ...base, onread: 5 as never })).toThrow(
+        expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+      );
       expect(() => createServer({ ...base, onread: { buffer: 'x', callback: cb } as never })).toThrow(
         expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE', name: 'TypeError' }),
       );
@@ -257,7 +261,13 @@ describe('VchanStream', () => {
       expect(() => createServer({ ...base, onread: { buffer: Buffer.alloc(1) } as never })).toThrow(
         expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
       );
-      await expect(connect({ ...base, path: `/local/domain/${selfDomid}/${base.path}`, onread: { buffer: Buffer.alloc(0), callback: cb } })).rejects.toMatchObject({
+      await expect(
+        connect({
+          ...base,
+          path: `/local/domain/${selfDomid}/${base.path}`,
+          onread: { buffer: Buffer.alloc(0), callback: cb },
+        }),
+      ).rejects.toMatchObject({
         code: 'ERR_OUT_OF_RANGE',
       });
       const { s, c } = await pair(4096, 4096, { server: { onread: { buffer: () => 'nope' as never, callback: cb } } });
@@ -421,7 +431,10 @@ describe('VchanStream', () => {
 
 describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)', () => {
   /** Our end of a stream whose peer (a domain-5 process, client or server) writes until it dies. */
-  async function streamWithHoldingPeer(side: 'client' | 'server', path: string): Promise<{ ours: VchanStream; peer: Peer }> {
+  async function streamWithHoldingPeer(
+    side: 'client' | 'server',
+    path: string,
+  ): Promise<{ ours: VchanStream; peer: Peer }> {
     let ours: VchanStream;
     let peer: Peer;
     if (side === 'client') {
@@ -442,7 +455,11 @@ describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)
     await peer.next(); // connected
     return { ours, peer };
   }
-  for (const [rmin, wmin] of [[1024, 2048], [65536, 65536], [1 << 20, 1 << 20]] as [number, number][]) {
+  for (const [rmin, wmin] of [
+    [1024, 2048],
+    [65536, 65536],
+    [1 << 20, 1 << 20],
+  ] as [number, number][]) {
     it(`a dom5 client process and a dom0 server, rings ${rmin}/${wmin}, SHA-256 both ways`, async () => {
       const path = uniquePath('x');
       const total = 2 << 20;
@@ -508,7 +525,9 @@ describe.runIf(onMock)('VchanStream across processes and domains (dom0 <-> dom5)
         await sleep(10);
       }
       const d5 = snapshot()['5'];
-      expect(d5 === undefined || (d5.grants === 0 && d5.ports === 0 && d5.mappedPages === 0 && d5.handles === 0)).toBe(true);
+      expect(d5 === undefined || (d5.grants === 0 && d5.ports === 0 && d5.mappedPages === 0 && d5.handles === 0)).toBe(
+        true,
+      );
       if (side === 'server') {
         const xs = new Xenstore();
         try {

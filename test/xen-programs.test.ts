@@ -24,7 +24,11 @@ import { afterEachTest, sleep, uniquePath } from './helpers/util';
 function findProxy(): string | undefined {
   const base = '/usr/lib';
   try {
-    for (const d of fs.readdirSync(base).filter((n) => n.startsWith('xen-')).sort().reverse()) {
+    for (const d of fs
+      .readdirSync(base)
+      .filter((n) => n.startsWith('xen-'))
+      .sort()
+      .reverse()) {
       const p = path.join(base, d, 'bin', 'vchan-socket-proxy');
       if (fs.existsSync(p)) return p;
     }
@@ -152,7 +156,10 @@ describe.skipIf(!onMock || !proxy)("Xen's vchan-socket-proxy on the mock", () =>
             }
           });
           s.on('error', reject);
-          setTimeout(() => reject(new Error(`connection ${i}: ${got} of ${out.length} bytes back after 20 s`)), 20_000).unref();
+          setTimeout(
+            () => reject(new Error(`connection ${i}: ${got} of ${out.length} bytes back after 20 s`)),
+            20_000,
+          ).unref();
           s.write(out);
         });
         expect(sha(back), `connection ${i}`).toBe(sha(out));

@@ -46,7 +46,9 @@ async function echoPeer(args: string[]): Promise<{ done: Promise<number> }> {
       const m = /^echoed (\d+)$/.exec(l);
       if (m) echoed = Number(m[1]);
     });
-    child.once('exit', (code) => reject(new Error(`vchan_echo ${args.join(' ')} exited ${code} before "ready": ${err}`)));
+    child.once('exit', (code) =>
+      reject(new Error(`vchan_echo ${args.join(' ')} exited ${code} before "ready": ${err}`)),
+    );
   });
   const done = new Promise<number>((resolve, reject) =>
     child.once('exit', (code) =>
@@ -107,7 +109,7 @@ describe.skipIf(!release || !peerBin)(`Xen ${release}'s libxenvchan at the other
       cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
       const accepted = new Promise<VchanStream>((resolve) => server.once('connection', resolve));
       server.listen();
-      await new Promise((r) => server.once('listening', r));
+      await new Promise<void>((r) => server.once('listening', () => r()));
       const peer = await echoPeer(['client', '0', `/local/domain/0/${rel}`]);
       const s = await accepted;
       const { sent, echoed } = await exchange(s, BYTES);
@@ -144,7 +146,7 @@ describe.skipIf(!release || !peerBin)(`Xen ${release}'s libxenvchan at the other
     expect(r.stdout).toMatch(/^ELIBACC .*libxenstore\.so\.99.*apt-get install libxenstore4/);
   });
 
-  it('paths longer than Xen\'s 49 bytes work between two of ours (a Node peer in another process)', async () => {
+  it("paths longer than Xen's 49 bytes work between two of ours (a Node peer in another process)", async () => {
     // 62 bytes is what the PCI daemon's per-client channels need; 2034 is the longest relative path.
     for (const len of [62, 200, 2034]) {
       const rel = `data/${'p'.repeat(len - 'data/'.length - 7)}-${Math.random().toString(36).slice(2, 8)}`;
@@ -153,7 +155,7 @@ describe.skipIf(!release || !peerBin)(`Xen ${release}'s libxenvchan at the other
       cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
       const accepted = new Promise<VchanStream>((resolve) => server.once('connection', resolve));
       server.listen();
-      await new Promise((r) => server.once('listening', r));
+      await new Promise<void>((r) => server.once('listening', () => r()));
       const peer = startPeer(PEER_DOMID, ['connect', '0', `/local/domain/0/${rel}`, String(100_000)]);
       children.push(peer.child);
       const s = await accepted;

@@ -237,8 +237,9 @@ static void pipe_throughput(size_t wsize, uint64_t bytes)
     close(p[1]);
     waitpid(pid, NULL, 0);
     double dt = now() - t0, cpu = cpu_self() - c0;
-    printf("{\"bench\":\"pipe\",\"write\":%zu,\"bytes\":%llu,\"seconds\":%.6f,\"MBps\":%.1f,\"senderCpuSeconds\":%.4f}\n",
-           wsize, (unsigned long long)bytes, dt, bytes / dt / 1e6, cpu);
+    printf(
+        "{\"bench\":\"pipe\",\"write\":%zu,\"bytes\":%llu,\"seconds\":%.6f,\"MBps\":%.1f,\"senderCpuSeconds\":%.4f}\n",
+        wsize, (unsigned long long)bytes, dt, bytes / dt / 1e6, cpu);
     free(buf);
 }
 

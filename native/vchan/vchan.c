@@ -34,7 +34,6 @@
 #include <xenstore.h>
 #include <xv_protocol.h>
 
-
 /* Exported from the mock's shared library; the real addon builds with VCHAN_EXPORT empty and
  * -fvisibility=hidden, so these names stay private to it. */
 #ifndef VCHAN_EXPORT
@@ -54,13 +53,28 @@ struct vchan {
     int broken;
 };
 
-static struct vchan *V(struct libxenvchan *c) { return (struct vchan *)c; }
+static struct vchan *V(struct libxenvchan *c)
+{
+    return (struct vchan *)c;
+}
 
-static uint32_t ring_size(const struct libxenvchan_ring *r) { return 1u << r->order; }
-static uint32_t ring_pages(int order) { return order >= XV_PAGE_ORDER ? 1u << (order - XV_PAGE_ORDER) : 0; }
+static uint32_t ring_size(const struct libxenvchan_ring *r)
+{
+    return 1u << r->order;
+}
+static uint32_t ring_pages(int order)
+{
+    return order >= XV_PAGE_ORDER ? 1u << (order - XV_PAGE_ORDER) : 0;
+}
 
-static uint8_t *own_notify(struct libxenvchan *c) { return c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify; }
-static uint8_t *peer_notify(struct libxenvchan *c) { return c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify; }
+static uint8_t *own_notify(struct libxenvchan *c)
+{
+    return c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify;
+}
+static uint8_t *peer_notify(struct libxenvchan *c)
+{
+    return c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify;
+}
 
 static void request_notify(struct libxenvchan *c, uint8_t bit)
 {
@@ -104,7 +118,10 @@ static int64_t raw_space(struct libxenvchan *c)
     return ring_size(&c->write) - used;
 }
 
-static int clamp_int(int64_t n) { return n > INT_MAX ? INT_MAX : (int)n; }
+static int clamp_int(int64_t n)
+{
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
 
 static int fail(int e)
 {
@@ -153,7 +170,10 @@ VCHAN_EXPORT int libxenvchan_is_open(struct libxenvchan *c)
     return live == XV_LIVE_OPEN ? XV_LIVE_OPEN : XV_LIVE_CLOSED;
 }
 
-VCHAN_EXPORT int libxenvchan_fd_for_select(struct libxenvchan *c) { return xenevtchn_fd(c->event); }
+VCHAN_EXPORT int libxenvchan_fd_for_select(struct libxenvchan *c)
+{
+    return xenevtchn_fd(c->event);
+}
 
 VCHAN_EXPORT int libxenvchan_wait(struct libxenvchan *c)
 {
@@ -269,7 +289,10 @@ static int order_for(size_t min)
 }
 
 /* Where a ring of ORDER lives: in the shared page for 10/11, else in its own granted pages. */
-static void *in_page(struct vchan_interface *ring, int order) { return (char *)ring + XV_INPAGE_RING_OFFSET(order); }
+static void *in_page(struct vchan_interface *ring, int order)
+{
+    return (char *)ring + XV_INPAGE_RING_OFFSET(order);
+}
 
 static void release(struct vchan *v)
 {
@@ -397,8 +420,8 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
     return rc;
 }
 
-VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logger *logger, int domain, const char *xs_path,
-                                            size_t left_min, size_t right_min)
+VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logger *logger, int domain,
+                                                         const char *xs_path, size_t left_min, size_t right_min)
 {
     (void)logger;
     if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
@@ -475,7 +498,7 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logge
     if (publish(v, domain, ring_ref) < 0)
         goto fail;
     return c;
-fail: {
+fail : {
     /* Nothing is connected yet: release quietly (no live-byte goodbye). release() only gives back
      * rings of order 12 and up that were actually shared. */
     int e = errno;
@@ -502,7 +525,8 @@ static int layout_ok(int lo, int ro)
     return grants_end <= first_ring;
 }
 
-VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logger *logger, int domain, const char *xs_path)
+VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logger *logger, int domain,
+                                                         const char *xs_path)
 {
     (void)logger;
     if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
@@ -532,8 +556,8 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logge
     if (port < 0)
         goto fail;
     c->event_port = (uint32_t)port;
-    c->ring = xengnttab_map_grant_ref_notify(c->gnttab, (uint32_t)domain, ring_ref, PROT_READ | PROT_WRITE,
-                                             LIVE_OFF, c->event_port);
+    c->ring = xengnttab_map_grant_ref_notify(c->gnttab, (uint32_t)domain, ring_ref, PROT_READ | PROT_WRITE, LIVE_OFF,
+                                             c->event_port);
     if (!c->ring)
         goto fail;
     struct vchan_interface *ring = c->ring;
@@ -551,16 +575,16 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logge
     for (uint32_t i = 0; i < lp + rp; i++)
         refs[i] = __atomic_load_n(&ring->grants[i], __ATOMIC_RELAXED);
     if (lp) {
-        c->write.buffer = xengnttab_map_domain_grant_refs(c->gnttab, lp, (uint32_t)domain, refs,
-                                                          PROT_READ | PROT_WRITE);
+        c->write.buffer =
+            xengnttab_map_domain_grant_refs(c->gnttab, lp, (uint32_t)domain, refs, PROT_READ | PROT_WRITE);
         if (!c->write.buffer)
             goto fail;
     } else {
         c->write.buffer = in_page(ring, lo);
     }
     if (rp) {
-        c->read.buffer = xengnttab_map_domain_grant_refs(c->gnttab, rp, (uint32_t)domain, refs + lp,
-                                                         PROT_READ | PROT_WRITE);
+        c->read.buffer =
+            xengnttab_map_domain_grant_refs(c->gnttab, rp, (uint32_t)domain, refs + lp, PROT_READ | PROT_WRITE);
         if (!c->read.buffer)
             goto fail;
     } else {
@@ -575,7 +599,7 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logge
      * server waiting for its client learns of it now, not at the client's first write. */
     xenevtchn_notify(c->event, c->event_port);
     return c;
-fail: {
+fail : {
     int e = errno;
     release(v);
     errno = e ? e : EIO;

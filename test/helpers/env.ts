@@ -9,10 +9,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 export const root = path.join(__dirname, '..', '..');
-export const config = (process.env.XEN_VCHAN_TEST_CONFIG ?? (process.env.XEN_VCHAN_BACKEND === 'real' ? 'real' : 'mock')) as
-  | 'mock'
-  | 'real-over-mock'
-  | 'real';
+export const config = (process.env.XEN_VCHAN_TEST_CONFIG ??
+  (process.env.XEN_VCHAN_BACKEND === 'real' ? 'real' : 'mock')) as 'mock' | 'real-over-mock' | 'real';
 /** The mock hypervisor is underneath (either addon). */
 export const onMock = config !== 'real';
 /** The mock addon is loaded (in-process multi-domain helpers available). */

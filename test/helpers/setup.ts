@@ -20,7 +20,15 @@ if (onMock) {
 }
 
 export interface Snapshot {
-  [domid: string]: { grants: number; mappedPages: number; ports: number; watches: number; transactions: number; handles: number; nodes: number };
+  [domid: string]: {
+    grants: number;
+    mappedPages: number;
+    ports: number;
+    watches: number;
+    transactions: number;
+    handles: number;
+    nodes: number;
+  };
 }
 
 /** Per-domain counts from the broker (through its CLI, so it works with either addon). */

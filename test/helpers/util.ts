@@ -34,7 +34,10 @@ export function startPeer(domid: number, args: string[], extraEnv: Record<string
       const m = queue.shift();
       if (m !== undefined) return Promise.resolve(m as T);
       return new Promise<T>((resolve, reject) => {
-        const t = setTimeout(() => reject(new Error(`no message from peer ${args.join(' ')} in ${timeoutMs} ms`)), timeoutMs);
+        const t = setTimeout(
+          () => reject(new Error(`no message from peer ${args.join(' ')} in ${timeoutMs} ms`)),
+          timeoutMs,
+        );
         waiters.push((v) => {
           clearTimeout(t);
           resolve(v as T);

@@ -9,7 +9,12 @@ async function main(): Promise<void> {
   const server = createServer({ domid: 5, path: 'data/smoke/ts' }, (s: VchanStream) => s.pipe(s));
   server.listen();
   await once(server, 'listening');
-  const s: VchanStream = await connect({ domid: 0, path: '/local/domain/0/data/smoke/ts', mockDomid: 5, timeout: 10_000 });
+  const s: VchanStream = await connect({
+    domid: 0,
+    path: '/local/domain/0/data/smoke/ts',
+    mockDomid: 5,
+    timeout: 10_000,
+  });
   s.write('hello from TypeScript');
   const [echo] = (await once(s, 'data')) as [Buffer];
   if (echo.toString() !== 'hello from TypeScript') throw new Error(`echoed ${echo.toString()}`);

@@ -12,7 +12,10 @@
 //   map     {refs}          map dom0's page, read it, write a reply into it
 //   evtchn  {}              an unbound port for dom0; report its event, then notify back
 const { createHash, randomBytes } = require('node:crypto');
-const x = require('/app');
+// The package, where the domU's initramfs puts it.
+const app = '/app';
+/** @type {typeof import('../../dist/cjs/index.js')} */
+const x = require(app);
 
 const xs = new x.Xenstore();
 
@@ -39,8 +42,7 @@ function exchange(stream, bytes) {
     let left = bytes;
     let wroteAll = false;
     const finish = () => {
-      if (wroteAll && got >= bytes)
-        resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got });
+      if (wroteAll && got >= bytes) resolve({ sent: sent.digest('hex'), recv: recv.digest('hex'), got });
     };
     stream.on('data', (d) => {
       recv.update(d);
@@ -141,7 +143,12 @@ async function run(cmd) {
       return reply(id, { phase: 'bound', port });
     }
     case 'status': {
-      const list = [...active].map((e) => ({ got: e.got, left: e.left, ring: e.stream.ringState(), queued: e.stream.writableLength }));
+      const list = [...active].map((e) => ({
+        got: e.got,
+        left: e.left,
+        ring: e.stream.ringState(),
+        queued: e.stream.writableLength,
+      }));
       console.log(`domu-peer: status ${JSON.stringify(list)} ${JSON.stringify([...phases].slice(-4))}`);
       return reply(id, { active: list });
     }

@@ -10,8 +10,20 @@ import * as fs from 'node:fs';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { connect, createServer, EventChannel, GrantMapper, GrantSharer, VchanStream, Xenstore } from '../../dist/cjs/index.js';
+import {
+  connect,
+  createServer,
+  EventChannel,
+  GrantMapper,
+  GrantSharer,
+  VchanStream,
+  Xenstore,
+} from '../../dist/cjs/index.js';
 import { hasDevXen } from '../helpers/env';
+
+/** A message of domu-peer.js: its phase and what it measured (hashes, counts, ports, info). */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form JSON from the peer
+type PeerMessage = Record<string, any>;
 
 const rig = process.env.XEN_RIG_DOMU; // directory holding vmlinuz and domu.cpio.zst
 const NAME = 'vchan-domu';
@@ -42,7 +54,7 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
   async function command(op: string, args: Record<string, unknown> = {}) {
     const id = ++nextId;
     await xs.write(`${home}/data/peer/cmd/${id}`, JSON.stringify({ id, op, ...args }));
-    return async function result(phase = '-', timeoutMs = 60_000): Promise<Record<string, any>> {
+    return async function result(phase = '-', timeoutMs = 60_000): Promise<PeerMessage> {
       const key = `${home}/data/peer/result/${id}/${phase}`;
       const w = await xs.watch(key);
       const t = setTimeout(() => void w.close(), timeoutMs);
@@ -54,7 +66,8 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
       })();
       try {
         const v = await Promise.race([seen, ended.then(() => undefined)]);
-        if (v === undefined) throw new Error(`no ${op}/${phase} result from the domU in ${timeoutMs} ms\n${consoleLog().slice(-3000)}`);
+        if (v === undefined)
+          throw new Error(`no ${op}/${phase} result from the domU in ${timeoutMs} ms\n${consoleLog().slice(-3000)}`);
         const r = JSON.parse(v);
         if (r.error) throw new Error(`domU ${op}: ${r.error}`);
         return r;
@@ -106,12 +119,22 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
     xs?.close();
     const log = consoleLog();
     if (process.env.XEN_RIG_DOMU) fs.writeFileSync(`${process.env.XEN_RIG_DOMU}/domu-console.log`, log);
-    console.log(`domU console (the peer's lines):\n${log.split('\n').filter((l) => l.startsWith('domu')).join('\n').slice(-6000)}`);
+    console.log(
+      `domU console (the peer's lines):\n${log
+        .split('\n')
+        .filter((l) => l.startsWith('domu'))
+        .join('\n')
+        .slice(-6000)}`,
+    );
   });
 
   /** Until stopped, says every 10 s where a transfer stands: dom0's counts and ring, and (through
    * the 'status' command) the domU's. Should a transfer hang, the log shows which end waits on what. */
-  function watchdog(label: string, stream: () => VchanStream | undefined, progress: () => string): { stage: string; stop: () => void } {
+  function watchdog(
+    label: string,
+    stream: () => VchanStream | undefined,
+    progress: () => string,
+  ): { stage: string; stop: () => void } {
     const t0 = Date.now();
     const w = {
       stage: 'connecting',
@@ -121,7 +144,9 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
       const s = stream();
       console.log(
         `${label} (${w.stage}, ${Date.now() - t0} ms): ${progress()}` +
-          (s ? `, queued ${s.writableLength}, finished ${s.writableFinished}, ended ${s.readableEnded}, ring ${JSON.stringify(s.ringState())}` : ', no stream yet'),
+          (s
+            ? `, queued ${s.writableLength}, finished ${s.writableFinished}, ended ${s.readableEnded}, ring ${JSON.stringify(s.ringState())}`
+            : ', no stream yet'),
       );
       void command('status').catch(() => undefined);
     }, 10_000);
@@ -139,9 +164,13 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
       server.listen();
       let s: VchanStream | undefined;
       let got = 0;
-      const wd = watchdog('dom0 server', () => s, () => `got ${got} of ${total}`);
+      const wd = watchdog(
+        'dom0 server',
+        () => s,
+        () => `got ${got} of ${total}`,
+      );
       const result = await command('connect', { path: `/local/domain/0/${path}`, bytes: total });
-      let done: Record<string, any>;
+      let done: PeerMessage;
       try {
         [s] = (await accepted) as [VchanStream];
         wd.stage = 'connected';
@@ -194,9 +223,13 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
         );
         c.on('error', () => {});
         c.write(out);
-        const wd = watchdog('dom0 client', () => c, () => `got ${got} of ${total}`);
+        const wd = watchdog(
+          'dom0 client',
+          () => c,
+          () => `got ${got} of ${total}`,
+        );
         wd.stage = 'transferring';
-        let done: Record<string, any>;
+        let done: PeerMessage;
         try {
           await all;
           wd.stage = 'closing';
@@ -234,7 +267,7 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
     sharer.close();
   });
 
-  it('event channels: dom0 binds the domU\'s unbound port, notifies, and is notified back', async () => {
+  it("event channels: dom0 binds the domU's unbound port, notifies, and is notified back", async () => {
     const result = await command('evtchn');
     const { port: remote } = await result('bound');
     const ev = new EventChannel();
@@ -251,7 +284,7 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
     }
   });
 
-  it('the domU destroyed mid-stream: dom0\'s stream fails with ECONNRESET, it does not hang', async () => {
+  it("the domU destroyed mid-stream: dom0's stream fails with ECONNRESET, it does not hang", async () => {
     const path = `data/vchan/${domid}/doomed`;
     const server = createServer({ domid, path });
     const accepted = once(server, 'connection');

@@ -20,8 +20,8 @@ typedef struct xc_interface_core xc_interface;
 typedef struct xc_dominfo {
     uint32_t domid;
     uint32_t ssidref;
-    unsigned int dying : 1, crashed : 1, shutdown : 1, paused : 1, blocked : 1, running : 1, hvm : 1,
-        debugged : 1, xenstore : 1, hap : 1;
+    unsigned int dying : 1, crashed : 1, shutdown : 1, paused : 1, blocked : 1, running : 1, hvm : 1, debugged : 1,
+        xenstore : 1, hap : 1;
     unsigned int shutdown_reason;
     /* ... further fields in Xen's header, left untouched */
 } xc_dominfo_t;

@@ -29,8 +29,7 @@ int xenevtchn_close(xenevtchn_handle *xce);
 int xenevtchn_fd(xenevtchn_handle *xce);
 int xenevtchn_notify(xenevtchn_handle *xce, evtchn_port_t port);
 xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle *xce, uint32_t domid);
-xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid,
-                                                     evtchn_port_t remote_port);
+xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle *xce, uint32_t domid, evtchn_port_t remote_port);
 xenevtchn_port_or_error_t xenevtchn_bind_virq(xenevtchn_handle *xce, unsigned int virq);
 int xenevtchn_unbind(xenevtchn_handle *xce, evtchn_port_t port);
 xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *xce);

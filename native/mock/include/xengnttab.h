@@ -41,10 +41,8 @@ xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, unsigned open
 int xengnttab_close(xengnttab_handle *xgt);
 int xengnttab_fd(xengnttab_handle *xgt);
 void *xengnttab_map_grant_ref(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot);
-void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids, uint32_t *refs,
-                               int prot);
-void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid, uint32_t *refs,
-                                      int prot);
+void *xengnttab_map_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t *domids, uint32_t *refs, int prot);
+void *xengnttab_map_domain_grant_refs(xengnttab_handle *xgt, uint32_t count, uint32_t domid, uint32_t *refs, int prot);
 void *xengnttab_map_grant_ref_notify(xengnttab_handle *xgt, uint32_t domid, uint32_t ref, int prot,
                                      uint32_t notify_offset, evtchn_port_t notify_port);
 int xengnttab_unmap(xengnttab_handle *xgt, void *start_address, uint32_t count);

@@ -18,13 +18,13 @@ extern "C" {
 
 struct xenmock_stats {
     uint32_t domid;
-    uint32_t connections;   /* open handles of the domain */
-    uint32_t grants;        /* grant references in the domain's table */
-    uint32_t mapped_pages;  /* foreign pages the domain has mapped */
-    uint32_t ports;         /* event channel ports in use */
-    uint32_t watches;       /* xenstore watches */
-    uint32_t nodes;         /* xenstore nodes the domain owns */
-    uint32_t transactions;  /* open xenstore transactions */
+    uint32_t connections;  /* open handles of the domain */
+    uint32_t grants;       /* grant references in the domain's table */
+    uint32_t mapped_pages; /* foreign pages the domain has mapped */
+    uint32_t ports;        /* event channel ports in use */
+    uint32_t watches;      /* xenstore watches */
+    uint32_t nodes;        /* xenstore nodes the domain owns */
+    uint32_t transactions; /* open xenstore transactions */
 };
 
 #define XENMOCK_ALL_DOMAINS 0xffffffffu

@@ -45,8 +45,7 @@ void *xs_read(struct xs_handle *h, xs_transaction_t t, const char *path, unsigne
 bool xs_write(struct xs_handle *h, xs_transaction_t t, const char *path, const void *data, unsigned int len);
 bool xs_mkdir(struct xs_handle *h, xs_transaction_t t, const char *path);
 bool xs_rm(struct xs_handle *h, xs_transaction_t t, const char *path);
-struct xs_permissions *xs_get_permissions(struct xs_handle *h, xs_transaction_t t, const char *path,
-                                          unsigned int *num);
+struct xs_permissions *xs_get_permissions(struct xs_handle *h, xs_transaction_t t, const char *path, unsigned int *num);
 bool xs_set_permissions(struct xs_handle *h, xs_transaction_t t, const char *path, struct xs_permissions *perms,
                         unsigned int num_perms);
 bool xs_watch(struct xs_handle *h, const char *path, const char *token);

@@ -10,7 +10,7 @@
 
 /* Domain ids (xen/xen.h). Ordinary domains are 0 .. XV_MAX_DOMID. */
 #define XV_DOMID_FIRST_RESERVED 0x7ff0u
-#define XV_DOMID_SELF 0x7ff0u /* "the caller's domain", where Xen accepts it */
+#define XV_DOMID_SELF 0x7ff0u                       /* "the caller's domain", where Xen accepts it */
 #define XV_MAX_DOMID (XV_DOMID_FIRST_RESERVED - 1u) /* 32751 */
 
 /* A vchan end's live byte (cli_live, srv_live of struct vchan_interface); libxenvchan_is_open
@@ -25,7 +25,7 @@
 #define XV_PAGE_SIZE 4096u
 #define XV_PAGE_ORDER 12
 #define XV_RING_MIN_ORDER 10
-#define XV_RING_MAX_ORDER 20 /* 1 MiB per direction */
+#define XV_RING_MAX_ORDER 20     /* 1 MiB per direction */
 #define XV_INPAGE_SMALL_ORDER 10 /* 1 KiB, at offset 1024 */
 #define XV_INPAGE_LARGE_ORDER 11 /* 2 KiB, at offset 2048 */
 #define XV_INPAGE_RING_OFFSET(order) ((order) == XV_INPAGE_SMALL_ORDER ? 1024u : 2048u)

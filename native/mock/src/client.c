@@ -86,8 +86,10 @@ static int ensure_dir(void)
     if (lstat(d, &st) < 0)
         return -1;
     if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022)) {
-        fprintf(stderr, "xen-mock: refusing unsafe XEN_MOCK_DIR %s (must be a directory owned by uid %u, "
-                        "not writable by others)\n", d, (unsigned)geteuid());
+        fprintf(stderr,
+                "xen-mock: refusing unsafe XEN_MOCK_DIR %s (must be a directory owned by uid %u, "
+                "not writable by others)\n",
+                d, (unsigned)geteuid());
         errno = EACCES;
         return -1;
     }
@@ -232,11 +234,17 @@ static int open_common(int kind, int pass_fd, int may_spawn)
     }
 }
 
-int xm_open(int kind, int pass_fd) { return open_common(kind, pass_fd, 1); }
-int xm_open_existing(int kind) { return open_common(kind, -1, 0); }
+int xm_open(int kind, int pass_fd)
+{
+    return open_common(kind, pass_fd, 1);
+}
+int xm_open_existing(int kind)
+{
+    return open_common(kind, -1, 0);
+}
 
-int xm_call(int sock, struct xm_msg *req, const void *payload, uint32_t len, int send_fd,
-            struct xm_msg *rep, void *rbuf, uint32_t rcap, int *fds, int *nfds)
+int xm_call(int sock, struct xm_msg *req, const void *payload, uint32_t len, int send_fd, struct xm_msg *rep,
+            void *rbuf, uint32_t rcap, int *fds, int *nfds)
 {
     req->len = len;
     req->err = 0;
@@ -267,8 +275,8 @@ int xm_call(int sock, struct xm_msg *req, const void *payload, uint32_t len, int
         struct cmsghdr align;
     } rctl;
     struct iovec riov[2] = {{rep, sizeof(*rep)}, {rbuf, rcap}};
-    struct msghdr rh = {.msg_iov = riov, .msg_iovlen = rcap ? 2 : 1, .msg_control = rctl.buf,
-                        .msg_controllen = sizeof(rctl.buf)};
+    struct msghdr rh = {
+        .msg_iov = riov, .msg_iovlen = rcap ? 2 : 1, .msg_control = rctl.buf, .msg_controllen = sizeof(rctl.buf)};
     while ((n = recvmsg(sock, &rh, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR)
         ;
     if (n < 0)

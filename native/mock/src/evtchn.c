@@ -67,7 +67,10 @@ XM_EXPORT int xenevtchn_close(xenevtchn_handle *h)
     return 0;
 }
 
-XM_EXPORT int xenevtchn_fd(xenevtchn_handle *h) { return h->rfd; }
+XM_EXPORT int xenevtchn_fd(xenevtchn_handle *h)
+{
+    return h->rfd;
+}
 
 static ssize_t find_port(xenevtchn_handle *h, uint32_t port)
 {

@@ -95,13 +95,19 @@ XM_EXPORT xengnttab_handle *xengnttab_open(struct xentoollog_logger *logger, uns
     return dev_open(XM_KIND_GNTTAB);
 }
 
-XM_EXPORT int xengnttab_close(xengnttab_handle *h) { return dev_close(h); }
-XM_EXPORT int xengnttab_fd(xengnttab_handle *h) { return h->sock; }
+XM_EXPORT int xengnttab_close(xengnttab_handle *h)
+{
+    return dev_close(h);
+}
+XM_EXPORT int xengnttab_fd(xengnttab_handle *h)
+{
+    return h->sock;
+}
 
 /* Asks the broker for COUNT (domid, ref) pages and maps them contiguously.
  * *GNTST receives a grant status for callers that want one (grant copy). */
-static void *map_refs(xengnttab_handle *h, uint32_t count, const uint32_t *domids, uint32_t domid,
-                      const uint32_t *refs, int prot, uint32_t notify_off, uint32_t notify_port, int *gntst)
+static void *map_refs(xengnttab_handle *h, uint32_t count, const uint32_t *domids, uint32_t domid, const uint32_t *refs,
+                      int prot, uint32_t notify_off, uint32_t notify_port, int *gntst)
 {
     if (gntst)
         *gntst = GNTST_general_error;
@@ -208,8 +214,8 @@ XM_EXPORT void *xengnttab_map_grant_refs(xengnttab_handle *h, uint32_t count, ui
     return map_refs(h, count, domids, 0, refs, prot, XM_NONE, XM_NONE, NULL);
 }
 
-XM_EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *h, uint32_t count, uint32_t domid,
-                                                uint32_t *refs, int prot)
+XM_EXPORT void *xengnttab_map_domain_grant_refs(xengnttab_handle *h, uint32_t count, uint32_t domid, uint32_t *refs,
+                                                int prot)
 {
     return map_refs(h, count, NULL, domid, refs, prot, XM_NONE, XM_NONE, NULL);
 }
@@ -271,8 +277,7 @@ XM_EXPORT int xengnttab_grant_copy(xengnttab_handle *h, uint32_t count, xengntta
         }
         if (st == GNTST_okay && dst_foreign) {
             uint32_t ref = s->dest.foreign.ref;
-            dst_map = map_refs(h, 1, NULL, s->dest.foreign.domid, &ref, PROT_READ | PROT_WRITE, XM_NONE, XM_NONE,
-                               &st);
+            dst_map = map_refs(h, 1, NULL, s->dest.foreign.domid, &ref, PROT_READ | PROT_WRITE, XM_NONE, XM_NONE, &st);
             dst = dst_map ? (char *)dst_map + s->dest.foreign.offset : NULL;
         }
         if (st == GNTST_okay && src && dst)
@@ -295,11 +300,17 @@ XM_EXPORT xengntshr_handle *xengntshr_open(struct xentoollog_logger *logger, uns
     return dev_open(XM_KIND_GNTSHR);
 }
 
-XM_EXPORT int xengntshr_close(xengntshr_handle *h) { return dev_close(h); }
-XM_EXPORT int xengntshr_fd(xengntshr_handle *h) { return h->sock; }
+XM_EXPORT int xengntshr_close(xengntshr_handle *h)
+{
+    return dev_close(h);
+}
+XM_EXPORT int xengntshr_fd(xengntshr_handle *h)
+{
+    return h->sock;
+}
 
-static void *share(xengntshr_handle *h, uint32_t domid, int count, uint32_t *refs, int writable,
-                   uint32_t notify_off, uint32_t notify_port)
+static void *share(xengntshr_handle *h, uint32_t domid, int count, uint32_t *refs, int writable, uint32_t notify_off,
+                   uint32_t notify_port)
 {
     if (count <= 0 || (size_t)count > XM_MAX_PAYLOAD / 4 || !refs) {
         errno = EINVAL;
@@ -317,8 +328,7 @@ static void *share(xengntshr_handle *h, uint32_t domid, int count, uint32_t *ref
     area = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (area == MAP_FAILED)
         goto fail;
-    struct xm_msg m = {.op = XM_GNT_SHARE, .a = {domid, (uint32_t)count, writable ? 1 : 0, notify_off, notify_port}},
-                  r;
+    struct xm_msg m = {.op = XM_GNT_SHARE, .a = {domid, (uint32_t)count, writable ? 1 : 0, notify_off, notify_port}}, r;
     pthread_mutex_lock(&h->lock);
     int rc = xm_call(h->sock, &m, NULL, 0, fd, &r, refs, (uint32_t)count * 4, NULL, NULL);
     e = errno;

@@ -50,15 +50,30 @@ XM_EXPORT void xs_close(struct xs_handle *h)
     free(h);
 }
 
-XM_EXPORT struct xs_handle *xs_daemon_open(void) { return xs_open(0); }
-XM_EXPORT struct xs_handle *xs_domain_open(void) { return xs_open(0); }
-XM_EXPORT struct xs_handle *xs_daemon_open_readonly(void) { return xs_open(XS_OPEN_READONLY); }
-XM_EXPORT void xs_daemon_close(struct xs_handle *h) { xs_close(h); }
-XM_EXPORT void xs_daemon_destroy_postfork(struct xs_handle *h) { xs_close(h); }
+XM_EXPORT struct xs_handle *xs_daemon_open(void)
+{
+    return xs_open(0);
+}
+XM_EXPORT struct xs_handle *xs_domain_open(void)
+{
+    return xs_open(0);
+}
+XM_EXPORT struct xs_handle *xs_daemon_open_readonly(void)
+{
+    return xs_open(XS_OPEN_READONLY);
+}
+XM_EXPORT void xs_daemon_close(struct xs_handle *h)
+{
+    xs_close(h);
+}
+XM_EXPORT void xs_daemon_destroy_postfork(struct xs_handle *h)
+{
+    xs_close(h);
+}
 
 /* One request; the reply payload is returned in a malloc'd buffer (NUL-terminated) when OUT is given. */
-static int call(struct xs_handle *h, uint32_t op, uint32_t t, uint32_t a1, const void *pl, uint32_t len,
-                int send_fd, struct xm_msg *rep, char **out)
+static int call(struct xs_handle *h, uint32_t op, uint32_t t, uint32_t a1, const void *pl, uint32_t len, int send_fd,
+                struct xm_msg *rep, char **out)
 {
     char *buf = NULL;
     if (out) {
@@ -110,8 +125,7 @@ XM_EXPORT void *xs_read(struct xs_handle *h, xs_transaction_t t, const char *pat
     return v ? v : out;
 }
 
-XM_EXPORT bool xs_write(struct xs_handle *h, xs_transaction_t t, const char *path, const void *data,
-                        unsigned int len)
+XM_EXPORT bool xs_write(struct xs_handle *h, xs_transaction_t t, const char *path, const void *data, unsigned int len)
 {
     if (!path_ok(path))
         return false;
@@ -351,7 +365,10 @@ static char **recv_watch(struct xs_handle *h, int flags, unsigned int *num)
     return v;
 }
 
-XM_EXPORT char **xs_read_watch(struct xs_handle *h, unsigned int *num) { return recv_watch(h, 0, num); }
+XM_EXPORT char **xs_read_watch(struct xs_handle *h, unsigned int *num)
+{
+    return recv_watch(h, 0, num);
+}
 
 XM_EXPORT char **xs_check_watch(struct xs_handle *h)
 {

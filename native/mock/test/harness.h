@@ -11,29 +11,29 @@
 static int h_passed, h_failed;
 static const char *h_test = "";
 
-#define CHECK(cond)                                                                                       \
-    do {                                                                                                  \
-        if (cond) {                                                                                       \
-            h_passed++;                                                                                   \
-        } else {                                                                                          \
-            h_failed++;                                                                                   \
-            fprintf(stderr, "FAIL [%s] %s:%d: %s (errno %d: %s)\n", h_test, __FILE__, __LINE__, #cond,    \
-                    errno, strerror(errno));                                                              \
-        }                                                                                                 \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        if (cond) {                                                                                                    \
+            h_passed++;                                                                                                \
+        } else {                                                                                                       \
+            h_failed++;                                                                                                \
+            fprintf(stderr, "FAIL [%s] %s:%d: %s (errno %d: %s)\n", h_test, __FILE__, __LINE__, #cond, errno,          \
+                    strerror(errno));                                                                                  \
+        }                                                                                                              \
     } while (0)
 
-#define CHECK_ERR(expr, e)                                                                                \
-    do {                                                                                                  \
-        errno = 0;                                                                                        \
-        long h_rc_ = (long)(expr);                                                                        \
-        int h_e_ = errno;                                                                                 \
-        if (h_rc_ < 0 && h_e_ == (e)) {                                                                   \
-            h_passed++;                                                                                   \
-        } else {                                                                                          \
-            h_failed++;                                                                                   \
-            fprintf(stderr, "FAIL [%s] %s:%d: %s: expected -1/%s, got %ld/%s\n", h_test, __FILE__,         \
-                    __LINE__, #expr, strerror(e), h_rc_, strerror(h_e_));                                 \
-        }                                                                                                 \
+#define CHECK_ERR(expr, e)                                                                                             \
+    do {                                                                                                               \
+        errno = 0;                                                                                                     \
+        long h_rc_ = (long)(expr);                                                                                     \
+        int h_e_ = errno;                                                                                              \
+        if (h_rc_ < 0 && h_e_ == (e)) {                                                                                \
+            h_passed++;                                                                                                \
+        } else {                                                                                                       \
+            h_failed++;                                                                                                \
+            fprintf(stderr, "FAIL [%s] %s:%d: %s: expected -1/%s, got %ld/%s\n", h_test, __FILE__, __LINE__, #expr,    \
+                    strerror(e), h_rc_, strerror(h_e_));                                                               \
+        }                                                                                                              \
     } while (0)
 
 #define TEST(name) for (int h_once_ = (h_test = (name), fprintf(stderr, "- %s\n", name), 1); h_once_; h_once_ = 0)

@@ -169,9 +169,8 @@ static int client(unsigned server_dom, const char *path, const char *field, int 
     int port = xenevtchn_bind_interdomain(ev, server_dom, remote);
     if (port < 0)
         die("bind_interdomain");
-    volatile struct vchan_interface *v =
-        xengnttab_map_grant_ref_notify(gt, server_dom, ref, PROT_READ | PROT_WRITE,
-                                       offsetof(struct vchan_interface, cli_live), (evtchn_port_t)port);
+    volatile struct vchan_interface *v = xengnttab_map_grant_ref_notify(
+        gt, server_dom, ref, PROT_READ | PROT_WRITE, offsetof(struct vchan_interface, cli_live), (evtchn_port_t)port);
     if (!v)
         die("map");
     if (!after && corrupt(v, field) < 0) {

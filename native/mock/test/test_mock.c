@@ -20,7 +20,10 @@
 #include <xv_protocol.h>
 #include "harness.h"
 
-static void as(int dom) { xenmock_set_thread_domid(dom); }
+static void as(int dom)
+{
+    xenmock_set_thread_domid(dom);
+}
 
 /* The next port delivered on H within MS milliseconds, or -1. */
 static int next_event(xenevtchn_handle *h, int ms)
@@ -53,8 +56,8 @@ static void test_evtchn(void)
         int pa = xenevtchn_bind_unbound_port(a, 5);
         CHECK(pa > 0);
         CHECK_ERR(xenevtchn_bind_interdomain(c, 0, (uint32_t)pa), EINVAL); /* offered to 5, not 7 */
-        CHECK_ERR(xenevtchn_bind_interdomain(b, 0, 4000), EINVAL);        /* no such port */
-        CHECK_ERR(xenevtchn_bind_interdomain(b, 999, 1), ESRCH);          /* no such domain */
+        CHECK_ERR(xenevtchn_bind_interdomain(b, 0, 4000), EINVAL);         /* no such port */
+        CHECK_ERR(xenevtchn_bind_interdomain(b, 999, 1), ESRCH);           /* no such domain */
         int pb = xenevtchn_bind_interdomain(b, 0, (uint32_t)pa);
         CHECK(pb > 0);
         CHECK_ERR(xenevtchn_bind_interdomain(b, 0, (uint32_t)pa), EINVAL); /* already connected */
@@ -286,8 +289,8 @@ static void test_xenstore(void)
         char big[5000];
         memset(big, 'x', sizeof(big));
         CHECK(!xs_write(h0, XBT_NULL, "/test/big", big, sizeof(big)) && errno == E2BIG);
-        CHECK(xs_rm(h0, XBT_NULL, "/test/a/missing"));                           /* parent exists */
-        CHECK(!xs_rm(h0, XBT_NULL, "/test/zz/missing") && errno == ENOENT);     /* it does not */
+        CHECK(xs_rm(h0, XBT_NULL, "/test/a/missing"));                      /* parent exists */
+        CHECK(!xs_rm(h0, XBT_NULL, "/test/zz/missing") && errno == ENOENT); /* it does not */
 
         /* Relative paths and ownership: a domU owns what it creates in its data/ directory. */
         CHECK(xs_write(h5, XBT_NULL, "data/mine", "1", 1));
@@ -415,7 +418,8 @@ static void test_vchan_permissions_and_hostile(void)
         unsigned len;
         char *ref = xs_read(h, XBT_NULL, "/local/domain/0/data/vchan/5/hostile/ring-ref", &len);
         xengnttab_handle *g = xengnttab_open(NULL, 0);
-        struct vchan_interface *page = ref ? xengnttab_map_grant_ref(g, 0, (uint32_t)atoi(ref), PROT_READ | PROT_WRITE) : NULL;
+        struct vchan_interface *page =
+            ref ? xengnttab_map_grant_ref(g, 0, (uint32_t)atoi(ref), PROT_READ | PROT_WRITE) : NULL;
         CHECK(page != NULL);
         if (page && srv) {
             page->cli_live = 1;
@@ -458,7 +462,8 @@ static void test_vchan_permissions_and_hostile(void)
         uint32_t ref;
         struct vchan_interface *page = xengntshr_share_pages(s, 5, 1, &ref, 1);
         CHECK(page && port > 0);
-        uint16_t bad[][2] = {{10, 10} /* two rings at one offset */, {25, 12} /* order too big */, {11, 9} /* too small */};
+        uint16_t bad[][2] = {
+            {10, 10} /* two rings at one offset */, {25, 12} /* order too big */, {11, 9} /* too small */};
         for (unsigned i = 0; i < 3 && page; i++) {
             memset(page, 0, 4096);
             page->left_order = bad[i][0];
@@ -565,8 +570,8 @@ static void test_destroy(void)
         free(w);
         CHECK(!xs_is_domain_introduced(xs, 8));
         CHECK(xs_read(xs, XBT_NULL, "/local/domain/8", &n) == NULL && errno == ENOENT);
-        CHECK(seen && strcmp(seen, "left behind") == 0); /* what dom0 mapped stays mapped */
-        CHECK(xenevtchn_notify(e0, (evtchn_port_t)p0) == 0); /* an unbound port: nowhere to go */
+        CHECK(seen && strcmp(seen, "left behind") == 0);           /* what dom0 mapped stays mapped */
+        CHECK(xenevtchn_notify(e0, (evtchn_port_t)p0) == 0);       /* an unbound port: nowhere to go */
         CHECK_ERR(xenevtchn_notify(e8, (evtchn_port_t)p8), EPIPE); /* dom8's handles are cut */
         CHECK(stats_of(8).grants == 0 && stats_of(8).ports == 0 && stats_of(8).connections == 0);
         if (seen)
@@ -613,8 +618,8 @@ static void test_no_leaks(void)
         for (int i = 0; i < n; i++) {
             /* The static pair 0:60 <-> 5:61 stays: Xen never closes a static channel. */
             uint32_t static_ports = (st[i].domid == 0 || st[i].domid == 5) ? 1 : 0;
-            CHECK(st[i].grants == 0 && st[i].mapped_pages == 0 && st[i].ports == static_ports &&
-                  st[i].watches == 0 && st[i].transactions == 0);
+            CHECK(st[i].grants == 0 && st[i].mapped_pages == 0 && st[i].ports == static_ports && st[i].watches == 0 &&
+                  st[i].transactions == 0);
             if (st[i].ports || st[i].grants)
                 fprintf(stderr, "  domain %u: grants %u mapped %u ports %u\n", st[i].domid, st[i].grants,
                         st[i].mapped_pages, st[i].ports);

@@ -365,8 +365,8 @@ static void run_pair(const char *slib, const char *clib, size_t rmin, size_t wmi
     int cs = wait_exit(c, 90), ss = wait_exit(s, 30);
     double dt = h_now() - t0;
     fprintf(stderr, "  %s server / %s client, rings %zu/%zu: %.1f MB each way in %.2fs (client %d, server %d)\n",
-            strstr(slib, "mock") ? "mock" : "debian", strstr(clib, "mock") ? "mock" : "debian", rmin, wmin,
-            bytes / 1e6, dt, cs, ss);
+            strstr(slib, "mock") ? "mock" : "debian", strstr(clib, "mock") ? "mock" : "debian", rmin, wmin, bytes / 1e6,
+            dt, cs, ss);
     CHECK(cs == 0);
     CHECK(ss == 0);
     CHECK(path_gone(cpath));
@@ -442,15 +442,14 @@ int main(int argc, char **argv)
     Dl_info info;
     if (!dladdr((void *)&xenmock_stats, &info))
         return 2;
-    snprintf(mock_dir, sizeof(mock_dir), "%.*s", (int)(strrchr(info.dli_fname, '/') - info.dli_fname),
-             info.dli_fname);
+    snprintf(mock_dir, sizeof(mock_dir), "%.*s", (int)(strrchr(info.dli_fname, '/') - info.dli_fname), info.dli_fname);
     snprintf(mock_lib, sizeof(mock_lib), "%s/libxenvchan.so.4.17", mock_dir);
     /* Keep the broker up for the whole run. */
     struct xs_handle *keep = xs_open(0);
     if (!keep)
         return 2;
 
-    static const size_t sizes[][2] = {{1024, 2048}, {2048, 1024}, {4096, 4096}, {65536, 65536},
+    static const size_t sizes[][2] = {{1024, 2048},       {2048, 1024},  {4096, 4096},   {65536, 65536},
                                       {1 << 20, 1 << 20}, {1024, 65536}, {1 << 20, 4096}};
     int have_real = access(REAL_LIB, R_OK) == 0;
     const char *libs[2] = {mock_lib, REAL_LIB};
