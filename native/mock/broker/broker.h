@@ -7,16 +7,16 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#include "../src/proto.h"
+#include "../include/xenmock_proto.h"
 #include "../include/xv_protocol.h"
 
 #define DOMID_FIRST_RESERVED XV_DOMID_FIRST_RESERVED
 #define DOMID_SELF XV_DOMID_SELF
 #define NR_VIRQS 24
 #define VIRQ_DOM_EXC 3
-#define MAX_PORTS 131072u       /* the FIFO event channel ABI's limit */
+#define MAX_PORTS 131072u        /* the FIFO event channel ABI's limit */
 #define MAX_GRANT_ENTRIES 32768u /* 64 grant frames of v1 entries */
-#define FIRST_GRANT_REF 8u      /* Xen reserves the first eight entries */
+#define FIRST_GRANT_REF 8u       /* Xen reserves the first eight entries */
 
 struct conn;
 struct share;
@@ -28,10 +28,10 @@ struct port {
     uint32_t remote_dom;  /* unbound: who may bind; interdomain: peer domain */
     uint32_t remote_port; /* interdomain: peer port */
     int virq;
-    struct conn *owner;   /* the evtchn handle it is bound to (NULL: not bound to any handle) */
-    bool is_static;       /* pre-bound from the configuration; survives its handle */
+    struct conn *owner; /* the evtchn handle it is bound to (NULL: not bound to any handle) */
+    bool is_static;     /* pre-bound from the configuration; survives its handle */
     bool pending, masked;
-    int refs;             /* unmap notifications that will still signal it */
+    int refs; /* unmap notifications that will still signal it */
 };
 
 struct domain {
@@ -61,7 +61,7 @@ struct share {
     uint32_t *refs;
     bool writable;
     uint32_t notify_off, notify_port;
-    int refcnt; /* the sharer, plus one per mapping */
+    int refcnt;         /* the sharer, plus one per mapping */
     struct share *next; /* in the owner's list */
 };
 
@@ -98,6 +98,7 @@ struct conn {
     uint32_t next_id;
     /* xenstore */
     int watchfd;
+    bool watch_polled, watch_writing; /* conn.c: the watch socket's epoll registration */
     struct outmsg *wq_head, *wq_tail;
     size_t wq_bytes;
     struct txn *txns;
@@ -107,15 +108,50 @@ struct conn {
     struct conn *prev, *next;
 };
 
-/* main.c */
-extern uint32_t destroying_domain; /* the domain being destroyed, or XM_NONE */
-extern struct conn *conns;
-struct domain *domain_get(uint32_t id);            /* existing or NULL */
+/* Rooms, bottom up. Each calls only the rooms listed before it (and logmsg).
+ *   log.c      logmsg
+ *   domains.c  the domain registry, destroyed domains
+ *   evtchn.c   event channels            grant.c  grant tables (signals unmap notifications)
+ *   store_tree.c <- store_watch.c <- store_ops.c <- store_txn.c <- store.c   xenstore (store.h)
+ *   conn.c     connections: accept, reply, close (releasing what each room holds for the handle)
+ *   control.c  control requests: stats, static channels, VIRQs, reset, introduce, destroy
+ *   serve.c    the broker's lifecycle, its epoll loop and request dispatch
+ *   main.c     the CLI */
+
+/* log.c */
+void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* domains.c */
+extern uint32_t destroying_domain;      /* the domain being destroyed, or XM_NONE */
+struct domain *domain_get(uint32_t id); /* existing or NULL */
 struct domain *domain_get_or_create(uint32_t id);
 bool domain_exists(uint32_t id);
-void watchfd_register(struct conn *c);
-void watchfd_want_write(struct conn *c, bool on);
-void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+uint32_t domain_ports_in_use(struct domain *d);
+void domain_free(uint32_t id);
+void domain_free_all(void);
+bool domain_is_destroyed(uint32_t dom);
+void domain_set_destroyed(uint32_t dom, bool on);
+void domain_forget_destroyed(void);
+
+/* conn.c: epoll tags tell the listening socket, a connection and its watch socket apart. */
+#define TAG_LISTEN ((uint64_t)0)
+#define TAG_WATCH 1u
+extern struct conn *conns;
+extern int nconns;
+extern int epfd;
+extern bool conns_changed; /* a connection was freed: pending epoll events may name it */
+void conn_ep_add(int fd, uint64_t tag, uint32_t events);
+void conn_accept(int lfd);
+void conn_close(struct conn *c);
+int conn_send_reply(struct conn *c, struct xm_msg *r, const void *payload, int *fds, int nfds);
+void conn_sync_watch_sockets(void);
+
+/* control.c */
+extern bool broker_stopping; /* shutdown asked (or a signal): the loop ends */
+int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rbuf);
+
+/* serve.c */
+int serve(const char *dir, bool daemonize);
 
 /* evtchn.c */
 int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r);
@@ -125,8 +161,6 @@ int evtchn_port_get(struct domain *d, uint32_t port); /* takes a reference for a
 void evtchn_port_put(struct domain *d, uint32_t port);
 int evtchn_static_add(uint32_t d, uint32_t p, uint32_t rd, uint32_t rp);
 int evtchn_raise_virq(uint32_t d, uint32_t virq);
-uint32_t evtchn_count(struct domain *d);
-void evtchn_domain_free(struct domain *d);
 void evtchn_domain_close_all(struct domain *d); /* every port, static ones too */
 
 /* grant.c */
@@ -134,15 +168,15 @@ int grant_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, 
                    int *out_fds, int *n_out_fds);
 void grant_conn_closed(struct conn *c);
 
-/* store.c */
+/* store*.c: requests (store.c), watches (store_watch.c) */
 void store_init(void);
 void store_reset(void);
 int store_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, struct xm_msg *r, char *rbuf);
 void store_conn_closed(struct conn *c);
 void store_domain_introduced(uint32_t dom);
 void store_domain_released(uint32_t dom);
-void store_domain_destroyed(uint32_t dom);
-bool store_domain_known(uint32_t dom);     /* /local/domain/DOM exists */ /* removes /local/domain/DOM, fires @releaseDomain */
+void store_domain_destroyed(uint32_t dom); /* removes /local/domain/DOM, fires @releaseDomain */
+bool store_domain_known(uint32_t dom);     /* /local/domain/DOM exists */
 uint32_t store_count_nodes(uint32_t dom);
 void store_owners(uint8_t *bits); /* sets bit N for every domain N owning a node */
 uint32_t store_count_watches(uint32_t dom);

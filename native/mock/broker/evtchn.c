@@ -62,15 +62,6 @@ static int alloc_port(struct domain *d)
     return -ENOSPC;
 }
 
-uint32_t evtchn_count(struct domain *d)
-{
-    uint32_t n = 0;
-    for (uint32_t p = 1; d && p < d->ports_cap; p++)
-        if (d->ports[p].state != PORT_FREE)
-            n++;
-    return n;
-}
-
 static void deliver(struct port *pt, uint32_t p)
 {
     if (!pt->pending || pt->masked || !pt->owner || pt->owner->evfd < 0)
@@ -311,11 +302,4 @@ void evtchn_domain_close_all(struct domain *d)
     for (uint32_t p = 1; p < d->ports_cap; p++)
         if (d->ports[p].state != PORT_FREE)
             free_port(d, p);
-}
-
-void evtchn_domain_free(struct domain *d)
-{
-    free(d->ports);
-    d->ports = NULL;
-    d->ports_cap = 0;
 }

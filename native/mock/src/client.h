@@ -4,7 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
-#include "proto.h"
+#include "../include/xenmock_proto.h"
 
 #define XM_EXPORT __attribute__((visibility("default")))
 
@@ -21,8 +21,8 @@ XM_EXPORT int xm_open_existing(int kind);
  * header; the payload (at most RCAP bytes) is in RBUF. Received descriptors are
  * stored in FDS (up to *NFDS; *NFDS is updated) or closed when FDS is NULL.
  * Returns 0, or -1 with errno (the broker's error, or a transport error). */
-XM_EXPORT int xm_call(int sock, struct xm_msg *req, const void *payload, uint32_t len, int send_fd,
-            struct xm_msg *rep, void *rbuf, uint32_t rcap, int *fds, int *nfds);
+XM_EXPORT int xm_call(int sock, struct xm_msg *req, const void *payload, uint32_t len, int send_fd, struct xm_msg *rep,
+                      void *rbuf, uint32_t rcap, int *fds, int *nfds);
 
 /* Fire-and-forget message (notify, unmask). */
 XM_EXPORT int xm_post(int sock, uint32_t op, uint32_t a0);
