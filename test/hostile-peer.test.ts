@@ -14,11 +14,11 @@ import { createInterface } from 'node:readline';
 import { describe, expect, it } from 'vitest';
 
 import { connect, createServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
-import { onMock, root } from './helpers/env';
+import { mockBuild, mockBuildSan, onMock, root } from './helpers/env';
 import { afterEachTest, killChild, sleep, uniquePath } from './helpers/util';
 
 const sanitized = (process.env.LD_PRELOAD ?? '').includes('asan');
-const peerBin = path.join(root, 'native', 'mock', sanitized ? 'build-san' : 'build', 'test', 'hostile_peer');
+const peerBin = path.join(sanitized ? mockBuildSan : mockBuild, 'test', 'hostile_peer');
 const FIELDS = [
   'left.cons',
   'left.prod',

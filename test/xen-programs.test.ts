@@ -18,7 +18,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { connect, Xenstore } from '../dist/cjs/index.js';
-import { onMock, root } from './helpers/env';
+import { mockBuild, onMock } from './helpers/env';
 import { afterEachTest, sleep, uniquePath } from './helpers/util';
 
 function findProxy(): string | undefined {
@@ -40,8 +40,8 @@ function findProxy(): string | undefined {
 
 const proxy = findProxy();
 const libdirs = {
-  debian: path.join(root, 'native', 'mock', 'build', 'stable'),
-  mock: path.join(root, 'native', 'mock', 'build', 'lib'),
+  debian: path.join(mockBuild, 'stable'),
+  mock: path.join(mockBuild, 'lib'),
 };
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 

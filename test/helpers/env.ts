@@ -17,5 +17,9 @@ export const onMock = config !== 'real';
 export const mockAddon = config === 'mock';
 /** The domain this process is in. */
 export const selfDomid = Number(process.env.XEN_MOCK_DOMID ?? 0);
-export const broker = path.join(root, 'native', 'mock', 'build', 'bin', 'xenmockd');
+/** The mock as built in this tree (native/mock/Makefile): lib, bin, stable, stable-4.14, test. */
+export const mockBuild = path.join(root, 'native', 'mock', 'build');
+/** The same, built with the sanitizers (make SAN=1). */
+export const mockBuildSan = path.join(root, 'native', 'mock', 'build-san');
+export const broker = path.join(mockBuild, 'bin', 'xenmockd');
 export const hasDevXen = fs.existsSync('/dev/xen/evtchn');
