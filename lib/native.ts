@@ -120,7 +120,8 @@ export interface NativeRingPeek {
 
 /** src/vchan.cc: our libxenvchan (native/vchan), non-blocking, driven by the poller. */
 export interface VchanBinding {
-  serverInit(domid: number, path: string, readMin: number | undefined, writeMin: number | undefined): VchanHandle;
+  /** READMIN and WRITEMIN: at least this many bytes per direction (lib/ defaults them). */
+  serverInit(domid: number, path: string, readMin: number, writeMin: number): VchanHandle;
   /** RINGREF and PORT as the caller read them from the server's xenstore entry. */
   clientInit(domid: number, path: string, ringRef: number, port: number): VchanHandle;
   close(h: VchanHandle): void;

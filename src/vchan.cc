@@ -82,7 +82,9 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   uint32_t dom = ArgUint32(info, 0, "domid", kMaxDomid);
   std::string path = ArgString(info, 1, "path");
-  uint32_t rmin = ArgUint32(info, 2, "readMin", 1u << 20), wmin = ArgUint32(info, 3, "writeMin", 1u << 20);
+  // At most a ring of the largest order; lib/ supplies the default (DEFAULT_RING_SIZE).
+  constexpr uint32_t kMaxRing = 1u << XV_RING_MAX_ORDER;
+  uint32_t rmin = ArgUint32(info, 2, "readMin", kMaxRing), wmin = ArgUint32(info, 3, "writeMin", kMaxRing);
   errno = 0;
   struct libxenvchan* c = libxenvchan_server_init(nullptr, static_cast<int>(dom), path.c_str(), rmin, wmin);
   if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_server_init", path);
