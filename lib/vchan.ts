@@ -9,6 +9,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { Duplex, DuplexOptions } from 'node:stream';
+import { debuglog } from 'node:util';
 
 import {
   abortError,
@@ -25,6 +26,9 @@ import { onDomainGone } from './domains';
 import { DEFAULT_RING_SIZE, LiveState, MAX_RING_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX } from './constants';
 import { asDomain, Backend, Binding, binding, type VchanHandle } from './native';
 import { Xenstore } from './xenstore';
+
+/** NODE_DEBUG=xen-vchan: what servers offer, who connects, how streams end. */
+const debug = debuglog('xen-vchan');
 
 /*
  * Reads land in a pool shared by every stream of the process: a chunk handed to the consumer is a
@@ -112,6 +116,8 @@ export class VchanStream extends Duplex {
   readonly #onread: VchanOnread | null;
   #unwatchDomain: (() => void) | null = null;
   #idleMs = 0;
+  #bytesRead = 0;
+  #bytesWritten = 0;
   #idleTimer: NodeJS.Timeout | null = null;
   #lastActive = 0;
 
@@ -252,6 +258,16 @@ export class VchanStream extends Duplex {
     return this;
   }
 
+  /** Bytes taken from the ring so far, as net.Socket's bytesRead. */
+  get bytesRead(): number {
+    return this.#bytesRead;
+  }
+
+  /** Bytes put into the ring so far (not counting what still waits for room), as net.Socket's bytesWritten. */
+  get bytesWritten(): number {
+    return this.#bytesWritten;
+  }
+
   /** The idle timeout set with setTimeout(), or undefined. */
   get timeout(): number | undefined {
     return this.#idleMs || undefined;
@@ -347,6 +363,13 @@ export class VchanStream extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    debug(
+      'stream %s: closed (%d bytes read, %d written)%s',
+      this.path,
+      this.#bytesRead,
+      this.#bytesWritten,
+      err ? `: ${err.message}` : '',
+    );
     const p = this.#pending;
     this.#pending = null;
     this.#close();
@@ -408,6 +431,7 @@ export class VchanStream extends Duplex {
         const n: number = this.#b.vchan.read(this.#h, buf, 0, Math.min(buf.byteLength, this.#info.readSize));
         if (n > 0) {
           this.#active();
+          this.#bytesRead += n;
           if (onread.callback.call(undefined, n, buf) === false) this.pause();
           continue;
         }
@@ -419,6 +443,7 @@ export class VchanStream extends Duplex {
       const n: number = this.#b.vchan.read(this.#h, buf, poolOff, room);
       if (n > 0) {
         this.#active();
+        this.#bytesRead += n;
         const chunk = buf.subarray(poolOff, poolOff + n);
         poolOff += n;
         this.#wantRead = this.push(chunk);
@@ -452,7 +477,10 @@ export class VchanStream extends Duplex {
     const p = this.#pending;
     if (!p || !this.#h) return;
     const n: number = this.#b.vchan.writev(this.#h, p.chunks, p.offset);
-    if (n > 0) this.#active();
+    if (n > 0) {
+      this.#active();
+      this.#bytesWritten += n;
+    }
     // Advance through the chunks by N bytes (p.offset is into the first one).
     let i = 0;
     let off = p.offset + n;
@@ -477,6 +505,16 @@ export class VchanStream extends Duplex {
   /** Destroys the stream (without the orderly end()). */
   [Symbol.dispose](): void {
     this.destroy();
+  }
+
+  /** `await using stream = await connect(...)`: ends the stream and waits until it has closed. */
+  override async [Symbol.asyncDispose](): Promise<void> {
+    if (this.closed) return;
+    await new Promise<void>((resolve) => {
+      this.once('close', () => resolve());
+      if (this.writableEnded) this.destroy();
+      else this.end();
+    });
   }
 }
 
@@ -570,12 +608,36 @@ export class VchanServer extends EventEmitter<{
   }
 
   /** Publishes the channel in xenstore and waits for the client. */
-  listen(cb?: () => void): this {
+  /**
+   * Offers the channel; 'listening' follows. As net.Server's: a callback, and an options object
+   * whose `signal` closes the server when aborted.
+   */
+  listen(cb?: () => void): this;
+  listen(options: { signal?: AbortSignal }, cb?: () => void): this;
+  listen(optionsOrCb?: { signal?: AbortSignal } | (() => void), cb?: () => void): this {
+    let signal: AbortSignal | undefined;
+    if (typeof optionsOrCb === 'function' || optionsOrCb === undefined) {
+      cb = optionsOrCb ?? cb;
+    } else {
+      const o = checkObject('options', optionsOrCb) as { signal?: unknown };
+      if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
+        throw invalidArgType('options.signal', 'an instance of AbortSignal', o.signal);
+      signal = o.signal as AbortSignal | undefined;
+    }
     if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
     if (this.#closed) throw coded('The server is closed', 'ERR_SERVER_NOT_RUNNING');
     if (this.#listening) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
+    if (signal?.aborted) {
+      process.nextTick(() => this.close());
+      return this;
+    }
     this.#listening = true;
     if (cb) this.once('listening', cb);
+    if (signal) {
+      const onAbort = () => this.close();
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.once('close', () => signal.removeEventListener('abort', onAbort));
+    }
     this.#offer();
     process.nextTick(() => this.emit('listening'));
     return this;
@@ -590,6 +652,7 @@ export class VchanServer extends EventEmitter<{
   #offer(): void {
     const o = this.#opts;
     const h = asDomain(this.#b, o.mockDomid, () => this.#b.vchan.serverInit(o.domid, o.path, o.readMin, o.writeMin));
+    debug('server %s: offered to domain %d', o.path, o.domid);
     this.#waiting = h;
     this.#b.vchan.poll(h, () => this.#onWake(h));
     this.#b.vchan.ref(h, this.#refed);
@@ -614,6 +677,7 @@ export class VchanServer extends EventEmitter<{
     // restart of the poll on this fd between the two owners.
     this.#waiting = null;
     const s = new VchanStream(kInternal, this.#b, h, this.#opts.domid, this.#opts.path, this.#opts);
+    debug('server %s: domain %d connected', this.#opts.path, this.#opts.domid);
     if (!this.#refed) s.unref();
     this.#current = s;
     s.once('close', () => {
@@ -657,6 +721,12 @@ export class VchanServer extends EventEmitter<{
     if (this.#current) this.#current.once('close', finish);
     else finish();
     return this;
+  }
+
+  /** `await using server = createServer(...)`: closes the server (as net.Server's). */
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#closed) return;
+    await new Promise<void>((resolve) => this.close(() => resolve()));
   }
 
   ref(): this {
@@ -785,12 +855,16 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
       if (!entry) continue; // not (fully) published yet
       try {
         const h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path, entry.ref, entry.port));
+        debug('connect %s: attached to domain %d (ring-ref %d, port %d)', path, domid, entry.ref, entry.port);
         return new VchanStream(kInternal, b, h, domid, path, options);
       } catch (e) {
         const { code, syscall } = e as { code?: string; syscall?: string };
         // Taken by another client, or its client has gone and the server has not offered it again
         // yet: the server's next offer rewrites the entry, and fires the watch.
-        if (code === 'EBUSY' || code === 'EAGAIN') continue;
+        if (code === 'EBUSY' || code === 'EAGAIN') {
+          debug('connect %s: %s, waiting for the next offer', path, code);
+          continue;
+        }
         if (syscall === 'xengnttab_map_grant_ref') {
           // A server replacing its entry may have withdrawn that page a moment ago: look again.
           const again = await Promise.race([readEntry(xs, path).catch(() => undefined), stop]);

@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { connect, createServer, GrantMapper, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
 import type { ConnectOptions, ServerOptions } from '../dist/cjs/index.js';
-import { broker, config, onMock, selfDomid } from './helpers/env';
+import { broker, config, onMock, root, selfDomid } from './helpers/env';
 import { snapshot } from './helpers/setup';
 import { fdCount, killChild, Peer, randomChunks, sha256, sleep, startPeer, uniquePath } from './helpers/util';
 
@@ -51,6 +51,74 @@ async function pair(
   const [s] = (await accepted) as [VchanStream];
   return { server, s: track(s), c, path };
 }
+
+describe('as net (bytesRead/bytesWritten, asyncDispose, listen signal, NODE_DEBUG)', () => {
+  it('bytesRead and bytesWritten count what went through the ring, both ways', async () => {
+    const { s, c } = await pair(1024, 2048);
+    expect([s.bytesRead, s.bytesWritten, c.bytesRead, c.bytesWritten]).toEqual([0, 0, 0, 0]);
+    const data = randomBytes(100_000);
+    const got: Buffer[] = [];
+    s.on('data', (d: Buffer) => got.push(d));
+    await new Promise<void>((resolve) => c.write(data, () => resolve()));
+    while (Buffer.concat(got).length < data.length) await sleep(5);
+    expect(c.bytesWritten).toBe(data.length);
+    expect(s.bytesRead).toBe(data.length);
+    await new Promise<void>((resolve) => s.write('reply', () => resolve()));
+    expect(s.bytesWritten).toBe(5);
+  });
+
+  it('await using: a server closes and a stream ends and closes when their scope ends', async () => {
+    const path = uniquePath('dispose');
+    let closedServer = false;
+    let closedStream = false;
+    {
+      await using server = createServer({ domid: selfDomid, path });
+      server.on('close', () => (closedServer = true));
+      const accepted = once(server, 'connection');
+      server.listen();
+      await using c = await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 });
+      c.on('close', () => (closedStream = true));
+      const [s] = (await accepted) as [VchanStream];
+      s.resume();
+      s.on('end', () => s.destroy());
+    }
+    expect(closedStream).toBe(true);
+    expect(closedServer).toBe(true);
+  });
+
+  it("listen({signal}) closes the server when the signal aborts, as net's", async () => {
+    const ac = new AbortController();
+    const server = createServer({ domid: selfDomid, path: uniquePath('signal') });
+    server.listen({ signal: ac.signal });
+    await once(server, 'listening');
+    const closed = once(server, 'close');
+    ac.abort();
+    await closed;
+    expect(() => server.listen({ signal: 5 as never })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    // An already aborted signal: the server closes without listening.
+    const again = createServer({ domid: selfDomid, path: uniquePath('signal2') });
+    again.listen({ signal: AbortSignal.abort() });
+    await once(again, 'close');
+  });
+
+  it('NODE_DEBUG=xen-vchan logs offers, connections and closes', () => {
+    const path = uniquePath('debug');
+    const code = `
+      const x = require(${JSON.stringify(root)});
+      const server = x.createServer({ domid: ${selfDomid}, path: ${JSON.stringify(path)} }, (s) => { s.destroy(); server.close(); });
+      server.listen(async () => { const c = await x.connect({ domid: ${selfDomid}, path: '/local/domain/${selfDomid}/${path}', timeout: 5000 }); c.destroy(); });`;
+    const r = spawnSync(process.execPath, ['-e', code], {
+      env: { ...process.env, NODE_DEBUG: 'xen-vchan' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(r.stderr).toMatch(/XEN-VCHAN \d+: server .*: offered to domain/);
+    expect(r.stderr).toMatch(/XEN-VCHAN \d+: connect .*: attached to domain/);
+    expect(r.stderr).toMatch(/XEN-VCHAN \d+: stream .*: closed/);
+  });
+});
 
 describe('idle timeout (setTimeout, as net.Socket)', () => {
   it("emits 'timeout' after the stream has been idle that long, not while data flows; 0 turns it off", async () => {
