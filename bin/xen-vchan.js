@@ -9,7 +9,7 @@ const root = path.join(__dirname, '..');
 // The broker that belongs with the mock addon this package loads (prebuilt or built here).
 const broker = require('../dist/cjs/native.js').mockBrokerPath();
 
-const USAGE = `usage: xen-vchan <command> [options]
+const USAGE = `usage: xen-vchan <command> [options]      (xen-vchan --version; xen-vchan <command> --help)
 
   demo [--bytes N] [--ring N]        a dom0 server and a domU client (two processes) on the mock, streaming
                                      data both ways and printing throughput
@@ -29,6 +29,19 @@ const USAGE = `usage: xen-vchan <command> [options]
 
 Backend: real Xen unless XEN_VCHAN_BACKEND=mock (demo and mock default to the mock).`;
 
+/** The lines of USAGE about one command, for `xen-vchan <command> --help`. */
+function commandUsage(cmd) {
+  const lines = USAGE.split('\n');
+  const out = [];
+  let inCmd = false;
+  for (const l of lines) {
+    const m = /^ {2}(\S+)/.exec(l);
+    if (m) inCmd = m[1] === cmd;
+    if (inCmd && l.trim()) out.push(l);
+  }
+  return `usage: xen-vchan ${cmd} [options]\n\n${out.join('\n')}`;
+}
+
 function fail(msg) {
   process.stderr.write(`xen-vchan: ${msg}\n`);
   process.exit(2);
@@ -39,8 +52,16 @@ function fail(msg) {
  * @returns {Record<string, any>}
  */
 function opts(args, spec) {
+  // parseArgs reads `--domid -1` as a missing value; hand it the number so that the range check
+  // below can say what is wrong with it.
+  const joined = [];
+  for (let i = 0; i < args.length; i++) {
+    const name = args[i].startsWith('--') ? args[i].slice(2) : undefined;
+    if (name && spec[name]?.type === 'string' && /^-\d/.test(args[i + 1] ?? '')) joined.push(`${args[i]}=${args[++i]}`);
+    else joined.push(args[i]);
+  }
   try {
-    return parseArgs({ args, options: spec, allowPositionals: true }).values;
+    return parseArgs({ args: joined, options: spec, allowPositionals: true }).values;
   } catch (e) {
     fail(`${e.message}\n\n${USAGE}`);
   }
@@ -48,7 +69,18 @@ function opts(args, spec) {
 
 function int(v, name) {
   const n = Number(v);
-  if (v === undefined || !Number.isInteger(n) || n < 0) fail(`--${name} needs a non-negative integer`);
+  if (v === undefined || v === '' || !Number.isInteger(n) || n < 0)
+    fail(`--${name} needs a non-negative integer, not ${JSON.stringify(v ?? null)}`);
+  return n;
+}
+
+/** A domain id, 0 to MAX_DOMID, from an option or an argument. */
+function parseDomid(v, what = '--domid') {
+  const { MAX_DOMID } = lib();
+  if (v === undefined) fail(`${what} is required: a domain id from 0 to ${MAX_DOMID}`);
+  const n = Number(v);
+  if (!/^\d+$/.test(String(v)) || n > MAX_DOMID)
+    fail(`${what} must be a domain id from 0 to ${MAX_DOMID}, not ${JSON.stringify(v)}`);
   return n;
 }
 
@@ -69,11 +101,15 @@ async function cmdMock(args) {
   const [sub, ...rest] = args;
   if (sub === 'env') {
     const o = opts(rest, { domid: { type: 'string' } });
-    const env = lib().mockEnv(o.domid === undefined ? undefined : int(o.domid, 'domid'));
+    const env = lib().mockEnv(o.domid === undefined ? undefined : parseDomid(o.domid));
     env.XEN_MOCK_DIR = env.XEN_MOCK_DIR || spawnSync(broker, ['dir']).stdout?.toString().trim() || '';
     if (!env.XEN_MOCK_DIR) delete env.XEN_MOCK_DIR;
     for (const [k, v] of Object.entries(env)) process.stdout.write(`export ${k}=${JSON.stringify(v)}\n`);
     return;
+  }
+  if (sub === 'introduce' || sub === 'destroy') {
+    if (rest.length === 0 || (sub === 'destroy' && rest.length !== 1)) fail(commandUsage('mock'));
+    rest.forEach((d) => parseDomid(d, `mock ${sub}: the domain`));
   }
   if (['status', 'reset', 'introduce', 'destroy', 'shutdown'].includes(sub)) {
     const r = spawnSync(broker, [sub, ...rest], { stdio: 'inherit' });
@@ -110,7 +146,7 @@ async function cmdListen(args) {
   });
   const { createServer } = lib();
   const server = createServer({
-    domid: int(o.domid, 'domid'),
+    domid: parseDomid(o.domid),
     path: o.path ?? fail('--path is required'),
     readMin: o['read-min'] === undefined ? undefined : int(o['read-min'], 'read-min'),
     writeMin: o['write-min'] === undefined ? undefined : int(o['write-min'], 'write-min'),
@@ -126,7 +162,7 @@ async function cmdListen(args) {
 async function cmdConnect(args) {
   const o = opts(args, { domid: { type: 'string' }, path: { type: 'string' }, timeout: { type: 'string' } });
   const s = await lib().connect({
-    domid: int(o.domid, 'domid'),
+    domid: parseDomid(o.domid),
     path: o.path ?? fail('--path is required'),
     timeout: o.timeout === undefined ? undefined : int(o.timeout, 'timeout'),
   });
@@ -154,7 +190,7 @@ async function cmdProxy(args) {
     slots: { type: 'string' },
   });
   const x = lib();
-  const domid = int(o.domid, 'domid');
+  const domid = parseDomid(o.domid);
   const base = o.path ?? fail('--path is required');
   if (o.serve) {
     const target = sockAddr(o.connect, '--connect');
@@ -261,7 +297,20 @@ async function cmdDemo(args) {
 
 async function main() {
   const [cmd, ...args] = process.argv.slice(2);
+  if (
+    cmd &&
+    ['mock', 'listen', 'connect', 'proxy', 'demo'].includes(cmd) &&
+    (args.includes('--help') || args.includes('-h'))
+  ) {
+    process.stdout.write(`${commandUsage(cmd)}\n`);
+    return;
+  }
   switch (cmd) {
+    case '--version':
+    case '-v':
+    case 'version':
+      process.stdout.write(`${require('../package.json').version}\n`);
+      return;
     case 'mock':
       return cmdMock(args);
     case 'listen':

@@ -1,6 +1,7 @@
-import { ChildProcess, spawn } from 'node:child_process';
+import { ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -116,5 +117,44 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     expect(text).toMatch(/^export LD_LIBRARY_PATH=".*native\/mock\/build\/lib/m);
     expect(text).toMatch(/^export XEN_MOCK_DOMID="5"$/m);
     expect(text).toMatch(/^export XEN_MOCK_DIR=/m);
+  });
+});
+
+describe('xen-vchan CLI arguments', () => {
+  const sh = (args: string[]) =>
+    spawnSync(process.execPath, [cli, ...args], {
+      env: { ...process.env, XEN_VCHAN_BACKEND: 'mock' },
+      encoding: 'utf8',
+    });
+
+  it('--version prints the package version; every command has --help', () => {
+    const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
+    expect(sh(['--version']).stdout.trim()).toBe(pkg.version);
+    for (const cmd of ['listen', 'connect', 'proxy', 'demo', 'mock']) {
+      const r = sh([cmd, '--help']);
+      expect(r.status, cmd).toBe(0);
+      expect(r.stdout, cmd).toContain(`usage: xen-vchan ${cmd}`);
+    }
+  });
+
+  it('bad arguments exit 2 with a message that says what is wrong, before anything starts', () => {
+    const cases: [string[], RegExp][] = [
+      [['listen', '--domid', '-1', '--path', 'x'], /--domid must be a domain id from 0 to 32751, not "-1"/],
+      [['connect', '--domid', '32752', '--path', '/x'], /--domid must be a domain id from 0 to 32751, not "32752"/],
+      [['connect', '--path', '/x'], /--domid is required/],
+      [['mock', 'introduce', 'abc'], /mock introduce: the domain must be a domain id from 0 to 32751, not "abc"/],
+      [['mock', 'destroy'], /usage: xen-vchan mock/],
+      [
+        ['listen', '--domid', '5', '--path', 'x', '--read-min', 'lots'],
+        /--read-min needs a non-negative integer, not "lots"/,
+      ],
+      [['listen', '--nope'], /Unknown option '--nope'/],
+      [['frobnicate'], /unknown command frobnicate/],
+    ];
+    for (const [args, msg] of cases) {
+      const r = sh(args);
+      expect(r.status, args.join(' ')).toBe(2);
+      expect(r.stderr, args.join(' ')).toMatch(msg);
+    }
   });
 });
