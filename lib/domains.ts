@@ -4,7 +4,7 @@
  * A vchan peer whose process exits (even by SIGKILL) says so: its kernel's unmap notification
  * clears the peer's "live" byte and sends an event. A destroyed domain runs no more code, so
  * nothing is sent: Xen closes its event channels without notifying anyone and the shared pages
- * stay as they were. The only signal is xenstored's @releaseDomain watch, after which
+ * stay as they were. The only signal is xenstored's `@releaseDomain` watch, after which
  * XS_IS_DOMAIN_INTRODUCED says which domain went. One watch per process (per backend and acting
  * domain) serves every stream; it exists only while some stream needs it, and never keeps the
  * process alive.

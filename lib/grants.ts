@@ -125,6 +125,7 @@ function checkNotify(v: unknown): UnmapNotify | undefined {
 
 abstract class GrantDevice implements RegionOwner {
   /** @internal */
+  /** @internal */
   protected readonly b: Binding;
   /** @internal */
   protected h: GrantHandle | null;
@@ -134,6 +135,7 @@ abstract class GrantDevice implements RegionOwner {
     const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
     this.h = asDomain(this.b, dom, () => open(this.b));
   }
+  /** @internal */
   protected handle(): GrantHandle {
     if (!this.h) {
       throw coded('The grant handle is closed', 'ERR_XEN_CLOSED');

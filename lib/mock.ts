@@ -53,7 +53,7 @@ export function mockIntroduceDomain(domid: number): void {
 /**
  * Destroys DOMID as `xl destroy` does: its handles are cut without the unmap notifications a
  * process's exit would send, its ports close (peers become unbound, with no event), processes
- * living only in it are killed, its xenstore directory goes and @releaseDomain fires. Streams
+ * living only in it are killed, its xenstore directory goes and `@releaseDomain` fires. Streams
  * of other domains to it then fail with ECONNRESET. Dom0 cannot be destroyed (EPERM).
  */
 export function mockDestroyDomain(domid: number): void {

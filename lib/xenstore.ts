@@ -43,7 +43,9 @@ function bits(p: XsPermission): number {
 
 class Ops implements XenstoreOps {
   constructor(
+    /** @internal */
     protected readonly b: Binding,
+    /** @internal */
     protected readonly handleOf: () => XenstoreHandle,
     protected readonly tx: () => number,
   ) {}
@@ -269,7 +271,7 @@ export class Xenstore extends Ops {
     }
   }
 
-  /** Watches PATH (or @releaseDomain / @introduceDomain). */
+  /** Watches PATH (or `@releaseDomain` / `@introduceDomain`). */
   async watch(path: string, token?: string): Promise<XenstoreWatch> {
     checkXsPath('path', path, true);
     const tok = token === undefined ? `xv${process.pid}-${++tokenCounter}` : checkString('token', token);
