@@ -21,24 +21,31 @@
 
 namespace {
 
+// Every libxenstore function the addon and our libxenvchan call: one list, for the table of
+// pointers, their lookup and (by hand, below) the forwarders.
+#define XV_XENSTORE_FUNCTIONS(X) \
+  X(xs_open)                     \
+  X(xs_close)                    \
+  X(xs_read)                     \
+  X(xs_write)                    \
+  X(xs_rm)                       \
+  X(xs_mkdir)                    \
+  X(xs_directory)                \
+  X(xs_get_permissions)          \
+  X(xs_set_permissions)          \
+  X(xs_watch)                    \
+  X(xs_unwatch)                  \
+  X(xs_fileno)                   \
+  X(xs_check_watch)              \
+  X(xs_transaction_start)        \
+  X(xs_transaction_end)          \
+  X(xs_get_domain_path)          \
+  X(xs_is_domain_introduced)
+
 struct XenstoreApi {
-  decltype(&xs_open) open;
-  decltype(&xs_close) close;
-  decltype(&xs_read) read;
-  decltype(&xs_write) write;
-  decltype(&xs_rm) rm;
-  decltype(&xs_mkdir) mkdir;
-  decltype(&xs_directory) directory;
-  decltype(&xs_get_permissions) get_permissions;
-  decltype(&xs_set_permissions) set_permissions;
-  decltype(&xs_watch) watch;
-  decltype(&xs_unwatch) unwatch;
-  decltype(&xs_fileno) fileno;
-  decltype(&xs_check_watch) check_watch;
-  decltype(&xs_transaction_start) transaction_start;
-  decltype(&xs_transaction_end) transaction_end;
-  decltype(&xs_get_domain_path) get_domain_path;
-  decltype(&xs_is_domain_introduced) is_domain_introduced;
+#define XV_FIELD(name) decltype(&::name) name;
+  XV_XENSTORE_FUNCTIONS(XV_FIELD)
+#undef XV_FIELD
 };
 
 // Newest first: a system with both (a partial upgrade) gets the one its tools use.
@@ -70,23 +77,9 @@ void Load() {
     }
     std::string missing;
     XenstoreApi a{};
-    Resolve(lib, "xs_open", &a.open, &missing);
-    Resolve(lib, "xs_close", &a.close, &missing);
-    Resolve(lib, "xs_read", &a.read, &missing);
-    Resolve(lib, "xs_write", &a.write, &missing);
-    Resolve(lib, "xs_rm", &a.rm, &missing);
-    Resolve(lib, "xs_mkdir", &a.mkdir, &missing);
-    Resolve(lib, "xs_directory", &a.directory, &missing);
-    Resolve(lib, "xs_get_permissions", &a.get_permissions, &missing);
-    Resolve(lib, "xs_set_permissions", &a.set_permissions, &missing);
-    Resolve(lib, "xs_watch", &a.watch, &missing);
-    Resolve(lib, "xs_unwatch", &a.unwatch, &missing);
-    Resolve(lib, "xs_fileno", &a.fileno, &missing);
-    Resolve(lib, "xs_check_watch", &a.check_watch, &missing);
-    Resolve(lib, "xs_transaction_start", &a.transaction_start, &missing);
-    Resolve(lib, "xs_transaction_end", &a.transaction_end, &missing);
-    Resolve(lib, "xs_get_domain_path", &a.get_domain_path, &missing);
-    Resolve(lib, "xs_is_domain_introduced", &a.is_domain_introduced, &missing);
+#define XV_RESOLVE(name) Resolve(lib, #name, &a.name, &missing);
+    XV_XENSTORE_FUNCTIONS(XV_RESOLVE)
+#undef XV_RESOLVE
     if (missing.empty()) {
       api = a;
       loaded = true;
@@ -120,39 +113,39 @@ std::string XenLibraryHint() {
 extern "C" {
 
 struct xs_handle* xs_open(unsigned long flags) {
-  return Ready() ? api.open(flags) : nullptr;
+  return Ready() ? api.xs_open(flags) : nullptr;
 }
 void xs_close(struct xs_handle* h) {
-  if (h && loaded) api.close(h);
+  if (h && loaded) api.xs_close(h);
 }
 void* xs_read(struct xs_handle* h, xs_transaction_t t, const char* path, unsigned int* len) {
-  return api.read(h, t, path, len);
+  return api.xs_read(h, t, path, len);
 }
 bool xs_write(struct xs_handle* h, xs_transaction_t t, const char* path, const void* data, unsigned int len) {
-  return api.write(h, t, path, data, len);
+  return api.xs_write(h, t, path, data, len);
 }
-bool xs_rm(struct xs_handle* h, xs_transaction_t t, const char* path) { return api.rm(h, t, path); }
-bool xs_mkdir(struct xs_handle* h, xs_transaction_t t, const char* path) { return api.mkdir(h, t, path); }
+bool xs_rm(struct xs_handle* h, xs_transaction_t t, const char* path) { return api.xs_rm(h, t, path); }
+bool xs_mkdir(struct xs_handle* h, xs_transaction_t t, const char* path) { return api.xs_mkdir(h, t, path); }
 char** xs_directory(struct xs_handle* h, xs_transaction_t t, const char* path, unsigned int* num) {
-  return api.directory(h, t, path, num);
+  return api.xs_directory(h, t, path, num);
 }
 struct xs_permissions* xs_get_permissions(struct xs_handle* h, xs_transaction_t t, const char* path,
                                           unsigned int* num) {
-  return api.get_permissions(h, t, path, num);
+  return api.xs_get_permissions(h, t, path, num);
 }
 bool xs_set_permissions(struct xs_handle* h, xs_transaction_t t, const char* path, struct xs_permissions* perms,
                         unsigned int num) {
-  return api.set_permissions(h, t, path, perms, num);
+  return api.xs_set_permissions(h, t, path, perms, num);
 }
-bool xs_watch(struct xs_handle* h, const char* path, const char* token) { return api.watch(h, path, token); }
-bool xs_unwatch(struct xs_handle* h, const char* path, const char* token) { return api.unwatch(h, path, token); }
-int xs_fileno(struct xs_handle* h) { return api.fileno(h); }
-char** xs_check_watch(struct xs_handle* h) { return api.check_watch(h); }
-xs_transaction_t xs_transaction_start(struct xs_handle* h) { return api.transaction_start(h); }
+bool xs_watch(struct xs_handle* h, const char* path, const char* token) { return api.xs_watch(h, path, token); }
+bool xs_unwatch(struct xs_handle* h, const char* path, const char* token) { return api.xs_unwatch(h, path, token); }
+int xs_fileno(struct xs_handle* h) { return api.xs_fileno(h); }
+char** xs_check_watch(struct xs_handle* h) { return api.xs_check_watch(h); }
+xs_transaction_t xs_transaction_start(struct xs_handle* h) { return api.xs_transaction_start(h); }
 bool xs_transaction_end(struct xs_handle* h, xs_transaction_t t, bool abort) {
-  return api.transaction_end(h, t, abort);
+  return api.xs_transaction_end(h, t, abort);
 }
-char* xs_get_domain_path(struct xs_handle* h, unsigned int domid) { return api.get_domain_path(h, domid); }
-bool xs_is_domain_introduced(struct xs_handle* h, unsigned int domid) { return api.is_domain_introduced(h, domid); }
+char* xs_get_domain_path(struct xs_handle* h, unsigned int domid) { return api.xs_get_domain_path(h, domid); }
+bool xs_is_domain_introduced(struct xs_handle* h, unsigned int domid) { return api.xs_is_domain_introduced(h, domid); }
 
 }  // extern "C"

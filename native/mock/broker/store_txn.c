@@ -10,6 +10,20 @@
 
 #include "store.h"
 
+/* Makes room in *ARRAY (of *CAP elements of SIZE bytes) for element N, doubling it when full. */
+static int grow(void **array, size_t *cap, size_t n, size_t size)
+{
+    if (n < *cap)
+        return 0;
+    size_t ncap = *cap ? *cap * 2 : 8;
+    void *a = realloc(*array, ncap * size);
+    if (!a)
+        return -1;
+    *array = a;
+    *cap = ncap;
+    return 0;
+}
+
 struct txn *find_txn(struct conn *c, uint32_t id)
 {
     for (struct txn *t = c->txns; t; t = t->next)
@@ -64,14 +78,8 @@ int txn_touch(struct txn *t, const char *path, bool with_parent)
             seen = !strcmp(t->acc[i].path, paths[k]);
         if (seen)
             continue;
-        if (t->nacc == t->acap) {
-            size_t cap = t->acap ? t->acap * 2 : 8;
-            struct access *a = realloc(t->acc, cap * sizeof(*a));
-            if (!a)
-                return ENOMEM;
-            t->acc = a;
-            t->acap = cap;
-        }
+        if (grow((void **)&t->acc, &t->acap, t->nacc, sizeof(*t->acc)) < 0)
+            return ENOMEM;
         t->acc[t->nacc].path = strdup(paths[k]);
         if (!t->acc[t->nacc].path)
             return ENOMEM;
@@ -84,14 +92,8 @@ int txn_touch(struct txn *t, const char *path, bool with_parent)
 int txn_log(struct txn *t, enum logop op, const char *path, const char *val, uint32_t vlen, const struct perm *p,
             uint32_t np)
 {
-    if (t->nlog == t->lcap) {
-        size_t cap = t->lcap ? t->lcap * 2 : 8;
-        struct logent *l = realloc(t->log, cap * sizeof(*l));
-        if (!l)
-            return ENOMEM;
-        t->log = l;
-        t->lcap = cap;
-    }
+    if (grow((void **)&t->log, &t->lcap, t->nlog, sizeof(*t->log)) < 0)
+        return ENOMEM;
     struct logent *e = &t->log[t->nlog];
     memset(e, 0, sizeof(*e));
     e->op = op;

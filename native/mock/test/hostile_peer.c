@@ -39,8 +39,8 @@ static void say(const char *what)
     fflush(stdout);
 }
 
-/* Writes the corrupt value of FIELD into the page; 0, or -1 for a field this role cannot corrupt. */
-static int corrupt(volatile struct vchan_interface *v, const char *field)
+/* Writes the corrupt value of FIELD into the page; an unknown FIELD ends the program (exit 2). */
+static void corrupt(volatile struct vchan_interface *v, const char *field)
 {
     if (!strcmp(field, "left.cons"))
         v->left.cons = 0xdead0000u;
@@ -64,10 +64,11 @@ static int corrupt(volatile struct vchan_interface *v, const char *field)
         v->srv_notify = 0xff;
     else if (!strcmp(field, "grant0"))
         v->grants[0] = 0xffffffffu;
-    else
-        return -1;
+    else {
+        fprintf(stderr, "hostile_peer: unknown field %s\n", field);
+        exit(2);
+    }
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    return 0;
 }
 
 /* Stays until killed, notifying every 50 ms (a hostile peer also sends events at will). */
@@ -103,10 +104,8 @@ static int server(unsigned peer, const char *path, const char *field, int after)
     v->srv_live = 1;
     v->cli_notify = VCHAN_NOTIFY_WRITE;
     int entry_field = !strcmp(field, "ring-ref") || !strcmp(field, "event-channel");
-    if (!after && !entry_field && corrupt(v, field) < 0) {
-        fprintf(stderr, "hostile_peer: unknown field %s\n", field);
-        return 2;
-    }
+    if (!after && !entry_field)
+        corrupt(v, field);
     char key[512], val[32];
     snprintf(key, sizeof(key), "%s/ring-ref", path);
     snprintf(val, sizeof(val), "%s", !strcmp(field, "ring-ref") ? "12x" : "");
@@ -129,10 +128,7 @@ static int server(unsigned peer, const char *path, const char *field, int after)
     while (__atomic_load_n(&v->cli_live, __ATOMIC_ACQUIRE) != 1)
         usleep(1000);
     usleep(100000);
-    if (corrupt(v, field) < 0) {
-        fprintf(stderr, "hostile_peer: unknown field %s\n", field);
-        return 2;
-    }
+    corrupt(v, field);
     say("corrupted");
     linger(ev, (evtchn_port_t)port);
     return 0;
@@ -173,10 +169,8 @@ static int client(unsigned server_dom, const char *path, const char *field, int 
         gt, server_dom, ref, PROT_READ | PROT_WRITE, offsetof(struct vchan_interface, cli_live), (evtchn_port_t)port);
     if (!v)
         die("map");
-    if (!after && corrupt(v, field) < 0) {
-        fprintf(stderr, "hostile_peer: unknown field %s\n", field);
-        return 2;
-    }
+    if (!after)
+        corrupt(v, field);
     uint8_t two = 2;
     if (strcmp(field, "cli_live") || after)
         __atomic_compare_exchange_n(&v->cli_live, &two, 1, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
@@ -185,10 +179,7 @@ static int client(unsigned server_dom, const char *path, const char *field, int 
     say("ready");
     if (after) {
         usleep(100000);
-        if (corrupt(v, field) < 0) {
-            fprintf(stderr, "hostile_peer: unknown field %s\n", field);
-            return 2;
-        }
+        corrupt(v, field);
     }
     say("corrupted");
     linger(ev, (evtchn_port_t)port);
