@@ -70,6 +70,39 @@ describe('Xenstore', () => {
     other.close();
   });
 
+  it('a transaction that removes a tree and writes into it again commits; a change under the tree meanwhile conflicts', async () => {
+    const xs = new Xenstore();
+    const other = new Xenstore();
+    const p = `/local/domain/${selfDomid}/data/txrm-${process.pid}`;
+    await xs.write(`${p}/old/a`, 'stale');
+    await xs.write(`${p}/q`, 'stale');
+    let runs = 0;
+    await xs.transaction(
+      async (tx) => {
+        runs++;
+        await tx.rm(p);
+        await tx.write(`${p}/q`, 'fresh');
+      },
+      { retries: 0 },
+    );
+    expect(runs).toBe(1);
+    expect(await xs.directory(p)).toEqual(['q']);
+    expect(await xs.read(`${p}/q`)).toBe('fresh');
+    await xs.write(`${p}/old/a`, 'x');
+    runs = 0;
+    await xs.transaction(async (tx) => {
+      runs++;
+      await tx.rm(p);
+      if (runs === 1) await other.write(`${p}/old/a`, 'changed under the removal');
+      await tx.write(`${p}/q`, 'again');
+    });
+    expect(runs).toBe(2);
+    expect(await xs.directory(p)).toEqual(['q']);
+    await xs.rm(p);
+    xs.close();
+    other.close();
+  });
+
   it("the event a watch fires when set reaches 'change' listeners attached after watch() resolved", async () => {
     const xs = new Xenstore();
     const p = `/local/domain/${selfDomid}/data/w0-${process.pid}`;

@@ -152,6 +152,8 @@ static int node_request(struct conn *c, struct xm_msg *m, const char *pl, struct
     bool changes = m->op == XM_XS_WRITE || m->op == XM_XS_MKDIR || m->op == XM_XS_RM || m->op == XM_XS_SET_PERMS;
     if (t && (err = txn_touch(t, path, changes)))
         return err;
+    if (t && m->op == XM_XS_RM && (err = txn_touch_subtree(t, path)))
+        return err;
     switch (m->op) {
     case XM_XS_READ: return read_node(&x, path, r, rbuf);
     case XM_XS_DIRECTORY: return list_children(&x, path, r, rbuf);

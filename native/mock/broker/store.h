@@ -118,6 +118,7 @@ struct txn *find_txn(struct conn *c, uint32_t id);
 void txn_free(struct txn *t);
 void unlink_txn(struct conn *c, struct txn *t);
 int txn_touch(struct txn *t, const char *path, bool with_parent);
+int txn_touch_subtree(struct txn *t, const char *path);
 int txn_log(struct txn *t, enum logop op, const char *path, const char *val, uint32_t vlen, const struct perm *p,
             uint32_t np);
 int txn_commit(struct conn *c, struct txn *t);

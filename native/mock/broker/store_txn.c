@@ -89,6 +89,28 @@ int txn_touch(struct txn *t, const char *path, bool with_parent)
     return 0;
 }
 
+/* Records every node under PATH (not PATH itself) as T's snapshot has it: a removal inside a
+ * transaction depends on them all, and a node written again later in the same transaction must be
+ * judged by whether it existed before the removal, not after it. */
+int txn_touch_subtree(struct txn *t, const char *path)
+{
+    struct node *n = lookup(t->root, path);
+    if (!n)
+        return 0;
+    for (uint32_t i = 0; i < n->nkids; i++) {
+        char kid[ABS_PATH_MAX + 64];
+        int len = snprintf(kid, sizeof(kid), "%s/%s", strcmp(path, "/") ? path : "", n->kids[i]->name);
+        if (len < 0 || (size_t)len >= sizeof(kid))
+            continue;
+        int err = txn_touch(t, kid, false);
+        if (!err)
+            err = txn_touch_subtree(t, kid);
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
 int txn_log(struct txn *t, enum logop op, const char *path, const char *val, uint32_t vlen, const struct perm *p,
             uint32_t np)
 {
