@@ -56,6 +56,13 @@ export {
   type VchanStreamOptions,
 } from './vchan';
 export {
+  connectMulti,
+  createMultiServer,
+  MULTI_QUEUE_MAX,
+  VchanMultiServer,
+  type MultiServerOptions,
+} from './multi';
+export {
   mockAddStaticChannel,
   mockDestroyDomain,
   mockDir,

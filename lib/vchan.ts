@@ -7,7 +7,9 @@
  * process dies, ends the stream (its data first); a peer DOMAIN that is destroyed (it sends
  * nothing: see domains.ts) fails it with ECONNRESET; corrupt ring indices fail it with EPROTO.
  */
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { createServer as createNetServer } from 'node:net';
 import { Duplex, DuplexOptions } from 'node:stream';
 import { debuglog } from 'node:util';
 
@@ -560,14 +562,125 @@ function checkVchanPath(name: string, v: unknown): string {
 }
 
 /**
- * A vchan server: one channel at a time for one client domain. After a client leaves, the
- * server offers the channel again for the next one. Emits 'listening', 'connection'
- * (VchanStream), 'clientError', 'error' and 'close'.
+ * One channel offered to one client: calls ONSTREAM with the stream once a client attaches, or
+ * ONBROKEN when a client breaks the protocol as it connects (the channel is then gone). cancel()
+ * withdraws a channel no client has taken yet. Shared by VchanServer and VchanMultiServer.
+ *
+ * @internal
+ */
+export interface Offer {
+  cancel(): void;
+  ref(on: boolean): void;
+}
+
+/** @internal */
+export interface OfferOptions extends VchanStreamOptions {
+  domid: number;
+  path: string;
+  readMin: number;
+  writeMin: number;
+  mockDomid?: number;
+}
+
+/** @internal */
+export function offerChannel(
+  b: Binding,
+  o: OfferOptions,
+  onStream: (s: VchanStream) => void,
+  onBroken: (e: Error) => void,
+): Offer {
+  let h: VchanHandle | null = asDomain(b, o.mockDomid, () =>
+    b.vchan.serverInit(o.domid, o.path, o.readMin, o.writeMin),
+  );
+  debug('server %s: offered to domain %d', o.path, o.domid);
+  const wake = (): void => {
+    if (h === null) return;
+    const handle = h;
+    let live: LiveState;
+    try {
+      ({ live } = b.vchan.arm(handle));
+    } catch (e) {
+      // The client broke the ring as it connected: this channel is lost.
+      h = null;
+      b.vchan.close(handle);
+      onBroken(e as Error);
+      return;
+    }
+    if (live === LiveState.Waiting) return; // still waiting for the client
+    // Connected (or connected and gone already: the stream will deliver its data and end).
+    // The stream takes the poller over as it is (a new callback, same uv_poll): no stop and
+    // restart of the poll on this fd between the two owners.
+    h = null;
+    debug('server %s: domain %d connected', o.path, o.domid);
+    onStream(new VchanStream(kInternal, b, handle, o.domid, o.path, o));
+  };
+  b.vchan.poll(h, wake);
+  return {
+    cancel(): void {
+      if (h === null) return;
+      b.vchan.close(h);
+      h = null;
+    },
+    ref(on: boolean): void {
+      if (h !== null) b.vchan.ref(h, on);
+    },
+  };
+}
+
+/**
+ * Makes PATH (a vchan path of this domain) ours for as long as this process lives, as binding a
+ * Unix socket path would: EADDRINUSE while another server (in any process of this domain) holds it.
+ *
+ * The claim is an abstract Unix socket named after the path: the kernel frees it when its holder
+ * exits, however it exits, so a server that died leaves nothing that blocks the next one (its stale
+ * xenstore entry is simply rewritten). Servers of one domain see each other's claims when they share
+ * a network namespace (on the mock: when they share the mock's directory).
+ *
+ * @internal
+ */
+export async function claimPath(b: Binding, mockDomid: number | undefined, path: string): Promise<() => void> {
+  let abs = path;
+  if (!path.startsWith('/')) {
+    const xs = new Xenstore({ backend: b.backend, mockDomid });
+    try {
+      abs = `/local/domain/${await xs.read('domid')}/${path}`;
+    } catch {
+      // no readable domid: claim the path as written
+    } finally {
+      xs.close();
+    }
+  }
+  const scope = b.mock ? `mock ${b.mock.dir()}` : 'xen';
+  const name = `\0xen-vchan/${createHash('sha256').update(`${scope}\n${abs}`).digest('hex').slice(0, 40)}`;
+  const lock = createNetServer((c) => c.destroy());
+  await new Promise<void>((resolve, reject) => {
+    lock.once('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EADDRINUSE') return reject(e);
+      const err = systemError('EADDRINUSE', 'listen', `another vchan server of this domain serves ${abs}`);
+      (err as Error & { path?: string }).path = path;
+      reject(err);
+    });
+    lock.listen(name, () => resolve());
+  });
+  lock.unref();
+  debug('server %s: claimed (%s)', path, abs);
+  return () => lock.close();
+}
+
+/**
+ * A vchan server: one channel at a time for one client domain, as Xen's libxenvchan serves (any
+ * libxenvchan client can connect to it). After a client leaves, the server offers the channel again
+ * for the next one. For many clients at once on one path, see {@link VchanMultiServer}. Emits
+ * 'listening', 'connection' (VchanStream), 'clientError', 'error' and 'close'.
+ *
+ * As with a Unix socket path, one server at a time serves a path: listen() on a path that a live
+ * server of this domain holds emits 'error' with EADDRINUSE. A path whose server died is free again
+ * (its xenstore entry is replaced).
  *
  * A client that breaks the protocol as it connects (a ring index no ring can hold) costs that one
  * connection: the channel is dropped, 'clientError' is emitted (only if someone listens; as
- * http.Server does) and a new channel is offered. 'error' is for the server itself (a channel that
- * cannot be offered again), after which it stops listening.
+ * http.Server does) and a new channel is offered. 'error' is for the server itself (a path already
+ * served, a channel that cannot be offered), after which it stops listening.
  */
 export class VchanServer extends EventEmitter<{
   listening: [];
@@ -577,26 +690,19 @@ export class VchanServer extends EventEmitter<{
   close: [];
 }> {
   readonly #b: Binding;
-  readonly #opts: Required<Pick<ServerOptions, 'domid' | 'path' | 'readMin' | 'writeMin'>> & ServerOptions;
-  #waiting: VchanHandle | null = null;
+  readonly #opts: OfferOptions & ServerOptions;
+  #offer: Offer | null = null;
   #current: VchanStream | null = null;
+  #release: (() => void) | null = null;
   #listening = false;
+  #starting = false;
   #closed = false;
   #refed = true;
 
   constructor(options: ServerOptions, onConnection?: (s: VchanStream) => void) {
     super();
-    const o = checkObject('options', options);
-    const domid = checkDomid('options.domid', o.domid);
-    const path = checkVchanPath('options.path', o.path);
-    const readMin =
-      o.readMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
-    const writeMin =
-      o.writeMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.writeMin', o.writeMin, 0, MAX_RING_SIZE);
-    if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
-    checkOnread(o.onread);
-    this.#b = binding(o.backend as Backend | undefined);
-    this.#opts = { ...(options as ServerOptions), domid, path, readMin, writeMin };
+    this.#opts = checkServerOptions(options);
+    this.#b = binding(options.backend);
     if (onConnection !== undefined) {
       if (typeof onConnection !== 'function') throw invalidArgType('onConnection', 'of type function', onConnection);
       this.on('connection', onConnection);
@@ -607,40 +713,53 @@ export class VchanServer extends EventEmitter<{
     return this.#listening;
   }
 
-  /** Publishes the channel in xenstore and waits for the client. */
   /**
-   * Offers the channel; 'listening' follows. As net.Server's: a callback, and an options object
-   * whose `signal` closes the server when aborted.
+   * Claims the path and offers the channel; 'listening' follows, or 'error' (EADDRINUSE when
+   * another server holds the path). As net.Server's: a callback, and an options object whose
+   * `signal` closes the server when aborted.
    */
   listen(cb?: () => void): this;
   listen(options: { signal?: AbortSignal }, cb?: () => void): this;
   listen(optionsOrCb?: { signal?: AbortSignal } | (() => void), cb?: () => void): this {
-    let signal: AbortSignal | undefined;
-    if (typeof optionsOrCb === 'function' || optionsOrCb === undefined) {
-      cb = optionsOrCb ?? cb;
-    } else {
-      const o = checkObject('options', optionsOrCb) as { signal?: unknown };
-      if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
-        throw invalidArgType('options.signal', 'an instance of AbortSignal', o.signal);
-      signal = o.signal as AbortSignal | undefined;
-    }
-    if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
+    const { signal, callback } = listenArgs(optionsOrCb, cb);
     if (this.#closed) throw coded('The server is closed', 'ERR_SERVER_NOT_RUNNING');
-    if (this.#listening) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
+    if (this.#listening || this.#starting) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
     if (signal?.aborted) {
       process.nextTick(() => this.close());
       return this;
     }
-    this.#listening = true;
-    if (cb) this.once('listening', cb);
+    if (callback) this.once('listening', callback);
     if (signal) {
       const onAbort = () => this.close();
       signal.addEventListener('abort', onAbort, { once: true });
       this.once('close', () => signal.removeEventListener('abort', onAbort));
     }
-    this.#offer();
-    process.nextTick(() => this.emit('listening'));
+    this.#starting = true;
+    void this.#start();
     return this;
+  }
+
+  async #start(): Promise<void> {
+    let release: () => void;
+    try {
+      release = await claimPath(this.#b, this.#opts.mockDomid, this.#opts.path);
+    } catch (e) {
+      this.#starting = false;
+      if (!this.#closed) this.emit('error', e as Error);
+      return;
+    }
+    this.#starting = false;
+    if (this.#closed) return release();
+    this.#release = release;
+    try {
+      this.#offerNext();
+    } catch (e) {
+      this.#stop();
+      this.emit('error', e as Error);
+      return;
+    }
+    this.#listening = true;
+    this.emit('listening');
   }
 
   /** The options the server was made with (domid, path, ring sizes). */
@@ -649,59 +768,54 @@ export class VchanServer extends EventEmitter<{
     return { domid, path, readMin, writeMin };
   }
 
-  #offer(): void {
-    const o = this.#opts;
-    const h = asDomain(this.#b, o.mockDomid, () => this.#b.vchan.serverInit(o.domid, o.path, o.readMin, o.writeMin));
-    debug('server %s: offered to domain %d', o.path, o.domid);
-    this.#waiting = h;
-    this.#b.vchan.poll(h, () => this.#onWake(h));
-    this.#b.vchan.ref(h, this.#refed);
-  }
-
-  #onWake(h: VchanHandle): void {
-    if (h !== this.#waiting) return;
-    let live: LiveState;
-    try {
-      ({ live } = this.#b.vchan.arm(h));
-    } catch (e) {
-      // The client broke the ring as it connected: drop that channel, offer a fresh one.
-      this.#waiting = null;
-      this.#b.vchan.close(h);
-      if (this.listenerCount('clientError') > 0) this.emit('clientError', e as Error);
-      this.#reoffer();
-      return;
-    }
-    if (live === LiveState.Waiting) return; // still waiting for the client
-    // Connected (or connected and gone already: the stream will deliver its data and end).
-    // The stream takes the poller over as it is (a new callback, same uv_poll): no stop and
-    // restart of the poll on this fd between the two owners.
-    this.#waiting = null;
-    const s = new VchanStream(kInternal, this.#b, h, this.#opts.domid, this.#opts.path, this.#opts);
-    debug('server %s: domain %d connected', this.#opts.path, this.#opts.domid);
-    if (!this.#refed) s.unref();
-    this.#current = s;
-    s.once('close', () => {
-      this.#current = null;
-      this.#reoffer();
-    });
-    this.emit('connection', s);
+  #offerNext(): void {
+    const offer = offerChannel(
+      this.#b,
+      this.#opts,
+      (s) => {
+        this.#offer = null;
+        if (!this.#refed) s.unref();
+        this.#current = s;
+        s.once('close', () => {
+          this.#current = null;
+          this.#reoffer();
+        });
+        this.emit('connection', s);
+      },
+      (e) => {
+        this.#offer = null;
+        if (this.listenerCount('clientError') > 0) this.emit('clientError', e);
+        this.#reoffer();
+      },
+    );
+    this.#offer = offer;
+    offer.ref(this.#refed);
   }
 
   /** Offers the channel again for the next client; if that fails, the server is done. */
   #reoffer(): void {
-    if (this.#closed) return;
+    if (this.#closed || !this.#listening) return;
     try {
-      this.#offer();
+      this.#offerNext();
     } catch (e) {
-      this.#listening = false;
+      this.#stop();
       this.emit('error', e as Error);
     }
   }
 
+  /** Withdraws the offer and gives the path up. */
+  #stop(): void {
+    this.#listening = false;
+    this.#offer?.cancel();
+    this.#offer = null;
+    this.#release?.();
+    this.#release = null;
+  }
+
   /**
-   * Stops offering the channel; a connected stream is left to finish. 'close' (and CB) come once
-   * that stream has closed. As net.Server's: a second close() passes ERR_SERVER_NOT_RUNNING to its
-   * callback and emits nothing.
+   * Stops offering the channel and gives the path up; a connected stream is left to finish.
+   * 'close' (and CB) come once that stream has closed. As net.Server's: a second close() passes
+   * ERR_SERVER_NOT_RUNNING to its callback and emits nothing.
    */
   close(cb?: (err?: Error) => void): this {
     if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
@@ -711,12 +825,7 @@ export class VchanServer extends EventEmitter<{
     }
     if (cb) this.once('close', () => cb());
     this.#closed = true;
-    this.#listening = false;
-    if (this.#waiting) {
-      const h = this.#waiting;
-      this.#waiting = null;
-      this.#b.vchan.close(h);
-    }
+    this.#stop();
     const finish = () => process.nextTick(() => this.emit('close'));
     if (this.#current) this.#current.once('close', finish);
     else finish();
@@ -731,17 +840,49 @@ export class VchanServer extends EventEmitter<{
 
   ref(): this {
     this.#refed = true;
-    if (this.#waiting) this.#b.vchan.ref(this.#waiting, true);
+    this.#offer?.ref(true);
     this.#current?.ref();
     return this;
   }
 
   unref(): this {
     this.#refed = false;
-    if (this.#waiting) this.#b.vchan.ref(this.#waiting, false);
+    this.#offer?.ref(false);
     this.#current?.unref();
     return this;
   }
+}
+
+/** @internal The checked options of a server (single or multi). */
+export function checkServerOptions<O extends ServerOptions>(options: O): OfferOptions & O {
+  const o = checkObject('options', options);
+  const domid = checkDomid('options.domid', o.domid);
+  const path = checkVchanPath('options.path', o.path);
+  const readMin =
+    o.readMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
+  const writeMin =
+    o.writeMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.writeMin', o.writeMin, 0, MAX_RING_SIZE);
+  if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
+  checkOnread(o.onread);
+  return { ...options, domid, path, readMin, writeMin };
+}
+
+/** @internal listen()'s arguments, as net.Server.listen takes them (options and/or a callback). */
+export function listenArgs(
+  optionsOrCb: { signal?: AbortSignal } | (() => void) | undefined,
+  cb: (() => void) | undefined,
+): { signal?: AbortSignal; callback?: () => void } {
+  let signal: AbortSignal | undefined;
+  if (typeof optionsOrCb === 'function' || optionsOrCb === undefined) {
+    cb = optionsOrCb ?? cb;
+  } else {
+    const o = checkObject('options', optionsOrCb) as { signal?: unknown };
+    if (o.signal !== undefined && !(o.signal instanceof AbortSignal))
+      throw invalidArgType('options.signal', 'an instance of AbortSignal', o.signal);
+    signal = o.signal as AbortSignal | undefined;
+  }
+  if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
+  return { signal, callback: cb };
 }
 
 /** Like net.createServer: a VchanServer, with an optional 'connection' listener. Call listen(). */

@@ -3,6 +3,9 @@
 //   serve PEER PATH READMIN WRITEMIN BYTES    serve one client: send BYTES random bytes, hash what comes back
 //   connect SERVER PATH BYTES                  connect: the same from the client side
 //   hold-serve PEER PATH | hold-connect SERVER PATH   stream until killed
+//   multi-connect SERVER PATH BYTES            connectMulti, then send BYTES and hash what comes back (an echo)
+//   multi-hold SERVER PATH                     connectMulti, then stream until killed
+//   multi-serve PEER PATH                      a multi-server (echo) until killed
 //   xs-read PATH                               try to read a xenstore node (permission tests)
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
@@ -91,6 +94,33 @@ async function main() {
       };
       if (role === 'hold-serve') x.createServer({ domid: +dom, path: p }, go).listen(() => send({ listening: true }));
       else go(await x.connect({ domid: +dom, path: p, timeout: 20000 }));
+      break;
+    }
+    case 'multi-connect': {
+      const [server, p, bytes] = args;
+      const s = await x.connectMulti({ domid: +server, path: p, timeout: 30000 });
+      send({ connected: true });
+      const r = await exchange(s, +bytes);
+      send({ done: true, ...r });
+      s.end();
+      break;
+    }
+    case 'multi-hold': {
+      const [server, p] = args;
+      const s = await x.connectMulti({ domid: +server, path: p, timeout: 30000 });
+      s.on('data', () => {});
+      s.on('error', () => {});
+      send({ connected: true });
+      break;
+    }
+    case 'multi-serve': {
+      const [peer, p] = args;
+      const srv = x.createMultiServer({ domid: +peer, path: p }, (s) => {
+        s.on('error', () => {});
+        s.pipe(s);
+      });
+      srv.on('error', (e) => send({ error: e.code || e.message }));
+      srv.listen(() => send({ listening: true }));
       break;
     }
     case 'xs-read': {

@@ -1,0 +1,497 @@
+/**
+ * Many clients at once on one well-known vchan path.
+ *
+ * A libxenvchan channel has exactly two ends, so a server that wants many clients of one domain
+ * at once gives each its own channel. The client asks for one under the well-known path, the
+ * server offers it, and the client connects to it as to any vchan. Xenstore layout, under the
+ * server's path P (all nodes owned by the server's domain S; C is the client domain):
+ *
+ * ```text
+ * P                   ""                           readable by C
+ * P/requests          "<id> <id> ..."              readable and writable by C: the request queue
+ * P/<id>/ring-ref     the channel offered to the client that asked with <id>, as any vchan
+ * P/<id>/event-channel                             server publishes it (readable by C)
+ * ```
+ *
+ * A client picks a random <id> (16 lower-case hex digits) and appends it to P/requests in a
+ * xenstore transaction; the server takes ids off the front of the queue (in a transaction too) as
+ * long as it has room (`maxConnections`), offers a channel at P/<id> for each, and removes P/<id>
+ * when that connection ends. A client whose request finds the queue full, or no room at the server,
+ * waits: nothing is refused or reset. A channel that no client takes within `acceptTimeout` is
+ * withdrawn (a client that died between asking and connecting).
+ *
+ * The server writes only P and its children; the client writes only P/requests. Requests that are
+ * not well-formed ids are dropped (and reported as 'clientError').
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { debuglog } from 'node:util';
+
+import { abortError, checkDomid, checkInt, checkObject, coded, invalidArgType, systemError } from './errors';
+import { binding, type Backend, type Binding } from './native';
+import {
+  checkServerOptions,
+  claimPath,
+  connect,
+  listenArgs,
+  offerChannel,
+  type ConnectOptions,
+  type Offer,
+  type OfferOptions,
+  type ServerOptions,
+  type VchanStream,
+} from './vchan';
+import { Xenstore, type XenstoreWatch } from './xenstore';
+
+const debug = debuglog('xen-vchan');
+
+/** The request ids a client writes: 16 lower-case hex digits. */
+const ID = /^[0-9a-f]{16}$/;
+/** The most requests the queue node holds (17 bytes each, well inside xenstore's 4 KiB value). */
+export const MULTI_QUEUE_MAX = 128;
+
+export interface MultiServerOptions extends ServerOptions {
+  /**
+   * The most connections at once (offered or connected). Clients beyond it wait in the request
+   * queue until one ends. Default 256.
+   */
+  maxConnections?: number;
+  /** Withdraw an offered channel that no client takes within this many ms. Default 10000. */
+  acceptTimeout?: number;
+}
+
+/**
+ * A vchan server for many clients of one domain at once, each on its own channel, all reached
+ * through one path (the layout is in this module's documentation). Its clients use
+ * {@link connectMulti}. Emits 'listening', 'connection' (VchanStream), 'clientError', 'error' and
+ * 'close', as {@link VchanServer} does.
+ */
+export class VchanMultiServer extends EventEmitter<{
+  listening: [];
+  connection: [VchanStream];
+  clientError: [Error];
+  error: [Error];
+  close: [];
+}> {
+  readonly #b: Binding;
+  readonly #opts: OfferOptions & MultiServerOptions;
+  readonly #max: number;
+  readonly #acceptTimeout: number;
+  readonly #offers = new Map<string, { offer: Offer; timer: NodeJS.Timeout }>();
+  readonly #streams = new Set<VchanStream>();
+  /** The ids offered or connected: a repeated request for one of them is never offered again. */
+  readonly #ids = new Set<string>();
+  /** Settles once #stop has given everything up (the path is free for another server then). */
+  #stopped: Promise<void> = Promise.resolve();
+  #onDrained: (() => void) | null = null;
+  #xs: Xenstore | null = null;
+  #watch: XenstoreWatch | null = null;
+  #release: (() => void) | null = null;
+  #listening = false;
+  #starting = false;
+  #closed = false;
+  #refed = true;
+  #taking = false;
+  #takeAgain = false;
+
+  constructor(options: MultiServerOptions, onConnection?: (s: VchanStream) => void) {
+    super();
+    this.#opts = checkServerOptions(options);
+    const o = this.#opts;
+    this.#max = o.maxConnections === undefined ? 256 : checkInt('options.maxConnections', o.maxConnections, 1, 65536);
+    this.#acceptTimeout =
+      o.acceptTimeout === undefined ? 10000 : checkInt('options.acceptTimeout', o.acceptTimeout, 1, 2 ** 31 - 1);
+    this.#b = binding(options.backend);
+    if (onConnection !== undefined) {
+      if (typeof onConnection !== 'function') throw invalidArgType('onConnection', 'of type function', onConnection);
+      this.on('connection', onConnection);
+    }
+  }
+
+  get listening(): boolean {
+    return this.#listening;
+  }
+
+  /** Connections now: offered to a client that asked, or connected. */
+  get connections(): number {
+    return this.#offers.size + this.#streams.size;
+  }
+
+  /** The options the server was made with (domid, path, ring sizes, limits). */
+  address(): { domid: number; path: string; readMin: number; writeMin: number; maxConnections: number } {
+    const { domid, path, readMin, writeMin } = this.#opts;
+    return { domid, path, readMin, writeMin, maxConnections: this.#max };
+  }
+
+  /**
+   * Claims the path, publishes the request queue and serves requests; 'listening' follows, or
+   * 'error' (EADDRINUSE when another server holds the path).
+   */
+  listen(cb?: () => void): this;
+  listen(options: { signal?: AbortSignal }, cb?: () => void): this;
+  listen(optionsOrCb?: { signal?: AbortSignal } | (() => void), cb?: () => void): this {
+    const { signal, callback } = listenArgs(optionsOrCb, cb);
+    if (this.#closed) throw coded('The server is closed', 'ERR_SERVER_NOT_RUNNING');
+    if (this.#listening || this.#starting) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
+    if (signal?.aborted) {
+      process.nextTick(() => this.close());
+      return this;
+    }
+    if (callback) this.once('listening', callback);
+    if (signal) {
+      const onAbort = () => this.close();
+      signal.addEventListener('abort', onAbort, { once: true });
+      this.once('close', () => signal.removeEventListener('abort', onAbort));
+    }
+    this.#starting = true;
+    this.#start().then(
+      () => {
+        this.#starting = false;
+        if (this.#closed) return;
+        this.#listening = true;
+        this.emit('listening');
+        this.#take();
+      },
+      (e: Error) => {
+        this.#starting = false;
+        this.#stop();
+        if (!this.#closed) this.emit('error', e);
+      },
+    );
+    return this;
+  }
+
+  async #start(): Promise<void> {
+    const o = this.#opts;
+    this.#release = await claimPath(this.#b, o.mockDomid, o.path);
+    if (this.#closed) return;
+    const xs = new Xenstore({ backend: this.#b.backend, mockDomid: o.mockDomid });
+    this.#xs = xs;
+    if (!this.#refed) xs.unref();
+    const self = Number(await xs.read('domid'));
+    const queue = `${o.path}/requests`;
+    await xs.transaction(async (tx) => {
+      // Whatever a server that died left here (its offers, its queue) goes: we hold the path now.
+      await tx.rm(o.path);
+      await tx.write(o.path, '');
+      await tx.setPermissions(o.path, [
+        { domid: self, read: false, write: false },
+        { domid: o.domid, read: true, write: false },
+      ]);
+      await tx.write(queue, '');
+      await tx.setPermissions(queue, [
+        { domid: self, read: false, write: false },
+        { domid: o.domid, read: true, write: true },
+      ]);
+    });
+    if (this.#closed) return;
+    const w = await xs.watch(queue);
+    this.#watch = w;
+    void (async () => {
+      for await (const _ of w) this.#take();
+    })();
+    debug('multi-server %s: serving domain %d', o.path, o.domid);
+  }
+
+  /** Takes as many requests off the queue as there is room for, and offers each a channel. */
+  #take(): void {
+    if (!this.#listening || !this.#xs) return;
+    if (this.#taking) {
+      this.#takeAgain = true;
+      return;
+    }
+    const room = this.#max - this.connections;
+    if (room <= 0) return;
+    this.#taking = true;
+    const xs = this.#xs;
+    const queue = `${this.#opts.path}/requests`;
+    xs.transaction(
+      async (tx) => {
+        const v = (await tx.tryRead(queue)) ?? '';
+        const ids = v.split(' ').filter((s) => s !== '');
+        if (ids.length === 0) return [];
+        const taken = ids.slice(0, room);
+        await tx.write(queue, ids.slice(room).join(' '));
+        return taken;
+      },
+      { retries: 1000 },
+    ).then(
+      (ids) => {
+        this.#taking = false;
+        for (const id of ids) this.#offerTo(id);
+        if (this.#takeAgain || ids.length > 0) {
+          this.#takeAgain = false;
+          this.#take();
+        }
+      },
+      (e: Error) => {
+        this.#taking = false;
+        if (this.#closed) return;
+        this.#stop();
+        this.emit('error', e);
+      },
+    );
+  }
+
+  #offerTo(id: string): void {
+    if (this.#closed) return;
+    if (!ID.test(id) || this.#ids.has(id)) {
+      if (this.listenerCount('clientError') > 0)
+        this.emit('clientError', systemError('EPROTO', 'accept', `a malformed or repeated request ${JSON.stringify(id)}`));
+      return;
+    }
+    const path = `${this.#opts.path}/${id}`;
+    let offer: Offer;
+    try {
+      offer = offerChannel(
+        this.#b,
+        { ...this.#opts, path },
+        (s) => this.#connected(id, s),
+        (e) => {
+          this.#withdraw(id);
+          if (this.listenerCount('clientError') > 0) this.emit('clientError', e);
+          this.#take();
+        },
+      );
+    } catch (e) {
+      this.#stop();
+      this.emit('error', e as Error);
+      return;
+    }
+    offer.ref(this.#refed);
+    const timer = setTimeout(() => {
+      debug('multi-server %s: nobody took %s within %d ms', this.#opts.path, id, this.#acceptTimeout);
+      this.#withdraw(id);
+      this.#take();
+    }, this.#acceptTimeout);
+    timer.unref();
+    this.#offers.set(id, { offer, timer });
+    this.#ids.add(id);
+  }
+
+  #withdraw(id: string): void {
+    const o = this.#offers.get(id);
+    if (!o) return;
+    this.#offers.delete(id);
+    this.#ids.delete(id);
+    clearTimeout(o.timer);
+    o.offer.cancel();
+  }
+
+  #connected(id: string, s: VchanStream): void {
+    const o = this.#offers.get(id);
+    if (o) clearTimeout(o.timer);
+    this.#offers.delete(id);
+    this.#streams.add(s);
+    if (!this.#refed) s.unref();
+    s.once('close', () => {
+      this.#streams.delete(s);
+      this.#ids.delete(id);
+      if (this.#streams.size === 0) this.#onDrained?.();
+      this.#take();
+    });
+    this.emit('connection', s);
+  }
+
+  /** Withdraws every offer and the queue, and gives the path up. */
+  #stop(): void {
+    this.#listening = false;
+    for (const id of [...this.#offers.keys()]) this.#withdraw(id);
+    const xs = this.#xs;
+    this.#xs = null;
+    const w = this.#watch;
+    this.#watch = null;
+    const release = this.#release;
+    this.#release = null;
+    // The claim goes last: a server that takes the path over must not see our nodes go after it
+    // has written its own.
+    const prev = this.#stopped;
+    this.#stopped = (async () => {
+      await prev;
+      if (xs) {
+        await w?.close().catch(() => undefined);
+        await xs.rm(`${this.#opts.path}/requests`).catch(() => undefined);
+      }
+      // The connected clients' nodes live under the path: it stays ours until they have gone.
+      if (this.#streams.size > 0) await new Promise<void>((resolve) => (this.#onDrained = resolve));
+      this.#onDrained = null;
+      if (xs) {
+        await xs.rm(this.#opts.path).catch(() => undefined);
+        xs.close();
+      }
+      release?.();
+    })();
+  }
+
+  /** 'close', once the connections have ended and the path is given up. */
+  #finish(): void {
+    void this.#stopped.then(() => this.emit('close'));
+  }
+
+  /**
+   * Stops taking requests and withdraws the offered channels; connected streams are left to
+   * finish. Once they have closed, the server removes its nodes and gives the path up, and 'close'
+   * (and CB) follow: another server can listen on the path from then on. A second close() passes
+   * ERR_SERVER_NOT_RUNNING to its callback.
+   */
+  close(cb?: (err?: Error) => void): this {
+    if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
+    if (this.#closed) {
+      if (cb) process.nextTick(cb, coded('The server is not running', 'ERR_SERVER_NOT_RUNNING'));
+      return this;
+    }
+    if (cb) this.once('close', () => cb());
+    this.#closed = true;
+    this.#stop();
+    this.#finish();
+    return this;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    if (this.#closed) return;
+    await new Promise<void>((resolve) => this.close(() => resolve()));
+  }
+
+  ref(): this {
+    this.#refed = true;
+    this.#xs?.ref();
+    for (const { offer } of this.#offers.values()) offer.ref(true);
+    for (const s of this.#streams) s.ref();
+    return this;
+  }
+
+  unref(): this {
+    this.#refed = false;
+    this.#xs?.unref();
+    for (const { offer } of this.#offers.values()) offer.ref(false);
+    for (const s of this.#streams) s.unref();
+    return this;
+  }
+}
+
+/** A {@link VchanMultiServer}, with an optional 'connection' listener. Call listen(). */
+export function createMultiServer(
+  options: MultiServerOptions,
+  onConnection?: (s: VchanStream) => void,
+): VchanMultiServer {
+  return new VchanMultiServer(options, onConnection);
+}
+
+/*
+ * The requests of one process go to the queue one at a time: a hundred connects at once then cost
+ * a hundred short transactions in a row, not a hundred that conflict with one another.
+ */
+const placing = new Map<string, Promise<unknown>>();
+
+function serialized<T>(key: string, fn: () => Promise<T>): Promise<T> {
+  const prev = placing.get(key) ?? Promise.resolve();
+  const next = prev.then(fn, fn);
+  const tail = next.catch(() => undefined);
+  placing.set(key, tail);
+  void tail.then(() => {
+    if (placing.get(key) === tail) placing.delete(key);
+  });
+  return next;
+}
+
+/**
+ * Connects to a {@link VchanMultiServer} of domain `domid` at `path` (the full xenstore path):
+ * asks for a channel of its own and connects to it. Waits while there is no server yet, while the
+ * request queue is full and while the server has no room (bound the wait with options.timeout or
+ * options.signal); rejects as {@link connect} does.
+ */
+export async function connectMulti(options: ConnectOptions): Promise<VchanStream> {
+  const o = checkObject('options', options);
+  checkDomid('options.domid', o.domid);
+  if (typeof o.path !== 'string') throw invalidArgType('options.path', 'of type string', o.path);
+  const timeout = o.timeout === undefined ? undefined : checkInt('options.timeout', o.timeout, 0, 2 ** 31 - 1);
+  const signal = o.signal as AbortSignal | undefined;
+  if (signal !== undefined && !(signal instanceof AbortSignal))
+    throw invalidArgType('options.signal', 'an instance of AbortSignal', signal);
+  const mockDomid = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
+  const b = binding(o.backend as Backend | undefined);
+  if (signal?.aborted) throw abortError(signal);
+  const deadline = timeout === undefined ? undefined : Date.now() + timeout;
+  const id = randomBytes(8).toString('hex');
+  const queue = `${o.path}/requests`;
+  const xs = new Xenstore({ backend: b.backend, mockDomid });
+  let placed = false;
+  try {
+    await serialized(`${b.backend} ${mockDomid} ${queue}`, () => placeRequest(xs, queue, id, deadline, signal));
+    placed = true;
+    const left = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
+    return await connect({ ...options, path: `${o.path}/${id}`, timeout: left });
+  } catch (e) {
+    if (placed) {
+      // Take the request back if the server has not taken it yet (a taken one times out there).
+      await xs
+        .transaction(async (tx) => {
+          const v = await tx.tryRead(queue);
+          if (v === undefined) return;
+          const ids = v.split(' ');
+          if (ids.includes(id)) await tx.write(queue, ids.filter((x) => x !== id).join(' '));
+        })
+        .catch(() => undefined);
+    }
+    throw e;
+  } finally {
+    xs.close();
+  }
+}
+
+/** Appends ID to the queue, waiting (on a watch) while there is no queue or it is full. */
+async function placeRequest(
+  xs: Xenstore,
+  queue: string,
+  id: string,
+  deadline: number | undefined,
+  signal: AbortSignal | undefined,
+): Promise<void> {
+  const w = await xs.watch(queue);
+  const it = w[Symbol.asyncIterator]();
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  const stop = new Promise<never>((_, reject) => {
+    if (deadline !== undefined)
+      timer = setTimeout(
+        () => reject(systemError('ETIMEDOUT', 'connect', `no vchan multi-server took a request at ${queue}`)),
+        Math.max(0, deadline - Date.now()),
+      );
+    if (signal) {
+      onAbort = () => reject(abortError(signal));
+      signal.addEventListener('abort', onAbort, { once: true });
+    }
+  });
+  stop.catch(() => undefined);
+  try {
+    for (;;) {
+      const next = await Promise.race([it.next(), stop]);
+      if (next.done) throw coded('The xenstore watch ended', 'ERR_XEN_CLOSED');
+      const done = await Promise.race([
+        xs.transaction(
+          async (tx) => {
+            let v: string | undefined;
+            try {
+              v = await tx.tryRead(queue);
+            } catch (e) {
+              if ((e as { code?: string }).code === 'EACCES') return false; // not (yet) ours to read
+              throw e;
+            }
+            if (v === undefined) return false; // no server yet
+            const ids = v.split(' ').filter((s) => s !== '');
+            if (ids.length >= MULTI_QUEUE_MAX) return false; // full: wait for the server to take some
+            await tx.write(queue, [...ids, id].join(' '));
+            return true;
+          },
+          { retries: 1000 },
+        ),
+        stop,
+      ]);
+      if (done) return;
+    }
+  } finally {
+    if (timer) clearTimeout(timer);
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
+    await w.close().catch(() => undefined);
+  }
+}

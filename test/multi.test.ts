@@ -1,0 +1,321 @@
+import { once } from 'node:events';
+import { randomBytes } from 'node:crypto';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import {
+  connectMulti,
+  createMultiServer,
+  createServer,
+  MULTI_QUEUE_MAX,
+  VchanMultiServer,
+  VchanServer,
+  VchanStream,
+  Xenstore,
+} from '../dist/cjs/index.js';
+import { onMock, selfDomid } from './helpers/env';
+import { killChild, Peer, sha256, sleep, startPeer, uniquePath } from './helpers/util';
+
+const servers: (VchanMultiServer | VchanServer)[] = [];
+const streams: VchanStream[] = [];
+const peers: Peer[] = [];
+const stores: Xenstore[] = [];
+
+function track<T extends VchanStream>(s: T): T {
+  streams.push(s);
+  s.on('error', () => {});
+  return s;
+}
+function xenstore(): Xenstore {
+  const xs = new Xenstore();
+  stores.push(xs);
+  return xs;
+}
+afterEach(async () => {
+  for (const s of streams.splice(0)) if (!s.destroyed) s.destroy();
+  for (const p of peers.splice(0)) {
+    killChild(p.child);
+    await p.exited;
+  }
+  for (const s of servers.splice(0)) await Promise.race([new Promise((r) => s.close(() => r(undefined))), sleep(5000)]);
+  for (const xs of stores.splice(0)) xs.close();
+});
+
+const full = (path: string) => `/local/domain/${selfDomid}/${path}`;
+
+/** A multi-server of this domain for this domain, echoing; resolves once it listens. */
+async function echoServer(path: string, opts: { maxConnections?: number; acceptTimeout?: number } = {}) {
+  const server = createMultiServer({ domid: selfDomid, path, readMin: 4096, writeMin: 4096, ...opts });
+  servers.push(server);
+  let now = 0;
+  let peak = 0;
+  server.on('connection', (s) => {
+    track(s);
+    now++;
+    peak = Math.max(peak, now);
+    s.once('close', () => now--);
+    s.pipe(s);
+  });
+  server.listen();
+  await once(server, 'listening');
+  return { server, peak: () => peak };
+}
+
+/** Writes DATA to S and reads back as many bytes (an echo); resolves with what came back. */
+async function roundTrip(s: VchanStream, data: Buffer): Promise<Buffer> {
+  const got: Buffer[] = [];
+  let n = 0;
+  const done = new Promise<void>((resolve, reject) => {
+    s.on('error', reject);
+    s.on('data', (d: Buffer) => {
+      got.push(d);
+      n += d.length;
+      if (n >= data.length) resolve();
+    });
+  });
+  s.write(data);
+  if (data.length > 0) await done;
+  return Buffer.concat(got);
+}
+
+describe('VchanMultiServer: many clients at once on one path', () => {
+  it('serves 40 clients at once, each on its own channel, every byte echoed', async () => {
+    const path = uniquePath('multi');
+    const { server } = await echoServer(path);
+    const clients = await Promise.all(
+      Array.from({ length: 40 }, () => connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }).then(track)),
+    );
+    expect(server.connections).toBe(40);
+    const xs = xenstore();
+    const ids = (await xs.directory(full(path))).filter((n) => n !== 'requests');
+    expect(ids).toHaveLength(40);
+    for (const id of ids) expect(id).toMatch(/^[0-9a-f]{16}$/);
+    const results = await Promise.all(
+      clients.map(async (c) => {
+        const data = randomBytes(1 + Math.floor(Math.random() * 50_000));
+        const back = await roundTrip(c, data);
+        return sha256(back) === sha256(data);
+      }),
+    );
+    expect(results.every(Boolean)).toBe(true);
+    for (const c of clients) c.destroy();
+    // Each ended connection takes its node with it.
+    for (let i = 0; i < 200 && server.connections > 0; i++) await sleep(10);
+    expect(server.connections).toBe(0);
+    for (let i = 0; i < 200; i++) {
+      if ((await xs.directory(full(path))).length === 1) break;
+      await sleep(10);
+    }
+    expect(await xs.directory(full(path))).toEqual(['requests']);
+  });
+
+  it('maxConnections: clients beyond it wait in the queue, none is refused, all are served', async () => {
+    const path = uniquePath('multimax');
+    const { server, peak } = await echoServer(path, { maxConnections: 2 });
+    const served = await Promise.all(
+      Array.from({ length: 7 }, async (_, i) => {
+        const c = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
+        const data = randomBytes(1000 + i);
+        const back = await roundTrip(c, data);
+        await sleep(20); // hold the slot a little, so others have to wait
+        c.destroy();
+        return back.equals(data);
+      }),
+    );
+    expect(served).toEqual(Array(7).fill(true));
+    expect(peak()).toBe(2);
+    expect(server.address().maxConnections).toBe(2);
+  });
+
+  it('a client that waits for a server that is not there yet connects once it listens', async () => {
+    const path = uniquePath('multilate');
+    const pending = connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 });
+    await sleep(200);
+    await echoServer(path);
+    const c = track(await pending);
+    expect((await roundTrip(c, Buffer.from('late'))).toString()).toBe('late');
+  });
+
+  it('EADDRINUSE for a path a live server holds (multi or single), and the path is free once it closes', async () => {
+    const path = uniquePath('multiuse');
+    const { server } = await echoServer(path);
+    for (const other of [
+      createMultiServer({ domid: selfDomid, path }),
+      createServer({ domid: selfDomid, path }),
+      createServer({ domid: selfDomid, path: full(path) }), // the same path, written in full
+    ]) {
+      const [err] = (await once(other.listen(), 'error')) as [NodeJS.ErrnoException & { path: string }];
+      expect(err).toMatchObject({ code: 'EADDRINUSE', syscall: 'listen', errno: -98 });
+      expect(other.listening).toBe(false);
+      await new Promise((r) => other.close(r));
+    }
+    await new Promise((r) => server.close(r));
+    const again = createMultiServer({ domid: selfDomid, path });
+    servers.push(again);
+    await once(again.listen(), 'listening');
+    const c = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
+    expect(c).toBeInstanceOf(VchanStream);
+  });
+
+  it('close(): withdraws offers and the queue, waits for connected streams; a second close gets ERR_SERVER_NOT_RUNNING', async () => {
+    const path = uniquePath('multiclose');
+    const { server } = await echoServer(path);
+    const accepted = once(server, 'connection');
+    const c = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
+    await accepted;
+    let closed = 0;
+    server.on('close', () => closed++);
+    server.close();
+    expect(server.listening).toBe(false);
+    await sleep(50);
+    expect(closed).toBe(0); // a stream is still connected
+    expect((await roundTrip(c, Buffer.from('still here'))).toString()).toBe('still here');
+    c.destroy();
+    await once(server, 'close');
+    const err = await new Promise((r) => server.close(r));
+    expect(err).toMatchObject({ code: 'ERR_SERVER_NOT_RUNNING' });
+    expect(closed).toBe(1);
+    const xs = xenstore();
+    for (let i = 0; i < 200 && (await xs.tryRead(full(path))) !== undefined; i++) await sleep(10);
+    expect(await xs.tryRead(full(path))).toBeUndefined();
+  });
+
+  it('garbage in the queue is reported as clientError and dropped; real clients are still served', async () => {
+    const path = uniquePath('multigarb');
+    const { server } = await echoServer(path);
+    const errors: Error[] = [];
+    server.on('clientError', (e) => errors.push(e));
+    const xs = xenstore();
+    const garbage = ['../../evil', 'ABCDEF0123456789', '0123', 'x'.repeat(300), '0123456789abcdef0'];
+    await xs.write(full(`${path}/requests`), garbage.join(' '));
+    const c = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
+    expect((await roundTrip(c, Buffer.from('ok'))).toString()).toBe('ok');
+    expect(errors.length).toBe(garbage.length);
+    for (const e of errors) expect(e).toMatchObject({ code: 'EPROTO', syscall: 'accept' });
+    expect((await xs.directory(full(path))).sort()).toHaveLength(2); // requests and the one client
+    // A repeated id (a client that asks twice with one id) is dropped too, and never offered twice.
+    const id = (await xs.directory(full(path))).find((n) => n !== 'requests')!;
+    await xs.write(full(`${path}/requests`), id);
+    for (let i = 0; i < 200 && errors.length === garbage.length; i++) await sleep(10);
+    expect(errors.length).toBe(garbage.length + 1);
+    expect(server.connections).toBe(1);
+  });
+
+  it('acceptTimeout: a channel nobody takes is withdrawn with its node', async () => {
+    const path = uniquePath('multito');
+    const { server } = await echoServer(path, { acceptTimeout: 200 });
+    const xs = xenstore();
+    await xs.write(full(`${path}/requests`), '00000000deadbeef');
+    for (let i = 0; i < 200 && server.connections === 0; i++) await sleep(5);
+    expect(server.connections).toBe(1);
+    expect(await xs.tryRead(full(`${path}/00000000deadbeef/ring-ref`))).toMatch(/^\d+$/);
+    for (let i = 0; i < 300 && server.connections > 0; i++) await sleep(10);
+    expect(server.connections).toBe(0);
+    expect(await xs.tryRead(full(`${path}/00000000deadbeef`))).toBeUndefined();
+  });
+
+  it('connectMulti: timeout and signal bound the wait, and a request not yet taken is taken back', async () => {
+    const path = uniquePath('multiwait');
+    await expect(connectMulti({ domid: selfDomid, path: full(path), timeout: 100 })).rejects.toMatchObject({
+      code: 'ETIMEDOUT',
+      syscall: 'connect',
+    });
+    // A server with no room: the request stays queued until the caller gives up, then goes.
+    const { server } = await echoServer(path, { maxConnections: 1 });
+    const first = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
+    const ac = new AbortController();
+    const second = connectMulti({ domid: selfDomid, path: full(path), signal: ac.signal });
+    const xs = xenstore();
+    for (let i = 0; i < 200 && ((await xs.tryRead(full(`${path}/requests`))) ?? '') === ''; i++) await sleep(10);
+    expect(await xs.read(full(`${path}/requests`))).toMatch(/^[0-9a-f]{16}$/);
+    ac.abort();
+    await expect(second).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+    expect(await xs.read(full(`${path}/requests`))).toBe('');
+    expect(server.connections).toBe(1);
+    first.destroy();
+  });
+
+  it('rejects bad arguments with Node-style codes', () => {
+    expect(() => createMultiServer({ domid: selfDomid, path: 'a', maxConnections: 0 })).toThrow(
+      expect.objectContaining({ name: 'RangeError', code: 'ERR_OUT_OF_RANGE' }),
+    );
+    expect(() => createMultiServer({ domid: selfDomid, path: 'a', acceptTimeout: 'x' as never })).toThrow(
+      expect.objectContaining({ name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }),
+    );
+    expect(() => createMultiServer({ domid: -1, path: 'a' })).toThrow(
+      expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }),
+    );
+    return Promise.all([
+      expect(connectMulti(null as never)).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' }),
+      expect(connectMulti({ domid: 0, path: 5 as never })).rejects.toMatchObject({ code: 'ERR_INVALID_ARG_TYPE' }),
+      expect(connectMulti({ domid: 0, path: 'p', timeout: -1 })).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE' }),
+    ]);
+  });
+
+  it('the queue holds at most MULTI_QUEUE_MAX requests', () => {
+    expect(MULTI_QUEUE_MAX * 17).toBeLessThan(4096);
+  });
+});
+
+describe.runIf(onMock)('VchanMultiServer across processes and domains (dom0 serves dom5)', () => {
+  it('clients in three processes of another domain, SHA-256 of every byte both ways', async () => {
+    const path = uniquePath('multixd');
+    const server = createMultiServer({ domid: 5, path });
+    servers.push(server);
+    server.on('connection', (s) => {
+      track(s);
+      s.pipe(s);
+    });
+    await once(server.listen(), 'listening');
+    const ps = [0, 1, 2].map(() => startPeer(5, ['multi-connect', '0', full(path), String(300_000)]));
+    peers.push(...ps);
+    for (const p of ps) expect(await p.next()).toMatchObject({ connected: true });
+    for (const p of ps) {
+      const r = await p.next<{ done: boolean; sent: string; recv: string; got: number }>();
+      expect(r.done).toBe(true);
+      expect(r.got).toBe(300_000);
+      expect(r.recv).toBe(r.sent);
+    }
+  });
+
+  it('a client killed while connected frees its channel and its node', async () => {
+    const path = uniquePath('multikill');
+    const server = createMultiServer({ domid: 5, path });
+    servers.push(server);
+    const conns: VchanStream[] = [];
+    server.on('connection', (s) => conns.push(track(s)));
+    await once(server.listen(), 'listening');
+    const p = startPeer(5, ['multi-hold', '0', full(path)]);
+    peers.push(p);
+    expect(await p.next()).toMatchObject({ connected: true });
+    expect(server.connections).toBe(1);
+    const t0 = Date.now();
+    killChild(p.child);
+    await once(conns[0], 'close');
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(server.connections).toBe(0);
+    const xs = xenstore();
+    for (let i = 0; i < 100 && (await xs.directory(full(path))).length > 1; i++) await sleep(10);
+    expect(await xs.directory(full(path))).toEqual(['requests']);
+  });
+
+  it('EADDRINUSE against a server in another process; free again once that process is killed', async () => {
+    const path = uniquePath('multiproc');
+    const holder = startPeer(0, ['multi-serve', '0', path]);
+    peers.push(holder);
+    expect(await holder.next()).toMatchObject({ listening: true });
+    const mine = createMultiServer({ domid: selfDomid, path });
+    const [err] = (await once(mine.listen(), 'error')) as [NodeJS.ErrnoException];
+    expect(err.code).toBe('EADDRINUSE');
+    mine.close();
+    // The holder dies without cleaning up: its stale nodes must not keep the path.
+    killChild(holder.child);
+    await holder.exited;
+    const next = createMultiServer({ domid: selfDomid, path });
+    servers.push(next);
+    next.on('connection', (s) => track(s).pipe(s));
+    await once(next.listen(), 'listening');
+    const c = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
+    expect((await roundTrip(c, Buffer.from('fresh'))).toString()).toBe('fresh');
+  });
+});
