@@ -55,13 +55,7 @@ export {
   type VchanOnread,
   type VchanStreamOptions,
 } from './vchan';
-export {
-  connectMulti,
-  createMultiServer,
-  MULTI_QUEUE_MAX,
-  VchanMultiServer,
-  type MultiServerOptions,
-} from './multi';
+export { connectMulti, createMultiServer, MULTI_QUEUE_MAX, VchanMultiServer, type MultiServerOptions } from './multi';
 export {
   mockAddStaticChannel,
   mockDestroyDomain,

@@ -237,7 +237,10 @@ export class VchanMultiServer extends EventEmitter<{
     if (this.#closed) return;
     if (!ID.test(id) || this.#ids.has(id)) {
       if (this.listenerCount('clientError') > 0)
-        this.emit('clientError', systemError('EPROTO', 'accept', `a malformed or repeated request ${JSON.stringify(id)}`));
+        this.emit(
+          'clientError',
+          systemError('EPROTO', 'accept', `a malformed or repeated request ${JSON.stringify(id)}`),
+        );
       return;
     }
     const path = `${this.#opts.path}/${id}`;

@@ -83,7 +83,9 @@ describe('VchanMultiServer: many clients at once on one path', () => {
     const path = uniquePath('multi');
     const { server } = await echoServer(path);
     const clients = await Promise.all(
-      Array.from({ length: 40 }, () => connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }).then(track)),
+      Array.from({ length: 40 }, () =>
+        connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }).then(track),
+      ),
     );
     expect(server.connections).toBe(40);
     const xs = xenstore();
