@@ -1,7 +1,6 @@
 #!/usr/bin/env node
 'use strict';
 const { spawnSync, fork } = require('node:child_process');
-const net = require('node:net');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 
@@ -17,12 +16,14 @@ const USAGE = `usage: xen-vchan <command> [options]      (xen-vchan --version; x
          [--read-min N] [--write-min N] [--keep]   (--keep: serve the next client after one leaves)
   connect --domid D --path P         connect to the vchan server of domain D at the full xenstore path P,
          [--timeout MS]              stdin/stdout
-  proxy --domid D --path P --listen unix:/sock|tcp:HOST:PORT
-                                     accept any number of socket connections at once, each over its own
-                                     vchan slot (a server proxy's P/0, P/1, ...)
-  proxy --serve --domid D --path P --connect unix:/sock|tcp:HOST:PORT [--slots N]
-                                     offer N vchan slots to domain D (default 8); each client becomes a
-                                     socket connection
+  proxy --domid D --path P --listen unix:/sock|tcp:HOST:PORT [--raw]
+                                     accept socket connections, any number at once, each carried over a
+                                     vchan of its own to the proxy --serve of domain D at the full path P
+  proxy --serve --domid D --path P --connect unix:/sock|tcp:HOST:PORT [--max N] [--raw]
+                                     serve domain D's proxy at P: each of its connections becomes a
+                                     socket connection (--max: at most N at once, the others wait;
+                                     default 256). Half-close travels end to end; --raw passes bytes
+                                     unframed, for a plain libxenvchan peer (no half-close)
   mock env [--domid D]               print export lines that run any libxenvchan program on the mock:
                                      eval "$(npx xen-vchan mock env)"
   mock status [--json] | mock reset | mock introduce D... | mock destroy D
@@ -169,17 +170,6 @@ async function cmdConnect(args) {
   await pipeStdio(s);
 }
 
-function splice(a, b) {
-  a.pipe(b);
-  b.pipe(a);
-  const end = () => {
-    a.destroy();
-    b.destroy();
-  };
-  a.on('error', end).on('close', end);
-  b.on('error', end).on('close', end);
-}
-
 async function cmdProxy(args) {
   const o = opts(args, {
     domid: { type: 'string' },
@@ -187,61 +177,46 @@ async function cmdProxy(args) {
     listen: { type: 'string' },
     connect: { type: 'string' },
     serve: { type: 'boolean' },
+    max: { type: 'string' },
+    raw: { type: 'boolean' },
     slots: { type: 'string' },
   });
+  if (o.slots !== undefined)
+    fail('--slots is gone: the proxy serves any number of clients at once (--max N bounds them; others wait)');
   const x = lib();
   const domid = parseDomid(o.domid);
   const base = o.path ?? fail('--path is required');
+  const common = { domid, path: base, raw: !!o.raw };
+  let proxy;
   if (o.serve) {
+    if (o.listen !== undefined) fail('proxy --serve takes --connect, not --listen');
+    if (o.max !== undefined && o.raw) fail('--max is for the framed proxy: a --raw server serves one client at a time');
     const target = sockAddr(o.connect, '--connect');
-    const slots = o.slots === undefined ? 8 : int(o.slots, 'slots');
-    const servers = [];
-    for (let i = 0; i < slots; i++) {
-      servers.push(x.createServer({ domid, path: `${base}/${i}` }, (s) => splice(s, net.connect(target))).listen());
-    }
-    // The client domain may not list our directory: tell it how many slots there are.
-    const xs = new x.Xenstore();
-    const self = Number(await xs.read('domid'));
-    await xs.write(`${base}/slots`, String(slots));
-    await xs.setPermissions(`${base}/slots`, [
-      { domid: self, read: false, write: false },
-      { domid, read: true, write: false },
-    ]);
-    // Stop offering first (a slot whose client just left would publish itself again), then tidy up.
-    const quit = () => {
-      for (const s of servers) s.close();
-      xs.rm(base).finally(() => process.exit(0));
-    };
-    process.once('SIGTERM', quit).once('SIGINT', quit);
-    process.stderr.write(`xen-vchan: ${slots} vchan slots for domain ${domid} under ${base}, each to ${o.connect}\n`);
-    return;
+    const max = o.max === undefined ? undefined : int(o.max, 'max');
+    if (max === 0) fail('--max must be at least 1');
+    proxy = x.proxyServe({ ...common, target, maxConnections: max });
+    proxy.on('listening', () =>
+      process.stderr.write(`xen-vchan: serving domain ${domid} at ${base}, each client to ${o.connect}\n`),
+    );
+  } else {
+    if (o.connect !== undefined || o.max !== undefined) fail('--connect and --max go with --serve');
+    proxy = x.proxyListen({ ...common, listen: sockAddr(o.listen, '--listen') });
+    proxy.on('listening', () => process.stderr.write(`xen-vchan: proxying ${o.listen} to domain ${domid} ${base}\n`));
   }
-  const at = sockAddr(o.listen, '--listen');
-  const xs = new x.Xenstore();
-  const server = net.createServer(async (sock) => {
-    sock.pause();
-    // Take the first free slot; a busy one refuses the connection (its port is taken).
-    let slots;
-    try {
-      slots = [...Array(Number(await xs.read(`${base}/slots`))).keys()];
-    } catch (e) {
-      process.stderr.write(`xen-vchan: no vchan slots at ${base}: ${e.code || e.message}\n`);
-      return sock.destroy();
-    }
-    for (const slot of slots) {
-      try {
-        const v = await x.connect({ domid, path: `${base}/${slot}`, timeout: 200 });
-        splice(sock, v);
-        sock.resume();
-        return;
-      } catch {
-        // busy: try the next one
-      }
-    }
-    process.stderr.write(`xen-vchan: all ${slots.length} vchan slots at ${base} are busy\n`);
-    sock.destroy();
+  proxy.on('connectionError', (e) => process.stderr.write(`xen-vchan: a connection failed: ${e.message}\n`));
+  proxy.on('error', (e) => {
+    process.stderr.write(`xen-vchan: ${e.message}\n`);
+    process.exit(1);
   });
-  server.listen(at, () => process.stderr.write(`xen-vchan: proxying ${o.listen} to domain ${domid} ${base}/*\n`));
+  // The first SIGTERM/SIGINT stops taking connections and exits once those being carried have
+  // ended (as a net server's close() does); a second one exits at once.
+  let quitting = false;
+  const quit = () => {
+    if (quitting) process.exit(0);
+    quitting = true;
+    proxy.close(() => process.exit(0));
+  };
+  process.on('SIGTERM', quit).on('SIGINT', quit);
 }
 
 async function cmdDemo(args) {

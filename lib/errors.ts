@@ -62,7 +62,6 @@ export function invalidArgValue(name: string, reason: string, actual: unknown): 
   return coded(`The argument '${name}' ${reason}. Received ${describe(actual)}`, 'ERR_INVALID_ARG_VALUE', TypeError);
 }
 
-/** An error shaped like Node's system errors. */
 /** An errno-shaped error made in TypeScript, as the addon makes them: code, negative errno, syscall. */
 export function systemError(code: keyof typeof osErrno, syscall: string, message: string): Error {
   const e = coded(`${syscall} failed: ${code}: ${message}`, code) as Coded<Error> & { errno: number; syscall: string };

@@ -68,3 +68,16 @@ export {
   mockStats,
   type MockDomainStats,
 } from './mock';
+export {
+  encodeFrame,
+  FrameParser,
+  FrameType,
+  MAX_DATA,
+  PROXY_VERSION,
+  proxyListen,
+  proxyServe,
+  VchanProxy,
+  type ProxyListenOptions,
+  type ProxyServeOptions,
+  type SocketAddress,
+} from './proxy';

@@ -28,7 +28,10 @@ function run(domid: number, args: string[]): ChildProcess & { exited: Promise<un
 afterEach(async () => {
   for (const { p, exited } of procs.splice(0)) {
     if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
+    // A proxy with connections still open takes a second signal to go at once.
+    const t = setTimeout(() => p.kill('SIGKILL'), 3000);
     await exited;
+    clearTimeout(t);
   }
 });
 
@@ -44,9 +47,16 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     expect(Buffer.concat(out).toString()).toBe('hello over vchan\n');
   });
 
-  it('the proxy carries many socket connections at once, each over its own vchan slot', async () => {
+  it('the proxy carries more connections than --max at once (the rest wait), each half-closing and reading the whole reply', async () => {
     const sock = path.join(os.tmpdir(), `xv-echo-${process.pid}.sock`);
-    const echo = net.createServer((c) => c.pipe(c)).listen(sock);
+    fs.rmSync(sock, { force: true });
+    // Replies only once the client has ended its side: the reply a proxy without half-close loses.
+    const echo = net
+      .createServer({ allowHalfOpen: true }, (c) => {
+        const got: Buffer[] = [];
+        c.on('data', (d: Buffer) => got.push(d)).on('end', () => c.end(Buffer.concat(got)));
+      })
+      .listen(sock);
     await once(echo, 'listening');
     const base = uniquePath('proxy');
     const serve = run(0, [
@@ -58,10 +68,9 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
       base,
       '--connect',
       `unix:${sock}`,
-      '--slots',
-      '4',
+      '--max',
+      '3',
     ]);
-    await sleep(500); // the slots are published
     const port = 20000 + (process.pid % 20000);
     const front = run(5, [
       'proxy',
@@ -76,36 +85,78 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     for (let i = 0; i < 200; i++) {
       const ok = await new Promise<boolean>((resolve) => {
         const probe = net.connect(port, '127.0.0.1');
-        probe.once('connect', () => (probe.destroy(), resolve(true)));
+        probe.once('connect', () => (probe.end(), resolve(true)));
         probe.once('error', () => resolve(false));
       });
       if (ok) break;
       await sleep(50);
     }
     const talk = async (i: number) => {
-      const c = net.connect(port, '127.0.0.1');
-      await once(c, 'connect');
-      const msg = randomBytes(100_000 + i);
+      const c = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+      const msg = randomBytes(i === 0 ? 0 : 100 + i * 50_000);
       const got: Buffer[] = [];
-      let n = 0;
-      const done = new Promise<void>((resolve) =>
-        c.on('data', (d) => {
-          got.push(d);
-          n += d.length;
-          if (n >= msg.length) resolve();
-        }),
-      );
-      c.write(msg);
-      await done;
-      c.destroy();
+      c.on('data', (d: Buffer) => got.push(d));
+      c.end(msg);
+      await once(c, 'end');
       return Buffer.concat(got).equals(msg);
     };
-    const results = await Promise.all([0, 1, 2, 3].map(talk));
-    expect(results).toEqual([true, true, true, true]);
+    const results = await Promise.all([...Array(10).keys()].map(talk));
+    expect(results).toEqual(Array(10).fill(true));
     front.kill('SIGTERM');
     serve.kill('SIGTERM');
     await Promise.all([front.exited, serve.exited]);
     echo.close();
+  });
+
+  it('proxy: a target that is not there is logged and the client socket closed; a port in use is a clear error', async () => {
+    const base = uniquePath('proxyno');
+    const missing = path.join(os.tmpdir(), `xv-none-${process.pid}.sock`);
+    const serve = spawn(
+      process.execPath,
+      [cli, 'proxy', '--serve', '--domid', '5', '--path', base, '--connect', `unix:${missing}`],
+      {
+        env: { ...process.env, XEN_MOCK_DOMID: '0' },
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    const serveErr: Buffer[] = [];
+    serve.stderr!.on('data', (d: Buffer) => serveErr.push(d));
+    procs.push({ p: serve, exited: once(serve, 'exit') });
+    const blocker = net.createServer().listen(0, '127.0.0.1');
+    await once(blocker, 'listening');
+    const busy = (blocker.address() as net.AddressInfo).port;
+    const inUse = spawnSync(
+      process.execPath,
+      [cli, 'proxy', '--domid', '0', '--path', `/local/domain/0/${base}`, '--listen', `tcp:127.0.0.1:${busy}`],
+      { env: { ...process.env, XEN_MOCK_DOMID: '5' }, encoding: 'utf8', timeout: 20000 },
+    );
+    expect(inUse.status).toBe(1);
+    expect(inUse.stderr).toMatch(/EADDRINUSE/);
+    expect(inUse.stderr).not.toMatch(/at .*\.js:\d+/); // a message, not a stack trace
+    blocker.close();
+    const port = 21000 + (process.pid % 20000);
+    const front = run(5, [
+      'proxy',
+      '--domid',
+      '0',
+      '--path',
+      `/local/domain/0/${base}`,
+      '--listen',
+      `tcp:127.0.0.1:${port}`,
+    ]);
+    let c: net.Socket | undefined;
+    for (let i = 0; i < 200 && !c; i++) {
+      const s = net.connect(port, '127.0.0.1');
+      s.on('error', () => undefined); // the reset this test causes
+      const ok = await new Promise<boolean>((r) => (s.once('connect', () => r(true)), s.once('error', () => r(false))));
+      if (ok) c = s;
+      else await sleep(50);
+    }
+    if (!c!.destroyed) await new Promise((r) => c!.on('close', r)); // events.once would reject on the reset
+    for (let i = 0; i < 200 && !Buffer.concat(serveErr).toString().includes('ENOENT'); i++) await sleep(20);
+    expect(Buffer.concat(serveErr).toString()).toMatch(/a connection failed: .*ENOENT/);
+    front.kill('SIGTERM');
+    await front.exited;
   });
 
   it('mock env prints the environment that runs libxenvchan programs on the mock', async () => {
@@ -150,6 +201,19 @@ describe('xen-vchan CLI arguments', () => {
       ],
       [['listen', '--nope'], /Unknown option '--nope'/],
       [['frobnicate'], /unknown command frobnicate/],
+      [['proxy', '--serve', '--domid', '5', '--path', 'p', '--connect', 'unix:/s', '--slots', '4'], /--slots is gone/],
+      [
+        ['proxy', '--serve', '--domid', '5', '--path', 'p', '--connect', 'unix:/s', '--max', '0'],
+        /--max must be at least 1/,
+      ],
+      [
+        ['proxy', '--serve', '--domid', '5', '--path', 'p', '--connect', 'ftp:x'],
+        /--connect must be unix:\/path or tcp:HOST:PORT/,
+      ],
+      [
+        ['proxy', '--domid', '0', '--path', '/p', '--listen', 'unix:/s', '--max', '2'],
+        /--connect and --max go with --serve/,
+      ],
     ];
     for (const [args, msg] of cases) {
       const r = sh(args);

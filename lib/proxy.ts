@@ -1,0 +1,460 @@
+/**
+ * Socket connections carried over vchan, losing no byte: the two halves of `xen-vchan proxy`.
+ *
+ * {@link proxyServe} runs in the domain that has the service: a {@link VchanMultiServer} whose every
+ * client becomes a connection to a Unix or TCP socket there. {@link proxyListen} runs in the domain
+ * that wants the service: a socket server whose every connection becomes a client of the vchan
+ * server (each on its own channel, connections beyond the server's capacity waiting their turn).
+ *
+ * A vchan has no half-close: a byte stream that ends in one direction ends the channel. So the two
+ * halves speak a small framing protocol over it (as Qubes' qrexec does), in which each direction
+ * ends on its own. Frames are a 5-byte header, type (u8) and payload length (u32, little-endian),
+ * then the payload:
+ *
+ * ```text
+ * 1 HELLO  {"v":1} (JSON, at most 256 bytes)      the first frame each side sends
+ * 2 DATA   1 to 65536 bytes of the connection
+ * 3 EOF    no payload: this direction has ended (the socket's FIN)
+ * 4 ERROR  {"code":"ECONNREFUSED","message":"..."} (JSON, at most 4096 bytes): the connection failed
+ * ```
+ *
+ * The channel closes once both directions have ended; a frame of another type, longer than its
+ * limit, a DATA after EOF or a first frame that is not HELLO v1 fails that one connection with
+ * EPROTO. With `raw: true` both halves instead pass the bytes through unframed, to talk to a plain
+ * vchan peer (Xen's vchan-socket-proxy, any libxenvchan program); an end of either side then ends
+ * the whole connection, as vchan-socket-proxy does.
+ */
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { debuglog } from 'node:util';
+
+import { checkInt, checkObject, invalidArgType, invalidArgValue, systemError } from './errors';
+import { connectMulti, createMultiServer, type VchanMultiServer } from './multi';
+import { connect, createServer, type VchanServer, type VchanStream } from './vchan';
+import type { Backend } from './native';
+
+const debug = debuglog('xen-vchan');
+
+/** The frame types of the proxy protocol. */
+export const FrameType = { HELLO: 1, DATA: 2, EOF: 3, ERROR: 4 } as const;
+/** The protocol version HELLO carries. */
+export const PROXY_VERSION = 1;
+/** The largest DATA payload. */
+export const MAX_DATA = 65536;
+const HEADER = 5;
+const LIMIT: Record<number, number> = { 1: 256, 2: MAX_DATA, 3: 0, 4: 4096 };
+
+/** One frame of the proxy protocol, as bytes. */
+export function encodeFrame(type: number, payload: Uint8Array = Buffer.alloc(0)): Buffer {
+  const b = Buffer.allocUnsafe(HEADER + payload.length);
+  b[0] = type;
+  b.writeUInt32LE(payload.length, 1);
+  b.set(payload, HEADER);
+  return b;
+}
+
+/**
+ * Splits a byte stream into frames, whatever the chunks' boundaries; throws EPROTO on a frame no
+ * sender of this protocol makes. A frame is never buffered past its type's limit.
+ */
+export class FrameParser {
+  #buf: Buffer = Buffer.alloc(0);
+
+  /** Calls ON for every whole frame in what has come so far, CHUNK included. */
+  push(chunk: Buffer, on: (type: number, payload: Buffer) => void): void {
+    this.#buf = this.#buf.length === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
+    let off = 0;
+    while (this.#buf.length - off >= HEADER) {
+      const type = this.#buf[off];
+      const len = this.#buf.readUInt32LE(off + 1);
+      const limit = LIMIT[type];
+      if (limit === undefined) throw systemError('EPROTO', 'read', `vchan proxy: unknown frame type ${type}`);
+      if (len > limit || (type === FrameType.DATA && len === 0))
+        throw systemError('EPROTO', 'read', `vchan proxy: a frame of type ${type} with ${len} bytes`);
+      if (this.#buf.length - off - HEADER < len) break;
+      const payload = this.#buf.subarray(off + HEADER, off + HEADER + len);
+      off += HEADER + len;
+      on(type, payload);
+    }
+    this.#buf = off === this.#buf.length ? Buffer.alloc(0) : this.#buf.subarray(off);
+  }
+}
+
+function hello(): Buffer {
+  return encodeFrame(FrameType.HELLO, Buffer.from(JSON.stringify({ v: PROXY_VERSION })));
+}
+
+function errorFrame(e: NodeJS.ErrnoException): Buffer {
+  const body = JSON.stringify({ code: e.code ?? 'EIO', message: e.message.slice(0, 1024) });
+  return encodeFrame(FrameType.ERROR, Buffer.from(body));
+}
+
+/** An error a peer reported in an ERROR frame, as an errno-shaped error of ours. */
+function peerError(payload: Buffer, what: string): Error {
+  let code = 'EIO';
+  let message = '';
+  try {
+    const j = JSON.parse(payload.toString('utf8')) as { code?: unknown; message?: unknown };
+    if (typeof j.code === 'string' && /^E[A-Z0-9]{1,20}$/.test(j.code)) code = j.code;
+    if (typeof j.message === 'string') message = j.message;
+  } catch {
+    // a malformed report is still a report that the connection failed
+  }
+  const e = new Error(
+    `${what}: the other side failed: ${code}${message ? `: ${message}` : ''}`,
+  ) as NodeJS.ErrnoException;
+  e.code = code;
+  const errno = (osConstants.errno as Record<string, number>)[code];
+  if (errno !== undefined) e.errno = -errno;
+  e.syscall = 'connect';
+  return e;
+}
+
+/** Ends SOCK as an error would: a TCP reset where it is TCP. */
+function reset(sock: net.Socket): void {
+  try {
+    sock.resetAndDestroy();
+  } catch {
+    sock.destroy();
+  }
+}
+
+/**
+ * Carries SOCK over V with the framing protocol until both directions have ended; reports a failed
+ * connection (a socket error, a peer's ERROR, a protocol error, a channel that closed early) to
+ * ONERROR once.
+ */
+function relay(sock: net.Socket, v: VchanStream, onError: (e: Error) => void, what: string): void {
+  const parser = new FrameParser();
+  let greeted = false;
+  let sentEof = false;
+  let gotEof = false;
+  let failed = false;
+  let sockFull = false;
+  let vFull = false;
+  const fail = (e: Error, tellPeer: boolean) => {
+    if (failed) return;
+    failed = true;
+    onError(e);
+    if (tellPeer && v.writable) {
+      // The report goes after what is queued; a peer that reads nothing more does not hold the
+      // channel open past a few seconds.
+      v.end(errorFrame(e));
+      const t = setTimeout(() => v.destroy(), 5000).unref();
+      v.once('close', () => clearTimeout(t));
+    } else {
+      v.destroy();
+    }
+    // What still comes is dropped: reading it on lets the stream end (it may be paused for a
+    // socket that will never drain now).
+    v.resume();
+    reset(sock);
+  };
+  const finish = () => {
+    if (sentEof && gotEof && !failed) v.end();
+  };
+  v.write(hello());
+
+  v.on('data', (chunk: Buffer) => {
+    try {
+      parser.push(chunk, (type, payload) => {
+        if (failed) return;
+        if (!greeted) {
+          let ok = false;
+          try {
+            ok = type === FrameType.HELLO && (JSON.parse(payload.toString()) as { v?: unknown }).v === PROXY_VERSION;
+          } catch {
+            // not JSON
+          }
+          if (!ok) throw systemError('EPROTO', 'read', `${what}: the peer does not speak proxy protocol v1`);
+          greeted = true;
+          return;
+        }
+        switch (type) {
+          case FrameType.DATA:
+            if (gotEof) throw systemError('EPROTO', 'read', `${what}: data after EOF`);
+            if (!sock.write(payload) && !sockFull) {
+              sockFull = true;
+              v.pause();
+              sock.once('drain', () => {
+                sockFull = false;
+                v.resume();
+              });
+            }
+            break;
+          case FrameType.EOF:
+            if (gotEof) throw systemError('EPROTO', 'read', `${what}: a second EOF`);
+            gotEof = true;
+            sock.end();
+            finish();
+            break;
+          case FrameType.ERROR:
+            failed = true;
+            onError(peerError(payload, what));
+            v.destroy();
+            reset(sock);
+            break;
+          default:
+            throw systemError('EPROTO', 'read', `${what}: a HELLO after HELLO`);
+        }
+      });
+    } catch (e) {
+      fail(e as Error, true);
+    }
+  });
+  v.on('error', (e) => fail(e, false));
+  v.on('close', () => {
+    if (!(sentEof && gotEof)) fail(systemError('ECONNRESET', 'read', `${what}: the vchan peer went away`), false);
+  });
+
+  sock.on('data', (chunk: Buffer) => {
+    let ok = true;
+    for (let off = 0; off < chunk.length; off += MAX_DATA)
+      ok = v.write(encodeFrame(FrameType.DATA, chunk.subarray(off, off + MAX_DATA)));
+    if (!ok && !vFull) {
+      vFull = true;
+      sock.pause();
+      v.once('drain', () => {
+        vFull = false;
+        sock.resume();
+      });
+    }
+  });
+  sock.on('end', () => {
+    if (failed) return;
+    sentEof = true;
+    v.write(encodeFrame(FrameType.EOF));
+    finish();
+  });
+  sock.on('error', (e) => fail(e, true));
+  sock.on('close', () => {
+    if (!sentEof && !failed) fail(systemError('ECONNRESET', 'read', `${what}: the socket closed`), true);
+  });
+  sock.resume();
+}
+
+/** Raw mode: the bytes as they are; either side ending or failing ends both. */
+function splice(sock: net.Socket, v: VchanStream, onError: (e: Error) => void): void {
+  let over = false;
+  const end = (e?: Error) => {
+    if (over) return;
+    over = true;
+    if (e) onError(e);
+    v.end();
+    if (e) reset(sock);
+    else sock.end();
+  };
+  sock.pipe(v, { end: false });
+  v.pipe(sock, { end: false });
+  sock.on('end', () => end()).on('error', end);
+  v.on('end', () => end()).on('error', end);
+  sock.on('close', () => end());
+  v.on('close', () => end());
+  sock.resume();
+}
+
+/** A socket address: `{ path }` for a Unix socket, `{ host, port }` for TCP. */
+export type SocketAddress = { path: string } | { host?: string; port: number };
+
+function checkAddress(name: string, a: unknown): SocketAddress {
+  const o = checkObject(name, a) as { path?: unknown; host?: unknown; port?: unknown };
+  if (o.path !== undefined) {
+    if (typeof o.path !== 'string' || o.path === '')
+      throw invalidArgValue(`${name}.path`, 'must be a socket path', o.path);
+    return { path: o.path };
+  }
+  if (o.host !== undefined && typeof o.host !== 'string')
+    throw invalidArgType(`${name}.host`, 'of type string', o.host);
+  return { host: o.host as string | undefined, port: checkInt(`${name}.port`, o.port, 0, 65535) };
+}
+
+function describe(a: SocketAddress): string {
+  return 'path' in a ? `unix:${a.path}` : `tcp:${a.host ?? 'localhost'}:${a.port}`;
+}
+
+interface CommonOptions {
+  /** The other domain. */
+  domid: number;
+  /** The vchan path (as for {@link createMultiServer} and {@link connectMulti}). */
+  path: string;
+  /** Bytes as they are, for a plain vchan peer (no half-close). Default false. */
+  raw?: boolean;
+  backend?: Backend;
+  /** Mock only: act as this domain. */
+  mockDomid?: number;
+}
+
+export interface ProxyServeOptions extends CommonOptions {
+  /** Where each client's connection goes: `{ path }` (Unix) or `{ host, port }` (TCP). */
+  target: SocketAddress;
+  /** Connections at once; clients beyond it wait (framed mode). Default 256. */
+  maxConnections?: number;
+  /** Minimum ring sizes of each channel, bytes. Default 64 KiB. */
+  readMin?: number;
+  writeMin?: number;
+}
+
+export interface ProxyListenOptions extends CommonOptions {
+  /** Where to accept connections: `{ path }` (Unix) or `{ host, port }` (TCP, port 0 for any). */
+  listen: SocketAddress;
+}
+
+/**
+ * One half of a vchan proxy. Emits 'listening', 'connection' (a new connection is being carried),
+ * 'connectionError' (one connection failed: the other side was told; the proxy goes on), 'error'
+ * (the proxy itself cannot serve: a socket address in use, a vchan path another server holds) and
+ * 'close'.
+ */
+export class VchanProxy extends EventEmitter<{
+  listening: [];
+  connection: [];
+  connectionError: [Error];
+  error: [Error];
+  close: [];
+}> {
+  #close: (cb: () => void) => void;
+  #address: () => unknown;
+  /** Connections being carried now. */
+  connections = 0;
+
+  /** @internal */
+  constructor(start: (p: VchanProxy) => { close: (cb: () => void) => void; address: () => unknown }) {
+    super();
+    const { close, address } = start(this);
+    this.#close = close;
+    this.#address = address;
+  }
+
+  /** The socket address (proxyListen) or the vchan server's address (proxyServe). */
+  address(): unknown {
+    return this.#address();
+  }
+
+  /** Stops taking connections; those being carried go on. 'close' follows. */
+  close(cb?: () => void): this {
+    this.#close(() => {
+      this.emit('close');
+      cb?.();
+    });
+    return this;
+  }
+
+  /** @internal */
+  track(fn: (done: () => void) => void): void {
+    this.connections++;
+    this.emit('connection');
+    let counted = true;
+    fn(() => {
+      if (counted) this.connections--;
+      counted = false;
+    });
+  }
+}
+
+/**
+ * The serving half: every vchan client from `domid` at `path` becomes a connection to `target`.
+ * Its peer is {@link proxyListen} (or, with `raw`, any libxenvchan client).
+ */
+export function proxyServe(options: ProxyServeOptions): VchanProxy {
+  const o = checkObject('options', options) as unknown as ProxyServeOptions;
+  const target = checkAddress('options.target', o.target);
+  const what = `vchan proxy to ${describe(target)}`;
+  return new VchanProxy((p) => {
+    const onStream = (v: VchanStream) => {
+      p.track((done) => {
+        v.once('close', done);
+        const sock = net.connect({ ...target, allowHalfOpen: true } as net.NetConnectOpts);
+        sock.pause();
+        const onError = (e: Error) => {
+          debug('%s: %s', what, e.message);
+          p.emit('connectionError', e);
+        };
+        if (o.raw) splice(sock, v, onError);
+        else relay(sock, v, onError, what);
+      });
+    };
+    const common = {
+      domid: o.domid,
+      path: o.path,
+      readMin: o.readMin,
+      writeMin: o.writeMin,
+      backend: o.backend,
+      mockDomid: o.mockDomid,
+    };
+    const server: VchanMultiServer | VchanServer = o.raw
+      ? createServer(common, onStream)
+      : createMultiServer({ ...common, maxConnections: o.maxConnections }, onStream);
+    server.on('listening', () => p.emit('listening'));
+    server.on('error', (e) => p.emit('error', e));
+    server.on('clientError', (e) => p.emit('connectionError', e));
+    process.nextTick(() => server.listen());
+    return { close: (cb) => server.close(() => cb()), address: () => server.address() };
+  });
+}
+
+/**
+ * The listening half: every connection accepted at `listen` becomes a client of the
+ * {@link proxyServe} of `domid` at `path` (the full xenstore path). Connections beyond what the
+ * server takes at once wait (framed mode); with `raw`, connections take the one channel of a plain
+ * vchan server in turn.
+ */
+export function proxyListen(options: ProxyListenOptions): VchanProxy {
+  const o = checkObject('options', options) as unknown as ProxyListenOptions;
+  const at = checkAddress('options.listen', o.listen);
+  const what = `vchan proxy from ${describe(at)}`;
+  let turn: Promise<unknown> = Promise.resolve();
+  return new VchanProxy((p) => {
+    const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => {
+      p.track((done) => {
+        const onError = (e: Error) => {
+          debug('%s: %s', what, e.message);
+          p.emit('connectionError', e);
+        };
+        // A connection that goes away while it waits for a channel gives its place up.
+        const ac = new AbortController();
+        const gone = () => ac.abort();
+        sock.once('close', gone);
+        sock.on('error', () => undefined);
+        const opts = { domid: o.domid, path: o.path, signal: ac.signal, backend: o.backend, mockDomid: o.mockDomid };
+        let go: Promise<VchanStream>;
+        let myTurnDone: () => void = () => undefined;
+        if (o.raw) {
+          // One connection at a time on a plain server's one channel: the next waits for this one.
+          const prev = turn;
+          turn = new Promise<void>((r) => (myTurnDone = r));
+          go = prev.then(() => (ac.signal.aborted ? Promise.reject(new Error('gone')) : connect(opts)));
+        } else {
+          go = connectMulti(opts);
+        }
+        go.then(
+          (v) => {
+            sock.off('close', gone);
+            v.once('close', () => {
+              myTurnDone();
+              done();
+            });
+            if (sock.destroyed) {
+              v.destroy();
+              return;
+            }
+            if (o.raw) splice(sock, v, onError);
+            else relay(sock, v, onError, what);
+          },
+          (e: Error) => {
+            myTurnDone();
+            done();
+            if (ac.signal.aborted) return; // the socket went first: nothing to report
+            onError(e);
+            reset(sock);
+          },
+        );
+      });
+    });
+    server.on('listening', () => p.emit('listening'));
+    // Node's own listen error (EADDRINUSE, EACCES, ...: code, errno, syscall 'listen', address).
+    server.on('error', (e) => p.emit('error', e));
+    process.nextTick(() => server.listen(at));
+    return { close: (cb) => server.close(() => cb()), address: () => server.address() };
+  });
+}
