@@ -3,7 +3,13 @@
 // platform (prebuilds/<platform>-<arch>: both addons, the mock's libraries and its broker) when they
 // load here, else build everything from source (make, a C/C++ compiler, python3).
 // `npm install --build-from-source` (npm_config_build_from_source=true or =xen-vchan) or
-// XEN_VCHAN_BUILD_FROM_SOURCE=1 always builds; so does the sanitizer build (XEN_VCHAN_SANITIZE=1).
+// XEN_VCHAN_BUILD_FROM_SOURCE=1 always builds (`npm run build:native` sets it); so does the sanitizer
+// build (XEN_VCHAN_SANITIZE=1).
+//
+// In a source checkout the binaries already built there (build/Release, native/mock/build) are used
+// when they load and no source is newer: `npx xen-vchan` inside a clone runs this script again, and
+// must not spend a minute rebuilding what is there. Whenever it does build, it says why, and one
+// build at a time runs in a tree (a second install waits for the first, then uses its result).
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
@@ -14,6 +20,12 @@ const fromSource =
   ['true', 'xen-vchan'].includes(process.env.npm_config_build_from_source) ||
   process.env.XEN_VCHAN_BUILD_FROM_SOURCE === '1' ||
   san;
+
+/** Loads the addon at FILE in a child; '' if it loads, else the first line of why not. */
+function loadProblem(file) {
+  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(file)})`], { encoding: 'utf8' });
+  return r.status === 0 ? '' : (r.stderr || '').trim().split('\n')[0] || `exit ${r.status}`;
+}
 
 /** Why the prebuilt binaries cannot be used here, or '' if they can. */
 function prebuiltProblem() {
@@ -31,9 +43,97 @@ function prebuiltProblem() {
   // Load the mock addon (and with it the mock's libraries) in a child: a glibc too old, or a
   // library missing, shows here rather than at the user's first call. The real addon needs Xen's
   // own libraries, which a machine without Xen does not have: it is checked when used.
-  const r = spawnSync(process.execPath, ['-e', `require(${JSON.stringify(mock)})`], { encoding: 'utf8' });
-  if (r.status !== 0) return `the prebuilt mock addon does not load here: ${(r.stderr || '').trim().split('\n')[0]}`;
-  return '';
+  const p = loadProblem(mock);
+  return p ? `the prebuilt mock addon does not load here: ${p}` : '';
+}
+
+/** The newest modification time of the files under DIR whose names match RE. */
+function newest(dir, re) {
+  let t = 0;
+  let entries;
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return 0;
+  }
+  for (const e of entries) {
+    const f = path.join(dir, e.name);
+    if (e.isDirectory()) {
+      if (e.name !== 'build' && e.name !== 'build-san') t = Math.max(t, newest(f, re));
+    } else if (re.test(e.name)) t = Math.max(t, fs.statSync(f).mtimeMs);
+  }
+  return t;
+}
+
+/**
+ * Why the binaries built in this tree (a source checkout) cannot be used as they are, or '' if
+ * they can: both addons and the broker are there, the mock addon loads, and no source is newer.
+ */
+function builtHereProblem() {
+  const built = [
+    path.join(root, 'build', 'Release', 'xen_vchan_mock.node'),
+    path.join(root, 'build', 'Release', 'xen_vchan_real.node'),
+    path.join(root, 'native', 'mock', 'build', 'bin', 'xenmockd'),
+  ];
+  if (!built.every((f) => fs.existsSync(f))) return 'nothing built in this tree yet';
+  // The mock's libraries and broker: make knows (-q: only ask).
+  if (spawnSync('make', ['-q', '-s', '-C', 'native/mock', 'all'], { cwd: root, stdio: 'ignore' }).status !== 0)
+    return 'the mock is out of date';
+  // The addons: node-gyp relinks both on every build, so both are newer than any of their sources.
+  const oldest = Math.min(...built.slice(0, 2).map((f) => fs.statSync(f).mtimeMs));
+  const src = /\.(c|cc|h|hh|map|gyp|gypi)$/;
+  const changed = Math.max(
+    newest(path.join(root, 'src'), src),
+    newest(path.join(root, 'native', 'vchan'), src),
+    newest(path.join(root, 'native', 'mock', 'include'), src),
+    fs.statSync(path.join(root, 'binding.gyp')).mtimeMs,
+  );
+  if (changed > oldest) return 'sources changed since the last build';
+  const p = loadProblem(built[0]);
+  return p ? `the mock addon built here does not load: ${p}` : '';
+}
+
+const sleep = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms);
+
+/** One build at a time in this tree: a directory made atomically, holding the builder's pid. */
+function lock() {
+  // Not under build/: node-gyp rebuild removes that directory first.
+  const dir = path.join(root, '.xen-vchan-build.lock');
+  let told = false;
+  for (;;) {
+    try {
+      fs.mkdirSync(dir);
+      fs.writeFileSync(path.join(dir, 'pid'), String(process.pid));
+      const release = () => fs.rmSync(dir, { recursive: true, force: true });
+      process.on('exit', release);
+      return true;
+    } catch (e) {
+      if (e.code !== 'EEXIST') throw e;
+    }
+    let holder = NaN;
+    try {
+      holder = Number(fs.readFileSync(path.join(dir, 'pid'), 'utf8'));
+    } catch {
+      // being written, or being removed
+    }
+    let alive = false;
+    if (Number.isInteger(holder) && holder > 0) {
+      try {
+        process.kill(holder, 0);
+        alive = true;
+      } catch (e) {
+        alive = e.code === 'EPERM';
+      }
+    }
+    if (Number.isInteger(holder) && !alive) {
+      fs.rmSync(dir, { recursive: true, force: true }); // its builder died
+      continue;
+    }
+    if (!told) console.log(`xen-vchan: another build is running in this tree (pid ${holder}); waiting for it`);
+    told = true;
+    sleep(500);
+    if (told && !fs.existsSync(dir)) return false; // it finished: look again at what it built
+  }
 }
 
 function run(cmd, args) {
@@ -47,18 +147,46 @@ function run(cmd, args) {
   }
 }
 
-if (!fromSource) {
-  const problem = prebuiltProblem();
-  if (!problem) {
-    console.log(`xen-vchan: using the prebuilt binaries for ${process.platform}-${process.arch}`);
-    process.exit(0);
+function main() {
+  if (!fromSource) {
+    const problem = prebuiltProblem();
+    if (!problem) {
+      console.log(`xen-vchan: using the prebuilt binaries for ${process.platform}-${process.arch}`);
+      return;
+    }
+    const here = builtHereProblem();
+    if (!here) {
+      console.log('xen-vchan: using the binaries built in this tree (npm run build:native rebuilds them)');
+      return;
+    }
+    if (!lock()) return main(); // another build just finished: use it if it is good
+    const again = builtHereProblem();
+    if (!again) {
+      console.log('xen-vchan: using the binaries built in this tree (npm run build:native rebuilds them)');
+      return;
+    }
+    console.log(`xen-vchan: building from source (about a minute): ${problem}; ${again}`);
+  } else {
+    while (!lock());
+    console.log('xen-vchan: building from source, as asked');
   }
-  console.log(`xen-vchan: building from source: ${problem}`);
-} else {
-  console.log('xen-vchan: building from source, as asked');
+  run('make', ['-s', '-C', 'native/mock', ...(san ? ['SAN=1'] : []), 'all']);
+  // npm tells lifecycle scripts where its own node-gyp is.
+  // Run by hand (npm run build:native sets it too), fall back on the node-gyp that comes with npm.
+  const bundled = path.join(
+    path.dirname(process.execPath),
+    '..',
+    'lib',
+    'node_modules',
+    'npm',
+    'node_modules',
+    'node-gyp',
+    'bin',
+    'node-gyp.js',
+  );
+  const gyp = process.env.npm_config_node_gyp || (fs.existsSync(bundled) ? bundled : '');
+  if (gyp) run(process.execPath, [gyp, 'rebuild']);
+  else run('node-gyp', ['rebuild']);
 }
-run('make', ['-s', '-C', 'native/mock', ...(san ? ['SAN=1'] : []), 'all']);
-// npm tells lifecycle scripts where its own node-gyp is.
-const gyp = process.env.npm_config_node_gyp;
-if (gyp) run(process.execPath, [gyp, 'rebuild']);
-else run('node-gyp', ['rebuild']);
+
+main();

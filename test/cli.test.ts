@@ -188,6 +188,19 @@ describe('xen-vchan CLI arguments', () => {
     }
   });
 
+  it('the install step run again in this tree (as npx does) uses what is built, without rebuilding', () => {
+    const addon = path.join(root, 'build', 'Release', 'xen_vchan_mock.node');
+    const before = fs.statSync(addon).mtimeMs;
+    const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'install.js')], {
+      encoding: 'utf8',
+      env: { ...process.env, XEN_VCHAN_BUILD_FROM_SOURCE: '', npm_config_build_from_source: '' },
+    });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/xen-vchan: using the (prebuilt binaries|binaries built in this tree)/);
+    expect(r.stdout).not.toMatch(/building/);
+    expect(fs.statSync(addon).mtimeMs).toBe(before);
+  });
+
   it('bad arguments exit 2 with a message that says what is wrong, before anything starts', () => {
     const cases: [string[], RegExp][] = [
       [['listen', '--domid', '-1', '--path', 'x'], /--domid must be a domain id from 0 to 32751, not "-1"/],
