@@ -24,6 +24,14 @@ const USAGE = `usage: xen-vchan <command> [options]      (xen-vchan --version; x
                                      socket connection (--max: at most N at once, the others wait;
                                      default 256). Half-close travels end to end; --raw passes bytes
                                      unframed, for a plain libxenvchan peer (no half-close)
+  pcid serve [--sysfs DIR] [--client D]... [--path P]
+                                     the PCI daemon (pcid v4's JSON protocol, with ids): serve the listed
+                                     domains (default 0) at /local/domain/<self>/P (default data/pcid),
+                                     acting on the PCI sysfs under DIR (default /sys)
+  pcid call CMD [NAME=VALUE]... [--domid D] [--path P] [--timeout MS]
+                                     one request to the pcid of domain D (default 0); prints the reply
+                                     (JSON), exit 1 if it failed. VALUE is JSON where it parses
+                                     (true, 3), else a string: pcid call is_device_assigned sbdf=0000:00:01.0
   mock env [--domid D]               print export lines that run any libxenvchan program on the mock:
                                      eval "$(npx xen-vchan mock env)"
   mock status [--json] | mock reset | mock introduce D... | mock destroy D
@@ -219,6 +227,79 @@ async function cmdProxy(args) {
   process.on('SIGTERM', quit).on('SIGINT', quit);
 }
 
+async function cmdPcid(args) {
+  const [sub, ...rest] = args;
+  const x = lib();
+  if (sub === 'serve') {
+    const o = opts(rest, {
+      sysfs: { type: 'string' },
+      client: { type: 'string', multiple: true },
+      path: { type: 'string' },
+    });
+    const clients = (o.client ?? ['0']).map((d) => parseDomid(d, '--client'));
+    let server;
+    try {
+      server = x.createPcidServer({ sysfsRoot: o.sysfs, clients, path: o.path });
+    } catch (e) {
+      fail(e.message);
+    }
+    server.on('clientError', (e) => process.stderr.write(`xen-vchan: pcid: ${e.message}\n`));
+    server.on('error', (e) => {
+      process.stderr.write(`xen-vchan: pcid: ${e.message}\n`);
+      process.exit(1);
+    });
+    server.on('connection', ({ domid, node }) =>
+      process.stderr.write(`xen-vchan: pcid: a client of domain ${domid} (${node})\n`),
+    );
+    server.listen(() =>
+      process.stderr.write(
+        `xen-vchan: pcid serving domains ${clients.join(', ')} at ${server.path} (sysfs ${server.sysfs.root})\n`,
+      ),
+    );
+    const quit = () => server.close(() => process.exit(0));
+    process.once('SIGTERM', quit).once('SIGINT', quit);
+    return;
+  }
+  if (sub === 'call') {
+    const o = parseArgs({
+      args: rest,
+      options: { domid: { type: 'string' }, path: { type: 'string' }, timeout: { type: 'string' } },
+      allowPositionals: true,
+      strict: false,
+    });
+    const [cmd, ...pairs] = o.positionals;
+    if (!cmd) fail(commandUsage('pcid'));
+    const req = {};
+    for (const p of pairs) {
+      const i = p.indexOf('=');
+      if (i <= 0) fail(`pcid call: arguments are NAME=VALUE, not ${JSON.stringify(p)}`);
+      const v = p.slice(i + 1);
+      let value;
+      try {
+        value = JSON.parse(v);
+      } catch {
+        value = v;
+      }
+      req[p.slice(0, i)] = value;
+    }
+    const domid = o.values.domid === undefined ? 0 : parseDomid(o.values.domid);
+    const timeout = o.values.timeout === undefined ? 10000 : int(o.values.timeout, 'timeout');
+    const c = await x.connectPcid({ domid, path: o.values.path, timeout, requestTimeout: timeout });
+    try {
+      const reply = await c.call(cmd, req).catch((e) => {
+        if (e.reply) return e.reply;
+        throw e;
+      });
+      process.stdout.write(`${JSON.stringify(reply)}\n`);
+      if (reply.error !== 'okay') process.exitCode = 1;
+    } finally {
+      c.close();
+    }
+    return;
+  }
+  fail(commandUsage('pcid'));
+}
+
 async function cmdDemo(args) {
   const o = opts(args, { bytes: { type: 'string' }, ring: { type: 'string' }, role: { type: 'string' } });
   process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
@@ -274,7 +355,7 @@ async function main() {
   const [cmd, ...args] = process.argv.slice(2);
   if (
     cmd &&
-    ['mock', 'listen', 'connect', 'proxy', 'demo'].includes(cmd) &&
+    ['mock', 'listen', 'connect', 'proxy', 'demo', 'pcid'].includes(cmd) &&
     (args.includes('--help') || args.includes('-h'))
   ) {
     process.stdout.write(`${commandUsage(cmd)}\n`);
@@ -296,6 +377,8 @@ async function main() {
       return cmdProxy(args);
     case 'demo':
       return cmdDemo(args);
+    case 'pcid':
+      return cmdPcid(args);
     case undefined:
     case '-h':
     case '--help':

@@ -81,3 +81,28 @@ export {
   type ProxyServeOptions,
   type SocketAddress,
 } from './proxy';
+export {
+  encodeMessage,
+  JSON_MAX_MESSAGE,
+  JsonClient,
+  MessageSplitter,
+  serveJson,
+  type JsonClientOptions,
+  type JsonServeOptions,
+  type RequestOptions,
+} from './jsonrpc';
+export {
+  connectPcid,
+  createPcidServer,
+  handlePcidRequest,
+  PCIBACK_FILES,
+  PCID_COMMANDS,
+  PciSysfs,
+  PcidClient,
+  PcidError,
+  PcidServer,
+  type PcidCommand,
+  type PcidConnectOptions,
+  type PcidReply,
+  type PcidServerOptions,
+} from './pcid';

@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { onMock, root } from './helpers/env';
+import { makeFakeSysfs } from './helpers/sysfs';
 import { sleep, uniquePath } from './helpers/util';
 
 const cli = path.join(root, 'bin', 'xen-vchan.js');
@@ -159,6 +160,44 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     await front.exited;
   });
 
+  it('pcid serve and pcid call: a reply per call, exit 1 for a failed one', async () => {
+    const sys = makeFakeSysfs();
+    try {
+      const rel = `data/pcidcli-${process.pid}`;
+      const serve = spawn(
+        process.execPath,
+        [cli, 'pcid', 'serve', '--sysfs', sys.root, '--path', rel, '--client', '0'],
+        {
+          env: { ...process.env, XEN_MOCK_DOMID: '0' },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        },
+      );
+      procs.push({ p: serve, exited: once(serve, 'exit') });
+      await new Promise<void>((resolve) =>
+        serve.stderr!.on('data', (d: Buffer) => String(d).includes('pcid serving') && resolve()),
+      );
+      const call = (args: string[]) =>
+        spawnSync(process.execPath, [cli, 'pcid', 'call', ...args, '--path', rel], {
+          env: { ...process.env, XEN_MOCK_DOMID: '0' },
+          encoding: 'utf8',
+          timeout: 20000,
+        });
+      const ok = call(['is_device_assigned', `sbdf=${sys.assigned}`]);
+      expect(ok.status).toBe(0);
+      expect(JSON.parse(ok.stdout)).toEqual({ result: true, resp: 'is_device_assigned', error: 'okay', id: 1 });
+      const bad = call(['make_assignable', 'sbdf=nope', 'rebind=true']);
+      expect(bad.status).toBe(1);
+      expect(JSON.parse(bad.stdout)).toMatchObject({
+        resp: 'make_assignable',
+        error: 'failed',
+        error_desc: "Can't parse SBDF",
+      });
+      expect(call(['list_assignable', 'oops']).stderr).toMatch(/arguments are NAME=VALUE/);
+    } finally {
+      sys.remove();
+    }
+  });
+
   it('mock env prints the environment that runs libxenvchan programs on the mock', async () => {
     const p = run(0, ['mock', 'env', '--domid', '5']);
     const out: Buffer[] = [];
@@ -181,7 +220,7 @@ describe('xen-vchan CLI arguments', () => {
   it('--version prints the package version; every command has --help', () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
     expect(sh(['--version']).stdout.trim()).toBe(pkg.version);
-    for (const cmd of ['listen', 'connect', 'proxy', 'demo', 'mock']) {
+    for (const cmd of ['listen', 'connect', 'proxy', 'demo', 'mock', 'pcid']) {
       const r = sh([cmd, '--help']);
       expect(r.status, cmd).toBe(0);
       expect(r.stdout, cmd).toContain(`usage: xen-vchan ${cmd}`);

@@ -6,6 +6,8 @@
 //   multi-connect SERVER PATH BYTES            connectMulti, then send BYTES and hash what comes back (an echo)
 //   multi-hold SERVER PATH                     connectMulti, then stream until killed
 //   multi-serve PEER PATH                      a multi-server (echo) until killed
+//   pcid-call SERVER SBDF N                    connectPcid, N is_device_assigned requests pipelined
+//   pcid-hold SERVER SBDF                      connectPcid, then requests one after another until killed
 //   xs-read PATH                               try to read a xenstore node (permission tests)
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
@@ -121,6 +123,20 @@ async function main() {
       });
       srv.on('error', (e) => send({ error: e.code || e.message }));
       srv.listen(() => send({ listening: true }));
+      break;
+    }
+    case 'pcid-call':
+    case 'pcid-hold': {
+      const [server, sbdf, n] = args;
+      const c = await x.connectPcid({ domid: +server, timeout: 20000 });
+      send({ connected: true, node: c.node });
+      if (role === 'pcid-call') {
+        const r = await Promise.all(Array.from({ length: +n }, () => c.isDeviceAssigned(sbdf)));
+        send({ done: true, replies: r.length, allTrue: r.every((v) => v === true) });
+        c.close();
+      } else {
+        for (;;) await c.isDeviceAssigned(sbdf);
+      }
       break;
     }
     case 'xs-read': {
