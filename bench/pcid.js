@@ -1,0 +1,175 @@
+#!/usr/bin/env node
+'use strict';
+// npm run bench:pcid: the PCI daemon's requests per second and latency (p50, p99), with 1 and 50
+// clients, over vchan (createPcidServer / connectPcid, on the mock: server in dom0, clients in a
+// domain-5 process) and, side by side in the same run, the same server code and JSON layer over a
+// Unix socket between two Node processes. Each client sends one request at a time (closed loop),
+// is_device_assigned on a small fake sysfs, for a fixed time; every figure is the median of RUNS
+// runs with the spread (min-max). The ratio vchan/Unix socket is the result; absolutes are noisy.
+//
+//   node bench/pcid.js [--quick] [--runs N] [--seconds S] [--ring BYTES]
+//     --ring  the minimum ring sizes of each client's channel (default 0: v4's in-page rings)
+const { fork } = require('node:child_process');
+const { once } = require('node:events');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
+const x = require(path.join(__dirname, '..'));
+
+const argv = process.argv.slice(2);
+const opt = (name, def) => {
+  const i = argv.indexOf(name);
+  return i >= 0 ? Number(argv[i + 1]) : def;
+};
+const QUICK = argv.includes('--quick');
+const RUNS = opt('--runs', QUICK ? 3 : 5);
+const SECONDS = opt('--seconds', QUICK ? 0.5 : 2);
+const SBDF = '0000:00:04.0';
+
+/** A fake PCI sysfs: pciback with one device bound to it. */
+function fakeSysfs() {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'xv-bench-sysfs-'));
+  const dev = path.join(root, 'devices', 'pci0000:00', SBDF);
+  fs.mkdirSync(dev, { recursive: true });
+  fs.writeFileSync(path.join(dev, 'resource'), '0x0000004000000000 0x000000400007ffff 0x0000000000140204\n');
+  fs.writeFileSync(path.join(dev, 'irq'), '11\n');
+  const pciback = path.join(root, 'bus', 'pci', 'drivers', 'pciback');
+  fs.mkdirSync(pciback, { recursive: true });
+  fs.mkdirSync(path.join(root, 'bus', 'pci', 'devices'), { recursive: true });
+  fs.symlinkSync(`../../../devices/pci0000:00/${SBDF}`, path.join(root, 'bus', 'pci', 'devices', SBDF));
+  fs.symlinkSync(`../../../../devices/pci0000:00/${SBDF}`, path.join(pciback, SBDF));
+  return root;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The child (domain 5): N clients, each one request at a time for SECONDS; reports latencies.
+
+async function childMain() {
+  process.on('message', async (m) => {
+    const clients = [];
+    if (m.kind === 'vchan') {
+      for (let i = 0; i < m.n; i++) clients.push(await x.connectPcid({ domid: 0, path: m.path, timeout: 20000 }));
+    } else {
+      for (let i = 0; i < m.n; i++) {
+        const s = net.connect(m.sock);
+        await once(s, 'connect');
+        const c = new x.JsonClient(s);
+        clients.push({
+          isDeviceAssigned: (sbdf) => c.request({ cmd: 'is_device_assigned', sbdf }),
+          close: () => s.destroy(),
+        });
+      }
+    }
+    const lat = [];
+    const until = process.hrtime.bigint() + BigInt(Math.round(m.seconds * 1e9));
+    const t0 = process.hrtime.bigint();
+    await Promise.all(
+      clients.map(async (c) => {
+        while (process.hrtime.bigint() < until) {
+          const a = process.hrtime.bigint();
+          await c.isDeviceAssigned(SBDF);
+          lat.push(Number(process.hrtime.bigint() - a) / 1e3);
+        }
+      }),
+    );
+    const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+    for (const c of clients) c.close();
+    lat.sort((p, q) => p - q);
+    const pct = (p) => lat[Math.min(lat.length - 1, Math.floor((lat.length * p) / 100))];
+    process.send({ rps: lat.length / elapsed, p50: pct(50), p99: pct(99), n: lat.length });
+  });
+  process.send({ ready: true });
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const median = (a) => {
+  const s = [...a].sort((p, q) => p - q);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const spread = (a) => `${Math.min(...a).toFixed(0)}-${Math.max(...a).toFixed(0)}`;
+
+async function main() {
+  const sysfs = fakeSysfs();
+  const rel = `data/pcid-bench-${process.pid}`;
+  const ring = opt('--ring', 0);
+  const server = x.createPcidServer({ sysfsRoot: sysfs, clients: [5], path: rel, readMin: ring, writeMin: ring });
+  await once(server.listen(), 'listening');
+  // The same protocol code over a Unix socket.
+  const sock = path.join(os.tmpdir(), `xv-pcid-bench-${process.pid}.sock`);
+  fs.rmSync(sock, { force: true });
+  const drivers = new Map();
+  const sysfsApi = new x.PciSysfs(sysfs);
+  const uds = net.createServer((s) => {
+    s.on('error', () => undefined);
+    x.serveJson(s, (req) => x.handlePcidRequest(sysfsApi, drivers, req));
+  });
+  await new Promise((r) => uds.listen(sock, r));
+
+  const child = fork(__filename, ['--child'], {
+    env: { ...process.env, XEN_MOCK_DOMID: '5' },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  await once(child, 'message');
+  const ask = async (m) => {
+    child.send(m);
+    const [r] = await once(child, 'message');
+    return r;
+  };
+
+  const results = {};
+  for (const n of [1, 50]) {
+    for (const kind of ['vchan', 'uds']) results[`${kind}-${n}`] = [];
+    for (let run = 0; run < RUNS; run++)
+      for (const kind of run % 2 ? ['uds', 'vchan'] : ['vchan', 'uds'])
+        // alternate who goes first
+        results[`${kind}-${n}`].push(await ask({ kind, n, path: rel, sock, seconds: SECONDS }));
+  }
+  child.kill();
+  uds.close();
+  await new Promise((r) => server.close(r));
+  fs.rmSync(sysfs, { recursive: true, force: true });
+  fs.rmSync(sock, { force: true });
+
+  const L = [];
+  L.push(
+    `pcid bench: is_device_assigned, one request at a time per client, ${SECONDS} s per run, median of ${RUNS} runs (spread min-max)`,
+  );
+  L.push(
+    `machine: ${os.cpus().length} cpus, ${os.cpus()[0].model}, Node ${process.version}, backend ${x.currentBackend()}`,
+  );
+  L.push('');
+  L.push('| clients | path | requests/s | p50 µs | p99 µs |');
+  L.push('|---|---|---|---|---|');
+  for (const n of [1, 50])
+    for (const kind of ['vchan', 'uds']) {
+      const r = results[`${kind}-${n}`];
+      const col = (k) => `${median(r.map((v) => v[k])).toFixed(0)} (${spread(r.map((v) => v[k]))})`;
+      L.push(
+        `| ${n} | ${kind === 'vchan' ? 'vchan (mock)' : 'Unix socket'} | ${col('rps')} | ${col('p50')} | ${col('p99')} |`,
+      );
+    }
+  L.push('');
+  for (const n of [1, 50]) {
+    const v = results[`vchan-${n}`];
+    const u = results[`uds-${n}`];
+    // Ratios per run (the two measured back to back), then their median and spread.
+    const rps = v.map((r, i) => r.rps / u[i].rps);
+    const p50 = v.map((r, i) => u[i].p50 / r.p50);
+    const fmt = (a) => `${median(a).toFixed(2)}x (${Math.min(...a).toFixed(2)}-${Math.max(...a).toFixed(2)})`;
+    L.push(
+      `${n} client${n > 1 ? 's' : ''}: vchan/Unix socket requests/s ${fmt(rps)}, p50 latency ratio (uds/vchan) ${fmt(p50)}`,
+    );
+  }
+  process.stdout.write(`${L.join('\n')}\n`);
+}
+
+if (argv.includes('--child')) childMain();
+else
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
