@@ -48,7 +48,7 @@ function fakeSysfs() {
 // The child (domain 5): N clients, each one request at a time for SECONDS; reports latencies.
 
 async function childMain() {
-  process.on('message', async (m) => {
+  process.on('message', async (/** @type {any} */ m) => {
     const clients = [];
     if (m.kind === 'vchan') {
       for (let i = 0; i < m.n; i++) clients.push(await x.connectPcid({ domid: 0, path: m.path, timeout: 20000 }));
@@ -107,7 +107,7 @@ async function main() {
     s.on('error', () => undefined);
     x.serveJson(s, (req) => x.handlePcidRequest(sysfsApi, drivers, req));
   });
-  await new Promise((r) => uds.listen(sock, r));
+  await new Promise((r) => uds.listen(sock, () => r(undefined)));
 
   const child = fork(__filename, ['--child'], {
     env: { ...process.env, XEN_MOCK_DOMID: '5' },

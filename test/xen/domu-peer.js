@@ -11,6 +11,8 @@
 //   share   {text}          share a page with dom0 holding TEXT; 'unshare' reads dom0's reply first
 //   map     {refs}          map dom0's page, read it, write a reply into it
 //   evtchn  {}              an unbound port for dom0; report its event, then notify back
+//   pcid    {}              the PCI daemon for dom0 at data/pcid, acting as the hardware domain on a
+//                           small sysfs tree of its own (pciback with one device); 'pcid-stop' ends it
 const { createHash, randomBytes } = require('node:crypto');
 // The package, where the domU's initramfs puts it.
 const app = '/app';
@@ -70,6 +72,31 @@ function exchange(stream, bytes) {
 
 let shared = null;
 let evtchn = null;
+let pcid = null;
+
+/** A PCI sysfs under /tmp: pciback with one device bound to it, and one device of another driver. */
+function pcidSysfs() {
+  const fs = require('node:fs');
+  const path = require('node:path');
+  const root = fs.mkdtempSync('/tmp/sysfs-');
+  const dev = (sbdf, driver, resource, irq) => {
+    const d = path.join(root, 'devices', 'pci0000:00', sbdf);
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, 'resource'), resource);
+    fs.writeFileSync(path.join(d, 'irq'), `${irq}\n`);
+    fs.mkdirSync(path.join(root, 'bus', 'pci', 'devices'), { recursive: true });
+    fs.symlinkSync(`../../../devices/pci0000:00/${sbdf}`, path.join(root, 'bus', 'pci', 'devices', sbdf));
+    const drv = path.join(root, 'bus', 'pci', 'drivers', driver);
+    fs.mkdirSync(drv, { recursive: true });
+    for (const f of ['bind', 'unbind', 'new_slot', 'remove_slot', 'do_flr', 'permissive'])
+      if (!fs.existsSync(path.join(drv, f))) fs.writeFileSync(path.join(drv, f), '');
+    fs.symlinkSync(`../../../../devices/pci0000:00/${sbdf}`, path.join(drv, sbdf));
+    fs.symlinkSync(`../../../bus/pci/drivers/${driver}`, path.join(d, 'driver'));
+  };
+  dev('0000:00:04.0', 'pciback', '0x0000004000180000 0x00000040001fffff 0x0000000000140204\n', 11);
+  dev('0000:00:05.0', 'e1000e', '0x00000000fe000000 0x00000000fe01ffff 0x0000000000040200\n', 0);
+  return root;
+}
 
 async function run(cmd) {
   const { id, op } = cmd;
@@ -141,6 +168,18 @@ async function run(cmd) {
         evtchn.close();
       });
       return reply(id, { phase: 'bound', port });
+    }
+    case 'pcid': {
+      pcid = x.createPcidServer({ sysfsRoot: pcidSysfs(), clients: [0] });
+      pcid.on('clientError', (e) => console.log(`domu-peer: pcid: ${e.message}`));
+      await new Promise((resolve, reject) => pcid.once('error', reject).listen(resolve));
+      return reply(id, { phase: 'listening', path: pcid.path });
+    }
+    case 'pcid-stop': {
+      const served = pcid.connections;
+      await new Promise((resolve) => pcid.close(resolve));
+      pcid = null;
+      return reply(id, { served });
     }
     case 'status': {
       const list = [...active].map((e) => ({
