@@ -1,7 +1,7 @@
 /** Event channels: Xen's virtual interrupts, bound through one handle and delivered as JS events. */
 import { EventEmitter } from 'node:events';
 
-import { checkBoolean, checkDomid, checkInt, checkObject, checkPort, coded } from './errors';
+import { checkBoolean, checkDomid, checkInt, checkObject, checkPort, coded, systemError } from './errors';
 import { DOMID_FIRST_RESERVED } from './constants';
 import { asDomain, Backend, Binding, binding, type EvtchnHandle } from './native';
 
@@ -16,6 +16,14 @@ export interface EventChannelOptions {
   /** Mock only: open the handle as this domain. */
   mockDomid?: number;
 }
+
+/**
+ * The static ports bound in this process, and the handle each is bound through. Linux's
+ * IOCTL_EVTCHN_BIND_STATIC refuses a second bind on the same handle (EISCONN) but takes one from
+ * another handle, with a kernel warning, and then hits a BUG when the process exits; the kernel
+ * cannot tell, so the library refuses it (EBUSY).
+ */
+const staticPorts = new Map<string, EventChannel>();
 
 /** Emitted by EventChannel. */
 export interface EventChannelEvents {
@@ -33,6 +41,9 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
   readonly #b: Binding;
   #h: EvtchnHandle | null;
   readonly #ports = new Set<number>();
+  /** Keys in staticPorts of the static ports bound through this handle. */
+  readonly #static = new Map<number, string>();
+  readonly #domKey: string;
   readonly #autoUnmask: boolean;
   #polling = false;
   #refed = true;
@@ -44,6 +55,7 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     this.#b = binding(o.backend as Backend | undefined);
     const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
     this.#h = asDomain(this.#b, dom, () => this.#b.evtchn.open());
+    this.#domKey = `${this.#b.backend} ${dom ?? 'self'}`;
   }
 
   /** The ports bound through this handle. */
@@ -93,10 +105,39 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     return this.#bound(this.#b.evtchn.bindVirq(this.#handle(), virq));
   }
 
-  /** Binds a static (dom0less) channel that Xen pre-bound from the device tree (Linux >= 6.5). */
+  /**
+   * Attaches to a port that Xen already has bound for this domain (Linux >= 6.5): a static
+   * (dom0less) channel from the device tree, or one that dom0 allocated and bound on this domain's
+   * behalf. Linux checks nothing with Xen: a port Xen never allocated binds too, and never fires.
+   * Throws EISCONN when this handle has the port already, EBUSY when another EventChannel of this
+   * process has it (Linux would take that and crash at exit), ENOTSUP on older kernels.
+   */
   bindStatic(port: number): number {
     checkPort('port', port);
-    return this.#bound(this.#b.evtchn.bindStatic(this.#handle(), port));
+    const h = this.#handle();
+    const key = `${this.#domKey} ${port}`;
+    const holder = staticPorts.get(key);
+    const syscall = 'ioctl(IOCTL_EVTCHN_BIND_STATIC)';
+    if (holder === this)
+      throw systemError('EISCONN', syscall, `static port ${port} is bound through this handle already`);
+    if (holder?.open)
+      throw systemError(
+        'EBUSY',
+        syscall,
+        `static port ${port} is bound through another EventChannel of this process (Linux would take a second bind and then crash when the process exits)`,
+      );
+    const p = this.#bound(this.#b.evtchn.bindStatic(h, port));
+    staticPorts.set(key, this);
+    this.#static.set(port, key);
+    return p;
+  }
+
+  #releaseStatic(port?: number): void {
+    for (const [p, key] of port === undefined ? [...this.#static] : [[port, this.#static.get(port)] as const]) {
+      if (key === undefined) continue;
+      if (staticPorts.get(key) === this) staticPorts.delete(key);
+      this.#static.delete(p);
+    }
   }
 
   /** Sends an event to the other end of PORT. */
@@ -116,6 +157,7 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     checkPort('port', port);
     this.#b.evtchn.unbind(this.#handle(), port);
     this.#ports.delete(port);
+    this.#releaseStatic(port);
     if (this.#ports.size === 0) this.#stopPolling();
   }
 
@@ -131,6 +173,7 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     const h = this.#h;
     this.#h = null;
     this.#ports.clear();
+    this.#releaseStatic();
     this.#polling = false;
     this.#b.evtchn.close(h);
     this.emit('close');

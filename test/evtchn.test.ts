@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import * as x from '../dist/cjs/index.js';
 import { EventChannel, Xenstore } from '../dist/cjs/index.js';
 import { config, mockAddon, selfDomid } from './helpers/env';
-import { nextEvent, sleep, startPeer } from './helpers/util';
+import { killChild, nextEvent, sleep, startPeer } from './helpers/util';
 
 describe('EventChannel', () => {
   it('binds unbound/interdomain ports, delivers events both ways, coalesces, and closes idempotently', async () => {
@@ -99,9 +99,71 @@ describe('EventChannel', () => {
     // Static channels are never closed, by design: play this against a broker of its own.
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xen-vchan-static-'));
     const peer = startPeer(0, ['static'], { XEN_MOCK_DIR: dir });
-    expect(await peer.next()).toEqual({ bound: [70, 71], busy: 'EBUSY', event: 71, rebound: 71, pendingKept: true });
+    expect(await peer.next()).toEqual({
+      bound: [70, 71],
+      busy: 'EISCONN', // the same handle again, as Linux answers
+      otherBusy: 'EBUSY', // another handle of the process: refused (Linux takes it, then crashes at exit)
+      event: 71,
+      rebound: 71,
+      pendingKept: true,
+    });
     expect((await peer.exited).code).toBe(0);
   });
+
+  it.runIf(mockAddon)(
+    'dom0less: two domains with a static channel and no xenstore signal each other from two processes',
+    async () => {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xen-vchan-dom0less-'));
+      const env = { XEN_MOCK_DIR: dir };
+      const setup = startPeer(0, ['static-setup', '1', '10', '2', '20'], env);
+      expect(await setup.next()).toEqual({ ok: true });
+      await setup.exited;
+      const two = startPeer(2, ['static-ping', '20', '0'], env);
+      const one = startPeer(1, ['static-ping', '10', '500'], env);
+      try {
+        expect(await two.next()).toEqual({ bound: 20 });
+        expect(await one.next()).toEqual({ bound: 10 });
+        one.send('go');
+        const r = await one.next<{
+          done: number;
+          usPerRoundTrip: number;
+          stats: { domid: number; handles: number; watches: number }[];
+        }>();
+        expect(r.done).toBe(500);
+        // Each domain holds one handle, its event channel: no xenstore connection, no watch.
+        for (const d of [1, 2]) expect(r.stats.find((s) => s.domid === d)).toMatchObject({ handles: 1, watches: 0 });
+        console.log(`dom0less on the mock: 500 event round trips between two processes, ${r.usPerRoundTrip} us each`);
+      } finally {
+        killChild(two.child);
+        await two.exited;
+        await one.exited;
+      }
+    },
+  );
+
+  it.runIf(mockAddon)(
+    'bindStatic as Linux 6.12 answers: a port Xen never allocated binds and never fires',
+    async () => {
+      const a = new EventChannel();
+      const before = x.mockStats(0)[0]?.ports ?? 0;
+      expect(a.bindStatic(4000)).toBe(4000);
+      expect(x.mockStats(0)[0].ports).toBe(before + 1);
+      a.notify(4000); // goes nowhere, as on Linux
+      expect(await nextEvent(a, 200)).toBeNull();
+      expect(() => a.bindStatic(4000)).toThrow(
+        expect.objectContaining({ code: 'EISCONN', syscall: 'ioctl(IOCTL_EVTCHN_BIND_STATIC)' }),
+      );
+      const b = new EventChannel();
+      expect(() => b.bindStatic(4000)).toThrow(expect.objectContaining({ code: 'EBUSY', errno: -16 }));
+      a.unbind(4000);
+      expect(x.mockStats(0)[0].ports).toBe(before);
+      // Free again once unbound: another handle may take it.
+      expect(b.bindStatic(4000)).toBe(4000);
+      b.close();
+      expect(() => a.bindStatic(200000)).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
+      a.close();
+    },
+  );
 
   it.runIf(mockAddon)('mockDomid opens a handle as another domain (mock only)', async () => {
     const five = new EventChannel({ mockDomid: 5 });

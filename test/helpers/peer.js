@@ -8,6 +8,8 @@
 //   multi-serve PEER PATH                      a multi-server (echo) until killed
 //   pcid-call SERVER SBDF N                    connectPcid, N is_device_assigned requests pipelined
 //   pcid-hold SERVER SBDF                      connectPcid, then requests one after another until killed
+//   static-setup D1 P1 D2 P2                   a static channel between D1:P1 and D2:P2 (a broker of its own)
+//   static-ping PORT N                         bindStatic(PORT); N > 0: N round trips, then report; 0: answer
 //   xs-read PATH                               try to read a xenstore node (permission tests)
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
@@ -139,6 +141,37 @@ async function main() {
       }
       break;
     }
+    case 'static-setup': {
+      const [d1, p1, d2, p2] = args.map(Number);
+      x.mockAddStaticChannel(d1, p1, d2, p2);
+      send({ ok: true });
+      process.exit(0);
+      break;
+    }
+    case 'static-ping': {
+      const [port, n] = args.map(Number);
+      const ch = new x.EventChannel();
+      ch.bindStatic(port);
+      if (n === 0) {
+        ch.on('event', (p) => ch.notify(p));
+        send({ bound: port });
+        break;
+      }
+      send({ bound: port });
+      await new Promise((r) => process.once('message', r)); // go
+      const t0 = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) {
+        const got = new Promise((r) => ch.once('event', r));
+        ch.notify(port);
+        await got;
+      }
+      const us = Number(process.hrtime.bigint() - t0) / 1e3 / n;
+      // What the domains hold of the mock: event channels, and nothing of xenstore.
+      send({ done: n, usPerRoundTrip: Math.round(us), stats: x.mockStats() });
+      ch.close();
+      process.exit(0);
+      break;
+    }
     case 'xs-read': {
       const xs = new x.Xenstore();
       try {
@@ -187,6 +220,14 @@ async function main() {
       } catch (e) {
         busy = e.code;
       }
+      const other = new x.EventChannel();
+      let otherBusy;
+      try {
+        other.bindStatic(71);
+      } catch (e) {
+        otherBusy = e.code;
+      }
+      other.close();
       const event = await new Promise((r) => {
         b.once('event', r);
         a.notify(70);
@@ -202,7 +243,7 @@ async function main() {
           r(true);
         });
       });
-      send({ bound, busy, event, rebound, pendingKept });
+      send({ bound, busy, otherBusy, event, rebound, pendingKept });
       a.close();
       c.close();
       process.exit(0);

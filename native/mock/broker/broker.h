@@ -30,6 +30,7 @@ struct port {
     int virq;
     struct conn *owner; /* the evtchn handle it is bound to (NULL: not bound to any handle) */
     bool is_static;     /* pre-bound from the configuration; survives its handle */
+    bool phantom;       /* bound with BIND_STATIC although Xen never allocated it: no events */
     bool pending, masked;
     int refs; /* unmap notifications that will still signal it */
 };

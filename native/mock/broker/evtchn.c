@@ -8,7 +8,8 @@
  *    port delivers it again;
  *  - closing one end of an interdomain channel returns the other end to
  *    "unbound, offered to the closer", and sends to it are silently dropped;
- *  - static (dom0less) channels are pre-bound and outlive their handles.
+ *  - static (dom0less) channels are pre-bound and outlive their handles; BIND_STATIC also attaches
+ *    to a port bound on the domain's behalf, as Linux's ioctl does.
  * Error numbers are the ones Xen's hypercalls and Linux's driver return.
  */
 #define _GNU_SOURCE
@@ -120,6 +121,10 @@ static void close_port(struct domain *d, uint32_t p)
 {
     struct port *pt = &d->ports[p];
     pt->owner = NULL;
+    if (pt->phantom) {
+        memset(pt, 0, sizeof(*pt)); /* Xen never had it */
+        return;
+    }
     if (pt->is_static || pt->refs > 0)
         return;
     free_port(d, p);
@@ -209,13 +214,32 @@ int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r)
         return err;
     }
     case XM_EVTCHN_BIND_STATIC: {
+        /* Linux's IOCTL_EVTCHN_BIND_STATIC (6.5+) attaches the handle to a port Xen already has
+         * bound (a dom0less static channel, or one dom0 allocated and bound on the domain's behalf)
+         * without a hypercall, and checks nothing with Xen: a port Xen never allocated is "bound"
+         * too, and no event ever comes. Past the FIFO ABI's limit: ENOMEM. Bound already through this
+         * handle: EISCONN. Bound through another handle: Linux takes it (with a WARN) and BUGs when
+         * the process exits; the mock refuses with EBUSY instead. */
         if (c->restrict_dom != XM_NONE)
             return EACCES;
+        if (a0 == 0 || a0 >= MAX_PORTS)
+            return a0 == 0 ? EINVAL : ENOMEM;
         struct port *pt = port_of(d, a0);
-        if (!pt || !pt->is_static)
-            return EINVAL;
-        if (pt->owner)
+        if (pt && pt->owner == c)
+            return EISCONN;
+        if (pt && pt->owner)
             return EBUSY;
+        if (!pt) {
+            int err = grow_ports(d, a0 + 1);
+            if (err)
+                return err;
+            pt = &d->ports[a0];
+            memset(pt, 0, sizeof(*pt));
+            pt->state = PORT_INTERDOMAIN;
+            pt->remote_dom = XM_NONE;
+            pt->virq = -1;
+            pt->phantom = true;
+        }
         pt->owner = c;
         pt->masked = false;
         r->a[0] = a0;
