@@ -93,6 +93,8 @@ export class VchanMultiServer extends EventEmitter<{
   #refed = true;
   #taking = false;
   #takeAgain = false;
+  /** An offer failed for want of resources (gntalloc's pages, fds): take no more until one ends. */
+  #starved = false;
 
   constructor(options: MultiServerOptions, onConnection?: (s: VchanStream) => void) {
     super();
@@ -172,7 +174,9 @@ export class VchanMultiServer extends EventEmitter<{
     const queue = `${o.path}/requests`;
     await xs.transaction(async (tx) => {
       // Whatever a server that died left here (its offers, its queue) goes: we hold the path now.
-      await tx.rm(o.path);
+      await tx.rm(o.path).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e; // nothing there, not even its parent
+      });
       await tx.write(o.path, '');
       await tx.setPermissions(o.path, [
         { domid: self, read: false, write: false },
@@ -201,7 +205,7 @@ export class VchanMultiServer extends EventEmitter<{
       return;
     }
     const room = this.#max - this.connections;
-    if (room <= 0) return;
+    if (room <= 0 || this.#starved) return;
     this.#taking = true;
     const xs = this.#xs;
     const queue = `${this.#opts.path}/requests`;
@@ -218,7 +222,11 @@ export class VchanMultiServer extends EventEmitter<{
     ).then(
       (ids) => {
         this.#taking = false;
-        for (const id of ids) this.#offerTo(id);
+        for (let i = 0; i < ids.length; i++) {
+          const r = this.#offerTo(ids[i]);
+          if (r === 'failed') return;
+          if (r === 'starved') return this.#starve(ids.slice(i));
+        }
         if (this.#takeAgain || ids.length > 0) {
           this.#takeAgain = false;
           this.#take();
@@ -233,15 +241,61 @@ export class VchanMultiServer extends EventEmitter<{
     );
   }
 
-  #offerTo(id: string): void {
-    if (this.#closed) return;
+  /**
+   * Out of resources for another channel: the requests taken go back to the front of the queue and
+   * wait, as requests beyond maxConnections do, until a connection ends and frees what it held.
+   */
+  #starve(ids: string[]): void {
+    this.#starved = true;
+    const xs = this.#xs;
+    if (!xs || this.#closed) return;
+    const queue = `${this.#opts.path}/requests`;
+    debug(
+      'multi-server %s: out of resources at %d connections; %d requests wait',
+      this.#opts.path,
+      this.connections,
+      ids.length,
+    );
+    xs.transaction(
+      async (tx) => {
+        const v = (await tx.tryRead(queue)) ?? '';
+        await tx.write(queue, [...ids, ...v.split(' ').filter((x) => x !== '')].join(' '));
+      },
+      { retries: 1000 },
+    ).then(
+      () => {
+        // Nothing of ours to wait for: this server cannot offer a single channel.
+        if (this.connections === 0 && !this.#closed) {
+          this.#stop();
+          this.emit(
+            'error',
+            systemError('ENOSPC', 'listen', `no resources left for a single channel at ${this.#opts.path}`),
+          );
+        }
+      },
+      (e: Error) => {
+        if (this.#closed) return;
+        this.#stop();
+        this.emit('error', e);
+      },
+    );
+  }
+
+  /** Resources freed: take requests again. */
+  #unstarve(): void {
+    this.#starved = false;
+    this.#take();
+  }
+
+  #offerTo(id: string): 'ok' | 'dropped' | 'starved' | 'failed' {
+    if (this.#closed) return 'failed';
     if (!ID.test(id) || this.#ids.has(id)) {
       if (this.listenerCount('clientError') > 0)
         this.emit(
           'clientError',
           systemError('EPROTO', 'accept', `a malformed or repeated request ${JSON.stringify(id)}`),
         );
-      return;
+      return 'dropped';
     }
     const path = `${this.#opts.path}/${id}`;
     let offer: Offer;
@@ -253,23 +307,27 @@ export class VchanMultiServer extends EventEmitter<{
         (e) => {
           this.#withdraw(id);
           if (this.listenerCount('clientError') > 0) this.emit('clientError', e);
-          this.#take();
+          this.#unstarve();
         },
       );
     } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'ENOSPC' || code === 'ENOMEM' || code === 'EMFILE' || code === 'ENFILE' || code === 'EAGAIN')
+        return 'starved';
       this.#stop();
       this.emit('error', e as Error);
-      return;
+      return 'failed';
     }
     offer.ref(this.#refed);
     const timer = setTimeout(() => {
       debug('multi-server %s: nobody took %s within %d ms', this.#opts.path, id, this.#acceptTimeout);
       this.#withdraw(id);
-      this.#take();
+      this.#unstarve();
     }, this.#acceptTimeout);
     timer.unref();
     this.#offers.set(id, { offer, timer });
     this.#ids.add(id);
+    return 'ok';
   }
 
   #withdraw(id: string): void {
@@ -291,7 +349,7 @@ export class VchanMultiServer extends EventEmitter<{
       this.#streams.delete(s);
       this.#ids.delete(id);
       if (this.#streams.size === 0) this.#onDrained?.();
-      this.#take();
+      this.#unstarve();
     });
     this.emit('connection', s);
   }

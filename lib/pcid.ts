@@ -430,7 +430,9 @@ export class PcidServer extends EventEmitter<{
     // As v4: remove what a previous server left, then make the directory afresh. Clients of other
     // domains may make their nodes in it (the owner of each is then its maker).
     await xs.transaction(async (tx) => {
-      await tx.rm(home);
+      await tx.rm(home).catch((e: NodeJS.ErrnoException) => {
+        if (e.code !== 'ENOENT') throw e; // nothing there, not even its parent
+      });
       await tx.mkdir(home);
       await tx.setPermissions(home, [
         { domid: this.#self, read: false, write: false },

@@ -1,4 +1,8 @@
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { randomBytes } from 'node:crypto';
 
 import { afterEach, describe, expect, it } from 'vitest';
@@ -13,7 +17,7 @@ import {
   VchanStream,
   Xenstore,
 } from '../dist/cjs/index.js';
-import { onMock, selfDomid } from './helpers/env';
+import { broker, onMock, selfDomid } from './helpers/env';
 import { killChild, Peer, sha256, sleep, startPeer, uniquePath } from './helpers/util';
 
 const servers: (VchanMultiServer | VchanServer)[] = [];
@@ -299,6 +303,24 @@ describe.runIf(onMock)('VchanMultiServer across processes and domains (dom0 serv
     const xs = xenstore();
     for (let i = 0; i < 100 && (await xs.directory(full(path))).length > 1; i++) await sleep(10);
     expect(await xs.directory(full(path))).toEqual(['requests']);
+  });
+
+  it('out of grant pages (gntalloc), clients wait for a channel instead of killing the server', async () => {
+    // A broker of its own with room for 3 channels of 64 KiB rings (33 pages each), so the
+    // shortage touches no other test.
+    const env = { XEN_MOCK_DIR: fs.mkdtempSync(path.join(os.tmpdir(), 'xv-starve-')), XEN_MOCK_GNTALLOC_LIMIT: '100' };
+    const path_ = uniquePath('starve');
+    spawnSync(broker, ['introduce', '5'], { env: { ...process.env, ...env } });
+    const server = startPeer(0, ['multi-serve', '5', path_], env);
+    peers.push(server);
+    expect(await server.next()).toMatchObject({ listening: true });
+    const clients = startPeer(5, ['multi-many', '0', full(path_), '10', '200000'], env);
+    peers.push(clients);
+    expect(await clients.next(60_000)).toEqual({ done: true, ok: 10 });
+    server.send('peak');
+    const { peak } = await server.next<{ peak: number }>();
+    expect(peak).toBeLessThanOrEqual(3);
+    expect(peak).toBeGreaterThanOrEqual(1);
   });
 
   it('EADDRINUSE against a server in another process; free again once that process is killed', async () => {

@@ -4,6 +4,7 @@
 //   connect SERVER PATH BYTES                  connect: the same from the client side
 //   hold-serve PEER PATH | hold-connect SERVER PATH   stream until killed
 //   multi-connect SERVER PATH BYTES            connectMulti, then send BYTES and hash what comes back (an echo)
+//   multi-many SERVER PATH N BYTES             N connectMulti clients at once, each an exchange of BYTES
 //   multi-hold SERVER PATH                     connectMulti, then stream until killed
 //   multi-serve PEER PATH                      a multi-server (echo) until killed
 //   pcid-call SERVER SBDF N                    connectPcid, N is_device_assigned requests pipelined
@@ -109,6 +110,20 @@ async function main() {
       s.end();
       break;
     }
+    case 'multi-many': {
+      const [server, p, n, bytes] = args;
+      const results = await Promise.all(
+        Array.from({ length: +n }, async () => {
+          const s = await x.connectMulti({ domid: +server, path: p, timeout: 60000 });
+          const r = await exchange(s, +bytes);
+          s.end();
+          return r.recv === r.sent && r.got === +bytes;
+        }),
+      );
+      send({ done: true, ok: results.filter(Boolean).length });
+      process.exit(0);
+      break;
+    }
     case 'multi-hold': {
       const [server, p] = args;
       const s = await x.connectMulti({ domid: +server, path: p, timeout: 30000 });
@@ -124,6 +139,14 @@ async function main() {
         s.pipe(s);
       });
       srv.on('error', (e) => send({ error: e.code || e.message }));
+      let now = 0;
+      let peak = 0;
+      srv.on('connection', (s) => {
+        now++;
+        peak = Math.max(peak, now);
+        s.on('close', () => now--);
+      });
+      process.on('message', (m) => m === 'peak' && send({ peak }));
       srv.listen(() => send({ listening: true }));
       break;
     }
