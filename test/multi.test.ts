@@ -291,9 +291,11 @@ describe.runIf(onMock)('VchanMultiServer across processes and domains (dom0 serv
     const conns: VchanStream[] = [];
     server.on('connection', (s) => conns.push(track(s)));
     await once(server.listen(), 'listening');
+    const accepted = once(server, 'connection');
     const p = startPeer(5, ['multi-hold', '0', full(path)]);
     peers.push(p);
     expect(await p.next()).toMatchObject({ connected: true });
+    await accepted; // the client can be connected before the server has seen it
     expect(server.connections).toBe(1);
     const t0 = Date.now();
     killChild(p.child);
