@@ -33,7 +33,7 @@ import {
   checkServerOptions,
   claimPath,
   connect,
-  listenArgs,
+  beginListen,
   offerChannel,
   type ConnectOptions,
   type Offer,
@@ -132,19 +132,8 @@ export class VchanMultiServer extends EventEmitter<{
   listen(cb?: () => void): this;
   listen(options: { signal?: AbortSignal }, cb?: () => void): this;
   listen(optionsOrCb?: { signal?: AbortSignal } | (() => void), cb?: () => void): this {
-    const { signal, callback } = listenArgs(optionsOrCb, cb);
-    if (this.#closed) throw coded('The server is closed', 'ERR_SERVER_NOT_RUNNING');
-    if (this.#listening || this.#starting) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
-    if (signal?.aborted) {
-      process.nextTick(() => this.close());
+    if (!beginListen(this, { closed: this.#closed, busy: this.#listening || this.#starting }, optionsOrCb, cb))
       return this;
-    }
-    if (callback) this.once('listening', callback);
-    if (signal) {
-      const onAbort = () => this.close();
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.once('close', () => signal.removeEventListener('abort', onAbort));
-    }
     this.#starting = true;
     this.#start().then(
       () => {
@@ -413,19 +402,23 @@ export class VchanMultiServer extends EventEmitter<{
     await new Promise<void>((resolve) => this.close(() => resolve()));
   }
 
+  /** Keep the process alive while the server listens or has connections (the default). */
   ref(): this {
-    this.#refed = true;
-    this.#xs?.ref();
-    for (const { offer } of this.#offers.values()) offer.ref(true);
-    for (const s of this.#streams) s.ref();
-    return this;
+    return this.#setRef(true);
   }
 
   unref(): this {
-    this.#refed = false;
-    this.#xs?.unref();
-    for (const { offer } of this.#offers.values()) offer.ref(false);
-    for (const s of this.#streams) s.unref();
+    return this.#setRef(false);
+  }
+
+  #setRef(on: boolean): this {
+    this.#refed = on;
+    if (on) this.#xs?.ref();
+    else this.#xs?.unref();
+    for (const { offer } of this.#offers.values()) offer.ref(on);
+    for (const s of this.#streams)
+      if (on) s.ref();
+      else s.unref();
     return this;
   }
 }

@@ -721,19 +721,8 @@ export class VchanServer extends EventEmitter<{
   listen(cb?: () => void): this;
   listen(options: { signal?: AbortSignal }, cb?: () => void): this;
   listen(optionsOrCb?: { signal?: AbortSignal } | (() => void), cb?: () => void): this {
-    const { signal, callback } = listenArgs(optionsOrCb, cb);
-    if (this.#closed) throw coded('The server is closed', 'ERR_SERVER_NOT_RUNNING');
-    if (this.#listening || this.#starting) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
-    if (signal?.aborted) {
-      process.nextTick(() => this.close());
+    if (!beginListen(this, { closed: this.#closed, busy: this.#listening || this.#starting }, optionsOrCb, cb))
       return this;
-    }
-    if (callback) this.once('listening', callback);
-    if (signal) {
-      const onAbort = () => this.close();
-      signal.addEventListener('abort', onAbort, { once: true });
-      this.once('close', () => signal.removeEventListener('abort', onAbort));
-    }
     this.#starting = true;
     void this.#start();
     return this;
@@ -867,11 +856,20 @@ export function checkServerOptions<O extends ServerOptions>(options: O): OfferOp
   return { ...options, domid, path, readMin, writeMin };
 }
 
-/** @internal listen()'s arguments, as net.Server.listen takes them (options and/or a callback). */
-export function listenArgs(
+/**
+ * What every server's listen() does first, as net.Server's: checks the arguments (a callback, or an
+ * options object with `signal`), refuses a closed or listening server, registers the callback for
+ * 'listening', and makes the signal close the server. False when the signal has already fired (the
+ * server then closes on the next tick, and must not start).
+ *
+ * @internal
+ */
+export function beginListen(
+  server: EventEmitter & { close(): unknown },
+  state: { closed: boolean; busy: boolean },
   optionsOrCb: { signal?: AbortSignal } | (() => void) | undefined,
   cb: (() => void) | undefined,
-): { signal?: AbortSignal; callback?: () => void } {
+): boolean {
   let signal: AbortSignal | undefined;
   if (typeof optionsOrCb === 'function' || optionsOrCb === undefined) {
     cb = optionsOrCb ?? cb;
@@ -882,7 +880,19 @@ export function listenArgs(
     signal = o.signal as AbortSignal | undefined;
   }
   if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
-  return { signal, callback: cb };
+  if (state.closed) throw coded('The server is closed', 'ERR_SERVER_NOT_RUNNING');
+  if (state.busy) throw coded('The server is already listening', 'ERR_SERVER_ALREADY_LISTEN');
+  if (signal?.aborted) {
+    process.nextTick(() => server.close());
+    return false;
+  }
+  if (cb) server.once('listening', cb);
+  if (signal) {
+    const onAbort = () => server.close();
+    signal.addEventListener('abort', onAbort, { once: true });
+    server.once('close', () => signal.removeEventListener('abort', onAbort));
+  }
+  return true;
 }
 
 /** Like net.createServer: a VchanServer, with an optional 'connection' listener. Call listen(). */

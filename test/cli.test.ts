@@ -26,6 +26,11 @@ function run(domid: number, args: string[]): ChildProcess & { exited: Promise<un
   return Object.assign(p, { exited });
 }
 
+/** The listening half of the proxy in domain 5, for the serving half of dom0 at BASE. */
+function listeningProxy(base: string, port: number): ChildProcess & { exited: Promise<unknown> } {
+  return run(5, ['proxy', '--domid', '0', '--path', `/local/domain/0/${base}`, '--listen', `tcp:127.0.0.1:${port}`]);
+}
+
 afterEach(async () => {
   for (const { p, exited } of procs.splice(0)) {
     if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
@@ -73,15 +78,7 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
       '3',
     ]);
     const port = 20000 + (process.pid % 20000);
-    const front = run(5, [
-      'proxy',
-      '--domid',
-      '0',
-      '--path',
-      `/local/domain/0/${base}`,
-      '--listen',
-      `tcp:127.0.0.1:${port}`,
-    ]);
+    const front = listeningProxy(base, port);
     // Until it listens (a fixed wait failed on a loaded machine: ECONNREFUSED).
     for (let i = 0; i < 200; i++) {
       const ok = await new Promise<boolean>((resolve) => {
@@ -136,15 +133,7 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     expect(inUse.stderr).not.toMatch(/at .*\.js:\d+/); // a message, not a stack trace
     blocker.close();
     const port = 21000 + (process.pid % 20000);
-    const front = run(5, [
-      'proxy',
-      '--domid',
-      '0',
-      '--path',
-      `/local/domain/0/${base}`,
-      '--listen',
-      `tcp:127.0.0.1:${port}`,
-    ]);
+    const front = listeningProxy(base, port);
     let c: net.Socket | undefined;
     for (let i = 0; i < 200 && !c; i++) {
       const s = net.connect(port, '127.0.0.1');
