@@ -9,7 +9,6 @@
 //   multi-serve PEER PATH                      a multi-server (echo) until killed
 //   pcid-call SERVER SBDF N                    connectPcid, N is_device_assigned requests pipelined
 //   pcid-hold SERVER SBDF                      connectPcid, then requests one after another until killed
-//   static-setup D1 P1 D2 P2                   a static channel between D1:P1 and D2:P2 (a broker of its own)
 //   static-ping PORT N                         bindStatic(PORT); N > 0: N round trips, then report; 0: answer
 //   xs-read PATH                               try to read a xenstore node (permission tests)
 //   map DOMID REF                              try to map a grant (permission tests)
@@ -162,13 +161,6 @@ async function main() {
       } else {
         for (;;) await c.isDeviceAssigned(sbdf);
       }
-      break;
-    }
-    case 'static-setup': {
-      const [d1, p1, d2, p2] = args.map(Number);
-      x.mockAddStaticChannel(d1, p1, d2, p2);
-      send({ ok: true });
-      process.exit(0);
       break;
     }
     case 'static-ping': {
