@@ -473,19 +473,27 @@ export async function connectMulti(options: ConnectOptions): Promise<VchanStream
   try {
     await serialized(`${b.backend} ${mockDomid} ${queue}`, () => placeRequest(xs, queue, id, deadline, signal));
     placed = true;
+    debug('connectMulti %s: asked as %s', o.path, id);
     const left = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
     return await connect({ ...options, path: `${o.path}/${id}`, timeout: left });
   } catch (e) {
+    debug('connectMulti %s: %s', o.path, (e as Error).message);
     if (placed) {
       // Take the request back if the server has not taken it yet (a taken one times out there).
-      await xs
-        .transaction(async (tx) => {
-          const v = await tx.tryRead(queue);
-          if (v === undefined) return;
-          const ids = v.split(' ');
-          if (ids.includes(id)) await tx.write(queue, ids.filter((x) => x !== id).join(' '));
-        })
-        .catch(() => undefined);
+      // Bounded: a stale id left behind costs the server one offer that times out, never a hang here.
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        xs
+          .transaction(async (tx) => {
+            const v = await tx.tryRead(queue);
+            if (v === undefined) return;
+            const ids = v.split(' ');
+            if (ids.includes(id)) await tx.write(queue, ids.filter((x) => x !== id).join(' '));
+          })
+          .catch(() => undefined),
+        new Promise((resolve) => (timer = setTimeout(resolve, 5000))),
+      ]);
+      clearTimeout(timer);
     }
     throw e;
   } finally {

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { onMock, root } from './helpers/env';
+import { config, onMock, root } from './helpers/env';
 import { makeFakeSysfs } from './helpers/sysfs';
 import { sleep, uniquePath } from './helpers/util';
 
@@ -216,18 +216,22 @@ describe('xen-vchan CLI arguments', () => {
     }
   });
 
-  it('the install step run again in this tree (as npx does) uses what is built, without rebuilding', () => {
-    const addon = path.join(root, 'build', 'Release', 'xen_vchan_mock.node');
-    const before = fs.statSync(addon).mtimeMs;
-    const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'install.js')], {
-      encoding: 'utf8',
-      env: { ...process.env, XEN_VCHAN_BUILD_FROM_SOURCE: '', npm_config_build_from_source: '' },
-    });
-    expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/xen-vchan: using the (prebuilt binaries|binaries built in this tree)/);
-    expect(r.stdout).not.toMatch(/building/);
-    expect(fs.statSync(addon).mtimeMs).toBe(before);
-  });
+  // The host's concern: the rig's dom0 mounts this tree and has no compiler.
+  it.runIf(config !== 'real')(
+    'the install step run again in this tree (as npx does) uses what is built, without rebuilding',
+    () => {
+      const addon = path.join(root, 'build', 'Release', 'xen_vchan_mock.node');
+      const before = fs.statSync(addon).mtimeMs;
+      const r = spawnSync(process.execPath, [path.join(root, 'scripts', 'install.js')], {
+        encoding: 'utf8',
+        env: { ...process.env, XEN_VCHAN_BUILD_FROM_SOURCE: '', npm_config_build_from_source: '' },
+      });
+      expect(r.status).toBe(0);
+      expect(r.stdout).toMatch(/xen-vchan: using the (prebuilt binaries|binaries built in this tree)/);
+      expect(r.stdout).not.toMatch(/building/);
+      expect(fs.statSync(addon).mtimeMs).toBe(before);
+    },
+  );
 
   it('bad arguments exit 2 with a message that says what is wrong, before anything starts', () => {
     const cases: [string[], RegExp][] = [
