@@ -362,6 +362,15 @@ export function serveJson(
       });
     }
   };
+  // Replies to messages without an id (a client that does not send them matches replies by order,
+  // as pcid v4's do) leave in the order the messages came; replies with ids leave when ready.
+  const inOrder: { reply?: Record<string, unknown>; ready: boolean }[] = [];
+  const flushInOrder = () => {
+    while (inOrder.length > 0 && inOrder[0].ready) {
+      const r = inOrder.shift()!.reply;
+      if (r) send(r);
+    }
+  };
   const handle = (raw: Buffer) => {
     const text = raw.toString('utf8');
     let msg: unknown;
@@ -369,18 +378,26 @@ export function serveJson(
       msg = JSON.parse(text);
       if (!isObject(msg)) throw new SyntaxError('not a JSON object');
     } catch (e) {
-      const r = malformed?.(text, e as Error);
-      if (r) send(r);
+      inOrder.push({ reply: malformed?.(text, e as Error), ready: true });
+      flushInOrder();
       return;
     }
     const request = msg;
-    const withId = (r: Record<string, unknown>) => (request.id === undefined ? r : { ...r, id: request.id as unknown });
+    const slot: { reply?: Record<string, unknown>; ready: boolean } | null =
+      request.id === undefined ? { ready: false } : null;
+    if (slot) inOrder.push(slot);
+    const reply = (r: Record<string, unknown>) => {
+      if (!slot) return send({ ...r, id: request.id as unknown });
+      slot.reply = r;
+      slot.ready = true;
+      flushInOrder();
+    };
     active++;
     Promise.resolve()
       .then(() => handler(request))
       .then(
-        (r) => send(withId(isObject(r) ? r : { result: r })),
-        (e: Error) => send(withId({ error: e instanceof Error ? e.message : String(e) })),
+        (r) => reply(isObject(r) ? r : { result: r }),
+        (e: Error) => reply({ error: e instanceof Error ? e.message : String(e) }),
       )
       .finally(() => {
         active--;

@@ -96,6 +96,25 @@ describe('JsonClient and serveJson over vchan', () => {
     expect(r.map((x) => x.got)).toEqual([1, 2, 3]);
   });
 
+  it('requests without ids are answered in the order they came, whatever order they finish in', async () => {
+    const { s, c } = await pair();
+    serveJson(
+      s,
+      async (req) => {
+        await sleep(((req.n as number) % 3) * 15); // the later ones finish first
+        return { n: req.n };
+      },
+      { malformed: () => ({ bad: true }) },
+    );
+    const lines: string[] = [];
+    c.on('data', (d: Buffer) => lines.push(...d.toString().split('\r\n').filter(Boolean)));
+    c.write('{"n":2}\r\n{"n":1}\r\nnot json\r\n{"n":0}\r\n{"n":5,"id":"x"}\r\n');
+    for (let i = 0; i < 200 && lines.length < 5; i++) await sleep(10);
+    // The one with an id may leave as soon as it is ready; the others keep their order.
+    expect(lines.filter((l) => !l.includes('"id"'))).toEqual(['{"n":2}', '{"n":1}', '{"bad":true}', '{"n":0}']);
+    expect(lines).toContain('{"n":5,"id":"x"}');
+  });
+
   it('timeouts and AbortSignal per request; the late reply is dropped, later requests still match', async () => {
     const { s, c } = await pair();
     serveJson(s, async (req) => {
