@@ -236,6 +236,9 @@ export class VchanMultiServer extends EventEmitter<{
    */
   #starve(ids: string[]): void {
     this.#starved = true;
+    // Judged now: by the time the requests are back in the queue, the connections that held the
+    // resources may all have ended (and the next offer would succeed).
+    const nothingToWaitFor = this.connections === 0;
     const xs = this.#xs;
     if (!xs || this.#closed) return;
     const queue = `${this.#opts.path}/requests`;
@@ -254,7 +257,7 @@ export class VchanMultiServer extends EventEmitter<{
     ).then(
       () => {
         // Nothing of ours to wait for: this server cannot offer a single channel.
-        if (this.connections === 0 && !this.#closed) {
+        if (nothingToWaitFor && !this.#closed) {
           this.#stop();
           this.emit(
             'error',
