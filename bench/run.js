@@ -385,7 +385,9 @@ async function perStream(n) {
 // --- the rig ----------------------------------------------------------------------------------
 
 function rigPart() {
-  const cache = process.env.XEN_RIG_CACHE || path.join(os.homedir(), '.cache', 'xen-vchan-rig');
+  // test/xen/kernel.sh's default cache: the kernel's own folder.
+  const kernel = process.env.XEN_RIG_KERNEL || '6.12';
+  const cache = process.env.XEN_RIG_CACHE || path.join(os.homedir(), '.cache', 'xen-vchan-rig', kernel);
   if (flag('--no-rig')) return { skipped: '--no-rig' };
   // --rig-json FILE: the rig part from an earlier `bash bench/rig.sh` (its own side-by-side run).
   const given = argv.includes('--rig-json') ? argv[argv.indexOf('--rig-json') + 1] : null;

@@ -8,7 +8,8 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cache=${XEN_RIG_CACHE:-$HOME/.cache/xen-vchan-rig}
+. "$here/kernel.sh"
+cache=$XEN_RIG_CACHE
 job=${1:?usage: boot.sh JOB.sh}
 timeout=${XEN_RIG_TIMEOUT:-900}
 

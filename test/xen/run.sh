@@ -1,12 +1,24 @@
 #!/usr/bin/env bash
 # npm run test:xen: build the rig (cached), then boot Xen under QEMU and run the vitest suite in
 # dom0 against the real backend, with the prebuilt real addon when there is one.
-#   test/xen/run.sh [JOB]   another job instead of job-suite.sh (bench/rig.sh runs the benchmark)
+#   test/xen/run.sh [--kernel 6.12|6.1] [JOB]
+#     --kernel  the Linux of dom0 and the domU (default 6.12, or XEN_RIG_KERNEL; see kernel.sh)
+#     JOB       another job instead of job-suite.sh (bench/rig.sh runs the benchmark)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-cache=${XEN_RIG_CACHE:-$HOME/.cache/xen-vchan-rig}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --kernel) XEN_RIG_KERNEL=${2:?--kernel needs 6.12 or 6.1}; shift 2 ;;
+    --kernel=*) XEN_RIG_KERNEL=${1#--kernel=}; shift ;;
+    -*) echo "test:xen: unknown option $1 (usage: npm run test:xen -- [--kernel 6.12|6.1] [JOB])" >&2; exit 2 ;;
+    *) break ;;
+  esac
+done
+. "$here/kernel.sh"
+cache=$XEN_RIG_CACHE
 job=$(cd "$(dirname "${1:-$here/job-suite.sh}")" && pwd)/$(basename "${1:-job-suite.sh}")
+echo "rig: Linux $XEN_RIG_KERNEL in dom0 and the domU (cache $cache)"
 bash "$here/build-rig.sh"
 # The real addon: the prebuilt one the package ships (npm run prebuild) when there is one, so the
 # binary users install is the one that meets real Xen; else this tree's build (binding.gyp adds no
@@ -28,7 +40,7 @@ cc -O2 -Wall -o "$repo/.rig/bin/vchan_echo" "$repo/test/releases/vchan_echo.c" $
 rm -f "$repo/.rig/suite.json"
 # Test switches for the job (see test/xen/domu.test.ts).
 : > "$repo/.rig/env.sh"
-for v in XEN_RIG_REPEAT; do
+for v in XEN_RIG_REPEAT XEN_RIG_KERNEL; do
   [ -n "${!v:-}" ] && echo "export $v='${!v}'" >> "$repo/.rig/env.sh"
 done
 cp "$(command -v node)" "$repo/.rig/bin/node"
@@ -65,7 +77,11 @@ addon="$repo/build/Release/xen_vchan_real.node"
 xslib=$(ldconfig -p | awk '$1 == "libxenstore.so.4" {print $NF; exit}')
 [ -n "$xslib" ] || { echo "test:xen: no libxenstore.so.4 on this machine for the domU (apt-get install libxenstore4)" >&2; exit 1; }
 install -D -m 0755 "$(readlink -f "$xslib")" "$img$xslib"
-for lib in $( (ldd "$(command -v node)"; ldd "$addon"; ldd "$xslib") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u); do
+# libxenctrl too (EventChannel.allocUnbound loads it: the domU's test of an unprivileged call).
+xclib=$(ldconfig -p | awk '$1 ~ /^libxenctrl\.so\.4\./ {print $NF; exit}')
+[ -n "$xclib" ] || { echo "test:xen: no libxenctrl.so.4.x on this machine for the domU (apt-get install libxenmisc4.17)" >&2; exit 1; }
+install -D -m 0755 "$(readlink -f "$xclib")" "$img$xclib"
+for lib in $( (ldd "$(command -v node)"; ldd "$addon"; ldd "$xslib"; ldd "$xclib") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u); do
   install -D -m 0755 "$(readlink -f "$lib")" "$img$lib"
 done
 mkdir -p "$img/app/build/Release" "$img/app/node_modules" "$img/app/test/xen" "$img/tmp" "$img/proc" "$img/sys" "$img/dev"
