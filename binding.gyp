@@ -12,7 +12,7 @@
   },
   "target_defaults": {
     "sources": ["src/addon.cc", "src/async.cc", "src/errors.cc", "src/handles.cc", "src/poller.cc", "src/evtchn.cc", "src/gnttab.cc",
-                "src/xenstore.cc", "src/vchan.cc"],
+                "src/xenstore.cc", "src/vchan.cc", "src/xenctrl.cc"],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     # SWALLOW_UNTHROWABLE: an error raised while a worker is being torn down cannot be thrown; drop it
     # rather than abort the process.
@@ -36,7 +36,7 @@
       "libraries": [
         "-L<(module_root_dir)/<(mock_lib)",
         "-l:libxenvchan.so.4.17", "-l:libxenevtchn.so.1", "-l:libxengnttab.so.1",
-        "-l:libxenstore.so.4", "-l:libxenmock.so.1",
+        "-l:libxenstore.so.4", "-l:libxenmock.so.1", "-l:libxenctrl.so.4.17",
       ],
       # Found relative to the addon: prebuilds/<platform>-<arch>/mock/lib next to a prebuilt one
       # (scripts/prebuild.sh), native/mock/build/lib from build/Release.

@@ -17,6 +17,14 @@ export interface EventChannelOptions {
   mockDomid?: number;
 }
 
+/** Options of EventChannel.allocUnbound(). */
+export interface AllocUnboundOptions {
+  /** Process backend ('mock' or 'real'); see useBackend(). */
+  backend?: Backend;
+  /** Mock only: ask as this domain (the mock keeps Xen's rule that only dom0 may allocate for others). */
+  mockDomid?: number;
+}
+
 /**
  * The static ports bound in this process, and the handle each is bound through. Linux's
  * IOCTL_EVTCHN_BIND_STATIC refuses a second bind on the same handle (EISCONN) but takes one from
@@ -56,6 +64,28 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
     this.#h = asDomain(this.#b, dom, () => this.#b.evtchn.open());
     this.#domKey = `${this.#b.backend} ${dom ?? 'self'}`;
+  }
+
+  /**
+   * Allocates a port in DOMID's event channel table, unbound and offered to REMOTE_DOMID, that no
+   * handle owns (xc_evtchn_alloc_unbound, through Xen's libxenctrl). This is how dom0 sets up a
+   * channel for a domain that has no xenstore or toolstack of its own: that domain takes the port
+   * with bindStatic(), REMOTE_DOMID connects to it with bindInterdomain(domid, port), in either
+   * order. For the reverse layout allocate in dom0's own table (domid 0, remoteDomid the domU):
+   * dom0 takes it with bindStatic() and the domU binds interdomain.
+   *
+   * Only a privileged domain (dom0) may allocate in another domain's table: EPERM otherwise;
+   * ESRCH when there is no domain DOMID; ELIBACC when libxenctrl is not installed. The port lives
+   * as long as the domain: Xen gives no other domain a way to close it, and Linux never closes a
+   * port taken with bindStatic().
+   */
+  static allocUnbound(domid: number, remoteDomid: number, options: AllocUnboundOptions = {}): number {
+    checkDomid('domid', domid);
+    checkDomid('remoteDomid', remoteDomid);
+    const o = checkObject('options', options);
+    const b = binding(o.backend as Backend | undefined);
+    const dom = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
+    return asDomain(b, dom, () => b.ctrl.allocUnbound(domid, remoteDomid));
   }
 
   /** The ports bound through this handle. */

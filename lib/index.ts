@@ -21,7 +21,7 @@ export {
   XENSTORE_ABS_PATH_MAX,
   XENSTORE_REL_PATH_MAX,
 } from './constants';
-export { EventChannel, type EventChannelOptions, type EventChannelEvents } from './evtchn';
+export { EventChannel, type AllocUnboundOptions, type EventChannelOptions, type EventChannelEvents } from './evtchn';
 export {
   GrantMapper,
   GrantSharer,

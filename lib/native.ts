@@ -157,6 +157,15 @@ export interface MockDomainStats {
   transactions: number;
 }
 
+/**
+ * src/xenctrl.cc: libxenctrl, for what a toolstack asks of Xen directly. The real addon loads the
+ * library (its soname changes with each Xen release) on first use.
+ */
+export interface CtrlBinding {
+  /** xc_evtchn_alloc_unbound: a port in DOMID's table, offered to REMOTE_DOMID, owned by no handle. */
+  allocUnbound(domid: number, remoteDomid: number): number;
+}
+
 /** src/mock.cc: the mock's introspection and configuration (mock addon only). */
 export interface MockBinding {
   stats(domid?: number): MockDomainStats[];
@@ -177,6 +186,7 @@ export interface Binding {
   grants: GrantsBinding;
   xenstore: XenstoreBinding;
   vchan: VchanBinding;
+  ctrl: CtrlBinding;
   mock?: MockBinding;
 }
 
@@ -224,6 +234,7 @@ export const NATIVE_FUNCTIONS = {
     'isIntroduced',
   ],
   vchan: ['serverInit', 'clientInit', 'close', 'read', 'write', 'writev', 'arm', 'peek', 'info', 'poll', 'ref'],
+  ctrl: ['allocUnbound'],
   mock: ['stats', 'setThreadDomid', 'staticAdd', 'raiseVirq', 'reset', 'introduce', 'destroy', 'dir'],
 } as const satisfies { [K in keyof Required<Binding>]?: readonly (keyof NonNullable<Binding[K]>)[] };
 
@@ -237,8 +248,9 @@ const everyFunctionListed: [
   Unlisted<'grants'>,
   Unlisted<'xenstore'>,
   Unlisted<'vchan'>,
+  Unlisted<'ctrl'>,
   Unlisted<'mock'>,
-] extends [never, never, never, never, never]
+] extends [never, never, never, never, never, never]
   ? true
   : never = true;
 void everyFunctionListed;

@@ -47,6 +47,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitGrants(env, exports, &data->reg);
   InitXenstore(env, exports, &data->reg);
   InitVchan(env, exports, &data->reg);
+  InitXenctrl(env, exports, &data->reg);
   return exports;
 }
 

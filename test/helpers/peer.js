@@ -10,6 +10,11 @@
 //   pcid-call SERVER SBDF N                    connectPcid, N is_device_assigned requests pipelined
 //   pcid-hold SERVER SBDF                      connectPcid, then requests one after another until killed
 //   static-ping PORT N                         bindStatic(PORT); N > 0: N round trips, then report; 0: answer
+//   static-dom0 DOMU LAYOUT                    dom0 sets up a channel with DOMU by allocUnbound: LAYOUT 'domu'
+//                                              (the port in DOMU's table, dom0 binds it interdomain) or 'dom0'
+//                                              (in dom0's table, taken with bindStatic); then round trips
+//                                              on each {go: N}, until 'end'
+//   echo-interdomain DOMID PORT                bindInterdomain(DOMID, PORT), then answer every event
 //   xs-read PATH                               try to read a xenstore node (permission tests)
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
@@ -185,6 +190,55 @@ async function main() {
       send({ done: n, usPerRoundTrip: Math.round(us), stats: x.mockStats() });
       ch.close();
       process.exit(0);
+      break;
+    }
+    case 'static-dom0': {
+      const domu = Number(args[0]);
+      const layout = args[1];
+      x.mockIntroduceDomain(domu); // what the toolstack did when it built the domain
+      // Xen's rule, kept by the mock: only dom0 may allocate in another domain's table.
+      let eperm;
+      try {
+        x.EventChannel.allocUnbound(0, domu, { mockDomid: domu });
+      } catch (e) {
+        eperm = { code: e.code, syscall: e.syscall };
+      }
+      const ch = new x.EventChannel();
+      let port;
+      let local;
+      let firstPending = false;
+      if (layout === 'domu') {
+        port = x.EventChannel.allocUnbound(domu, 0);
+        const first = new Promise((r) => ch.once('event', r));
+        local = ch.bindInterdomain(domu, port);
+        firstPending = (await first) === local; // Xen marks the binder's new port pending
+      } else {
+        port = x.EventChannel.allocUnbound(0, domu);
+        local = ch.bindStatic(port);
+      }
+      send({ port, local, eperm, firstPending });
+      process.on('message', async (/** @type {'end' | {go: number}} */ m) => {
+        if (m === 'end') {
+          ch.close();
+          process.exit(0);
+        }
+        const t0 = process.hrtime.bigint();
+        for (let i = 0; i < m.go; i++) {
+          const got = new Promise((r) => ch.once('event', r));
+          ch.notify(local);
+          await got;
+        }
+        send({ done: m.go, usPerRoundTrip: Math.round(Number(process.hrtime.bigint() - t0) / 1e3 / m.go) });
+      });
+      break;
+    }
+    case 'echo-interdomain': {
+      const ch = new x.EventChannel();
+      const first = new Promise((r) => ch.once('event', r));
+      const local = ch.bindInterdomain(Number(args[0]), Number(args[1]));
+      const firstPending = (await first) === local;
+      ch.on('event', (p) => ch.notify(p));
+      send({ bound: local, firstPending });
       break;
     }
     case 'xs-read': {

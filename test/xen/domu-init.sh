@@ -8,7 +8,7 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /tmp && mount -t tmpfs tmpfs /tmp
-for m in xen-evtchn xen-gntdev xen-gntalloc; do modprobe "$m" || echo "domu: modprobe $m failed"; done
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd; do modprobe "$m" || echo "domu: modprobe $m failed"; done
 echo "domu: init at $(cut -d' ' -f1 /proc/uptime) s"
 /usr/bin/node /app/test/xen/domu-peer.js
 echo "domu: the peer exited with $? at $(cut -d' ' -f1 /proc/uptime) s"

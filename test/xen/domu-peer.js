@@ -11,6 +11,11 @@
 //   share   {text}          share a page with dom0 holding TEXT; 'unshare' reads dom0's reply first
 //   map     {refs}          map dom0's page, read it, write a reply into it
 //   evtchn  {}              an unbound port for dom0; report its event, then notify back
+//   alloc-unbound {domid, remote}  try EventChannel.allocUnbound (unprivileged: EPERM expected)
+//   static-echo {port, remote}  the domU's end of a channel dom0 set up with allocUnbound: with
+//                           remote absent, bindStatic(port) (the port is in this domain's table);
+//                           with remote (0), bindInterdomain(0, port) (dom0 took its port with
+//                           bindStatic). Answers every event until 'static-stop'
 //   pcid    {}              the PCI daemon for dom0 at data/pcid, acting as the hardware domain on a
 //                           small sysfs tree of its own (pciback with one device); 'pcid-stop' ends it
 const { createHash, randomBytes } = require('node:crypto');
@@ -73,6 +78,8 @@ function exchange(stream, bytes) {
 let shared = null;
 let evtchn = null;
 let pcid = null;
+let staticEcho = null;
+let staticEchoed = 0;
 
 /** A PCI sysfs under /tmp: pciback with one device bound to it, and one device of another driver. */
 function pcidSysfs() {
@@ -168,6 +175,38 @@ async function run(cmd) {
         evtchn.close();
       });
       return reply(id, { phase: 'bound', port });
+    }
+    case 'static-echo': {
+      staticEcho = new x.EventChannel();
+      let local;
+      let firstPending = false;
+      if (cmd.remote === undefined) {
+        local = staticEcho.bindStatic(cmd.port);
+      } else {
+        const first = new Promise((r) => staticEcho.once('event', r));
+        local = staticEcho.bindInterdomain(cmd.remote, cmd.port);
+        // Xen marks the binder's new port pending; drain it so the echo is not one event ahead.
+        firstPending = (await Promise.race([first, new Promise((r) => setTimeout(r, 3000))])) === local;
+      }
+      staticEchoed = 0;
+      staticEcho.on('event', (p) => {
+        staticEchoed++;
+        staticEcho.notify(p);
+      });
+      return reply(id, { phase: 'bound', port: local, firstPending });
+    }
+    case 'alloc-unbound': {
+      // A domU is not privileged: Xen refuses it a port in another domain's table.
+      try {
+        return reply(id, { port: x.EventChannel.allocUnbound(cmd.domid, cmd.remote) });
+      } catch (e) {
+        return reply(id, { code: e.code, syscall: e.syscall, message: e.message });
+      }
+    }
+    case 'static-stop': {
+      staticEcho.close();
+      staticEcho = null;
+      return reply(id, { echoed: staticEchoed });
     }
     case 'pcid': {
       pcid = x.createPcidServer({ sysfsRoot: pcidSysfs(), clients: [0] });

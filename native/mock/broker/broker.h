@@ -31,6 +31,7 @@ struct port {
     struct conn *owner; /* the evtchn handle it is bound to (NULL: not bound to any handle) */
     bool is_static;     /* pre-bound from the configuration; survives its handle */
     bool phantom;       /* bound with BIND_STATIC although Xen never allocated it: no events */
+    bool kept;          /* taken with BIND_STATIC: Linux never closes it, so unbind leaves it bound */
     bool pending, masked;
     int refs; /* unmap notifications that will still signal it */
 };
@@ -161,6 +162,7 @@ int evtchn_send(struct domain *d, uint32_t port);
 int evtchn_port_get(struct domain *d, uint32_t port); /* takes a reference for an unmap notify */
 void evtchn_port_put(struct domain *d, uint32_t port);
 int evtchn_static_add(uint32_t d, uint32_t p, uint32_t rd, uint32_t rp);
+int evtchn_alloc_unbound(uint32_t caller, uint32_t dom, uint32_t remote, struct xm_msg *r);
 int evtchn_raise_virq(uint32_t d, uint32_t virq);
 void evtchn_domain_close_all(struct domain *d); /* every port, static ones too */
 

@@ -72,6 +72,7 @@ int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rbuf)
         store_domain_introduced(m->a[0]);
         return 0;
     case XM_CTL_DESTROY: return destroy_domain(c, m->a[0]);
+    case XM_CTL_EVTCHN_ALLOC_UNBOUND: return evtchn_alloc_unbound(c->dom, m->a[0], m->a[1], r);
     case XM_CTL_SHUTDOWN:
         logmsg("shutdown requested by pid %d", (int)c->pid);
         broker_stopping = true;

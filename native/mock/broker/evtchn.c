@@ -9,7 +9,8 @@
  *  - closing one end of an interdomain channel returns the other end to
  *    "unbound, offered to the closer", and sends to it are silently dropped;
  *  - static (dom0less) channels are pre-bound and outlive their handles; BIND_STATIC also attaches
- *    to a port bound on the domain's behalf, as Linux's ioctl does.
+ *    to a port allocated or bound on the domain's behalf (xc_evtchn_alloc_unbound), as Linux's
+ *    ioctl does, and such a port then outlives its handle too (Linux never closes a static port).
  * Error numbers are the ones Xen's hypercalls and Linux's driver return.
  */
 #define _GNU_SOURCE
@@ -125,7 +126,7 @@ static void close_port(struct domain *d, uint32_t p)
         memset(pt, 0, sizeof(*pt)); /* Xen never had it */
         return;
     }
-    if (pt->is_static || pt->refs > 0)
+    if (pt->is_static || pt->kept || pt->refs > 0)
         return;
     free_port(d, p);
 }
@@ -144,7 +145,7 @@ void evtchn_port_put(struct domain *d, uint32_t p)
     if (!d || p == 0 || p >= d->ports_cap)
         return;
     struct port *pt = &d->ports[p];
-    if (pt->refs > 0 && --pt->refs == 0 && !pt->owner && !pt->is_static && pt->state != PORT_FREE)
+    if (pt->refs > 0 && --pt->refs == 0 && !pt->owner && !pt->is_static && !pt->kept && pt->state != PORT_FREE)
         free_port(d, p);
 }
 
@@ -242,6 +243,7 @@ int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r)
         }
         pt->owner = c;
         pt->masked = false;
+        pt->kept = !pt->phantom;
         r->a[0] = a0;
         deliver(pt, a0);
         return 0;
@@ -309,6 +311,36 @@ int evtchn_static_add(uint32_t dom, uint32_t p, uint32_t rdom, uint32_t rp)
     b->remote_dom = dom;
     b->remote_port = p;
     a->virq = b->virq = -1;
+    return 0;
+}
+
+/* EVTCHNOP_alloc_unbound as xc_evtchn_alloc_unbound makes it, for CALLER: a port in DOM's table,
+ * unbound, offered to REMOTE, bound to no handle (DOM takes it with BIND_STATIC, or REMOTE binds
+ * it). Xen lets a domain allocate only in its own table unless it is privileged (dom0 here). */
+int evtchn_alloc_unbound(uint32_t caller, uint32_t dom, uint32_t remote, struct xm_msg *r)
+{
+    if (dom == DOMID_SELF)
+        dom = caller;
+    if (remote == DOMID_SELF)
+        remote = caller;
+    if (dom >= DOMID_FIRST_RESERVED || remote >= DOMID_FIRST_RESERVED)
+        return EINVAL;
+    if (caller != 0 && dom != caller)
+        return EPERM;
+    if (!domain_exists(dom) && !store_domain_known(dom))
+        return ESRCH;
+    struct domain *d = domain_get_or_create(dom);
+    if (!d)
+        return ENOMEM;
+    int p = alloc_port(d);
+    if (p < 0)
+        return -p;
+    struct port *pt = &d->ports[p];
+    memset(pt, 0, sizeof(*pt));
+    pt->state = PORT_UNBOUND;
+    pt->remote_dom = remote;
+    pt->virq = -1;
+    r->a[0] = (uint32_t)p;
     return 0;
 }
 

@@ -74,8 +74,10 @@ enum xm_op {
     XM_CTL_STATIC_ADD, /* a0 dom, a1 port, a2 remote dom, a3 remote port */
     XM_CTL_RAISE_VIRQ, /* a0 dom, a1 virq */
     XM_CTL_SHUTDOWN,
-    XM_CTL_INTRODUCE, /* a0 dom: write its xenstore entries, as a toolstack creating it would */
-    XM_CTL_DESTROY,   /* a0 dom: what `xl destroy` does (see broker/main.c) */
+    XM_CTL_INTRODUCE,            /* a0 dom: write its xenstore entries, as a toolstack creating it would */
+    XM_CTL_DESTROY,              /* a0 dom: what `xl destroy` does (see broker/main.c) */
+    XM_CTL_EVTCHN_ALLOC_UNBOUND, /* a0 dom, a1 remote dom -> r0 port (xc_evtchn_alloc_unbound; the
+                                    caller is the hello's domain) */
 };
 
 struct xm_msg {

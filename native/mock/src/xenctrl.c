@@ -8,9 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <unistd.h>
+
 #include <xenctrl.h>
 #include <xenstore.h>
 #include <xv_protocol.h>
+
+#include "client.h"
 
 #define XC_EXPORT __attribute__((visibility("default")))
 
@@ -93,4 +97,22 @@ XC_EXPORT int xc_domain_getinfo(xc_interface *xch, uint32_t first_domid, unsigne
     }
     free(ids);
     return (int)out;
+}
+
+XC_EXPORT int xc_evtchn_alloc_unbound(xc_interface *xch, uint32_t dom, uint32_t remote_dom)
+{
+    if (!xch) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* A control connection of the caller's domain: the broker checks the privilege with it. */
+    int s = xm_open(XM_KIND_CTL, -1);
+    if (s < 0)
+        return -1;
+    struct xm_msg m = {.op = XM_CTL_EVTCHN_ALLOC_UNBOUND, .a = {dom, remote_dom}}, r;
+    int rc = xm_call(s, &m, NULL, 0, -1, &r, NULL, 0, NULL, NULL);
+    int e = errno;
+    close(s);
+    errno = e;
+    return rc < 0 ? -1 : (int)r.a[0];
 }
