@@ -51,7 +51,8 @@ struct logent {
 
 struct txn {
     uint32_t id;
-    struct node *root;
+    struct node *root; /* the tree as this transaction sees it, its own changes included */
+    struct node *base; /* the tree as it stood at the start: what a node's existence is judged by */
     uint64_t start_gen;
     struct access *acc;
     size_t nacc, acap;

@@ -35,6 +35,7 @@ struct txn *find_txn(struct conn *c, uint32_t id)
 void txn_free(struct txn *t)
 {
     node_free(t->root);
+    node_free(t->base);
     for (size_t i = 0; i < t->nacc; i++)
         free(t->acc[i].path);
     free(t->acc);
@@ -83,7 +84,9 @@ int txn_touch(struct txn *t, const char *path, bool with_parent)
         t->acc[t->nacc].path = strdup(paths[k]);
         if (!t->acc[t->nacc].path)
             return ENOMEM;
-        t->acc[t->nacc].existed = lookup(t->root, paths[k]) != NULL;
+        /* As the snapshot had it, not as this transaction's own writes left it: a parent the
+         * transaction created implicitly did not exist, and must still not at commit. */
+        t->acc[t->nacc].existed = lookup(t->base, paths[k]) != NULL;
         t->nacc++;
     }
     return 0;
@@ -175,7 +178,9 @@ int txn_start(struct conn *c, uint32_t *id)
     if (!t)
         return ENOMEM;
     t->root = node_clone(root, NULL);
-    if (!t->root) {
+    t->base = t->root ? node_clone(root, NULL) : NULL;
+    if (!t->root || !t->base) {
+        node_free(t->root);
         free(t);
         return ENOMEM;
     }

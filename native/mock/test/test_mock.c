@@ -356,6 +356,17 @@ static void test_xenstore(void)
         CHECK(xs_write(h0, t, "/test/t2", "x", 1));
         CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
         CHECK(xs_read(h0, XBT_NULL, "/test/t2", &len) == NULL);
+        /* A transaction that writes a/b (making a) and then sets a's permissions commits: a node it
+         * made itself is judged as the tree stood when it started (a toolstack creating a device
+         * does exactly this). */
+        t = xs_transaction_start(h0);
+        CHECK(xs_write(h0, t, "/test/dev/a/b", "1", 1));
+        struct xs_permissions pa[1] = {{.id = 5, .perms = XS_PERM_NONE}};
+        CHECK(xs_set_permissions(h0, t, "/test/dev/a", pa, 1));
+        CHECK(xs_transaction_end(h0, t, false));
+        v = xs_read(h0, XBT_NULL, "/test/dev/a/b", &len);
+        CHECK(v && !strcmp(v, "1"));
+        free(v);
         xs_transaction_t ts[11];
         int opened = 0;
         for (int i = 0; i < 11; i++)
