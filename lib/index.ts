@@ -106,3 +106,20 @@ export {
   type PcidReply,
   type PcidServerOptions,
 } from './pcid';
+export {
+  connectPvcalls,
+  PvcallsFrontend,
+  PvcallsServer,
+  PvcallsSocket,
+  type PvcallsFrontendOptions,
+} from './pvcalls/frontend';
+export {
+  createPvcallsBackend,
+  PvcallsBackend,
+  type PvcallsBackendEvents,
+  type PvcallsBackendOptions,
+} from './pvcalls/backend';
+export { createPvcallsDevice, pvcallsPaths, removePvcallsDevice, XenbusState } from './pvcalls/xenbus';
+export { BackRing, FrontRing, RingCorruptError } from './pvcalls/ring';
+export { DataRing, type DataRingSide } from './pvcalls/data';
+export * as pvcallsWire from './pvcalls/wire';

@@ -15,6 +15,9 @@
 //                                              (in dom0's table, taken with bindStatic); then round trips
 //                                              on each {go: N}, until 'end'
 //   echo-interdomain DOMID PORT                bindInterdomain(DOMID, PORT), then answer every event
+//   pvcalls-backend                            a PVCalls backend (lib/pvcalls) until killed
+//   pvcalls-stream PORT                        the PVCalls frontend of this domain: connect to 127.0.0.1:PORT
+//                                              on the backend's side and stream until killed
 //   xs-read PATH                               try to read a xenstore node (permission tests)
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
@@ -239,6 +242,30 @@ async function main() {
       const firstPending = (await first) === local;
       ch.on('event', (p) => ch.notify(p));
       send({ bound: local, firstPending });
+      break;
+    }
+    case 'pvcalls-backend': {
+      const be = await require(
+        path.join(__dirname, '..', '..', 'dist', 'cjs', 'pvcalls', 'backend.js'),
+      ).createPvcallsBackend();
+      be.on('connect', (d) => send({ connected: d }));
+      send({ ready: true });
+      break;
+    }
+    case 'pvcalls-stream': {
+      const { connectPvcalls } = require(path.join(__dirname, '..', '..', 'dist', 'cjs', 'pvcalls', 'frontend.js'));
+      const fe = await connectPvcalls({ timeout: 10000 });
+      const s = fe.createConnection({ host: '127.0.0.1', port: Number(args[0]) });
+      s.on('error', () => undefined);
+      s.on('connect', () => {
+        const block = randomBytes(65536);
+        const pump = () => {
+          while (s.write(block));
+          s.once('drain', pump);
+        };
+        pump();
+        send({ streaming: true });
+      });
       break;
     }
     case 'xs-read': {

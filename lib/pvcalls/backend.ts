@@ -1,0 +1,567 @@
+/**
+ * The PVCalls backend, in userspace: serves the POSIX socket calls of frontends in other domains
+ * with this process's own sockets (so in its network namespace: 127.0.0.1 is this machine's
+ * loopback). It watches backend/pvcalls/<frontend>/<dev> under its domain's home for devices a
+ * toolstack created, answers the xenbus handshake (versions, max-page-order, function-calls, then
+ * InitWait -> Connected once the frontend is Initialised), and serves the commands ring.
+ *
+ * Nothing a frontend sends is trusted. A request it may not make gets a negative errno in its
+ * response: an unknown command (-ENOTSUP), a socket id it does not have or one it already has
+ * (-EINVAL, -EEXIST), a family, type or address not version 1's (-EAFNOSUPPORT, -EINVAL), a grant
+ * that does not map (the mapping's errno), a ring order above max-page-order (-EINVAL), more sockets
+ * or pending connections than its limits (-ENOBUFS). Indexes that break the ring protocol end that
+ * frontend's connection ('frontendError'); other frontends are served throughout.
+ */
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import { constants } from 'node:os';
+
+import { checkInt, checkObject } from '../errors';
+import { EventChannel } from '../evtchn';
+import { GrantMapper, type MappedPages } from '../grants';
+import type { Backend } from '../native';
+import { Xenstore, type XenstoreWatch } from '../xenstore';
+import { DataRing } from './data';
+import { BackRing, RingCorruptError } from './ring';
+import {
+  AF_INET,
+  DATA_INTF,
+  decodeInetAddress,
+  decodeRequest,
+  encodeResponse,
+  MAX_RING_ORDER,
+  PVCALLS_VERSION,
+  PvcallsCmd,
+  type PvcallsRequest,
+  SOCK_STREAM,
+} from './wire';
+import { readState, XenbusState } from './xenbus';
+
+const E = constants.errno;
+/** A Node error's code as the negative Linux errno a response carries (-EIO when it has none). */
+function errnoOf(err: unknown): number {
+  const code = (err as { code?: string }).code;
+  const n = code && (E as Record<string, number>)[code];
+  return -(n || E.EIO);
+}
+
+export interface PvcallsBackendOptions {
+  backend?: Backend;
+  /** Mock only: serve as this domain. */
+  mockDomid?: number;
+  /** Sockets one frontend may hold at once (default 128). */
+  maxSockets?: number;
+  /** Connections waiting for ACCEPT on one listening socket (default 32; LISTEN's backlog is capped to it). */
+  maxPendingAccepts?: number;
+  /** The largest data ring a frontend may offer, as max-page-order (default 4, as Linux's backend). */
+  maxRingOrder?: number;
+  /**
+   * Where a CONNECT goes (default: the address as given, from this process). Lets a backend map
+   * a frontend's addresses onto its own, or refuse some, by throwing (the errno goes back).
+   */
+  connect?: (address: { host: string; port: number }) => net.Socket;
+}
+
+interface Frontend {
+  domid: number;
+  dev: number;
+  back: string;
+  front: string;
+  state: number;
+  watch?: XenstoreWatch;
+  ring?: BackRing;
+  ringMap?: MappedPages;
+  port?: number;
+  sockets: Map<bigint, BackSocket>;
+  /** Requests answered asynchronously (CONNECT, ACCEPT, POLL) still running. */
+  busy: number;
+}
+
+type BackSocket = { kind: 'new' } | ActiveSocket | PassiveSocket;
+
+/** A request answered when something happens, or cancelled (-EINTR) when its socket goes. */
+interface Waiter<T> {
+  fire: (v: T) => void;
+  cancel: () => void;
+}
+
+interface PassiveSocket {
+  kind: 'passive';
+  server: net.Server;
+  listening: boolean;
+  backlog: number;
+  /** Connections accepted by this process, waiting for the frontend's ACCEPT. */
+  queue: net.Socket[];
+  accept?: Waiter<net.Socket>;
+  poll?: Waiter<void>;
+}
+
+interface ActiveSocket {
+  kind: 'active';
+  ring: DataRing;
+  maps: MappedPages[];
+  port: number;
+  sock: net.Socket;
+  pending: Buffer[];
+  ended: boolean;
+  released: boolean;
+}
+
+export interface PvcallsBackendEvents {
+  /** A frontend completed the handshake. */
+  connect: [domid: number, dev: number];
+  /** A frontend's connection ended (it closed, or broke the protocol). */
+  disconnect: [domid: number, dev: number];
+  /** A frontend broke the protocol; its connection was closed. */
+  frontendError: [err: Error, domid: number, dev: number];
+  error: [err: Error];
+}
+
+export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
+  readonly #o: Required<Omit<PvcallsBackendOptions, 'backend' | 'mockDomid' | 'connect'>> &
+    Pick<PvcallsBackendOptions, 'connect'>;
+  readonly #xs: Xenstore;
+  readonly #ev: EventChannel;
+  readonly #gm: GrantMapper;
+  readonly #frontends = new Map<string, Frontend>();
+  /** Event channel port -> what it wakes. */
+  readonly #ports = new Map<number, () => void>();
+  #watch?: XenstoreWatch;
+  #closed = false;
+  #scanning: Promise<void> = Promise.resolve();
+
+  constructor(options: PvcallsBackendOptions = {}) {
+    super();
+    const o = checkObject('options', options);
+    this.#o = {
+      maxSockets: o.maxSockets === undefined ? 128 : checkInt('options.maxSockets', o.maxSockets, 1, 1 << 20),
+      maxPendingAccepts:
+        o.maxPendingAccepts === undefined ? 32 : checkInt('options.maxPendingAccepts', o.maxPendingAccepts, 1, 65535),
+      maxRingOrder:
+        o.maxRingOrder === undefined ? 4 : checkInt('options.maxRingOrder', o.maxRingOrder, 0, MAX_RING_ORDER),
+      connect: options.connect,
+    };
+    const common = { backend: options.backend, mockDomid: options.mockDomid };
+    this.#xs = new Xenstore(common);
+    this.#ev = new EventChannel(common);
+    this.#gm = new GrantMapper(common);
+    this.#ev.on('event', (p) => this.#ports.get(p)?.());
+  }
+
+  /** Starts serving: handles the devices there are now and every one created later. */
+  async start(): Promise<this> {
+    this.#watch = await this.#xs.watch('backend/pvcalls');
+    this.#watch.on('change', () => this.#rescan());
+    this.#rescan();
+    await this.#scanning;
+    return this;
+  }
+
+  /** The frontends connected now, as "domid/dev". */
+  get connected(): string[] {
+    return [...this.#frontends.values()].filter((f) => f.ring).map((f) => `${f.domid}/${f.dev}`);
+  }
+
+  #rescan(): void {
+    this.#scanning = this.#scanning.then(() => this.#scan()).catch((e) => void this.emit('error', e as Error));
+  }
+
+  async #scan(): Promise<void> {
+    if (this.#closed) return;
+    const seen = new Set<string>();
+    for (const d of (await this.#xs.directory('backend/pvcalls').catch(() => [])).filter((n) => /^\d+$/.test(n)))
+      for (const dev of (await this.#xs.directory(`backend/pvcalls/${d}`).catch(() => [])).filter((n) =>
+        /^\d+$/.test(n),
+      )) {
+        const key = `${d}/${dev}`;
+        seen.add(key);
+        if (!this.#frontends.has(key)) await this.#add(Number(d), Number(dev));
+      }
+    for (const [key, f] of this.#frontends) if (!seen.has(key)) await this.#remove(f);
+  }
+
+  async #add(domid: number, dev: number): Promise<void> {
+    const back = `backend/pvcalls/${domid}/${dev}`;
+    const front = await this.#xs.tryRead(`${back}/frontend`);
+    if (!front) return; // not written yet: the next change brings it
+    const f: Frontend = { domid, dev, back, front, state: XenbusState.Initialising, sockets: new Map(), busy: 0 };
+    this.#frontends.set(`${domid}/${dev}`, f);
+    await this.#xs.write(`${back}/versions`, PVCALLS_VERSION);
+    await this.#xs.write(`${back}/max-page-order`, String(this.#o.maxRingOrder));
+    await this.#xs.write(`${back}/function-calls`, '1');
+    await this.#setState(f, XenbusState.InitWait);
+    f.watch = await this.#xs.watch(`${front}/state`);
+    f.watch.on('change', () => void this.#frontendChanged(f).catch((e) => this.#fail(f, e as Error)));
+  }
+
+  async #remove(f: Frontend): Promise<void> {
+    this.#frontends.delete(`${f.domid}/${f.dev}`);
+    await f.watch?.close();
+    this.#disconnect(f);
+  }
+
+  async #setState(f: Frontend, s: number): Promise<void> {
+    f.state = s;
+    await this.#xs.write(`${f.back}/state`, String(s)).catch(() => undefined);
+  }
+
+  async #frontendChanged(f: Frontend): Promise<void> {
+    if (!this.#frontends.has(`${f.domid}/${f.dev}`)) return;
+    const fs = await readState(this.#xs, f.front);
+    if (fs === XenbusState.Initialised && f.state === XenbusState.InitWait) await this.#connect(f);
+    else if ((fs === XenbusState.Closing || fs === XenbusState.Closed || fs === XenbusState.Unknown) && f.ring) {
+      this.#disconnect(f);
+      await this.#setState(f, XenbusState.Closed);
+    } else if (fs === XenbusState.Initialising && f.state === XenbusState.Closed) {
+      await this.#setState(f, XenbusState.InitWait); // the frontend starts over
+    }
+  }
+
+  async #connect(f: Frontend): Promise<void> {
+    const version = await this.#xs.tryRead(`${f.front}/version`);
+    if (version !== PVCALLS_VERSION) throw new Error(`frontend ${f.domid} asks for version ${version}`);
+    const ref = Number(await this.#xs.read(`${f.front}/ring-ref`));
+    const port = Number(await this.#xs.read(`${f.front}/port`));
+    if (!Number.isInteger(ref) || ref < 0 || !Number.isInteger(port) || port <= 0)
+      throw new Error(`frontend ${f.domid} gave ring-ref ${ref}, port ${port}`);
+    f.ringMap = this.#gm.map(f.domid, [ref]);
+    f.ring = new BackRing(new Uint8Array(f.ringMap.buffer));
+    f.port = this.#ev.bindInterdomain(f.domid, port);
+    this.#ports.set(f.port, () => this.#serve(f));
+    await this.#setState(f, XenbusState.Connected);
+    this.emit('connect', f.domid, f.dev);
+    this.#serve(f); // requests published before the event channel was bound
+  }
+
+  /** Drops everything FRONTEND had: its sockets, its rings, its event channels. */
+  #disconnect(f: Frontend): void {
+    const had = f.ring !== undefined;
+    for (const s of f.sockets.values()) this.#release(s);
+    f.sockets.clear();
+    if (f.port !== undefined) {
+      this.#ports.delete(f.port);
+      try {
+        this.#ev.unbind(f.port);
+      } catch {
+        // already gone with the domain
+      }
+    }
+    f.ringMap?.unmap();
+    f.ring = f.ringMap = f.port = undefined;
+    if (had) this.emit('disconnect', f.domid, f.dev);
+  }
+
+  #fail(f: Frontend, err: Error): void {
+    if (!this.#frontends.has(`${f.domid}/${f.dev}`)) return;
+    this.emit('frontendError', err, f.domid, f.dev);
+    this.#disconnect(f);
+    void this.#setState(f, XenbusState.Closing);
+  }
+
+  #serve(f: Frontend): void {
+    if (!f.ring) return;
+    let reqs: Uint8Array[];
+    try {
+      reqs = f.ring.takeRequests();
+    } catch (e) {
+      if (e instanceof RingCorruptError) return this.#fail(f, e);
+      throw e;
+    }
+    for (const slot of reqs) {
+      const req = decodeRequest(slot);
+      const id = 'id' in req ? req.id : 0n;
+      const answer = (ret: number) => this.#respond(f, req.reqId, req.cmd, ret, id);
+      if (typeof req.cmd === 'number') {
+        answer(-E.ENOTSUP);
+        continue;
+      }
+      let r: number | Promise<number>;
+      try {
+        r = this.#command(f, req as PvcallsRequest);
+      } catch (e) {
+        r = errnoOf(e);
+      }
+      if (typeof r === 'number') answer(r);
+      else {
+        f.busy++;
+        r.then(answer, (e) => answer(errnoOf(e))).finally(() => f.busy--);
+      }
+    }
+  }
+
+  #respond(f: Frontend, reqId: number, cmd: string | number, ret: number, id: bigint): void {
+    if (!f.ring || !this.#frontends.has(`${f.domid}/${f.dev}`)) return;
+    const code = typeof cmd === 'number' ? cmd : PvcallsCmd[cmd as keyof typeof PvcallsCmd];
+    encodeResponse(f.ring.nextResponse(), { reqId, cmd: code, ret, id });
+    if (f.ring.push() && f.port !== undefined) this.#notify(f.port);
+    // Room made: requests held back for want of response slots can be taken now.
+    queueMicrotask(() => this.#serve(f));
+  }
+
+  #notify(port: number): void {
+    try {
+      this.#ev.notify(port);
+    } catch {
+      // the frontend's domain is gone; its teardown follows
+    }
+  }
+
+  #command(f: Frontend, req: PvcallsRequest): number | Promise<number> {
+    const s = f.sockets.get(req.id);
+    switch (req.cmd) {
+      case 'SOCKET':
+        if (s) return -E.EEXIST;
+        if (req.domain !== AF_INET) return -E.EAFNOSUPPORT;
+        if (req.type !== SOCK_STREAM || req.protocol !== 0) return -E.EINVAL;
+        if (f.sockets.size >= this.#o.maxSockets) return -E.ENOBUFS;
+        f.sockets.set(req.id, { kind: 'new' });
+        return 0;
+      case 'CONNECT': {
+        if (s?.kind !== 'new') return -E.EINVAL;
+        const a = decodeInetAddress(req.addr, req.len);
+        if (!a) return -E.EAFNOSUPPORT;
+        const ring = this.#mapRing(f, req.ref, req.evtchn);
+        const sock = this.#o.connect
+          ? this.#o.connect({ host: a.address, port: a.port })
+          : net.connect(a.port, a.address);
+        const active = this.#activate(f, req.id, ring, sock);
+        return new Promise<number>((resolve) => {
+          const onError = (e: Error) => {
+            // As with POSIX, the socket stays the frontend's until it releases it.
+            this.#release(active);
+            f.sockets.set(req.id, { kind: 'new' });
+            resolve(errnoOf(e));
+          };
+          sock.once('error', onError);
+          sock.once('connect', () => {
+            sock.off('error', onError);
+            this.#wire(f, active);
+            resolve(0);
+          });
+        });
+      }
+      case 'RELEASE':
+        if (!s) return -E.EINVAL;
+        this.#release(s);
+        f.sockets.delete(req.id);
+        return 0;
+      case 'BIND': {
+        if (s?.kind !== 'new') return -E.EINVAL;
+        const a = decodeInetAddress(req.addr, req.len);
+        if (!a) return -E.EAFNOSUPPORT;
+        // Node binds only by listening: connections that come before LISTEN are refused (reset).
+        const server = net.createServer({ pauseOnConnect: true });
+        const passive: PassiveSocket = { kind: 'passive', server, listening: false, backlog: 0, queue: [] };
+        return new Promise<number>((resolve) => {
+          server.once('error', (e) => resolve(errnoOf(e)));
+          server.listen({ host: a.address, port: a.port, backlog: this.#o.maxPendingAccepts }, () => {
+            server.removeAllListeners('error');
+            server.on('error', () => undefined);
+            server.on('connection', (c) => this.#incoming(passive, c));
+            f.sockets.set(req.id, passive);
+            resolve(0);
+          });
+        });
+      }
+      case 'LISTEN':
+        if (s?.kind !== 'passive' || s.listening) return -E.EINVAL;
+        s.listening = true;
+        s.backlog = Math.max(1, Math.min(req.backlog || 1, this.#o.maxPendingAccepts));
+        return 0;
+      case 'ACCEPT': {
+        if (s?.kind !== 'passive' || !s.listening) return -E.EINVAL;
+        if (s.accept) return -E.EBUSY; // one ACCEPT at a time per socket
+        if (f.sockets.has(req.idNew)) return -E.EEXIST;
+        if (f.sockets.size >= this.#o.maxSockets) return -E.ENOBUFS;
+        const ring = this.#mapRing(f, req.ref, req.evtchn);
+        f.sockets.set(req.idNew, { kind: 'new' }); // reserved while it waits
+        return new Promise<number>((resolve) => {
+          const fire = (c: net.Socket) => {
+            s.accept = undefined;
+            const active = this.#activate(f, req.idNew, ring, c);
+            this.#wire(f, active);
+            c.resume();
+            resolve(0);
+          };
+          const cancel = () => {
+            s.accept = undefined;
+            this.#unmapRing(ring);
+            f.sockets.delete(req.idNew);
+            resolve(-E.EINTR);
+          };
+          const next = s.queue.shift();
+          if (next) fire(next);
+          else s.accept = { fire, cancel };
+        });
+      }
+      case 'POLL': {
+        if (s?.kind !== 'passive' || !s.listening) return -E.EINVAL;
+        if (s.queue.length) return 0;
+        if (s.poll) return -E.EALREADY;
+        return new Promise<number>((resolve) => {
+          s.poll = { fire: () => resolve(0), cancel: () => resolve(-E.EINTR) };
+        });
+      }
+    }
+  }
+
+  #incoming(s: PassiveSocket, c: net.Socket): void {
+    c.on('error', () => undefined);
+    if (!s.listening || s.queue.length >= s.backlog) {
+      c.resetAndDestroy();
+      return;
+    }
+    if (s.accept) return s.accept.fire(c);
+    s.queue.push(c);
+    const p = s.poll;
+    s.poll = undefined;
+    p?.fire();
+  }
+
+  /** Maps the data ring a frontend offers: its indexes page, then the pages it names. */
+  #mapRing(f: Frontend, ref: number, evtchn: number): { ring: DataRing; maps: MappedPages[]; port: number } {
+    const maps: MappedPages[] = [];
+    try {
+      const idx = this.#gm.map(f.domid, [ref]);
+      maps.push(idx);
+      const view = new DataView(idx.buffer);
+      const order = view.getUint32(DATA_INTF.ringOrder, true);
+      if (order > this.#o.maxRingOrder) throw Object.assign(new Error('ring order'), { code: 'EINVAL' });
+      const refs = Array.from({ length: 1 << order }, (_, i) => view.getUint32(DATA_INTF.ref + 4 * i, true));
+      const data = this.#gm.map(f.domid, refs);
+      maps.push(data);
+      const ring = new DataRing(new Uint8Array(idx.buffer), new Uint8Array(data.buffer), order, 'back');
+      const port = this.#ev.bindInterdomain(f.domid, evtchn);
+      return { ring, maps, port };
+    } catch (e) {
+      for (const m of maps) m.unmap();
+      throw e;
+    }
+  }
+
+  #unmapRing(r: { maps: MappedPages[]; port: number }): void {
+    this.#ports.delete(r.port);
+    try {
+      this.#ev.unbind(r.port);
+    } catch {
+      // gone with the domain
+    }
+    for (const m of r.maps) m.unmap();
+  }
+
+  #activate(
+    f: Frontend,
+    id: bigint,
+    r: { ring: DataRing; maps: MappedPages[]; port: number },
+    sock: net.Socket,
+  ): ActiveSocket {
+    const a: ActiveSocket = {
+      kind: 'active',
+      ...r,
+      sock,
+      pending: [],
+      ended: false,
+      released: false,
+    };
+    f.sockets.set(id, a);
+    return a;
+  }
+
+  /** Moves bytes between the socket and the data ring, both ways, with backpressure. */
+  #wire(f: Frontend, a: ActiveSocket): void {
+    const { ring, sock, port } = a;
+    let draining = false;
+    const pump = () => {
+      if (a.released) return;
+      try {
+        // Socket -> in.
+        let wrote = false;
+        while (a.pending.length && ring.writable > 0) {
+          const b = a.pending[0];
+          const n = ring.write(b);
+          wrote = wrote || n > 0;
+          if (n === b.length) a.pending.shift();
+          else a.pending[0] = b.subarray(n);
+        }
+        if (a.pending.length === 0) {
+          if (a.ended && ring.inError === 0) {
+            ring.inError = -E.ENOTCONN; // the remote end closed: after the last byte
+            wrote = true;
+          } else if (!a.ended) sock.resume();
+        }
+        // out -> socket.
+        let read = false;
+        while (!draining && ring.readable > 0) {
+          const chunk = ring.read();
+          read = true;
+          if (!sock.write(chunk)) {
+            draining = true;
+            sock.once('drain', () => {
+              draining = false;
+              pump();
+            });
+          }
+        }
+        if (wrote || read) this.#notify(port);
+      } catch (e) {
+        if (e instanceof RingCorruptError) return this.#fail(f, e);
+        throw e;
+      }
+    };
+    this.#ports.set(port, pump);
+    sock.on('data', (d: Buffer) => {
+      a.pending.push(d);
+      sock.pause();
+      pump();
+    });
+    sock.on('end', () => {
+      a.ended = true;
+      pump();
+    });
+    sock.on('error', (e) => {
+      if (a.released) return;
+      a.ended = true;
+      a.pending.length = 0;
+      ring.outError = errnoOf(e);
+      ring.inError = errnoOf(e);
+      this.#notify(port);
+    });
+    pump();
+  }
+
+  #release(s: BackSocket): void {
+    if (s.kind === 'active') {
+      if (s.released) return;
+      s.released = true;
+      s.sock.destroy();
+      this.#unmapRing(s);
+    } else if (s.kind === 'passive') {
+      s.accept?.cancel();
+      s.poll?.cancel();
+      s.accept = s.poll = undefined;
+      for (const c of s.queue) c.destroy();
+      s.queue.length = 0;
+      s.server.close();
+    }
+  }
+
+  /** Stops serving: every frontend's sockets and rings are released, and the backend's states set Closed. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await this.#scanning;
+    await this.#watch?.close();
+    for (const f of [...this.#frontends.values()]) {
+      await this.#remove(f);
+      await this.#setState(f, XenbusState.Closed);
+    }
+    this.#ev.close();
+    this.#gm.close();
+    this.#xs.close();
+  }
+}
+
+/** Starts a PVCalls backend (see PvcallsBackend). */
+export async function createPvcallsBackend(options: PvcallsBackendOptions = {}): Promise<PvcallsBackend> {
+  return new PvcallsBackend(options).start();
+}

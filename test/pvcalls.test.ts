@@ -1,0 +1,443 @@
+/**
+ * PVCalls on the mock: the Node frontend (a domU's socket calls) against the Node backend (served
+ * with this machine's sockets), and the backend against a hostile frontend built by hand.
+ * On real Xen the frontend runs in the rig's domU (test/xen/domu.test.ts).
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import * as net from 'node:net';
+import { constants } from 'node:os';
+
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+
+import * as x from '../dist/cjs/index.js';
+import { EventChannel, GrantSharer, Xenstore } from '../dist/cjs/index.js';
+import { createPvcallsBackend, type PvcallsBackend } from '../dist/cjs/pvcalls/backend.js';
+import { connectPvcalls, type PvcallsFrontend, type PvcallsSocket } from '../dist/cjs/pvcalls/frontend.js';
+import { FrontRing } from '../dist/cjs/pvcalls/ring.js';
+import * as w from '../dist/cjs/pvcalls/wire.js';
+import { createPvcallsDevice, removePvcallsDevice, XenbusState } from '../dist/cjs/pvcalls/xenbus.js';
+import { mockAddon } from './helpers/env';
+import { killChild, sleep, startPeer } from './helpers/util';
+
+const E = (name: string) => -(constants.errno as Record<string, number>)[name];
+
+/** What the test's toolstack made and the leak check must not see left: the device directories. */
+async function removeDevices(xs: Xenstore, frontends: number[]): Promise<void> {
+  for (const f of frontends) {
+    await removePvcallsDevice(xs, { frontend: f, backend: 0 });
+    await xs.rm(`/local/domain/${f}/device`).catch(() => undefined);
+  }
+  await xs.rm('/local/domain/0/backend').catch(() => undefined);
+}
+
+/** A TCP server on this machine's loopback (the backend's network), and its port. */
+async function tcpServer(onConn: (s: net.Socket) => void): Promise<{ server: net.Server; port: number }> {
+  const server = net.createServer(onConn);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return { server, port: (server.address() as net.AddressInfo).port };
+}
+
+async function connected(s: PvcallsSocket): Promise<PvcallsSocket> {
+  await new Promise<void>((resolve, reject) => {
+    s.once('connect', resolve);
+    s.once('error', reject);
+  });
+  return s;
+}
+
+/** A free TCP port on the loopback, for a server the frontend asks the backend for. */
+async function freePort(): Promise<number> {
+  const { server, port } = await tcpServer(() => undefined);
+  await new Promise((r) => server.close(r));
+  return port;
+}
+
+describe.runIf(mockAddon)('PVCalls: the Node frontend (domain 5) and the Node backend (dom0), on the mock', () => {
+  let xs: Xenstore;
+  let be: PvcallsBackend;
+  let fe: PvcallsFrontend;
+  const cleanups: (() => unknown)[] = [];
+
+  beforeEach(async () => {
+    xs = new Xenstore();
+    await createPvcallsDevice(xs, { frontend: 5, backend: 0 });
+    be = await createPvcallsBackend();
+    fe = await connectPvcalls({ mockDomid: 5, timeout: 5000 });
+  });
+
+  afterEach(async () => {
+    for (const c of cleanups.splice(0).reverse()) await c();
+    await fe.close();
+    await be.close();
+    await removeDevices(xs, [5]);
+    xs.close();
+  });
+
+  it('completes the xenbus handshake as version 1 lays it out', async () => {
+    const back = '/local/domain/0/backend/pvcalls/5/0';
+    const front = '/local/domain/5/device/pvcalls/0';
+    expect(await xs.read(`${back}/versions`)).toBe('1');
+    expect(await xs.read(`${back}/max-page-order`)).toBe('4');
+    expect(await xs.read(`${back}/function-calls`)).toBe('1');
+    expect(Number(await xs.read(`${back}/state`))).toBe(XenbusState.Connected);
+    expect(Number(await xs.read(`${front}/state`))).toBe(XenbusState.Connected);
+    expect(await xs.read(`${front}/version`)).toBe('1');
+    expect(Number(await xs.read(`${front}/ring-ref`))).toBeGreaterThanOrEqual(0);
+    expect(Number(await xs.read(`${front}/port`))).toBeGreaterThan(0);
+    expect(be.connected).toEqual(['5/0']);
+    expect(fe.ringOrder).toBe(4);
+  });
+
+  it('32 sockets at once, 64 MiB each way on each, SHA-256 on both ends', async () => {
+    const MiB = 1 << 20;
+    const TOTAL = 64 * MiB;
+    const block = randomBytes(MiB);
+    const expected = createHash('sha256');
+    for (let i = 0; i < 64; i++) expected.update(block);
+    const want = expected.digest('hex');
+    /** Writes TOTAL bytes (BLOCK again and again) with backpressure. */
+    const send = (s: NodeJS.WritableStream) =>
+      new Promise<void>((resolve) => {
+        let left = 64;
+        const pump = () => {
+          while (left > 0) {
+            left--;
+            if (!s.write(block)) return void s.once('drain', pump);
+          }
+          resolve();
+        };
+        pump();
+      });
+    const receive = (s: NodeJS.ReadableStream) =>
+      new Promise<string>((resolve) => {
+        const h = createHash('sha256');
+        let got = 0;
+        s.on('data', (d: Buffer) => {
+          h.update(d);
+          got += d.length;
+          if (got === TOTAL) resolve(h.digest('hex'));
+        });
+      });
+    const serverSide: Promise<string>[] = [];
+    const { server, port } = await tcpServer((c) => {
+      serverSide.push(receive(c));
+      void send(c);
+    });
+    cleanups.push(() => new Promise((r) => server.close(r)));
+    const t0 = Date.now();
+    const socks = await Promise.all(
+      Array.from({ length: 32 }, () => connected(fe.createConnection({ host: '127.0.0.1', port }))),
+    );
+    const got = await Promise.all(socks.map((s) => Promise.all([receive(s), send(s)]).then(([h]) => h)));
+    const sent = await Promise.all(serverSide);
+    const secs = (Date.now() - t0) / 1000;
+    expect(got).toEqual(Array(32).fill(want));
+    expect(sent).toEqual(Array(32).fill(want));
+    console.log(
+      `PVCalls on the mock: 32 sockets x 64 MiB each way in ${secs.toFixed(1)} s (${((2 * 32 * 64) / secs).toFixed(0)} MiB/s in all)`,
+    );
+    for (const s of socks) s.destroy();
+    await Promise.all(socks.map((s) => s.released));
+  }, 300_000);
+
+  it('listens and accepts through the backend: clients on the backend side reach the frontend', async () => {
+    const port = await freePort();
+    const srv = fe.createServer((c) => c.pipe(c)); // an echo server in domain 5
+    await new Promise<void>((resolve, reject) => {
+      srv.listen({ host: '127.0.0.1', port, backlog: 8 }, resolve);
+      srv.once('error', reject);
+    });
+    expect(srv.listening).toBe(true);
+    const answers = await Promise.all(
+      Array.from({ length: 5 }, async (_, i) => {
+        const c = net.connect(port, '127.0.0.1');
+        await once(c, 'connect');
+        const msg = randomBytes(100_000 + i);
+        c.write(msg);
+        const chunks: Buffer[] = [];
+        let n = 0;
+        for await (const d of c) {
+          chunks.push(d as Buffer);
+          n += (d as Buffer).length;
+          if (n >= msg.length) break;
+        }
+        c.destroy();
+        return Buffer.concat(chunks).equals(msg);
+      }),
+    );
+    expect(answers).toEqual([true, true, true, true, true]);
+    await new Promise<void>((r) => srv.close(() => r()));
+    // Released: the port is free again on the backend's side.
+    const again = net.createServer().listen(port, '127.0.0.1');
+    await once(again, 'listening');
+    again.close();
+  });
+
+  it('the remote end closing ends the readable side after the last byte; errors carry errno codes', async () => {
+    const { server, port } = await tcpServer((c) => c.end(Buffer.from('last words')));
+    cleanups.push(() => new Promise((r) => server.close(r)));
+    const s = await connected(fe.createConnection({ host: '127.0.0.1', port }));
+    const chunks: Buffer[] = [];
+    for await (const d of s) chunks.push(d as Buffer);
+    expect(Buffer.concat(chunks).toString()).toBe('last words');
+    s.destroy();
+    const refused = fe.createConnection({ host: '127.0.0.1', port: await freePort() });
+    const [err] = await once(refused, 'error');
+    expect(err).toMatchObject({ code: 'ECONNREFUSED', errno: -111, syscall: 'pvcalls.connect' });
+    // A port already bound on the backend's side.
+    const srv = fe.createServer();
+    srv.listen({ host: '127.0.0.1', port });
+    const [inUse] = await once(srv, 'error');
+    expect(inUse).toMatchObject({ code: 'EADDRINUSE', syscall: 'pvcalls.bind' });
+    expect(() => fe.createConnection({ port: 70000 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
+  });
+
+  it('the backend closing resets the frontend: its sockets fail with ECONNRESET', async () => {
+    const { server, port } = await tcpServer((c) => c.on('data', () => undefined));
+    cleanups.push(() => new Promise((r) => server.close(r)));
+    const s = await connected(fe.createConnection({ host: '127.0.0.1', port }));
+    const failed = once(s, 'error');
+    const closed = once(fe, 'close');
+    await be.close();
+    expect((await failed)[0]).toMatchObject({ code: 'ECONNRESET' });
+    await closed;
+    // Served again by a new backend: connectPvcalls starts over.
+    be = await createPvcallsBackend();
+    await xs.write('/local/domain/5/device/pvcalls/0/state', String(XenbusState.Initialising));
+    fe = await connectPvcalls({ mockDomid: 5, timeout: 5000 });
+    const t = await connected(fe.createConnection({ host: '127.0.0.1', port }));
+    t.destroy();
+  });
+});
+
+describe.runIf(mockAddon)('PVCalls: processes killed, domains destroyed (mock)', () => {
+  it('a frontend whose domain is destroyed mid-stream: the backend frees its sockets, maps and ports', async () => {
+    // A domain of this test's own (destroyed at the end, as the leak check expects it).
+    x.mockIntroduceDomain(11);
+    const xs = new Xenstore();
+    await createPvcallsDevice(xs, { frontend: 11, backend: 0 });
+    const be = await createPvcallsBackend();
+    let bytes = 0;
+    const closedOnServer = new Promise<void>((resolve) => {
+      const server = net.createServer((c) => {
+        c.on('data', (d) => (bytes += d.length));
+        c.on('close', () => {
+          server.close();
+          resolve();
+        });
+      });
+      server.listen(0, '127.0.0.1', () => {
+        peer = startPeer(11, ['pvcalls-stream', String((server.address() as net.AddressInfo).port)]);
+      });
+    });
+    let peer: ReturnType<typeof startPeer> | undefined;
+    try {
+      while (!peer) await sleep(10);
+      expect(await peer.next()).toEqual({ streaming: true });
+      while (bytes < 4 << 20) await sleep(20);
+      const before = x.mockStats(0)[0];
+      expect(before.mappedPages).toBeGreaterThan(0);
+      const t0 = Date.now();
+      x.mockDestroyDomain(11); // what `xl destroy` does: the process is killed, its xenstore home removed
+      await closedOnServer;
+      await removePvcallsDevice(xs, { frontend: 11, backend: 0 }); // the toolstack's part
+      while (x.mockStats(0)[0].mappedPages > 0 || be.connected.length) await sleep(20);
+      console.log(
+        `PVCalls: frontend domain destroyed after ${bytes >> 20} MiB; backend clean in ${Date.now() - t0} ms`,
+      );
+      expect(Date.now() - t0).toBeLessThan(5000);
+    } finally {
+      if (peer) {
+        killChild(peer.child);
+        await peer.exited;
+      }
+      await be.close();
+      await removeDevices(xs, [11]);
+      xs.close();
+    }
+  });
+
+  it('a backend killed and started again: the frontend sees ECONNRESET, then connects to the new one', async () => {
+    const xs = new Xenstore();
+    await createPvcallsDevice(xs, { frontend: 6, backend: 0 });
+    const first = startPeer(0, ['pvcalls-backend']);
+    let second: ReturnType<typeof startPeer> | undefined;
+    let fe: PvcallsFrontend | undefined;
+    const { server, port } = await tcpServer((c) => c.on('data', () => undefined));
+    try {
+      expect(await first.next()).toEqual({ ready: true });
+      fe = await connectPvcalls({ mockDomid: 6, timeout: 5000 });
+      const s = await connected(fe.createConnection({ host: '127.0.0.1', port }));
+      const failed = once(s, 'error');
+      killChild(first.child);
+      await first.exited;
+      second = startPeer(0, ['pvcalls-backend']); // finds the device Connected, starts it over
+      expect(await second.next()).toEqual({ ready: true });
+      expect((await failed)[0]).toMatchObject({ code: 'ECONNRESET' });
+      await fe.close();
+      await xs.write('/local/domain/6/device/pvcalls/0/state', String(XenbusState.Initialising));
+      fe = await connectPvcalls({ mockDomid: 6, timeout: 5000 });
+      const t = await connected(fe.createConnection({ host: '127.0.0.1', port }));
+      t.destroy();
+      await t.released;
+    } finally {
+      await fe?.close();
+      for (const p of [first, second]) if (p) killChild(p.child);
+      await Promise.all([first.exited, second?.exited]);
+      await removeDevices(xs, [6]);
+      server.close();
+      xs.close();
+    }
+  });
+});
+
+describe.runIf(mockAddon)('PVCalls: a hostile frontend against the Node backend (mock)', () => {
+  /** A frontend by hand: the commands ring and event channel shared, and whatever it writes. */
+  async function rawFrontend(xs: Xenstore, domid: number) {
+    const gs = new GrantSharer({ mockDomid: domid });
+    const ev = new EventChannel({ mockDomid: domid });
+    const page = gs.share(0, 1);
+    const ring = FrontRing.init(new Uint8Array(page.buffer));
+    const port = ev.bindUnbound(0);
+    const front = `/local/domain/${domid}/device/pvcalls/0`;
+    const fxs = new Xenstore({ mockDomid: domid });
+    await fxs.write(`${front}/version`, '1');
+    await fxs.write(`${front}/ring-ref`, String(page.refs[0]));
+    await fxs.write(`${front}/port`, String(port));
+    await fxs.write(`${front}/state`, String(XenbusState.Initialised));
+    while (Number(await xs.read(`/local/domain/0/backend/pvcalls/${domid}/0/state`)) !== XenbusState.Connected)
+      await sleep(10);
+    const responses: w.PvcallsResponse[] = [];
+    ev.on('event', () => {
+      try {
+        responses.push(...ring.takeResponses().map(w.decodeResponse));
+      } catch {
+        // the test corrupts the ring itself in one case
+      }
+    });
+    let reqId = 0;
+    return {
+      page,
+      ring,
+      responses,
+      gs,
+      /** Sends raw 64-byte slots; resolves once as many responses came. */
+      async send(slots: Uint8Array[], wait = slots.length): Promise<w.PvcallsResponse[]> {
+        const start = responses.length;
+        for (const s of slots) ring.nextRequest().set(s);
+        if (ring.push()) ev.notify(port);
+        for (let i = 0; i < 250 && responses.length < start + wait; i++) await sleep(20);
+        return responses.slice(start);
+      },
+      req(r: Record<string, unknown>): Uint8Array {
+        const slot = new Uint8Array(64);
+        w.encodeRequest(slot, { reqId: ++reqId, ...r } as w.PvcallsRequest);
+        return slot;
+      },
+      notify() {
+        ev.notify(port);
+      },
+      close() {
+        ev.close();
+        page.unshare();
+        gs.close();
+        fxs.close();
+      },
+    };
+  }
+
+  it('answers every bad request with an errno, drops a frontend that corrupts its ring, and serves another throughout', async () => {
+    const xs = new Xenstore();
+    await createPvcallsDevice(xs, { frontend: 7, backend: 0 });
+    await createPvcallsDevice(xs, { frontend: 6, backend: 0 });
+    const be = await createPvcallsBackend({ maxSockets: 4, maxRingOrder: 2 });
+    const errors: string[] = [];
+    be.on('frontendError', (e, d) => errors.push(`${d}: ${e.message}`));
+    const good = await connectPvcalls({ mockDomid: 6, timeout: 5000 });
+    const { server, port } = await tcpServer((c) => c.pipe(c));
+    const h = await rawFrontend(xs, 7);
+    try {
+      // A good frontend keeps working while the other one misbehaves.
+      const echo = async () => {
+        const s = await connected(good.createConnection({ host: '127.0.0.1', port }));
+        s.write('ping');
+        const [d] = await once(s, 'data');
+        s.destroy();
+        await s.released;
+        return String(d);
+      };
+      expect(await echo()).toBe('ping');
+      const addr = w.encodeInetAddress({ family: w.AF_INET, port, address: '127.0.0.1' });
+      const cases: [string, Uint8Array, number][] = [
+        ['random bytes', Object.assign(randomBytes(64), { 4: 200 }), E('ENOTSUP')],
+        ['unknown cmd 7', h.req({ cmd: 'POLL', id: 1n }).fill(7, 4, 5), E('ENOTSUP')],
+        ['SOCKET AF_INET6', h.req({ cmd: 'SOCKET', id: 1n, domain: 10, type: 1, protocol: 0 }), E('EAFNOSUPPORT')],
+        ['SOCKET SOCK_DGRAM', h.req({ cmd: 'SOCKET', id: 1n, domain: 2, type: 2, protocol: 0 }), E('EINVAL')],
+        [
+          'CONNECT on no socket',
+          h.req({ cmd: 'CONNECT', id: 99n, addr, len: 16, flags: 0, ref: 1, evtchn: 1 }),
+          E('EINVAL'),
+        ],
+        ['RELEASE of no socket', h.req({ cmd: 'RELEASE', id: 99n, reuse: 0 }), E('EINVAL')],
+        ['LISTEN before BIND', h.req({ cmd: 'LISTEN', id: 99n, backlog: 1 }), E('EINVAL')],
+        ['ACCEPT on no socket', h.req({ cmd: 'ACCEPT', id: 99n, idNew: 100n, ref: 1, evtchn: 1 }), E('EINVAL')],
+        ['POLL on no socket', h.req({ cmd: 'POLL', id: 99n }), E('EINVAL')],
+      ];
+      for (const [name, slot, want] of cases) {
+        const [r] = await h.send([slot]);
+        expect({ name, ret: r?.ret }).toEqual({ name, ret: want });
+      }
+      // Socket ids: a second SOCKET with the same id; more than maxSockets.
+      const made = await h.send(
+        [1n, 1n, 2n, 3n, 4n, 5n].map((id) => h.req({ cmd: 'SOCKET', id, domain: 2, type: 1, protocol: 0 })),
+      );
+      expect(made.map((r) => r.ret)).toEqual([0, E('EEXIST'), 0, 0, 0, E('ENOBUFS')]);
+      // The same req_id twice: both answered, each with its own result.
+      const dup = h.req({ cmd: 'RELEASE', id: 4n, reuse: 0 });
+      const twice = await h.send([dup, dup]);
+      expect(twice.map((r) => [r.reqId, r.ret])).toEqual([
+        [new DataView(dup.buffer).getUint32(0, true), 0],
+        [new DataView(dup.buffer).getUint32(0, true), E('EINVAL')],
+      ]);
+      // CONNECT with a grant that does not exist, an address of another family, a short length.
+      const noGrant = await h.send([
+        h.req({ cmd: 'CONNECT', id: 1n, addr, len: 16, flags: 0, ref: 999999, evtchn: 1 }),
+      ]);
+      expect(noGrant[0].ret).toBeLessThan(0);
+      const badAddr = await h.send([
+        h.req({ cmd: 'CONNECT', id: 1n, addr: new Uint8Array(28).fill(9), len: 16, flags: 0, ref: 0, evtchn: 1 }),
+        h.req({ cmd: 'CONNECT', id: 1n, addr, len: 4, flags: 0, ref: 0, evtchn: 1 }),
+      ]);
+      expect(badAddr.map((r) => r.ret)).toEqual([E('EAFNOSUPPORT'), E('EAFNOSUPPORT')]);
+      // A data ring of order 3 where max-page-order is 2.
+      const pages = h.gs.share(0, 1 + 8);
+      const idx = new DataView(pages.buffer);
+      idx.setUint32(w.DATA_INTF.ringOrder, 3, true);
+      pages.refs.slice(1).forEach((r, i) => idx.setUint32(w.DATA_INTF.ref + 4 * i, r, true));
+      const big = await h.send([
+        h.req({ cmd: 'CONNECT', id: 1n, addr, len: 16, flags: 0, ref: pages.refs[0], evtchn: 1 }),
+      ]);
+      expect(big[0].ret).toBe(E('EINVAL'));
+      pages.unshare();
+      expect(await echo()).toBe('ping');
+      expect(x.mockStats(0)[0].mappedPages).toBe(1 + 1); // the two frontends' command rings, nothing else
+      // Indexes out of range: req_prod far past anything published. The backend drops this frontend.
+      const gone = once(be, 'disconnect');
+      new Uint32Array(h.page.buffer)[0] += 1000;
+      h.notify();
+      expect(await gone).toEqual([7, 0]);
+      expect(errors).toEqual([expect.stringMatching(/^7: .*request producer index/)]);
+      expect(await echo()).toBe('ping');
+      expect(be.connected).toEqual(['6/0']);
+    } finally {
+      h.close();
+      await good.close();
+      await be.close();
+      server.close();
+      await removeDevices(xs, [7, 6]);
+      xs.close();
+    }
+  });
+});
