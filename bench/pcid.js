@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 'use strict';
 // npm run bench:pcid: the PCI daemon's requests per second and latency (p50, p99), with 1 and 50
-// clients, over vchan (createPcidServer / connectPcid, on the mock: server in dom0, clients in a
-// domain-5 process) and, side by side in the same run, the same server code and JSON layer over a
+// clients, over vchan (createPcidServer / connectPcid: on the mock, server in dom0 and clients in a
+// domain-5 process; on real Xen, npm run bench:pcid:rig, both in the rig's dom0) and, side by side in the same run, the same server code and JSON layer over a
 // Unix socket between two Node processes. Each client sends one request at a time (closed loop),
 // is_device_assigned on a small fake sysfs, for a fixed time; every figure is the median of RUNS
 // runs with the spread (min-max). The ratio vchan/Unix socket is the result; absolutes are noisy.
@@ -17,6 +17,9 @@ const os = require('node:os');
 const path = require('node:path');
 
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
+// On real Xen (the rig's dom0: npm run bench:pcid:rig) both processes are in dom0; on the mock the
+// clients' process acts as domain 5.
+const CLIENT_DOMID = process.env.XEN_VCHAN_BACKEND === 'real' ? 0 : 5;
 const x = require(path.join(__dirname, '..'));
 
 const argv = process.argv.slice(2);
@@ -96,7 +99,13 @@ async function main() {
   const sysfs = fakeSysfs();
   const rel = `data/pcid-bench-${process.pid}`;
   const ring = opt('--ring', 0);
-  const server = x.createPcidServer({ sysfsRoot: sysfs, clients: [5], path: rel, readMin: ring, writeMin: ring });
+  const server = x.createPcidServer({
+    sysfsRoot: sysfs,
+    clients: [CLIENT_DOMID],
+    path: rel,
+    readMin: ring,
+    writeMin: ring,
+  });
   await once(server.listen(), 'listening');
   // The same protocol code over a Unix socket.
   const sock = path.join(os.tmpdir(), `xv-pcid-bench-${process.pid}.sock`);
@@ -110,7 +119,7 @@ async function main() {
   await new Promise((r) => uds.listen(sock, () => r(undefined)));
 
   const child = fork(__filename, ['--child'], {
-    env: { ...process.env, XEN_MOCK_DOMID: '5' },
+    env: { ...process.env, XEN_MOCK_DOMID: String(CLIENT_DOMID) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   await once(child, 'message');
@@ -149,7 +158,7 @@ async function main() {
       const r = results[`${kind}-${n}`];
       const col = (k) => `${median(r.map((v) => v[k])).toFixed(0)} (${spread(r.map((v) => v[k]))})`;
       L.push(
-        `| ${n} | ${kind === 'vchan' ? 'vchan (mock)' : 'Unix socket'} | ${col('rps')} | ${col('p50')} | ${col('p99')} |`,
+        `| ${n} | ${kind === 'vchan' ? `vchan (${x.currentBackend()})` : 'Unix socket'} | ${col('rps')} | ${col('p50')} | ${col('p99')} |`,
       );
     }
   L.push('');

@@ -333,7 +333,8 @@ export class PvcallsSocket extends Duplex {
         cb();
       }
       while (this.#reading && d.ring.readable > 0) {
-        const chunk = Buffer.from(d.ring.read());
+        const u = d.ring.read(); // a copy already: no second one
+        const chunk = Buffer.from(u.buffer, u.byteOffset, u.byteLength);
         notify = true;
         if (!this.push(chunk)) this.#reading = false;
       }

@@ -17,8 +17,8 @@ int main(void)
     typedef struct pvcalls_data_intf di;
     printf("{\"cmds\":[%d,%d,%d,%d,%d,%d,%d],", PVCALLS_SOCKET, PVCALLS_CONNECT, PVCALLS_RELEASE, PVCALLS_BIND,
            PVCALLS_LISTEN, PVCALLS_ACCEPT, PVCALLS_POLL);
-    printf("\"requestSize\":%u,\"responseSize\":%u,\"slotSize\":%u,\"ringSlots\":%u,",
-           (unsigned)sizeof(rq), (unsigned)sizeof(rs), (unsigned)sizeof(union xen_pvcalls_sring_entry),
+    printf("\"requestSize\":%u,\"responseSize\":%u,\"slotSize\":%u,\"ringSlots\":%u,", (unsigned)sizeof(rq),
+           (unsigned)sizeof(rs), (unsigned)sizeof(union xen_pvcalls_sring_entry),
            (unsigned)__CONST_RING_SIZE(xen_pvcalls, 4096));
     printf("\"sring\":{\"reqProd\":%u,\"reqEvent\":%u,\"rspProd\":%u,\"rspEvent\":%u,\"ring\":%u},",
            OFF(struct xen_pvcalls_sring, req_prod), OFF(struct xen_pvcalls_sring, req_event),

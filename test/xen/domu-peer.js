@@ -11,6 +11,10 @@
 //   share   {text}          share a page with dom0 holding TEXT; 'unshare' reads dom0's reply first
 //   map     {refs}          map dom0's page, read it, write a reply into it
 //   evtchn  {}              an unbound port for dom0; report its event, then notify back
+//   pvcalls {port, sockets, bytes, listenPort}  the PVCalls frontend of this domain (device/pvcalls/0):
+//                           SOCKETS connections to dom0's 127.0.0.1:PORT through the backend, BYTES
+//                           sent on each and hashed both ways; then a server on dom0's side at
+//                           127.0.0.1:LISTEN_PORT that echoes one connection ('listening', then '-')
 //   alloc-unbound {domid, remote}  try EventChannel.allocUnbound (unprivileged: EPERM expected)
 //   static-echo {port, remote}  the domU's end of a channel dom0 set up with allocUnbound: with
 //                           remote absent, bindStatic(port) (the port is in this domain's table);
@@ -194,6 +198,32 @@ async function run(cmd) {
         staticEcho.notify(p);
       });
       return reply(id, { phase: 'bound', port: local, firstPending });
+    }
+    case 'pvcalls': {
+      const fe = await x.connectPvcalls({ timeout: 60000 });
+      try {
+        const results = await Promise.all(
+          Array.from({ length: cmd.sockets }, async () => {
+            const s = fe.createConnection({ host: '127.0.0.1', port: cmd.port });
+            await new Promise((resolve, reject) => s.once('connect', resolve).once('error', reject));
+            const r = await exchange(s, cmd.bytes);
+            s.destroy();
+            await s.released;
+            return r;
+          }),
+        );
+        const srv = fe.createServer((c) => c.pipe(c));
+        await new Promise((resolve, reject) =>
+          srv.once('error', reject).listen({ host: '127.0.0.1', port: cmd.listenPort }, () => resolve(undefined)),
+        );
+        await reply(id, { phase: 'listening', results, ringOrder: fe.ringOrder });
+        const c = await new Promise((resolve) => srv.once('connection', resolve));
+        await new Promise((resolve) => c.once('end', resolve).once('close', resolve));
+        await new Promise((resolve) => srv.close(() => resolve(undefined)));
+      } finally {
+        await fe.close();
+      }
+      return reply(id, { closed: true });
     }
     case 'alloc-unbound': {
       // A domU is not privileged: Xen refuses it a port in another domain's table.

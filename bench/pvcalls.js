@@ -1,0 +1,174 @@
+#!/usr/bin/env node
+'use strict';
+// npm run bench:pvcalls: PVCalls sockets (the Node frontend in one process, acting as domain 5 on
+// the mock, and the Node backend in another, dom0) against a plain VchanStream between the same two
+// domains, side by side in one run:
+//   throughput  MiB/s of BYTES sent one way on one socket (PVCalls: frontend -> backend -> a TCP
+//               sink in the backend's process; vchan: connectMulti client -> multi-server), and
+//               on 8 sockets at once
+//   connect     the time from asking to a usable socket (PVCalls: SOCKET + CONNECT through the
+//               backend; vchan: connectMulti to a listening multi-server), p50 over CONNECTS connects
+// Every figure is the median of RUNS runs with the spread (min-max); the ratios are the result.
+//
+//   node bench/pvcalls.js [--quick] [--runs N] [--mib M]
+const { fork } = require('node:child_process');
+const { once } = require('node:events');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
+const x = require(path.join(__dirname, '..'));
+
+const argv = process.argv.slice(2);
+const opt = (name, def) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : def);
+const QUICK = argv.includes('--quick');
+const RUNS = opt('--runs', QUICK ? 3 : 5);
+const MIB = opt('--mib', QUICK ? 32 : 128);
+const CONNECTS = QUICK ? 50 : 200;
+const DOMU = 5;
+
+// --- the child: domain 5, the frontend and the vchan client ------------------------------------
+
+async function childMain() {
+  const fe = await x.connectPvcalls({ timeout: 20000 });
+  const block = Buffer.alloc(1 << 20, 7);
+  /** Sends MIB MiB on S, then waits for the sink's one-byte acknowledgement. */
+  const blast = (s) =>
+    new Promise((resolve, reject) => {
+      let left = MIB;
+      s.once('error', reject);
+      s.once('data', () => resolve(undefined));
+      const pump = () => {
+        while (left > 0) {
+          left--;
+          if (!s.write(block)) return void s.once('drain', pump);
+        }
+      };
+      pump();
+    });
+  const open = async (m) => {
+    if (m.kind === 'pvcalls') {
+      const s = fe.createConnection({ host: '127.0.0.1', port: m.port });
+      await once(s, 'connect');
+      return s;
+    }
+    return x.connectMulti({ domid: 0, path: m.path, timeout: 20000 });
+  };
+  const close = async (s) => {
+    s.destroy();
+    if (s.released) await s.released;
+    else if (!s.closed) await once(s, 'close');
+  };
+  process.on('message', async (m) => {
+    if (m.op === 'throughput') {
+      const socks = await Promise.all(Array.from({ length: m.n }, () => open(m)));
+      const t0 = process.hrtime.bigint();
+      await Promise.all(socks.map(blast));
+      const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+      await Promise.all(socks.map(close));
+      process.send({ mibps: (MIB * m.n) / secs });
+    } else if (m.op === 'connect') {
+      const lat = [];
+      for (let i = 0; i < CONNECTS; i++) {
+        const t0 = process.hrtime.bigint();
+        const s = await open(m);
+        lat.push(Number(process.hrtime.bigint() - t0) / 1e3);
+        await close(s);
+      }
+      lat.sort((a, b) => a - b);
+      process.send({ p50: lat[Math.floor(lat.length / 2)] });
+    } else if (m.op === 'end') {
+      await fe.close();
+      process.exit(0);
+    }
+  });
+  process.send({ ready: true });
+}
+
+// --- the parent: dom0, the backend, the TCP sink and the vchan server -----------------------------
+
+const median = (a) => {
+  const s = [...a].sort((p, q) => p - q);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const fmt = (a, d = 0) => `${median(a).toFixed(d)} (${Math.min(...a).toFixed(d)}-${Math.max(...a).toFixed(d)})`;
+
+/** Counts MIB * n MiB per connection, then answers one byte: the sender's clock stops there. */
+function sink(s) {
+  let got = 0;
+  s.on('data', (d) => {
+    got += d.length;
+    if (got === MIB << 20) s.write('k');
+  });
+  s.on('error', () => undefined);
+}
+
+async function main() {
+  const xs = new x.Xenstore();
+  if (x.currentBackend() === 'mock') x.mockIntroduceDomain(DOMU);
+  await x.createPvcallsDevice(xs, { frontend: DOMU, backend: 0 });
+  const be = await x.createPvcallsBackend();
+  const tcp = net.createServer(sink).listen(0, '127.0.0.1');
+  await once(tcp, 'listening');
+  const port = tcp.address().port;
+  const vpath = `data/pvcalls-bench-${process.pid}`;
+  // A multi-server: one channel per client, as many at once as PVCalls has sockets.
+  const vserver = x.createMultiServer({ domid: DOMU, path: vpath, readMin: 65536, writeMin: 65536 }, sink);
+  await once(vserver.listen(), 'listening');
+
+  const child = fork(__filename, ['--child'], {
+    env: { ...process.env, XEN_MOCK_DOMID: String(DOMU) },
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  await once(child, 'message');
+  const ask = async (m) => {
+    child.send(m);
+    const [r] = await once(child, 'message');
+    return r;
+  };
+  const kinds = {
+    pvcalls: { kind: 'pvcalls', port },
+    vchan: { kind: 'vchan', path: `/local/domain/0/${vpath}` },
+  };
+  const res = {};
+  for (let run = 0; run < RUNS; run++)
+    for (const k of run % 2 ? ['vchan', 'pvcalls'] : ['pvcalls', 'vchan']) {
+      for (const n of [1, 8]) (res[`${k}-tp${n}`] ??= []).push((await ask({ op: 'throughput', n, ...kinds[k] })).mibps);
+      (res[`${k}-connect`] ??= []).push((await ask({ op: 'connect', ...kinds[k] })).p50);
+    }
+  child.send({ op: 'end' });
+  await once(child, 'exit');
+  vserver.close();
+  tcp.close();
+  await be.close();
+  await x.removePvcallsDevice(xs, { frontend: DOMU, backend: 0 });
+  xs.close();
+
+  const L = [];
+  L.push(
+    `pvcalls bench: ${MIB} MiB one way per socket, ${CONNECTS} connects; median of ${RUNS} runs (spread min-max); ` +
+      `backend ${x.currentBackend()}, ${os.cpus().length} cpus, Node ${process.version}`,
+  );
+  L.push('');
+  L.push('| path | 1 socket MiB/s | 8 sockets MiB/s (total) | connect p50 µs |');
+  L.push('|---|---|---|---|');
+  for (const k of ['pvcalls', 'vchan'])
+    L.push(
+      `| ${k === 'pvcalls' ? 'PVCalls (Node frontend, Node backend, TCP sink)' : 'VchanStream (multi-server, 64 KiB rings)'} | ${fmt(res[`${k}-tp1`])} | ${fmt(res[`${k}-tp8`])} | ${fmt(res[`${k}-connect`])} |`,
+    );
+  L.push('');
+  const ratio = (a, b) => a.map((v, i) => v / b[i]);
+  L.push(
+    `PVCalls/VchanStream: throughput 1 socket ${fmt(ratio(res['pvcalls-tp1'], res['vchan-tp1']), 2)}x, ` +
+      `8 sockets ${fmt(ratio(res['pvcalls-tp8'], res['vchan-tp8']), 2)}x; connect time ${fmt(ratio(res['pvcalls-connect'], res['vchan-connect']), 2)}x`,
+  );
+  console.log(L.join('\n'));
+}
+
+if (argv.includes('--child')) void childMain();
+else
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
