@@ -60,7 +60,7 @@ async function childMain() {
     if (s.released) await s.released;
     else if (!s.closed) await once(s, 'close');
   };
-  process.on('message', async (m) => {
+  process.on('message', async (/** @type {any} */ m) => {
     if (m.op === 'throughput') {
       const socks = await Promise.all(Array.from({ length: m.n }, () => open(m)));
       const t0 = process.hrtime.bigint();
@@ -111,7 +111,7 @@ async function main() {
   const be = await x.createPvcallsBackend();
   const tcp = net.createServer(sink).listen(0, '127.0.0.1');
   await once(tcp, 'listening');
-  const port = tcp.address().port;
+  const port = /** @type {net.AddressInfo} */ (tcp.address()).port;
   const vpath = `data/pvcalls-bench-${process.pid}`;
   // A multi-server: one channel per client, as many at once as PVCalls has sockets.
   const vserver = x.createMultiServer({ domid: DOMU, path: vpath, readMin: 65536, writeMin: 65536 }, sink);

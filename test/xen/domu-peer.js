@@ -15,6 +15,7 @@
 //                           SOCKETS connections to dom0's 127.0.0.1:PORT through the backend, BYTES
 //                           sent on each and hashed both ways; then a server on dom0's side at
 //                           127.0.0.1:LISTEN_PORT that echoes one connection ('listening', then '-')
+//   insmod {path} | rmmod {name}   load or unload a kernel module (Linux's pvcalls-front.ko)
 //   alloc-unbound {domid, remote}  try EventChannel.allocUnbound (unprivileged: EPERM expected)
 //   static-echo {port, remote}  the domU's end of a channel dom0 set up with allocUnbound: with
 //                           remote absent, bindStatic(port) (the port is in this domain's table);
@@ -224,6 +225,13 @@ async function run(cmd) {
         await fe.close();
       }
       return reply(id, { closed: true });
+    }
+    case 'insmod':
+    case 'rmmod': {
+      const r = require('node:child_process').spawnSync(op, [op === 'insmod' ? cmd.path : cmd.name], {
+        encoding: 'utf8',
+      });
+      return reply(id, { status: r.status, stderr: r.stderr });
     }
     case 'alloc-unbound': {
       // A domU is not privileged: Xen refuses it a port in another domain's table.

@@ -46,6 +46,16 @@ function consoleLog(): string {
   }
 }
 
+/** A TCP port free on dom0's loopback now (for a server the domU asks a PVCalls backend for). */
+function freeTcpPort(): Promise<number> {
+  return new Promise((resolve) => {
+    const probe = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (probe.address() as net.AddressInfo).port;
+      probe.close(() => resolve(p));
+    });
+  });
+}
+
 /** Sends BYTES random bytes on S and takes as many; resolves with the SHA-256 of each way. */
 function exchangeOn(s: net.Socket, bytes: number): Promise<{ sent: string; recv: string }> {
   return new Promise((resolve, reject) => {
@@ -378,12 +388,7 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
     const server = net.createServer((c) => serverSide.push(exchangeOn(c, bytes)));
     server.listen(0, '127.0.0.1');
     await once(server, 'listening');
-    const listenPort = await new Promise<number>((resolve) => {
-      const probe = net.createServer().listen(0, '127.0.0.1', () => {
-        const p = (probe.address() as net.AddressInfo).port;
-        probe.close(() => resolve(p));
-      });
-    });
+    const listenPort = await freeTcpPort();
     try {
       const t0 = Date.now();
       const result = await command('pvcalls', {
@@ -469,6 +474,91 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
     const stop = await command('pcid-stop');
     expect((await stop()).served).toBe(0);
   });
+
+  // Linux's own drivers (test/xen/build-pvcalls-modules.sh builds them for the 6.12 rig; Debian's
+  // kernels do not): the Node frontend against pvcalls-back.ko, the Node backend against pvcalls-front.ko.
+  const linuxPvcalls = rig ? `${rig}/pvcalls` : '';
+  const haveLinuxPvcalls = !!rig && fs.existsSync(`${linuxPvcalls}/pvcalls-back.ko`);
+
+  it.runIf(haveLinuxPvcalls)(
+    "PVCalls: the Node frontend in the domU against Linux's pvcalls-back.ko in dom0: 4 sockets x 2 MiB each way, then accept",
+    async () => {
+      execFileSync('insmod', [`${linuxPvcalls}/pvcalls-back.ko`]);
+      const server = net.createServer((c) => serverSide.push(exchangeOn(c, bytes)));
+      const serverSide: Promise<{ recv: string; sent: string }>[] = [];
+      const bytes = 2 << 20;
+      try {
+        await createPvcallsDevice(xs, { frontend: domid, backend: 0 });
+        // Linux's backend takes the device: versions, max-page-order, InitWait.
+        const back = `/local/domain/0/backend/pvcalls/${domid}/0`;
+        for (let i = 0; i < 300 && (await xs.tryRead(`${back}/state`)) !== '2'; i++)
+          await new Promise((r) => setTimeout(r, 100));
+        expect(await xs.read(`${back}/versions`)).toBe('1');
+        console.log(`Linux's pvcalls-back: max-page-order ${await xs.read(`${back}/max-page-order`)}`);
+        server.listen(0, '127.0.0.1');
+        await once(server, 'listening');
+        const listenPort = await freeTcpPort();
+        const t0 = Date.now();
+        const result = await command('pvcalls', {
+          port: (server.address() as net.AddressInfo).port,
+          sockets: 4,
+          bytes,
+          listenPort,
+        });
+        const r = await result('listening', 240_000);
+        const secs = (Date.now() - t0) / 1000;
+        const dom0 = await Promise.all(serverSide);
+        const pairs = r.results.map((u: { sent: string; recv: string }) => `${u.sent}>${u.recv}`).sort();
+        expect(pairs).toEqual(dom0.map((d) => `${d.recv}>${d.sent}`).sort());
+        console.log(
+          `PVCalls on real Xen: 4 sockets x 2 MiB each way, Node frontend -> Linux's pvcalls-back, ${secs.toFixed(1)} s`,
+        );
+        const c = net.connect(listenPort, '127.0.0.1');
+        await once(c, 'connect');
+        c.write('through linux');
+        const [d] = await once(c, 'data');
+        expect(String(d)).toBe('through linux');
+        c.end();
+        expect(await result()).toEqual(expect.objectContaining({ closed: true }));
+      } finally {
+        server.close();
+        await removePvcallsDevice(xs, { frontend: domid, backend: 0 });
+        for (let i = 0; i < 50; i++) {
+          try {
+            execFileSync('rmmod', ['pvcalls_back'], { stdio: 'ignore' });
+            break;
+          } catch {
+            await new Promise((r) => setTimeout(r, 100));
+          }
+        }
+      }
+    },
+    300_000,
+  );
+
+  it.runIf(haveLinuxPvcalls)(
+    "PVCalls: Linux's pvcalls-front.ko in the domU completes the handshake with the Node backend in dom0",
+    async () => {
+      const back = await createPvcallsBackend();
+      const connected = new Promise<number>((resolve) => back.on('connect', (d) => resolve(d)));
+      try {
+        await createPvcallsDevice(xs, { frontend: domid, backend: 0 });
+        const ins = await command('insmod', { path: '/lib/pvcalls-front.ko' });
+        expect(await ins()).toMatchObject({ status: 0 });
+        expect(await Promise.race([connected, new Promise((r) => setTimeout(() => r('timeout'), 60_000))])).toBe(domid);
+        const front = `/local/domain/${domid}/device/pvcalls/0`;
+        expect(await xs.read(`${front}/version`)).toBe('1');
+        for (let i = 0; i < 100 && (await xs.read(`${front}/state`)) !== '4'; i++)
+          await new Promise((r) => setTimeout(r, 100));
+        expect(await xs.read(`${front}/state`)).toBe('4');
+        expect(back.connected).toEqual([`${domid}/0`]);
+      } finally {
+        await back.close();
+        await removePvcallsDevice(xs, { frontend: domid, backend: 0 });
+      }
+    },
+    120_000,
+  );
 
   it("the domU destroyed mid-stream: dom0's stream fails with ECONNRESET, it does not hang", async () => {
     const path = `data/vchan/${domid}/doomed`;

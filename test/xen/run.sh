@@ -44,6 +44,13 @@ for v in XEN_RIG_REPEAT XEN_RIG_KERNEL; do
   [ -n "${!v:-}" ] && echo "export $v='${!v}'" >> "$repo/.rig/env.sh"
 done
 cp "$(command -v node)" "$repo/.rig/bin/node"
+# Linux's own PVCalls drivers, built for the rig's kernel (6.12 only): pvcalls-back.ko for dom0
+# (from /mnt/host/.rig/pvcalls), pvcalls-front.ko in the domU's image.
+rm -rf "$repo/.rig/pvcalls"
+if [ "$XEN_RIG_KERNEL" = 6.12 ]; then
+  bash "$here/build-pvcalls-modules.sh" "$(ls "$cache/domu/lib/modules")" "$cache/pvcalls"
+  cp -r "$cache/pvcalls" "$repo/.rig/pvcalls"
+fi
 
 # Vite parses every module with rollup; this project pins rollup to its WebAssembly build (the
 # registry has no lockfile-able native builds for every platform), and that WebAssembly traps
@@ -89,6 +96,7 @@ cp "$repo/package.json" "$img/app/"
 cp -a "$repo/dist" "$img/app/"
 cp "$addon" "$img/app/build/Release/"
 cp "$here/domu-peer.js" "$img/app/test/xen/"
+[ -f "$repo/.rig/pvcalls/pvcalls-front.ko" ] && cp "$repo/.rig/pvcalls/pvcalls-front.ko" "$img/lib/"
 ( cd "$img" && find . -print0 | cpio --null -o -H newc -R 0:0 --quiet ) | zstd -q -T0 -3 -o "$repo/.rig/domu.cpio.zst" -f
 cp "$cache/vmlinuz" "$repo/.rig/vmlinuz"
 echo "rig: domU initramfs $(( $(stat -c %s "$repo/.rig/domu.cpio.zst") >> 20 )) MiB in $(( $(date +%s) - t0 )) s"
