@@ -67,7 +67,10 @@ describe('PVCalls wire format', () => {
     expect(w.decodeInetAddress(addr, 16)).toEqual({ family: w.AF_INET, port: 7777, address: '127.0.0.1' });
     expect(w.decodeInetAddress(addr, 8)).toBeNull(); // too short for a sockaddr_in
     expect(w.decodeInetAddress(new Uint8Array(28).fill(10), 16)).toBeNull(); // family 0x0a0a
-    expect(() => w.encodeInetAddress({ family: 2, port: 1, address: '1.2.3.256' })).toThrow(RangeError);
+    for (const address of ['1.2.3.256', '::1', 'localhost', '1.2.3'])
+      expect(() => w.encodeInetAddress({ family: 2, port: 1, address })).toThrow(
+        expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE' }),
+      );
     const rsp = { reqId: 9, cmd: 1, ret: -111, id: 5n };
     const slot = new Uint8Array(w.SLOT_SIZE);
     w.encodeResponse(slot, rsp);

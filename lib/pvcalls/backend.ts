@@ -73,8 +73,8 @@ interface Frontend {
   ringMap?: MappedPages;
   port?: number;
   sockets: Map<bigint, BackSocket>;
-  /** Requests answered asynchronously (CONNECT, ACCEPT, POLL) still running. */
-  busy: number;
+  /** The frontend's state changes, handled in turn. */
+  changes: Promise<void>;
 }
 
 type BackSocket = { kind: 'new' } | ActiveSocket | PassiveSocket;
@@ -184,14 +184,25 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
     const back = `backend/pvcalls/${domid}/${dev}`;
     const front = await this.#xs.tryRead(`${back}/frontend`);
     if (!front) return; // not written yet: the next change brings it
-    const f: Frontend = { domid, dev, back, front, state: XenbusState.Initialising, sockets: new Map(), busy: 0 };
+    const f: Frontend = {
+      domid,
+      dev,
+      back,
+      front,
+      state: XenbusState.Initialising,
+      sockets: new Map(),
+      changes: Promise.resolve(),
+    };
     this.#frontends.set(`${domid}/${dev}`, f);
     await this.#xs.write(`${back}/versions`, PVCALLS_VERSION);
     await this.#xs.write(`${back}/max-page-order`, String(this.#o.maxRingOrder));
     await this.#xs.write(`${back}/function-calls`, '1');
     await this.#setState(f, XenbusState.InitWait);
     f.watch = await this.#xs.watch(`${front}/state`);
-    f.watch.on('change', () => void this.#frontendChanged(f).catch((e) => this.#fail(f, e as Error)));
+    // One change at a time: two looks at the same Initialised state must not connect twice.
+    f.watch.on('change', () => {
+      f.changes = f.changes.then(() => this.#frontendChanged(f)).catch((e) => this.#fail(f, e as Error));
+    });
   }
 
   async #remove(f: Frontend): Promise<void> {
@@ -209,9 +220,10 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
     if (!this.#frontends.has(`${f.domid}/${f.dev}`)) return;
     const fs = await readState(this.#xs, f.front);
     if (fs === XenbusState.Initialised && f.state === XenbusState.InitWait) await this.#connect(f);
-    else if ((fs === XenbusState.Closing || fs === XenbusState.Closed || fs === XenbusState.Unknown) && f.ring) {
+    else if (fs === XenbusState.Closing || fs === XenbusState.Closed || fs === XenbusState.Unknown) {
+      // The frontend is closing (or gone): drop what it had, and say Closed, which it waits for.
       this.#disconnect(f);
-      await this.#setState(f, XenbusState.Closed);
+      if (f.state !== XenbusState.Closed) await this.#setState(f, XenbusState.Closed);
     } else if (fs === XenbusState.Initialising && f.state === XenbusState.Closed) {
       await this.#setState(f, XenbusState.InitWait); // the frontend starts over
     }
@@ -282,10 +294,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
         r = errnoOf(e);
       }
       if (typeof r === 'number') answer(r);
-      else {
-        f.busy++;
-        r.then(answer, (e) => answer(errnoOf(e))).finally(() => f.busy--);
-      }
+      else r.then(answer, (e) => answer(errnoOf(e)));
     }
   }
 
@@ -321,9 +330,13 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
         const a = decodeInetAddress(req.addr, req.len);
         if (!a) return -E.EAFNOSUPPORT;
         const ring = this.#mapRing(f, req.ref, req.evtchn);
-        const sock = this.#o.connect
-          ? this.#o.connect({ host: a.address, port: a.port })
-          : net.connect(a.port, a.address);
+        let sock: net.Socket;
+        try {
+          sock = this.#o.connect ? this.#o.connect({ host: a.address, port: a.port }) : net.connect(a.port, a.address);
+        } catch (e) {
+          this.#unmapRing(ring); // the hook refused: its errno goes back
+          throw e;
+        }
         const active = this.#activate(f, req.id, ring, sock);
         return new Promise<number>((resolve) => {
           const onError = (e: Error) => {

@@ -91,6 +91,7 @@ export class PvcallsFrontend extends EventEmitter<{ close: []; error: [Error] }>
   readonly #ports = new Map<number, () => void>();
   readonly sockets = new Set<PvcallsSocket>();
   #closed = false;
+  #closing?: Promise<void>;
   #watch?: Awaited<ReturnType<Xenstore['watch']>>;
 
   /** @internal use connectPvcalls() */
@@ -253,9 +254,16 @@ export class PvcallsFrontend extends EventEmitter<{ close: []; error: [Error] }>
     return srv;
   }
 
-  /** Releases every socket and closes the device (Closing, then Closed once the backend has). */
-  async close(): Promise<void> {
-    if (this.#closed) return;
+  /**
+   * Releases every socket and closes the device (Closing, then Closed once the backend has).
+   * Every call returns the same promise: the device is closed once.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
     for (const s of this.sockets) s.destroy();
     // Let the RELEASEs go out before the ring does.
     await Promise.race([

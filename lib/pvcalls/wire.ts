@@ -9,6 +9,8 @@
  * address in network order. Errors in responses and in the data rings are negative Linux errnos.
  */
 
+import { invalidArgValue } from '../errors';
+
 /** The one protocol version ("version" of the frontend, "versions" of the backend). */
 export const PVCALLS_VERSION = '1';
 
@@ -243,8 +245,8 @@ export function encodeInetAddress(a: InetAddress): Uint8Array {
   v.setUint16(0, a.family, true);
   v.setUint16(2, a.port, false);
   const parts = a.address.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255))
-    throw new RangeError(`not an IPv4 address: ${a.address}`);
+  if (!/^\d{1,3}(\.\d{1,3}){3}$/.test(a.address) || parts.some((p) => p > 255))
+    throw invalidArgValue('address', 'must be an IPv4 address (PVCalls version 1 carries no other)', a.address);
   b.set(parts, 4);
   return b;
 }

@@ -81,11 +81,11 @@ cp -a "$cache/domu/." "$img/"
 install -D -m 0755 "$here/domu-init.sh" "$img/init"
 install -D -m 0755 "$(readlink -f "$(command -v node)")" "$img/usr/bin/node"
 addon="$repo/build/Release/xen_vchan_real.node"
-xslib=$(ldconfig -p | awk '$1 == "libxenstore.so.4" {print $NF; exit}')
+xslib=$(ldconfig -p | awk '$1 == "libxenstore.so.4" && !n++ {print $NF}')
 [ -n "$xslib" ] || { echo "test:xen: no libxenstore.so.4 on this machine for the domU (apt-get install libxenstore4)" >&2; exit 1; }
 install -D -m 0755 "$(readlink -f "$xslib")" "$img$xslib"
 # libxenctrl too (EventChannel.allocUnbound loads it: the domU's test of an unprivileged call).
-xclib=$(ldconfig -p | awk '$1 ~ /^libxenctrl\.so\.4\./ {print $NF; exit}')
+xclib=$(ldconfig -p | awk '$1 ~ /^libxenctrl\.so\.4\./ && !n++ {print $NF}')
 [ -n "$xclib" ] || { echo "test:xen: no libxenctrl.so.4.x on this machine for the domU (apt-get install libxenmisc4.17)" >&2; exit 1; }
 install -D -m 0755 "$(readlink -f "$xclib")" "$img$xclib"
 for lib in $( (ldd "$(command -v node)"; ldd "$addon"; ldd "$xslib"; ldd "$xclib") | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\/.*ld-linux/ {print $1}' | sort -u); do
