@@ -203,9 +203,8 @@ describe.runIf(mockAddon)('PVCalls: the Node frontend (domain 5) and the Node ba
     await be.close();
     expect((await failed)[0]).toMatchObject({ code: 'ECONNRESET' });
     await closed;
-    // Served again by a new backend: connectPvcalls starts over.
+    // Served again by a new backend: connectPvcalls starts over (from the Closed the last one left).
     be = await createPvcallsBackend();
-    await xs.write('/local/domain/5/device/pvcalls/0/state', String(XenbusState.Initialising));
     fe = await connectPvcalls({ mockDomid: 5, timeout: 5000 });
     const t = await connected(fe.createConnection({ host: '127.0.0.1', port }));
     t.destroy();
@@ -259,6 +258,41 @@ describe.runIf(mockAddon)('PVCalls: processes killed, domains destroyed (mock)',
     }
   });
 
+  it('a frontend process killed (its domain lives on): the next frontend process resets the device and is served', async () => {
+    const xs = new Xenstore();
+    await createPvcallsDevice(xs, { frontend: 6, backend: 0 });
+    const be = await createPvcallsBackend();
+    const conns: net.Socket[] = [];
+    const closed: Promise<unknown>[] = [];
+    const { server, port } = await tcpServer((c) => {
+      conns.push(c);
+      closed.push(once(c, 'close'));
+      c.on('data', () => undefined);
+    });
+    const peers: ReturnType<typeof startPeer>[] = [];
+    try {
+      for (let round = 0; round < 2; round++) {
+        const p = startPeer(6, ['pvcalls-stream', String(port)]);
+        peers.push(p);
+        expect(await p.next()).toEqual({ streaming: true });
+        expect(conns).toHaveLength(round + 1);
+        killChild(p.child);
+        await p.exited;
+      }
+      // The first process's socket was closed when the second reset the device; the second's
+      // is still open (nothing reset it), until the backend closes.
+      await closed[0];
+      expect(conns[1].destroyed).toBe(false);
+    } finally {
+      for (const p of peers) killChild(p.child);
+      await be.close();
+      await Promise.all(closed);
+      server.close();
+      await removeDevices(xs, [6]);
+      xs.close();
+    }
+  });
+
   it('a backend killed and started again: the frontend sees ECONNRESET, then connects to the new one', async () => {
     const xs = new Xenstore();
     await createPvcallsDevice(xs, { frontend: 6, backend: 0 });
@@ -277,7 +311,6 @@ describe.runIf(mockAddon)('PVCalls: processes killed, domains destroyed (mock)',
       expect(await second.next()).toEqual({ ready: true });
       expect((await failed)[0]).toMatchObject({ code: 'ECONNRESET' });
       await fe.close();
-      await xs.write('/local/domain/6/device/pvcalls/0/state', String(XenbusState.Initialising));
       fe = await connectPvcalls({ mockDomid: 6, timeout: 5000 });
       const t = await connected(fe.createConnection({ host: '127.0.0.1', port }));
       t.destroy();
@@ -423,6 +456,26 @@ describe.runIf(mockAddon)('PVCalls: a hostile frontend against the Node backend 
       pages.unshare();
       expect(await echo()).toBe('ping');
       expect(x.mockStats(0)[0].mappedPages).toBe(1 + 1); // the two frontends' command rings, nothing else
+      // POLL on a listening socket answers when a connection waits; RELEASE cancels a pending one.
+      const lport = await freePort();
+      const laddr = w.encodeInetAddress({ family: w.AF_INET, port: lport, address: '127.0.0.1' });
+      const listen = await h.send([
+        h.req({ cmd: 'SOCKET', id: 9n, domain: 2, type: 1, protocol: 0 }),
+        h.req({ cmd: 'BIND', id: 9n, addr: laddr, len: 16 }),
+        h.req({ cmd: 'LISTEN', id: 9n, backlog: 4 }),
+      ]);
+      expect(listen.map((r) => r.ret)).toEqual([0, 0, 0]);
+      let answered = false;
+      const polled = h.send([h.req({ cmd: 'POLL', id: 9n })]).then((r) => ((answered = true), r));
+      await sleep(100);
+      expect(answered).toBe(false); // nothing waits to be accepted yet
+      const client = net.connect(lport, '127.0.0.1');
+      client.on('error', () => undefined);
+      expect((await polled).map((r) => [r.cmd, r.ret])).toEqual([[w.PvcallsCmd.POLL, 0]]);
+      expect((await h.send([h.req({ cmd: 'POLL', id: 9n })]))[0].ret).toBe(0); // still one waiting
+      const release = await h.send([h.req({ cmd: 'RELEASE', id: 9n, reuse: 0 })]);
+      expect(release[0].ret).toBe(0);
+      client.destroy();
       // Indexes out of range: req_prod far past anything published. The backend drops this frontend.
       const gone = once(be, 'disconnect');
       new Uint32Array(h.page.buffer)[0] += 1000;

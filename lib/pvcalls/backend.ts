@@ -94,6 +94,8 @@ interface PassiveSocket {
   queue: net.Socket[];
   accept?: Waiter<net.Socket>;
   poll?: Waiter<void>;
+  /** BIND's result (0 or a negative errno), once Node's listen() has answered. */
+  bound?: Promise<number>;
 }
 
 interface ActiveSocket {
@@ -363,25 +365,39 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
         const a = decodeInetAddress(req.addr, req.len);
         if (!a) return -E.EAFNOSUPPORT;
         // Node binds only by listening: connections that come before LISTEN are refused (reset).
+        // The socket is passive at once, so a LISTEN right behind this BIND waits for it.
         const server = net.createServer({ pauseOnConnect: true });
         const passive: PassiveSocket = { kind: 'passive', server, listening: false, backlog: 0, queue: [] };
-        return new Promise<number>((resolve) => {
-          server.once('error', (e) => resolve(errnoOf(e)));
+        f.sockets.set(req.id, passive);
+        passive.bound = new Promise<number>((resolve) => {
+          server.once('error', (e) => {
+            if (f.sockets.get(req.id) === passive) f.sockets.set(req.id, { kind: 'new' });
+            passive.bound = undefined;
+            resolve(errnoOf(e));
+          });
           server.listen({ host: a.address, port: a.port, backlog: this.#o.maxPendingAccepts }, () => {
             server.removeAllListeners('error');
             server.on('error', () => undefined);
             server.on('connection', (c) => this.#incoming(passive, c));
-            f.sockets.set(req.id, passive);
+            passive.bound = undefined;
             resolve(0);
           });
         });
+        return passive.bound;
       }
-      case 'LISTEN':
+      case 'LISTEN': {
         if (s?.kind !== 'passive' || s.listening) return -E.EINVAL;
-        s.listening = true;
-        s.backlog = Math.max(1, Math.min(req.backlog || 1, this.#o.maxPendingAccepts));
-        return 0;
+        const listen = (bound: number) => {
+          if (bound < 0 || s.listening || f.sockets.get(req.id) !== s) return -E.EINVAL;
+          s.listening = true;
+          s.backlog = Math.max(1, Math.min(req.backlog || 1, this.#o.maxPendingAccepts));
+          return 0;
+        };
+        return s.bound ? s.bound.then(listen) : listen(0);
+      }
       case 'ACCEPT': {
+        // Pipelined behind a BIND still in progress (and the LISTEN waiting for it): after them.
+        if (s?.kind === 'passive' && s.bound) return s.bound.then(() => this.#command(f, req));
         if (s?.kind !== 'passive' || !s.listening) return -E.EINVAL;
         if (s.accept) return -E.EBUSY; // one ACCEPT at a time per socket
         if (f.sockets.has(req.idNew)) return -E.EEXIST;
@@ -408,6 +424,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
         });
       }
       case 'POLL': {
+        if (s?.kind === 'passive' && s.bound) return s.bound.then(() => this.#command(f, req));
         if (s?.kind !== 'passive' || !s.listening) return -E.EINVAL;
         if (s.queue.length) return 0;
         if (s.poll) return -E.EALREADY;

@@ -496,7 +496,19 @@ export async function connectPvcalls(options: PvcallsFrontendOptions = {}): Prom
     const bid = Number(await xs.tryRead(`${front}/backend-id`));
     if (!back || !Number.isInteger(bid))
       throw coded(`No PVCalls device ${dev} for this domain (${front}: a toolstack creates it)`, 'ERR_XEN_NO_DEVICE');
-    await waitState(xs, back, (s) => s === XenbusState.InitWait || s === XenbusState.Connected, timeout);
+    // A frontend before us (a process that died, or closed half-way) may have left the device
+    // Initialised or Connected, with the backend still on its ring: close it down to Closed first,
+    // then start over from Initialising, as a kernel frontend does when it reconnects.
+    const mine = await readState(xs, front);
+    if (mine !== XenbusState.Initialising && mine !== XenbusState.Unknown) {
+      if (mine !== XenbusState.Closed) {
+        await xs.write(`${front}/state`, String(XenbusState.Closing));
+        await waitState(xs, back, (s) => s === XenbusState.Closed || s === XenbusState.InitWait, timeout);
+        await xs.write(`${front}/state`, String(XenbusState.Closed));
+      }
+      await xs.write(`${front}/state`, String(XenbusState.Initialising));
+    }
+    await waitState(xs, back, (s) => s === XenbusState.InitWait, timeout);
     const versions = ((await xs.tryRead(`${back}/versions`)) ?? '').split(',');
     if (!versions.includes(PVCALLS_VERSION))
       throw coded(
