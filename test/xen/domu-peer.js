@@ -21,6 +21,11 @@
 //                           remote absent, bindStatic(port) (the port is in this domain's table);
 //                           with remote (0), bindInterdomain(0, port) (dom0 took its port with
 //                           bindStatic). Answers every event until 'static-stop'
+//   bench   {via, port|path, mib, sockets, connects}  bench/pvcalls-rig.js's measurements from
+//                           this side: VIA 'pvcalls' (device/pvcalls/0, dom0's TCP sink at
+//                           127.0.0.1:PORT) or 'vchan' (connectMulti to dom0's PATH); MIB MiB sent
+//                           on one socket, then on SOCKETS at once (the sink acknowledges each with
+//                           one byte), then CONNECTS connects; answers {tp1, tpN, connectP50}
 //   pcid    {}              the PCI daemon for dom0 at data/pcid, acting as the hardware domain on a
 //                           small sysfs tree of its own (pciback with one device); 'pcid-stop' ends it
 const { createHash, randomBytes } = require('node:crypto');
@@ -226,6 +231,8 @@ async function run(cmd) {
       }
       return reply(id, { closed: true });
     }
+    case 'bench':
+      return reply(id, await bench(cmd));
     case 'insmod':
     case 'rmmod': {
       const r = require('node:child_process').spawnSync(op, [op === 'insmod' ? cmd.path : cmd.name], {
@@ -270,6 +277,60 @@ async function run(cmd) {
     }
     default:
       return reply(id, { error: `unknown op ${op}` });
+  }
+}
+
+/** The 'bench' op: throughput (MiB/s) one way on 1 and on cmd.sockets sockets, and connect p50 (µs). */
+async function bench(cmd) {
+  const fe = cmd.via === 'pvcalls' ? await x.connectPvcalls({ timeout: 60000 }) : null;
+  const block = Buffer.alloc(1 << 20, 7);
+  const open = async () => {
+    if (!fe) return x.connectMulti({ domid: 0, path: cmd.path, timeout: 60000 });
+    const s = fe.createConnection({ host: '127.0.0.1', port: cmd.port });
+    await new Promise((resolve, reject) => s.once('connect', resolve).once('error', reject));
+    return s;
+  };
+  const close = async (s) => {
+    s.destroy();
+    if (s.released) await s.released;
+    else if (!s.closed) await new Promise((resolve) => s.once('close', resolve));
+  };
+  /** Sends cmd.mib MiB on S, then waits for the sink's one-byte acknowledgement. */
+  const blast = (s) =>
+    new Promise((resolve, reject) => {
+      let left = cmd.mib;
+      s.once('error', reject);
+      s.once('data', resolve);
+      const pump = () => {
+        while (left > 0) {
+          left--;
+          if (!s.write(block)) return void s.once('drain', pump);
+        }
+      };
+      pump();
+    });
+  const throughput = async (n) => {
+    const socks = await Promise.all(Array.from({ length: n }, open));
+    const t0 = process.hrtime.bigint();
+    await Promise.all(socks.map(blast));
+    const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+    await Promise.all(socks.map(close));
+    return (cmd.mib * n) / secs;
+  };
+  try {
+    const tp1 = await throughput(1);
+    const tpN = await throughput(cmd.sockets);
+    const lat = [];
+    for (let i = 0; i < cmd.connects; i++) {
+      const t0 = process.hrtime.bigint();
+      const s = await open();
+      lat.push(Number(process.hrtime.bigint() - t0) / 1e3);
+      await close(s);
+    }
+    lat.sort((a, b) => a - b);
+    return { tp1, tpN, connectP50: lat[Math.floor(lat.length / 2)], ringOrder: fe ? fe.ringOrder : undefined };
+  } finally {
+    if (fe) await fe.close();
   }
 }
 

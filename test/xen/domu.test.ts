@@ -26,25 +26,10 @@ import {
   Xenstore,
 } from '../../dist/cjs/index.js';
 import { hasDevXen } from '../helpers/env';
-
-/** A message of domu-peer.js: its phase and what it measured (hashes, counts, ports, info). */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- free-form JSON from the peer
-type PeerMessage = Record<string, any>;
+import { bootDomU, consoleLog, type DomU, type PeerMessage, xl } from './domu-driver.js';
 
 const rig = process.env.XEN_RIG_DOMU; // directory holding vmlinuz and domu.cpio.zst
 const NAME = 'vchan-domu';
-
-function xl(...args: string[]): string {
-  return execFileSync('xl', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function consoleLog(): string {
-  try {
-    return fs.readFileSync(`/var/log/xen/console/guest-${NAME}.log`, 'utf8');
-  } catch {
-    return '(no console log)';
-  }
-}
 
 /** A TCP port free on dom0's loopback now (for a server the domU asks a PVCalls backend for). */
 function freeTcpPort(): Promise<number> {
@@ -92,68 +77,17 @@ function sha256(b: Buffer): string {
 }
 
 describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xen)', () => {
+  let domu: DomU;
   let domid = -1;
   let xs: Xenstore;
   let home = '';
-  let nextId = 0;
-
-  /** Sends a command to the domU's peer; returns a function awaiting each phase's result. */
-  async function command(op: string, args: Record<string, unknown> = {}) {
-    const id = ++nextId;
-    await xs.write(`${home}/data/peer/cmd/${id}`, JSON.stringify({ id, op, ...args }));
-    return async function result(phase = '-', timeoutMs = 60_000): Promise<PeerMessage> {
-      const key = `${home}/data/peer/result/${id}/${phase}`;
-      const w = await xs.watch(key);
-      const t = setTimeout(() => void w.close(), timeoutMs);
-      const seen = new Promise<string>((resolve) =>
-        w.on('change', () => void xs.tryRead(key).then((v) => v !== undefined && resolve(v))),
-      );
-      const ended = (async () => {
-        for await (const _ of w);
-      })();
-      try {
-        const v = await Promise.race([seen, ended.then(() => undefined)]);
-        if (v === undefined)
-          throw new Error(`no ${op}/${phase} result from the domU in ${timeoutMs} ms\n${consoleLog().slice(-3000)}`);
-        const r = JSON.parse(v);
-        if (r.error) throw new Error(`domU ${op}: ${r.error}`);
-        return r;
-      } finally {
-        clearTimeout(t);
-        await w.close();
-      }
-    };
-  }
+  const command = (op: string, args: Record<string, unknown> = {}) => domu.command(op, args);
 
   beforeAll(async () => {
-    const cfg = '/tmp/vchan-domu.cfg';
-    fs.writeFileSync(
-      cfg,
-      [
-        `name = "${NAME}"`,
-        'type = "pv"',
-        `kernel = "${rig}/vmlinuz"`,
-        `ramdisk = "${rig}/domu.cpio.zst"`,
-        'extra = "console=hvc0 rdinit=/init"',
-        'memory = 1024',
-        'vcpus = 1',
-        'on_crash = "preserve"',
-        '',
-      ].join('\n'),
-    );
     const t0 = Date.now();
-    xl('create', cfg);
-    domid = Number(xl('domid', NAME).trim());
     xs = new Xenstore();
-    home = `/local/domain/${domid}`;
-    // Wait for the peer to say it is ready (Node starts in the domU after its kernel boots).
-    const w = await xs.watch(`${home}/data/peer/ready`);
-    const t = setTimeout(() => void w.close(), 240_000);
-    for await (const _ of w) if ((await xs.tryRead(`${home}/data/peer/ready`)) !== undefined) break;
-    clearTimeout(t);
-    await w.close();
-    if ((await xs.tryRead(`${home}/data/peer/ready`)) === undefined)
-      throw new Error(`the domU's Node peer never became ready\n${consoleLog().slice(-3000)}`);
+    domu = await bootDomU({ rig: rig as string, xs, name: NAME });
+    ({ domid, home } = domu);
     console.log(`domU ${domid}: Node peer ready ${((Date.now() - t0) / 1000).toFixed(1)} s after xl create`);
   }, 300_000);
 
@@ -164,7 +98,7 @@ describe.runIf(rig && hasDevXen)('dom0 <-> a PV domU, Node at both ends (real Xe
       // already gone (the last test destroys it)
     }
     xs?.close();
-    const log = consoleLog();
+    const log = consoleLog(NAME);
     if (process.env.XEN_RIG_DOMU) fs.writeFileSync(`${process.env.XEN_RIG_DOMU}/domu-console.log`, log);
     console.log(
       `domU console (the peer's lines):\n${log

@@ -1,0 +1,190 @@
+#!/usr/bin/env node
+'use strict';
+// npm run bench:pvcalls:rig (inside the rig's dom0, through bench/pvcalls-rig-job.sh): PVCalls on
+// real Xen with the Node frontend in the PV domU, measured side by side in one run against
+//   node    the Node backend (a process of its own in dom0, as a daemon would run)
+//   linux   Linux's pvcalls-back.ko in dom0 (test/xen/build-pvcalls-modules.sh; 6.12 rig only)
+//   vchan   a plain VchanStream: connectMulti from the domU to a multi-server in dom0
+// Each measures, from the domU (test/xen/domu-peer.js, op 'bench'): MiB/s one way on one socket
+// and on SOCKETS at once (the sink in dom0 acknowledges each socket's last byte), and the p50 of
+// CONNECTS connects (PVCalls: SOCKET + CONNECT through the backend; vchan: connectMulti). The
+// paths run in a rotating order, RUNS times; every figure is the median with the spread (min-max),
+// and the ratios are taken per run.
+//
+//   node bench/pvcalls-rig.js [--runs N] [--mib M] [--sockets S] [--connects C] [--out FILE]
+const { execFileSync, fork } = require('node:child_process');
+const { once } = require('node:events');
+const fs = require('node:fs');
+const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+
+const x = require(path.join(__dirname, '..'));
+
+const argv = process.argv.slice(2);
+const opt = (name, def) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : def);
+const RUNS = Number(opt('--runs', 5));
+const MIB = Number(opt('--mib', 4));
+const SOCKETS = Number(opt('--sockets', 4));
+const CONNECTS = Number(opt('--connects', 20));
+const OUT = opt('--out', '');
+const RIG = process.env.XEN_RIG_DOMU || '/mnt/host/.rig';
+const LINUX_BACK = `${RIG}/pvcalls/pvcalls-back.ko`;
+
+// --- the Node backend's own process ----------------------------------------------------------------
+
+async function backendMain() {
+  const be = await x.createPvcallsBackend();
+  be.on('frontendError', (e) => console.error(`pvcalls-rig: backend: ${e.message}`));
+  process.on('message', async () => {
+    await be.close();
+    process.exit(0);
+  });
+  process.send({ ready: true });
+}
+
+// --- dom0: the sinks, the backends, the domU ---------------------------------------------------------
+
+const median = (a) => {
+  const s = [...a].sort((p, q) => p - q);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const fmt = (a, d = 0) => `${median(a).toFixed(d)} (${Math.min(...a).toFixed(d)}-${Math.max(...a).toFixed(d)})`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Counts MIB MiB per connection, then answers one byte: the sender's clock stops there. */
+function sink(s) {
+  let got = 0;
+  s.on('data', (d) => {
+    got += d.length;
+    if (got === MIB << 20) s.write('k');
+  });
+  s.on('error', () => undefined);
+}
+
+function rmmod() {
+  for (let i = 0; i < 100; i++) {
+    try {
+      execFileSync('rmmod', ['pvcalls_back'], { stdio: 'ignore' });
+      return;
+    } catch {
+      execFileSync('sleep', ['0.1']);
+    }
+  }
+  throw new Error('pvcalls_back would not unload');
+}
+
+async function main() {
+  const { bootDomU } = require('../test/xen/domu-driver.js');
+  const haveLinux = fs.existsSync(LINUX_BACK);
+  const t0 = Date.now();
+  const xs = new x.Xenstore();
+  const domu = await bootDomU({ rig: RIG, xs, name: 'vchan-bench' });
+  const { domid } = domu;
+  console.log(`pvcalls-rig: domU ${domid} ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  const tcp = net.createServer(sink).listen(0, '127.0.0.1');
+  await once(tcp, 'listening');
+  const port = /** @type {net.AddressInfo} */ (tcp.address()).port;
+  const vpath = `data/pvcalls-bench-${process.pid}`;
+  const vserver = x.createMultiServer({ domid, path: vpath, readMin: 65536, writeMin: 65536 }, sink);
+  await once(vserver.listen(), 'listening');
+
+  const ask = async (args) => {
+    const result = await domu.command('bench', { mib: MIB, sockets: SOCKETS, connects: CONNECTS, ...args });
+    return result('-', 600_000);
+  };
+  /** One measurement through a PVCalls backend that UP starts and DOWN stops. */
+  const viaPvcalls = async (up, down) => {
+    await up();
+    try {
+      await x.createPvcallsDevice(xs, { frontend: domid, backend: 0 });
+      return await ask({ via: 'pvcalls', port });
+    } finally {
+      await x.removePvcallsDevice(xs, { frontend: domid, backend: 0 });
+      await down();
+    }
+  };
+  let child = null;
+  const paths = {
+    node: () =>
+      viaPvcalls(
+        async () => {
+          child = fork(__filename, ['--backend'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+          await once(child, 'message');
+        },
+        async () => {
+          child.send('end');
+          await once(child, 'exit');
+        },
+      ),
+    linux: () =>
+      viaPvcalls(
+        async () => void execFileSync('insmod', [LINUX_BACK]),
+        async () => {
+          // Linux's backend lets the module go once the device is gone.
+          await sleep(200);
+          rmmod();
+        },
+      ),
+    vchan: () => ask({ via: 'vchan', path: `/local/domain/0/${vpath}` }),
+  };
+  const names = haveLinux ? ['node', 'linux', 'vchan'] : ['node', 'vchan'];
+  const res = {};
+  const ringOrder = {};
+  for (let run = 0; run < RUNS; run++) {
+    const order = names.map((_, i) => names[(i + run) % names.length]);
+    for (const k of order) {
+      const r = await paths[k]();
+      for (const m of ['tp1', 'tpN', 'connectP50']) (res[`${k}-${m}`] ??= []).push(r[m]);
+      if (r.ringOrder !== undefined) ringOrder[k] = r.ringOrder;
+      console.log(`pvcalls-rig: run ${run + 1} ${k}: ${JSON.stringify(r)}`);
+    }
+  }
+  vserver.close();
+  tcp.close();
+  domu.destroy();
+  xs.close();
+
+  const label = {
+    node: `PVCalls, Node backend (ring order ${ringOrder.node})`,
+    linux: `PVCalls, Linux's pvcalls-back.ko (ring order ${ringOrder.linux})`,
+    vchan: 'VchanStream (multi-server, 64 KiB rings)',
+  };
+  const L = [];
+  L.push(
+    `pvcalls rig bench: Node frontend in a PV domU, dom0 serving; ${MIB} MiB one way per socket, ${SOCKETS} sockets, ` +
+      `${CONNECTS} connects; median of ${RUNS} runs (spread min-max); Linux ${os.release()}, Node ${process.version}`,
+  );
+  L.push('');
+  L.push(`| path | 1 socket MiB/s | ${SOCKETS} sockets MiB/s (total) | connect p50 µs |`);
+  L.push('|---|---|---|---|');
+  for (const k of names)
+    L.push(
+      `| ${label[k]} | ${fmt(res[`${k}-tp1`], 1)} | ${fmt(res[`${k}-tpN`], 1)} | ${fmt(res[`${k}-connectP50`])} |`,
+    );
+  L.push('');
+  const ratio = (a, b) =>
+    `throughput 1 socket ${fmt(
+      res[`${a}-tp1`].map((v, i) => v / res[`${b}-tp1`][i]),
+      2,
+    )}x, ${SOCKETS} sockets ${fmt(
+      res[`${a}-tpN`].map((v, i) => v / res[`${b}-tpN`][i]),
+      2,
+    )}x; connect time ${fmt(
+      res[`${a}-connectP50`].map((v, i) => v / res[`${b}-connectP50`][i]),
+      2,
+    )}x`;
+  if (haveLinux) L.push(`Node backend / Linux backend: ${ratio('node', 'linux')}`);
+  L.push(`PVCalls (Node backend) / VchanStream: ${ratio('node', 'vchan')}`);
+  if (haveLinux) L.push(`PVCalls (Linux backend) / VchanStream: ${ratio('linux', 'vchan')}`);
+  const text = L.join('\n');
+  console.log(text);
+  if (OUT) fs.writeFileSync(OUT, `${text}\n`);
+}
+
+if (argv.includes('--backend')) void backendMain();
+else
+  main().catch((e) => {
+    console.error(e);
+    process.exit(1);
+  });
