@@ -56,13 +56,15 @@ class Vchan : public Handle {
     uint32_t wcons = __atomic_load_n(&c_->write.shr->cons, __ATOMIC_ACQUIRE);
     return rprod - rcons > rsize || wprod - wcons > wsize;
   }
+  // The channel's event handle has one port, and the kernel masks a port when it queues it, so a
+  // wake-up carries at most one event until we unmask: one read, not a second one to hear EAGAIN
+  // (a syscall per wake-up, which a PV domain pays through Xen). Anything more left queued keeps
+  // the fd readable and wakes us again (level-triggered), as libxenvchan_wait's single read relies on.
   void Drain() {
-    for (;;) {
-      int p = xenevtchn_pending(c_->event);
-      if (p < 0) break;
-      events_++;
-      xenevtchn_unmask(c_->event, static_cast<evtchn_port_t>(p));
-    }
+    int p = xenevtchn_pending(c_->event);
+    if (p < 0) return;
+    events_++;
+    xenevtchn_unmask(c_->event, static_cast<evtchn_port_t>(p));
   }
   uint64_t events_ = 0;  // events drained (diagnostics)
   struct libxenvchan* c_;
