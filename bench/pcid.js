@@ -16,6 +16,8 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
+const { fmt, median } = require('./stats');
+
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
 // On real Xen (the rig's dom0: npm run bench:pcid:rig) both processes are in dom0; on the mock the
 // clients' process acts as domain 5.
@@ -89,12 +91,6 @@ async function childMain() {
 
 // ---------------------------------------------------------------------------------------------
 
-const median = (a) => {
-  const s = [...a].sort((p, q) => p - q);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const spread = (a) => `${Math.min(...a).toFixed(0)}-${Math.max(...a).toFixed(0)}`;
-
 async function main() {
   const sysfs = fakeSysfs();
   const rel = `data/pcid-bench-${process.pid}`;
@@ -156,7 +152,7 @@ async function main() {
   for (const n of [1, 50])
     for (const kind of ['vchan', 'uds']) {
       const r = results[`${kind}-${n}`];
-      const col = (k) => `${median(r.map((v) => v[k])).toFixed(0)} (${spread(r.map((v) => v[k]))})`;
+      const col = (k) => fmt(r.map((v) => v[k]));
       L.push(
         `| ${n} | ${kind === 'vchan' ? `vchan (${x.currentBackend()})` : 'Unix socket'} | ${col('rps')} | ${col('p50')} | ${col('p99')} |`,
       );
@@ -168,9 +164,9 @@ async function main() {
     // Ratios per run (the two measured back to back), then their median and spread.
     const rps = v.map((r, i) => r.rps / u[i].rps);
     const p50 = v.map((r, i) => u[i].p50 / r.p50);
-    const fmt = (a) => `${median(a).toFixed(2)}x (${Math.min(...a).toFixed(2)}-${Math.max(...a).toFixed(2)})`;
+    const times = (a) => `${median(a).toFixed(2)}x (${Math.min(...a).toFixed(2)}-${Math.max(...a).toFixed(2)})`;
     L.push(
-      `${n} client${n > 1 ? 's' : ''}: vchan/Unix socket requests/s ${fmt(rps)}, p50 latency ratio (uds/vchan) ${fmt(p50)}`,
+      `${n} client${n > 1 ? 's' : ''}: vchan/Unix socket requests/s ${times(rps)}, p50 latency ratio (uds/vchan) ${times(p50)}`,
     );
   }
   process.stdout.write(`${L.join('\n')}\n`);

@@ -19,6 +19,8 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
+const { fmt } = require('./stats');
+
 const x = require(path.join(__dirname, '..'));
 
 const argv = process.argv.slice(2);
@@ -45,11 +47,6 @@ async function backendMain() {
 
 // --- dom0: the sinks, the backends, the domU ---------------------------------------------------------
 
-const median = (a) => {
-  const s = [...a].sort((p, q) => p - q);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const fmt = (a, d = 0) => `${median(a).toFixed(d)} (${Math.min(...a).toFixed(d)}-${Math.max(...a).toFixed(d)})`;
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Counts MIB MiB per connection, then answers one byte: the sender's clock stops there. */

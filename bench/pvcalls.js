@@ -17,6 +17,8 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
+const { fmt } = require('./stats');
+
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
 const x = require(path.join(__dirname, '..'));
 
@@ -87,12 +89,6 @@ async function childMain() {
 }
 
 // --- the parent: dom0, the backend, the TCP sink and the vchan server -----------------------------
-
-const median = (a) => {
-  const s = [...a].sort((p, q) => p - q);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
-const fmt = (a, d = 0) => `${median(a).toFixed(d)} (${Math.min(...a).toFixed(d)}-${Math.max(...a).toFixed(d)})`;
 
 /** Counts MIB * n MiB per connection, then answers one byte: the sender's clock stops there. */
 function sink(s) {
