@@ -27,6 +27,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { debuglog } from 'node:util';
 
+import { MAX_RING_SIZE } from './constants';
 import { checkDomid, checkInt, checkObject, checkString, invalidArgType, invalidArgValue, systemError } from './errors';
 import { JSON_MAX_MESSAGE, JsonClient, serveJson, type RequestOptions } from './jsonrpc';
 import type { Backend } from './native';
@@ -391,8 +392,8 @@ export class PcidServer extends EventEmitter<{
     this.#concurrency = o.concurrency === undefined ? 16 : checkInt('options.concurrency', o.concurrency, 1, 65536);
     this.#acceptTimeout =
       o.acceptTimeout === undefined ? 10000 : checkInt('options.acceptTimeout', o.acceptTimeout, 1, 2 ** 31 - 1);
-    this.#readMin = o.readMin === undefined ? 0 : checkInt('options.readMin', o.readMin, 0, 1 << 30);
-    this.#writeMin = o.writeMin === undefined ? 0 : checkInt('options.writeMin', o.writeMin, 0, 1 << 30);
+    this.#readMin = o.readMin === undefined ? 0 : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
+    this.#writeMin = o.writeMin === undefined ? 0 : checkInt('options.writeMin', o.writeMin, 0, MAX_RING_SIZE);
     this.#backend = o.backend as Backend | undefined;
     this.#mockDomid = o.mockDomid === undefined ? undefined : checkDomid('options.mockDomid', o.mockDomid);
   }
@@ -514,7 +515,15 @@ export class PcidServer extends EventEmitter<{
       await xs.rm(node).catch(() => undefined);
       throw systemError('EACCES', 'accept', `pcid: domain ${domid} is not served (node ${name})`);
     }
-    this.#serve(name, domid);
+    try {
+      this.#serve(name, domid);
+    } catch (e) {
+      // No channel for this client: its node goes, so that it hears so (connectPcid: ECONNREFUSED).
+      this.#dropped.add(name);
+      await xs.rm(node).catch(() => undefined);
+      setTimeout(() => this.#dropped.delete(name), 5000).unref();
+      throw e;
+    }
   }
 
   #serve(name: string, domid: number): void {
@@ -706,9 +715,14 @@ export class PcidClient extends EventEmitter<{ close: [] }> {
   }
 }
 
+/** The reason connectPcid aborts its connect with when the server removes the client's node. */
+const WITHDRAWN = Symbol('withdrawn');
+
 /**
  * Connects to the pcid server of domain `domid` (default 0): makes a node of its own under the
  * server's directory, as v4's clients do, and connects to the channel offered there.
+ * Fails with ECONNREFUSED when no server serves this domain, or when the server removes the node
+ * without offering a channel.
  */
 export async function connectPcid(options: PcidConnectOptions = {}): Promise<PcidClient> {
   const o = checkObject('options', options) as PcidConnectOptions;
@@ -743,19 +757,41 @@ export async function connectPcid(options: PcidConnectOptions = {}): Promise<Pci
         );
       throw e;
     }
+    // A server that cannot offer a channel (out of grant pages, say) or is closing removes the
+    // node: then the client hears so at once, not when its timeout runs out.
+    const withdrawn = new AbortController();
+    const onAbort = () => withdrawn.abort(o.signal?.reason);
+    o.signal?.addEventListener('abort', onAbort, { once: true });
+    const gone = await xs.watch(node);
+    gone.on('change', () => {
+      void xs.tryRead(node).then(
+        (v) => v === undefined && !withdrawn.signal.aborted && withdrawn.abort(WITHDRAWN),
+        () => undefined,
+      );
+    });
     let stream: VchanStream;
     try {
       stream = await connect({
         domid,
         path: node,
         timeout,
-        signal: o.signal,
+        signal: o.signal?.aborted ? o.signal : withdrawn.signal,
         backend: o.backend,
         mockDomid: o.mockDomid,
       });
     } catch (e) {
       await xs.rm(node).catch(() => undefined);
+      if (withdrawn.signal.reason === WITHDRAWN)
+        throw systemError(
+          'ECONNREFUSED',
+          'connect',
+          `the pcid server of domain ${domid} withdrew ${node} without offering a channel ` +
+            "(it could not make one, or it is closing; its 'clientError' event says why)",
+        );
       throw e;
+    } finally {
+      o.signal?.removeEventListener('abort', onAbort);
+      await gone.close().catch(() => undefined);
     }
     return new PcidClient(stream, node, o);
   } finally {

@@ -15,8 +15,10 @@ import {
   connect,
   connectPcid,
   createPcidServer,
+  GrantSharer,
   PcidClient,
   PcidServer,
+  type SharedPages,
   VchanStream,
   Xenstore,
 } from '../dist/cjs/index.js';
@@ -315,6 +317,51 @@ describe('pcid: concurrency', () => {
       expect(await q.next()).toMatchObject({ done: true, replies: 200, allTrue: true });
     },
   );
+
+  it.runIf(onMock)(
+    "a server that cannot make a channel removes the client's node: connectPcid fails with ECONNREFUSED, not its timeout",
+    async () => {
+      const { srv, rel } = await server();
+      const errors: NodeJS.ErrnoException[] = [];
+      srv.on('clientError', (e) => errors.push(e));
+      // This domain's grant pages, every one gntalloc allows (the mock's limit is Linux's: 1024).
+      const sharer = new GrantSharer();
+      const held: SharedPages[] = [];
+      try {
+        for (const n of [64, 1])
+          for (;;) {
+            try {
+              held.push(sharer.share(selfDomid, n));
+            } catch (e) {
+              expect(e).toMatchObject({ code: 'ENOSPC' });
+              break;
+            }
+          }
+        // A 60 s timeout: only the server's withdrawal can end this connect in the test's time.
+        await expect(connectPcid({ domid: selfDomid, path: rel, timeout: 60_000 })).rejects.toMatchObject({
+          code: 'ECONNREFUSED',
+          syscall: 'connect',
+          message: expect.stringMatching(/withdrew .* without offering a channel/),
+        });
+        expect(errors.map((e) => e.code)).toContain('ENOSPC');
+        const xs = new Xenstore();
+        expect(await xs.directory(`/local/domain/${selfDomid}/${rel}`)).toEqual([]);
+        xs.close();
+      } finally {
+        for (const h of held) h.unshare();
+        sharer.close();
+      }
+      // With the pages back, the next client is served.
+      expect(await (await client(rel)).isDeviceAssigned(sys.assigned)).toBe(true);
+    },
+  );
+
+  it('ring sizes no channel can have are refused when the server is made, not when a client comes', () => {
+    for (const k of ['readMin', 'writeMin'])
+      expect(() => createPcidServer({ sysfsRoot: sys.root, [k]: (1 << 20) + 1 })).toThrow(
+        expect.objectContaining({ code: 'ERR_OUT_OF_RANGE', name: 'RangeError' }),
+      );
+  });
 
   it.runIf(onMock)('a domain the server does not serve gets no channel', async () => {
     await server({ path: 'data/pcid', clients: [selfDomid] });
