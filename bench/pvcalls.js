@@ -113,7 +113,8 @@ async function main() {
   const vserver = x.createMultiServer({ domid: DOMU, path: vpath, readMin: 65536, writeMin: 65536 }, sink);
   await once(vserver.listen(), 'listening');
 
-  const child = fork(__filename, ['--child'], {
+  // The child takes the same options (--mib, --quick): the sink counts what the parent expects.
+  const child = fork(__filename, ['--child', ...argv], {
     env: { ...process.env, XEN_MOCK_DOMID: String(DOMU) },
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
