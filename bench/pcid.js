@@ -6,6 +6,8 @@
 // Unix socket between two Node processes. Each client sends one request at a time (closed loop),
 // is_device_assigned on a small fake sysfs, for a fixed time; every figure is the median of RUNS
 // runs with the spread (min-max). The ratio vchan/Unix socket is the result; absolutes are noisy.
+// CPU time per request is reported for the clients' process, the server's and (on the mock) the
+// broker's, which carries every event and unmask: it shows where a gap comes from.
 //
 //   node bench/pcid.js [--quick] [--runs N] [--seconds S] [--ring BYTES]
 //     --ring  the minimum ring sizes of each client's channel (default 0: v4's in-page rings)
@@ -69,6 +71,8 @@ async function childMain() {
       }
     }
     const lat = [];
+    process.send({ start: true });
+    const cpu0 = process.cpuUsage();
     const until = process.hrtime.bigint() + BigInt(Math.round(m.seconds * 1e9));
     const t0 = process.hrtime.bigint();
     await Promise.all(
@@ -81,13 +85,42 @@ async function childMain() {
       }),
     );
     const elapsed = Number(process.hrtime.bigint() - t0) / 1e9;
+    const cpu = process.cpuUsage(cpu0);
     for (const c of clients) c.close();
     lat.sort((p, q) => p - q);
     const pct = (p) => lat[Math.min(lat.length - 1, Math.floor((lat.length * p) / 100))];
-    process.send({ rps: lat.length / elapsed, p50: pct(50), p99: pct(99), n: lat.length });
+    process.send({
+      rps: lat.length / elapsed,
+      p50: pct(50),
+      p99: pct(99),
+      n: lat.length,
+      clientCpu: (cpu.user + cpu.system) / lat.length,
+    });
   });
   process.send({ ready: true });
 }
+
+/**
+ * CPU time (µs) the mock's broker (xenmockd) has used so far, or undefined on real Xen or when
+ * it cannot be told apart: on the mock every event and unmask passes through it.
+ */
+function brokerCpu() {
+  if (x.currentBackend() !== 'mock') return undefined;
+  let total;
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'xenmockd') continue;
+      // utime and stime are fields 14 and 15, after the parenthesised command name.
+      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      total = (total ?? 0) + ((Number(f[11]) + Number(f[12])) * 1e6) / TICKS;
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return total;
+}
+const TICKS = 100; // USER_HZ on Linux
 
 // ---------------------------------------------------------------------------------------------
 
@@ -121,7 +154,13 @@ async function main() {
   await once(child, 'message');
   const ask = async (m) => {
     child.send(m);
+    await once(child, 'message'); // the clients are connected; the timed loop starts
+    const cpu0 = process.cpuUsage();
+    const broker0 = brokerCpu();
     const [r] = await once(child, 'message');
+    const cpu = process.cpuUsage(cpu0);
+    r.serverCpu = (cpu.user + cpu.system) / r.n;
+    if (broker0 !== undefined) r.brokerCpu = (brokerCpu() - broker0) / r.n;
     return r;
   };
 
@@ -147,14 +186,20 @@ async function main() {
     `machine: ${os.cpus().length} cpus, ${os.cpus()[0].model}, Node ${process.version}, backend ${x.currentBackend()}`,
   );
   L.push('');
-  L.push('| clients | path | requests/s | p50 µs | p99 µs |');
-  L.push('|---|---|---|---|---|');
+  L.push('| clients | path | requests/s | p50 µs | p99 µs | CPU µs/request: clients | server | broker |');
+  L.push('|---|---|---|---|---|---|---|---|');
   for (const n of [1, 50])
     for (const kind of ['vchan', 'uds']) {
       const r = results[`${kind}-${n}`];
-      const col = (k) => fmt(r.map((v) => v[k]));
+      const col = (k, d = 0) =>
+        r[0][k] === undefined
+          ? '-'
+          : fmt(
+              r.map((v) => v[k]),
+              d,
+            );
       L.push(
-        `| ${n} | ${kind === 'vchan' ? `vchan (${x.currentBackend()})` : 'Unix socket'} | ${col('rps')} | ${col('p50')} | ${col('p99')} |`,
+        `| ${n} | ${kind === 'vchan' ? `vchan (${x.currentBackend()})` : 'Unix socket'} | ${col('rps')} | ${col('p50')} | ${col('p99')} | ${col('clientCpu', 1)} | ${col('serverCpu', 1)} | ${col('brokerCpu', 1)} |`,
       );
     }
   L.push('');
