@@ -131,8 +131,12 @@ export interface VchanBinding {
   write(h: VchanHandle, source: Uint8Array, offset: number, length: number): number;
   /** Bytes written from CHUNKS, the first from START. */
   writev(h: VchanHandle, chunks: Uint8Array[], start: number): number;
-  /** The live state and what can be read and written now; asks the peer to notify us of changes. */
-  arm(h: VchanHandle): { live: LiveState; readable: number; writable: number };
+  /**
+   * The live state and what can be read and written now; asks the peer to notify us when it
+   * writes and, with WANT_WRITABLE (default true: a write of ours waits for room), when it reads.
+   * A write that fits withdraws the second request, so finished writes cost the peer no notify.
+   */
+  arm(h: VchanHandle, wantWritable?: boolean): { live: LiveState; readable: number; writable: number };
   peek(h: VchanHandle): NativeRingPeek;
   info(h: VchanHandle): { readSize: number; writeSize: number; port: number; server: boolean };
   /** CALLBACK runs after every wake-up (events drained and unmasked first); null stops it. */

@@ -162,7 +162,7 @@ export class VchanStream extends Duplex {
     if (!this.#h) return;
     let live: LiveState;
     try {
-      ({ live } = this.#b.vchan.arm(this.#h));
+      ({ live } = this.#b.vchan.arm(this.#h, this.#pending !== null));
     } catch (e) {
       this.destroy(e as Error);
       return;
@@ -414,7 +414,7 @@ export class VchanStream extends Duplex {
 
   /** A paused stream still learns that the peer went: once its data is read, the stream ends. */
   #checkPeerGone(): void {
-    const { live, readable } = this.#b.vchan.arm(this.#h!);
+    const { live, readable } = this.#b.vchan.arm(this.#h!, false);
     if (live === LiveState.Closed && readable === 0) this.#endReadable();
   }
 
@@ -462,8 +462,9 @@ export class VchanStream extends Duplex {
       this.#endReadable();
       return true;
     }
-    // Nothing now: ask the peer to notify us when it writes, then look once more.
-    const { live, readable } = this.#b.vchan.arm(this.#h!);
+    // Nothing now: ask the peer to notify us when it writes (and when it reads only if a write
+    // of ours waits for room), then look once more.
+    const { live, readable } = this.#b.vchan.arm(this.#h!, this.#pending !== null);
     if (readable > 0) return false;
     if (live === LiveState.Closed) this.#endReadable();
     return true;
@@ -495,7 +496,7 @@ export class VchanStream extends Duplex {
     if (i > 0) p.chunks.splice(0, i);
     p.offset = off;
     // Ring full: ask the peer to notify us when it reads, then look once more.
-    const { live, writable } = this.#b.vchan.arm(this.#h!);
+    const { live, writable } = this.#b.vchan.arm(this.#h!, true);
     if (live !== LiveState.Open) {
       this.#pending = null;
       p.cb(systemError('EPIPE', 'libxenvchan_write', 'the peer has closed the channel'));

@@ -240,6 +240,17 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n);
 }
 
+// Withdraws our request that the peer notify us when it reads (VCHAN_NOTIFY_READ). libxenvchan's
+// non-blocking write and buffer_space always leave it set, so without this every message a stream
+// writes costs the peer a notify and us a wake-up (a pending read, an unmask, a JS callback) once
+// the peer has read it, whether or not anything waits for room: on a request/response channel that
+// doubled the events. A stream asks again (arm with wantWritable) only while a write waits for room.
+// A peer that reads between our request and this withdrawal notifies once more: harmless.
+void WithdrawReadNotify(struct libxenvchan* c) {
+  uint8_t* ours = c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify;
+  __atomic_fetch_and(ours, static_cast<uint8_t>(~VCHAN_NOTIFY_READ), __ATOMIC_SEQ_CST);
+}
+
 // write(h, source, offset, length) -> bytes written; 0 = ring full. Throws EPIPE once the peer is gone.
 Napi::Value Write(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -249,6 +260,7 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   if (libxenvchan_is_open(v->c_) != 1) ThrowErrno(env, EPIPE, "libxenvchan_write", "the peer has closed the channel");
   int n = libxenvchan_write(v->c_, ptr, len);
   if (n < 0) ThrowErrno(env, errno == EPROTO ? EPROTO : EPIPE, "libxenvchan_write");
+  if (static_cast<size_t>(n) == len) WithdrawReadNotify(v->c_);  // nothing waits for room
   return Napi::Number::New(env, n);
 }
 
@@ -276,6 +288,7 @@ Napi::Value Writev(const Napi::CallbackInfo& info) {
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_write", "the peer's ring index is impossible");
   if (libxenvchan_is_open(v->c_) != 1) ThrowErrno(env, EPIPE, "libxenvchan_write", "the peer has closed the channel");
   double total = 0;
+  bool all = true;
   for (uint32_t i = 0; i < chunks.size(); i++) {
     Bytes b = CurrentBytes(env, chunks[i]);
     size_t start = i == 0 ? skip : 0;
@@ -285,22 +298,29 @@ Napi::Value Writev(const Napi::CallbackInfo& info) {
     int n = libxenvchan_write(v->c_, b.data + start, want);
     if (n < 0) ThrowErrno(env, errno == EPROTO ? EPROTO : EPIPE, "libxenvchan_write");
     total += n;
-    if (static_cast<size_t>(n) < want) break;
+    if (static_cast<size_t>(n) < want) {
+      all = false;
+      break;
+    }
   }
+  if (all) WithdrawReadNotify(v->c_);  // nothing waits for room
   return Napi::Number::New(env, total);
 }
 
-// arm(h) -> {live, readable, writable}: the live state and the bytes that can be read and written
-// now, as libxenvchan_data_ready/buffer_space give them, which also ask the peer to notify us when
-// either changes (hence the name: call it before sleeping on the fd).
+// arm(h, wantWritable = true) -> {live, readable, writable}: the live state and the bytes that can
+// be read and written now, as libxenvchan_data_ready/buffer_space give them, which also ask the
+// peer to notify us when it writes and (with wantWritable: a write waits for room) when it reads;
+// hence the name: call it before sleeping on the fd.
 Napi::Value Arm(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
+  bool wantWritable = info.Length() < 2 || info[1].IsUndefined() || info[1].ToBoolean().Value();
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_data_ready", "the peer's ring index is impossible");
   Napi::Object o = Napi::Object::New(env);
   o.Set("live", Napi::Number::New(env, libxenvchan_is_open(v->c_)));
   o.Set("readable", Napi::Number::New(env, libxenvchan_data_ready(v->c_)));
   o.Set("writable", Napi::Number::New(env, libxenvchan_buffer_space(v->c_)));
+  if (!wantWritable) WithdrawReadNotify(v->c_);
   return o;
 }
 

@@ -52,6 +52,48 @@ async function pair(
   return { server, s: track(s), c, path };
 }
 
+describe('events: one per message, not two', () => {
+  it('a request/response exchange wakes each side once per message it receives', async () => {
+    // libxenvchan's write asks the peer to notify when it reads, whatever room is left; kept, every
+    // message would cost the writer a second wake-up once the peer had read it (400 events on each
+    // side here instead of 200). The server answers later, as one doing I/O does: an answer written
+    // at once would arrive with the read's notification and hide it.
+    const { s, c } = await pair(4096, 4096);
+    s.on('data', (d: Buffer) => setTimeout(() => s.write(d), 1));
+    const N = 200;
+    const before = { c: c.ringState()!.events, s: s.ringState()!.events };
+    for (let i = 0; i < N; i++) {
+      const echoed = once(c, 'data');
+      c.write(`ping ${i}\n`);
+      const [d] = (await echoed) as [Buffer];
+      expect(d.toString()).toBe(`ping ${i}\n`);
+    }
+    const cs = c.ringState()!;
+    const ss = s.ringState()!;
+    expect(cs.events - before.c).toBeGreaterThanOrEqual(N);
+    expect(cs.events - before.c).toBeLessThanOrEqual(N + 10);
+    expect(ss.events - before.s).toBeLessThanOrEqual(N + 10);
+    // Nothing waits for room, so neither side asks the other to say when it reads.
+    expect(cs.weAsked & 2).toBe(0);
+    expect(ss.weAsked & 2).toBe(0);
+    expect(cs.weAsked & 1).toBe(1); // but both want to hear of data
+  });
+
+  it('a write that waits for room still asks to be told of the read, and completes', async () => {
+    const { s, c } = await pair(1024, 1024);
+    const data = randomBytes(64 * 1024);
+    const done = new Promise<void>((resolve, reject) => c.write(data, (e) => (e ? reject(e) : resolve())));
+    await new Promise((r) => setImmediate(r));
+    expect(c.ringState()!.weAsked & 2).toBe(2);
+    const got: Buffer[] = [];
+    s.on('data', (d: Buffer) => got.push(d));
+    await done;
+    while (Buffer.concat(got).length < data.length) await sleep(2);
+    expect(Buffer.concat(got).equals(data)).toBe(true);
+    expect(c.ringState()!.weAsked & 2).toBe(0);
+  });
+});
+
 describe('as net (bytesRead/bytesWritten, asyncDispose, listen signal, NODE_DEBUG)', () => {
   it('bytesRead and bytesWritten count what went through the ring, both ways', async () => {
     const { s, c } = await pair(1024, 2048);
