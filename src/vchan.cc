@@ -240,6 +240,11 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n);
 }
 
+// The VCHAN_NOTIFY_* bits we have asked the peer to honour (it clears one as it notifies), and
+// those it has asked of us: each side writes its requests into the other's byte.
+uint8_t* OursAsked(struct libxenvchan* c) { return c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify; }
+uint8_t* PeerAsked(struct libxenvchan* c) { return c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify; }
+
 // Withdraws our request that the peer notify us when it reads (VCHAN_NOTIFY_READ). libxenvchan's
 // non-blocking write and buffer_space always leave it set, so without this every message a stream
 // writes costs the peer a notify and us a wake-up (a pending read, an unmask, a JS callback) once
@@ -247,8 +252,7 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
 // doubled the events. A stream asks again (arm with wantWritable) only while a write waits for room.
 // A peer that reads between our request and this withdrawal notifies once more: harmless.
 void WithdrawReadNotify(struct libxenvchan* c) {
-  uint8_t* ours = c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify;
-  __atomic_fetch_and(ours, static_cast<uint8_t>(~VCHAN_NOTIFY_READ), __ATOMIC_SEQ_CST);
+  __atomic_fetch_and(OursAsked(c), static_cast<uint8_t>(~VCHAN_NOTIFY_READ), __ATOMIC_SEQ_CST);
 }
 
 // write(h, source, offset, length) -> bytes written; 0 = ring full. Throws EPIPE once the peer is gone.
@@ -337,16 +341,14 @@ Napi::Value Peek(const Napi::CallbackInfo& info) {
            rcons = __atomic_load_n(&c->read.shr->cons, __ATOMIC_ACQUIRE);
   uint32_t wprod = __atomic_load_n(&c->write.shr->prod, __ATOMIC_ACQUIRE),
            wcons = __atomic_load_n(&c->write.shr->cons, __ATOMIC_ACQUIRE);
-  uint8_t* ours = c->is_server ? &c->ring->cli_notify : &c->ring->srv_notify;
-  uint8_t* theirs = c->is_server ? &c->ring->srv_notify : &c->ring->cli_notify;
   struct pollfd pfd = {libxenvchan_fd_for_select(c), POLLIN, 0};
   bool fd_ready = ::poll(&pfd, 1, 0) == 1;
   Napi::Object o = Napi::Object::New(env);
   o.Set("live", Napi::Number::New(env, libxenvchan_is_open(c)));
   o.Set("readable", Napi::Number::New(env, rprod - rcons));
   o.Set("writable", Napi::Number::New(env, (1u << c->write.order) - (wprod - wcons)));
-  o.Set("oursAsked", Napi::Number::New(env, __atomic_load_n(ours, __ATOMIC_ACQUIRE)));
-  o.Set("peerAsked", Napi::Number::New(env, __atomic_load_n(theirs, __ATOMIC_ACQUIRE)));
+  o.Set("oursAsked", Napi::Number::New(env, __atomic_load_n(OursAsked(c), __ATOMIC_ACQUIRE)));
+  o.Set("peerAsked", Napi::Number::New(env, __atomic_load_n(PeerAsked(c), __ATOMIC_ACQUIRE)));
   o.Set("eventPending", Napi::Boolean::New(env, fd_ready));
   o.Set("polling", Napi::Boolean::New(env, v->poller_ && v->poller_->active()));
   o.Set("wakeups", Napi::Number::New(env, v->poller_ ? static_cast<double>(v->poller_->wakes()) : 0));
