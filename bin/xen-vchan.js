@@ -13,9 +13,19 @@ const USAGE = `usage: xen-vchan <command> [options]      (xen-vchan --version; x
   demo [--bytes N] [--ring N]        a dom0 server and a domU client (two processes) on the mock, streaming
                                      data both ways and printing throughput
   listen --domid D --path P          serve one vchan client of domain D on stdin/stdout
-         [--read-min N] [--write-min N] [--keep]   (--keep: serve the next client after one leaves)
+         [--read-min N] [--write-min N] [--keep] [--raw] [--send-only | --recv-only]
+                                     (--keep: serve the next client after one leaves; with --recv-only)
   connect --domid D --path P         connect to the vchan server of domain D at the full xenstore path P,
-         [--timeout MS]              stdin/stdout
+         [--timeout MS] [--raw] [--send-only | --recv-only]      stdin/stdout
+                                     listen and connect end when all is delivered both ways, and exit 1
+                                     if any byte of stdin or of the peer's was lost. Both ends xen-vchan
+                                     (the default): stdin's end travels as an end-of-data frame of ours
+                                     (the proxy's framing), each direction ends on its own, and the
+                                     channel closes once both have. --raw, for a plain libxenvchan peer
+                                     (no half-close in vchan): bytes as they are; stdin's end does not
+                                     close the channel (what the peer sends still comes) until the peer
+                                     closes it, as nc does; --send-only closes it at stdin's end (nc -N)
+                                     and --recv-only never reads stdin
   proxy --domid D --path P --listen unix:/sock|tcp:HOST:PORT [--raw]
                                      accept socket connections, any number at once, each carried over a
                                      vchan of its own to the proxy --serve of domain D at the full path P
@@ -83,6 +93,25 @@ function int(v, name) {
   return n;
 }
 
+/**
+ * A ring size in bytes for FLAG. EXACT: one of the sizes a vchan ring has (1024, 2048, then powers
+ * of two up to MAX_RING_SIZE); else a minimum, 0 to MAX_RING_SIZE, that the ring is rounded up from.
+ */
+function ringSize(v, flag, exact = false) {
+  const { MAX_RING_SIZE } = lib();
+  const n = Number(v);
+  const sizes = `1024, 2048, 4096, ... ${MAX_RING_SIZE} (powers of two)`;
+  if (exact) {
+    if (!/^\d+$/.test(String(v)) || n < 1024 || n > MAX_RING_SIZE || (n & (n - 1)) !== 0)
+      fail(`--${flag} must be a ring size in bytes: ${sizes}, not ${JSON.stringify(v ?? null)}`);
+  } else if (!/^\d+$/.test(String(v)) || n > MAX_RING_SIZE) {
+    fail(
+      `--${flag} must be a size in bytes from 0 to ${MAX_RING_SIZE}, not ${JSON.stringify(v ?? null)} (the ring is the smallest of ${sizes} that holds it)`,
+    );
+  }
+  return n;
+}
+
 /** A domain id, 0 to MAX_DOMID, from an option or an argument. */
 function parseDomid(v, what = '--domid') {
   const { MAX_DOMID } = lib();
@@ -127,22 +156,95 @@ async function cmdMock(args) {
   fail(USAGE);
 }
 
-// Bridges stdin/stdout and STREAM. When the channel closes, stdin is let go so the process can end
-// (as socat does), unless more clients are to be served (listen --keep).
-function pipeStdio(stream, keep = false) {
-  process.stdin.pipe(stream);
-  stream.pipe(process.stdout, { end: false });
-  stream.on('error', (e) => {
-    process.stderr.write(`xen-vchan: ${e.message}\n`);
-    process.exitCode = 1;
+/** The options listen and connect share: how stdin and stdout are carried. */
+const STDIO_OPTS = {
+  raw: { type: 'boolean' },
+  'send-only': { type: 'boolean' },
+  'recv-only': { type: 'boolean' },
+};
+
+function stdioMode(o) {
+  if (o['send-only'] && o['recv-only']) fail('--send-only and --recv-only: choose one');
+  return { raw: !!o.raw, send: !o['recv-only'], recv: !o['send-only'] };
+}
+
+/** Writes what is left for stdout, then resolves (true) or resolves false if stdout failed. */
+function flushStdout() {
+  return new Promise((resolve) => {
+    if (process.stdout.destroyed || process.stdout.errored) return resolve(false);
+    process.stdout.write('', (e) => resolve(!e));
   });
-  return new Promise((resolve) =>
-    stream.on('close', () => {
-      process.stdin.unpipe(stream);
-      if (!keep) process.stdin.destroy();
-      resolve();
-    }),
-  );
+}
+
+let stdoutFailed = null;
+process.stdout.on('error', (e) => {
+  stdoutFailed = e;
+});
+
+/**
+ * Carries stdin and stdout over one channel V until the exchange is over. Resolves to a list of
+ * what was lost (empty: every byte of stdin reached the peer's ring before the end, and every byte
+ * the peer sent reached stdout).
+ *
+ * Framed (both ends are xen-vchan): each direction ends on its own, with an end-of-data frame; the
+ * channel closes once both have ended. Raw (any libxenvchan peer, which has no half-close): stdin's
+ * end does not close the channel, so what the peer still sends keeps coming until it closes it;
+ * --send-only closes the channel at stdin's end, --recv-only never reads stdin.
+ */
+function carryStdio(v, mode) {
+  const lost = [];
+  let discarded = 0;
+  let stdinEnded = !mode.send;
+  const sink = (stream) => {
+    // stdout gone (a reader that quit): the rest of what the peer sends cannot be delivered, and
+    // the peer hears so (framed: an ERROR frame; raw: the channel closes).
+    process.stdout.once('error', (e) => stream.destroy(e));
+    if (mode.recv) stream.pipe(process.stdout, { end: false });
+    else stream.on('data', (d) => (discarded += d.length));
+  };
+  const done = (stream) =>
+    new Promise((resolve) => {
+      stream.on('error', (e) => lost.push(e.message));
+      stream.on('close', async () => {
+        process.stdin.unpipe();
+        process.stdin.destroy();
+        if (mode.raw && !stdinEnded && !process.stdin.isTTY)
+          lost.push('the peer closed the channel before the end of stdin: the rest of stdin was not sent');
+        if (discarded > 0) lost.push(`the peer sent ${discarded} bytes, which --send-only does not write to stdout`);
+        if (!(await flushStdout()) || stdoutFailed)
+          lost.push(
+            `stdout: ${stdoutFailed ? stdoutFailed.message : 'closed'}: what the peer sent was not all written`,
+          );
+        resolve(lost);
+      });
+    });
+  process.stdin.on('end', () => (stdinEnded = true));
+  if (!mode.raw) {
+    const f = new (lib().FramedStream)(v, `vchan ${v.path}`);
+    sink(f);
+    if (mode.send) process.stdin.pipe(f);
+    else f.end();
+    return done(f);
+  }
+  sink(v);
+  if (mode.send) {
+    process.stdin.pipe(v, { end: false });
+    // --send-only: stdin's end is the end of the exchange; the peer reads the ring after the close.
+    if (!mode.recv) process.stdin.on('end', () => v.end());
+  }
+  v.on('end', () => {
+    // The peer closed the channel: whatever of ours it had not read is lost.
+    const st = v.ringState();
+    const unread = st ? v.info.writeSize - st.writable : 0;
+    if (unread > 0) lost.push(`the peer closed the channel with ${unread} bytes we sent still unread`);
+  });
+  return done(v);
+}
+
+/** Reports what was lost and sets the exit status: 1 if anything was. */
+function report(lost) {
+  for (const l of lost) process.stderr.write(`xen-vchan: ${l}\n`);
+  if (lost.length > 0) process.exitCode = 1;
 }
 
 async function cmdListen(args) {
@@ -152,30 +254,39 @@ async function cmdListen(args) {
     'read-min': { type: 'string' },
     'write-min': { type: 'string' },
     keep: { type: 'boolean' },
+    ...STDIO_OPTS,
   });
+  const mode = stdioMode(o);
+  if (o.keep && mode.send) fail('--keep serves one client after another: stdin is read once, so add --recv-only');
   const { createServer } = lib();
   const server = createServer({
     domid: parseDomid(o.domid),
     path: o.path ?? fail('--path is required'),
-    readMin: o['read-min'] === undefined ? undefined : int(o['read-min'], 'read-min'),
-    writeMin: o['write-min'] === undefined ? undefined : int(o['write-min'], 'write-min'),
+    readMin: o['read-min'] === undefined ? undefined : ringSize(o['read-min'], 'read-min'),
+    writeMin: o['write-min'] === undefined ? undefined : ringSize(o['write-min'], 'write-min'),
   });
   server.on('connection', async (s) => {
     if (!o.keep) server.close();
-    await pipeStdio(s, o.keep);
+    report(await carryStdio(s, mode));
   });
   server.on('error', (e) => fail(e.message));
   server.listen();
 }
 
 async function cmdConnect(args) {
-  const o = opts(args, { domid: { type: 'string' }, path: { type: 'string' }, timeout: { type: 'string' } });
+  const o = opts(args, {
+    domid: { type: 'string' },
+    path: { type: 'string' },
+    timeout: { type: 'string' },
+    ...STDIO_OPTS,
+  });
+  const mode = stdioMode(o);
   const s = await lib().connect({
     domid: parseDomid(o.domid),
     path: o.path ?? fail('--path is required'),
     timeout: o.timeout === undefined ? undefined : int(o.timeout, 'timeout'),
   });
-  await pipeStdio(s);
+  report(await carryStdio(s, mode));
 }
 
 async function cmdProxy(args) {
@@ -300,17 +411,28 @@ async function cmdPcid(args) {
   fail(commandUsage('pcid'));
 }
 
+/** BYTES as a person reads it: bytes, KB or MB (decimal, as throughput is). */
+function size(bytes) {
+  if (bytes < 1e3) return `${bytes} bytes`;
+  if (bytes < 1e6) return `${(bytes / 1e3).toFixed(bytes < 1e4 ? 1 : 0)} KB`;
+  return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0)} MB`;
+}
+
 async function cmdDemo(args) {
   const o = opts(args, { bytes: { type: 'string' }, ring: { type: 'string' }, role: { type: 'string' } });
   process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
   const bytes = o.bytes === undefined ? 256 << 20 : int(o.bytes, 'bytes');
-  const ring = o.ring === undefined ? 65536 : int(o.ring, 'ring');
+  const ring = o.ring === undefined ? 65536 : ringSize(o.ring, 'ring', true);
   const x = lib();
   const p = `data/vchan/5/demo-${o.role ? process.ppid : process.pid}`;
   if (o.role === 'domU') {
-    // The guest: connect to dom0, echo its stream back, count.
+    // The guest: connect to dom0 and echo its stream back until dom0 closes the channel.
     const s = await x.connect({ domid: 0, path: `/local/domain/0/${p}`, timeout: 10000 });
     s.pipe(s);
+    s.on('error', (e) => {
+      process.stderr.write(`xen-vchan demo (domain 5): ${e.message}\n`);
+      process.exitCode = 1;
+    });
     return;
   }
   const backend = process.env.XEN_VCHAN_BACKEND;
@@ -321,33 +443,48 @@ async function cmdDemo(args) {
   const child = fork(__filename, ['demo', '--role', 'domU', '--ring', String(ring)], {
     env: { ...process.env, XEN_MOCK_DOMID: '5' },
   });
+  const childExit = new Promise((r) => child.once('exit', (code, sig) => r(sig ?? code)));
   server.listen();
+  let connected = false;
+  childExit.then((c) => connected || fail(`domain 5 exited (${c}) before it connected`));
   const [s] = await require('node:events').once(server, 'connection');
+  connected = true;
   server.close();
-  const chunk = Buffer.alloc(65536, 0x5a);
+  const chunk = Buffer.alloc(Math.min(65536, Math.max(bytes, 1)), 0x5a);
   let sent = 0;
   let echoed = 0;
   const t0 = process.hrtime.bigint();
   await new Promise((resolve, reject) => {
     s.on('error', reject);
+    s.on('end', () => reject(new Error(`domain 5 closed the channel after echoing ${echoed} of ${bytes} bytes`)));
     s.on('data', (d) => {
       echoed += d.length;
-      if (echoed >= bytes) resolve();
+      if (echoed > bytes) reject(new Error(`domain 5 echoed ${echoed} bytes, ${bytes} were sent`));
+      else if (echoed === bytes) resolve();
     });
+    if (bytes === 0) return resolve();
     const pump = () => {
       while (sent < bytes) {
-        sent += chunk.length;
-        if (!s.write(chunk)) return s.once('drain', pump);
+        const n = Math.min(chunk.length, bytes - sent);
+        sent += n;
+        if (!s.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return s.once('drain', pump);
       }
     };
     pump();
   });
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  const mb = bytes / 1e6;
-  console.log(`sent ${mb.toFixed(0)} MB to domain 5 and got every byte back in ${secs.toFixed(2)} s:`);
-  console.log(`  ${(mb / secs).toFixed(0)} MB/s each way (${((2 * mb) / secs).toFixed(0)} MB/s through dom0's stream)`);
+  console.log(`sent ${size(bytes)} to domain 5 and got every byte back in ${secs.toFixed(secs < 1 ? 3 : 2)} s:`);
+  if (bytes > 0)
+    console.log(
+      `  ${size(Math.round(bytes / secs))}/s each way (${size(Math.round((2 * bytes) / secs))}/s through dom0's stream)`,
+    );
   s.end();
-  await new Promise((r) => child.once('exit', r));
+  const code = await childExit;
+  if (code !== 0) {
+    process.stderr.write(`xen-vchan: domain 5 exited with ${code}\n`);
+    process.exitCode = 1;
+    return;
+  }
   console.log('domain 5 has left; nothing is left behind (see `npx xen-vchan mock status`).');
 }
 

@@ -68,12 +68,8 @@ export {
   mockStats,
   type MockDomainStats,
 } from './mock';
+export { encodeFrame, FramedStream, FrameParser, FrameType, MAX_DATA, PROXY_VERSION } from './framed';
 export {
-  encodeFrame,
-  FrameParser,
-  FrameType,
-  MAX_DATA,
-  PROXY_VERSION,
   proxyListen,
   proxyServe,
   VchanProxy,

@@ -6,110 +6,22 @@
  * that wants the service: a socket server whose every connection becomes a client of the vchan
  * server (each on its own channel, connections beyond the server's capacity waiting their turn).
  *
- * A vchan has no half-close: a byte stream that ends in one direction ends the channel. So the two
- * halves speak a small framing protocol over it (as Qubes' qrexec does), in which each direction
- * ends on its own. Frames are a 5-byte header, type (u8) and payload length (u32, little-endian),
- * then the payload:
- *
- * ```text
- * 1 HELLO  {"v":1} (JSON, at most 256 bytes)      the first frame each side sends
- * 2 DATA   1 to 65536 bytes of the connection
- * 3 EOF    no payload: this direction has ended (the socket's FIN)
- * 4 ERROR  {"code":"ECONNREFUSED","message":"..."} (JSON, at most 4096 bytes): the connection failed
- * ```
- *
- * The channel closes once both directions have ended; a frame of another type, longer than its
- * limit, a DATA after EOF or a first frame that is not HELLO v1 fails that one connection with
- * EPROTO. With `raw: true` both halves instead pass the bytes through unframed, to talk to a plain
+ * A vchan has no half-close, so the two halves speak xen-vchan's framing protocol over each channel
+ * ({@link FramedStream}), in which each direction ends on its own. With `raw: true` both halves instead pass the bytes through unframed, to talk to a plain
  * vchan peer (Xen's vchan-socket-proxy, any libxenvchan program); an end of either side then ends
  * the whole connection, as vchan-socket-proxy does.
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
-import { constants as osConstants } from 'node:os';
 import { debuglog } from 'node:util';
 
 import { checkInt, checkObject, invalidArgType, invalidArgValue, systemError } from './errors';
+import { FramedStream } from './framed';
 import { connectMulti, createMultiServer, type VchanMultiServer } from './multi';
 import { connect, createServer, type VchanServer, type VchanStream } from './vchan';
 import type { Backend } from './native';
 
 const debug = debuglog('xen-vchan');
-
-/** The frame types of the proxy protocol. */
-export const FrameType = { HELLO: 1, DATA: 2, EOF: 3, ERROR: 4 } as const;
-/** The protocol version HELLO carries. */
-export const PROXY_VERSION = 1;
-/** The largest DATA payload. */
-export const MAX_DATA = 65536;
-const HEADER = 5;
-const LIMIT: Record<number, number> = { 1: 256, 2: MAX_DATA, 3: 0, 4: 4096 };
-
-/** One frame of the proxy protocol, as bytes. */
-export function encodeFrame(type: number, payload: Uint8Array = Buffer.alloc(0)): Buffer {
-  const b = Buffer.allocUnsafe(HEADER + payload.length);
-  b[0] = type;
-  b.writeUInt32LE(payload.length, 1);
-  b.set(payload, HEADER);
-  return b;
-}
-
-/**
- * Splits a byte stream into frames, whatever the chunks' boundaries; throws EPROTO on a frame no
- * sender of this protocol makes. A frame is never buffered past its type's limit.
- */
-export class FrameParser {
-  #buf: Buffer = Buffer.alloc(0);
-
-  /** Calls ON for every whole frame in what has come so far, CHUNK included. */
-  push(chunk: Buffer, on: (type: number, payload: Buffer) => void): void {
-    this.#buf = this.#buf.length === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
-    let off = 0;
-    while (this.#buf.length - off >= HEADER) {
-      const type = this.#buf[off];
-      const len = this.#buf.readUInt32LE(off + 1);
-      const limit = LIMIT[type];
-      if (limit === undefined) throw systemError('EPROTO', 'read', `vchan proxy: unknown frame type ${type}`);
-      if (len > limit || (type === FrameType.DATA && len === 0))
-        throw systemError('EPROTO', 'read', `vchan proxy: a frame of type ${type} with ${len} bytes`);
-      if (this.#buf.length - off - HEADER < len) break;
-      const payload = this.#buf.subarray(off + HEADER, off + HEADER + len);
-      off += HEADER + len;
-      on(type, payload);
-    }
-    this.#buf = off === this.#buf.length ? Buffer.alloc(0) : this.#buf.subarray(off);
-  }
-}
-
-function hello(): Buffer {
-  return encodeFrame(FrameType.HELLO, Buffer.from(JSON.stringify({ v: PROXY_VERSION })));
-}
-
-function errorFrame(e: NodeJS.ErrnoException): Buffer {
-  const body = JSON.stringify({ code: e.code ?? 'EIO', message: e.message.slice(0, 1024) });
-  return encodeFrame(FrameType.ERROR, Buffer.from(body));
-}
-
-/** An error a peer reported in an ERROR frame, as an errno-shaped error of ours. */
-function peerError(payload: Buffer, what: string): Error {
-  let code = 'EIO';
-  let message = '';
-  try {
-    const j = JSON.parse(payload.toString('utf8')) as { code?: unknown; message?: unknown };
-    if (typeof j.code === 'string' && /^E[A-Z0-9]{1,20}$/.test(j.code)) code = j.code;
-    if (typeof j.message === 'string') message = j.message;
-  } catch {
-    // a malformed report is still a report that the connection failed
-  }
-  const e = new Error(
-    `${what}: the other side failed: ${code}${message ? `: ${message}` : ''}`,
-  ) as NodeJS.ErrnoException;
-  e.code = code;
-  const errno = (osConstants.errno as Record<string, number>)[code];
-  if (errno !== undefined) e.errno = -errno;
-  e.syscall = 'connect';
-  return e;
-}
 
 /** Ends SOCK as an error would: a TCP reset where it is TCP. */
 function reset(sock: net.Socket): void {
@@ -126,110 +38,22 @@ function reset(sock: net.Socket): void {
  * ONERROR once.
  */
 function relay(sock: net.Socket, v: VchanStream, onError: (e: Error) => void, what: string): void {
-  const parser = new FrameParser();
-  let greeted = false;
-  let sentEof = false;
-  let gotEof = false;
+  const f = new FramedStream(v, what);
   let failed = false;
-  let sockFull = false;
-  let vFull = false;
-  const fail = (e: Error, tellPeer: boolean) => {
+  const fail = (e: Error) => {
     if (failed) return;
     failed = true;
     onError(e);
-    if (tellPeer && v.writable) {
-      // The report goes after what is queued; a peer that reads nothing more does not hold the
-      // channel open past a few seconds.
-      v.end(errorFrame(e));
-      const t = setTimeout(() => v.destroy(), 5000).unref();
-      v.once('close', () => clearTimeout(t));
-    } else {
-      v.destroy();
-    }
-    // What still comes is dropped: reading it on lets the stream end (it may be paused for a
-    // socket that will never drain now).
-    v.resume();
+    f.destroy(e);
     reset(sock);
   };
-  const finish = () => {
-    if (sentEof && gotEof && !failed) v.end();
-  };
-  v.write(hello());
-
-  v.on('data', (chunk: Buffer) => {
-    try {
-      parser.push(chunk, (type, payload) => {
-        if (failed) return;
-        if (!greeted) {
-          let ok = false;
-          try {
-            ok = type === FrameType.HELLO && (JSON.parse(payload.toString()) as { v?: unknown }).v === PROXY_VERSION;
-          } catch {
-            // not JSON
-          }
-          if (!ok) throw systemError('EPROTO', 'read', `${what}: the peer does not speak proxy protocol v1`);
-          greeted = true;
-          return;
-        }
-        switch (type) {
-          case FrameType.DATA:
-            if (gotEof) throw systemError('EPROTO', 'read', `${what}: data after EOF`);
-            if (!sock.write(payload) && !sockFull) {
-              sockFull = true;
-              v.pause();
-              sock.once('drain', () => {
-                sockFull = false;
-                v.resume();
-              });
-            }
-            break;
-          case FrameType.EOF:
-            if (gotEof) throw systemError('EPROTO', 'read', `${what}: a second EOF`);
-            gotEof = true;
-            sock.end();
-            finish();
-            break;
-          case FrameType.ERROR:
-            failed = true;
-            onError(peerError(payload, what));
-            v.destroy();
-            reset(sock);
-            break;
-          default:
-            throw systemError('EPROTO', 'read', `${what}: a HELLO after HELLO`);
-        }
-      });
-    } catch (e) {
-      fail(e as Error, true);
-    }
-  });
-  v.on('error', (e) => fail(e, false));
-  v.on('close', () => {
-    if (!(sentEof && gotEof)) fail(systemError('ECONNRESET', 'read', `${what}: the vchan peer went away`), false);
-  });
-
-  sock.on('data', (chunk: Buffer) => {
-    let ok = true;
-    for (let off = 0; off < chunk.length; off += MAX_DATA)
-      ok = v.write(encodeFrame(FrameType.DATA, chunk.subarray(off, off + MAX_DATA)));
-    if (!ok && !vFull) {
-      vFull = true;
-      sock.pause();
-      v.once('drain', () => {
-        vFull = false;
-        sock.resume();
-      });
-    }
-  });
-  sock.on('end', () => {
-    if (failed) return;
-    sentEof = true;
-    v.write(encodeFrame(FrameType.EOF));
-    finish();
-  });
-  sock.on('error', (e) => fail(e, true));
+  // Each direction ends on its own: the socket's FIN is an EOF frame, the peer's EOF a FIN.
+  sock.pipe(f);
+  f.pipe(sock);
+  f.on('error', fail);
+  sock.on('error', fail);
   sock.on('close', () => {
-    if (!sentEof && !failed) fail(systemError('ECONNRESET', 'read', `${what}: the socket closed`), true);
+    if (!sock.readableEnded) fail(systemError('ECONNRESET', 'read', `${what}: the socket closed`));
   });
   sock.resume();
 }

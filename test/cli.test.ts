@@ -8,6 +8,8 @@ import * as path from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
+import { Xenstore } from '../dist/cjs/index.js';
+
 import { config, onMock, root } from './helpers/env';
 import { makeFakeSysfs } from './helpers/sysfs';
 import { sleep, uniquePath } from './helpers/util';
@@ -48,9 +50,17 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     const client = run(5, ['connect', '--domid', '0', '--path', `/local/domain/0/${p}`, '--timeout', '10000']);
     const out: Buffer[] = [];
     server.stdout!.on('data', (d) => out.push(d));
+    const back: Buffer[] = [];
+    client.stdout!.on('data', (d) => back.push(d));
     client.stdin!.end('hello over vchan\n');
-    await Promise.all([server.exited, client.exited]);
+    // Each direction ends on its own: the exchange is over once the server's stdin has ended too.
+    server.stdin!.end('and back\n');
+    expect(await Promise.all([server.exited, client.exited])).toEqual([
+      [0, null],
+      [0, null],
+    ]);
     expect(Buffer.concat(out).toString()).toBe('hello over vchan\n');
+    expect(Buffer.concat(back).toString()).toBe('and back\n');
   });
 
   it('the proxy carries more connections than --max at once (the rest wait), each half-closing and reading the whole reply', async () => {
@@ -187,6 +197,32 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     }
   });
 
+  it('demo sends exactly --bytes (not a multiple of 64 KiB too), small sizes in KB, and nothing on stderr', async () => {
+    // The demo's channels live under data/vchan/5, which xenstore creates on the way (and keeps).
+    const xs = new Xenstore();
+    const had = await xs.read('/local/domain/0/data/vchan/5').then(
+      () => true,
+      () => false,
+    );
+    for (const [bytes, shown] of [
+      ['1000000', /sent 1\.0 MB to domain 5/],
+      ['100', /sent 100 bytes to domain 5/],
+      ['12345', /sent 12 KB to domain 5/],
+    ] as const) {
+      const r = spawnSync(process.execPath, [cli, 'demo', '--ring', '4096', '--bytes', bytes], {
+        env: process.env,
+        encoding: 'utf8',
+        timeout: 30000,
+      });
+      expect(r.stderr, bytes).toBe('');
+      expect(r.status, bytes).toBe(0);
+      expect(r.stdout, bytes).toMatch(shown);
+      expect(r.stdout, bytes).toMatch(/domain 5 has left/);
+    }
+    if (!had) await xs.rm('/local/domain/0/data/vchan/5');
+    xs.close();
+  });
+
   it('mock env prints the environment that runs libxenvchan programs on the mock', async () => {
     const p = run(0, ['mock', 'env', '--domid', '5']);
     const out: Buffer[] = [];
@@ -242,9 +278,14 @@ describe('xen-vchan CLI arguments', () => {
       [['mock', 'destroy'], /usage: xen-vchan mock/],
       [
         ['listen', '--domid', '5', '--path', 'x', '--read-min', 'lots'],
-        /--read-min needs a non-negative integer, not "lots"/,
+        /--read-min must be a size in bytes from 0 to 1048576, not "lots" \(the ring is the smallest of 1024, 2048, 4096, ... 1048576/,
       ],
       [['listen', '--nope'], /Unknown option '--nope'/],
+      [
+        ['demo', '--ring', '3'],
+        /--ring must be a ring size in bytes: 1024, 2048, 4096, ... 1048576 \(powers of two\), not "3"/,
+      ],
+      [['demo', '--ring', '99999999999'], /--ring must be a ring size in bytes: .*not "99999999999"/],
       [['frobnicate'], /unknown command frobnicate/],
       [['proxy', '--serve', '--domid', '5', '--path', 'p', '--connect', 'unix:/s', '--slots', '4'], /--slots is gone/],
       [
