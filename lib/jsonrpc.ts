@@ -98,6 +98,83 @@ export function encodeMessage(msg: unknown, max = JSON_MAX_MESSAGE): Buffer {
   return b;
 }
 
+/**
+ * The JSON text of the last top-level "id" member of TEXT (a JSON object that JSON.parse took), as
+ * the sender wrote it; undefined when there is none. A reply echoes this text, so that an id comes
+ * back byte for byte: numbers beyond 2^53 and strings with escapes included.
+ */
+export function rawIdText(text: string): string | undefined {
+  let depth = 0;
+  let found: string | undefined;
+  let i = 0;
+  const n = text.length;
+  /** The index just past the string that starts at J (a '"'). */
+  const endOfString = (j: number) => {
+    for (j++; j < n; j++) {
+      const c = text.charCodeAt(j);
+      if (c === 0x5c) j++;
+      else if (c === 0x22) return j + 1;
+    }
+    return n;
+  };
+  /** The index just past the value that starts at J (depth 1), skipping nested values. */
+  const endOfValue = (j: number) => {
+    let d = 0;
+    for (; j < n; j++) {
+      const c = text[j];
+      if (c === '"') {
+        j = endOfString(j) - 1;
+        if (d === 0) return j + 1;
+      } else if (c === '{' || c === '[') d++;
+      else if (c === '}' || c === ']') {
+        if (d === 0) return j;
+        if (--d === 0) return j + 1;
+      } else if (c === ',' && d === 0) return j;
+    }
+    return n;
+  };
+  let expectKey = false;
+  while (i < n) {
+    const c = text[i];
+    if (c === '"') {
+      const end = endOfString(i);
+      if (depth === 1 && expectKey) {
+        const key = JSON.parse(text.slice(i, end)) as string;
+        let j = end;
+        while (j < n && text[j] !== ':') j++;
+        j++;
+        while (j < n && /\s/.test(text[j])) j++;
+        const vEnd = endOfValue(j);
+        if (key === 'id') found = text.slice(j, vEnd).trimEnd();
+        i = vEnd;
+        expectKey = false;
+        continue;
+      }
+      i = end;
+      continue;
+    }
+    if (c === '{') {
+      depth++;
+      if (depth === 1) expectKey = true;
+    } else if (c === '}' || c === ']') depth--;
+    else if (c === '[') depth++;
+    else if (c === ',' && depth === 1) expectKey = true;
+    i++;
+  }
+  return found;
+}
+
+/** The reply REPLY as bytes, its `id` member the sender's own text RAWID. */
+function encodeReply(reply: Record<string, unknown>, rawId: string, max: number): Buffer {
+  const { id: _ours, ...rest } = reply;
+  const body = JSON.stringify(rest);
+  const b = Buffer.from(`${body.length > 2 ? `${body.slice(0, -1)},` : '{'}"id":${rawId}}\r\n`);
+  if (b.length > max) throw systemError('EMSGSIZE', 'write', `a JSON message of ${b.length} bytes (most: ${max})`);
+  return b;
+}
+
+const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -346,13 +423,16 @@ export function serveJson(
     if (active < concurrency && !replyBlocked && waiting.length === 0) stream.resume();
     else stream.pause();
   };
-  const send = (reply: Record<string, unknown>) => {
+  /** Sends REPLY; RAWID, the request's id as its sender wrote it, goes back in it unchanged. */
+  const send = (reply: Record<string, unknown>, rawId?: string) => {
     if (failed || stream.destroyed) return;
+    const encode = (r: Record<string, unknown>) =>
+      rawId === undefined ? encodeMessage(r, max) : encodeReply(r, rawId, max);
     let bytes: Buffer;
     try {
-      bytes = encodeMessage(reply, max);
+      bytes = encode(reply);
     } catch (e) {
-      bytes = encodeMessage({ ...(reply.id === undefined ? {} : { id: reply.id }), error: (e as Error).message }, max);
+      bytes = encode({ error: (e as Error).message });
     }
     if (!stream.write(bytes) && !replyBlocked) {
       replyBlocked = true;
@@ -372,10 +452,21 @@ export function serveJson(
     }
   };
   const handle = (raw: Buffer) => {
-    const text = raw.toString('utf8');
+    let text = '';
     let msg: unknown;
     try {
-      msg = JSON.parse(text);
+      // Bytes that are not UTF-8 make a bad message, never one decoded with U+FFFD in their place.
+      try {
+        text = strictUtf8.decode(raw);
+      } catch {
+        throw new SyntaxError('not valid UTF-8');
+      }
+      try {
+        msg = JSON.parse(text);
+      } catch {
+        // (V8's own message quotes the sender's text; ours does not.)
+        throw new SyntaxError('not valid JSON');
+      }
       if (!isObject(msg)) throw new SyntaxError('not a JSON object');
     } catch (e) {
       inOrder.push({ reply: malformed?.(text, e as Error), ready: true });
@@ -383,11 +474,12 @@ export function serveJson(
       return;
     }
     const request = msg;
+    const rawId = request.id === undefined ? undefined : rawIdText(text);
     const slot: { reply?: Record<string, unknown>; ready: boolean } | null =
       request.id === undefined ? { ready: false } : null;
     if (slot) inOrder.push(slot);
     const reply = (r: Record<string, unknown>) => {
-      if (!slot) return send({ ...r, id: request.id as unknown });
+      if (!slot) return send(r, rawId);
       slot.reply = r;
       slot.ready = true;
       flushInOrder();

@@ -6,14 +6,17 @@
  * them instead of reading sysfs itself. Wire format, as v4: a request `{"cmd":"<name>", ...args}`
  * and a reply `{...payload, "resp":"<name>", "error":"okay"}` or `{"resp":"<name>",
  * "error":"failed", "error_desc":"..."}`, each one JSON object followed by `\r\n`; a message that does
- * not parse, or has no `cmd`, gets `"resp":"NA"`. On top of v4: a client-chosen `id` is echoed
- * unchanged (as QMP does), so one channel carries many requests at once, answered in any order.
+ * not parse (bytes that are not UTF-8 included), or has no `cmd`, gets `"resp":"NA"`. On top of v4: a
+ * client-chosen `id` is echoed unchanged (as QMP does: its JSON text as the client wrote it, so even
+ * integers beyond 2^53 come back byte for byte), so one channel carries many requests at once,
+ * answered in any order.
  *
  * Layout, as v4: the server recreates `/local/domain/<server>/data/pcid` and watches it; each client
  * makes `.../data/pcid/<uuid>` and the server offers that client a channel of its own there. The
  * client's domain is the node's owner (a node a privileged domain makes inherits the server's
  * ownership, and is taken as dom0's, as v4 serves dom0 only); domains the server was not told to
- * serve get nothing. The node goes when the client leaves.
+ * serve get nothing. The node goes when the client leaves; a client may make a node of the same
+ * name again once it is gone (before, the new node would go with the old).
  *
  * Commands (v4's): list_assignable, make_assignable {sbdf, rebind}, revert_assignable {sbdf, rebind},
  * is_device_assigned {sbdf}, resource_list {sbdf, domid}, reset_device {sbdf}, write_bdf {sbdf,
@@ -368,7 +371,7 @@ export class PcidServer extends EventEmitter<{
   /** The driver each device was taken from (make_assignable with rebind). */
   readonly drivers = new Map<string, string>();
   readonly #nodes = new Map<string, { server: VchanServer; stream?: VchanStream; timer?: NodeJS.Timeout }>();
-  /** Nodes whose client has left, while their removal may still raise watch events. */
+  /** Nodes being removed because no channel could be offered on them, until the removal is done. */
   readonly #dropped = new Set<string>();
   #xs: Xenstore | null = null;
   #watch: XenstoreWatch | null = null;
@@ -464,7 +467,7 @@ export class PcidServer extends EventEmitter<{
     const prefix = `${this.#home}/`;
     if (p.startsWith(prefix)) {
       const name = p.slice(prefix.length).split('/')[0];
-      if (this.#nodes.has(name) || this.#dropped.has(name)) return; // our own writes, or a node going
+      if (this.#nodes.has(name) || this.#dropped.has(name)) return; // our own writes, or a node being removed
     } else if (p !== this.#home) return;
     void this.#scan();
   }
@@ -519,9 +522,12 @@ export class PcidServer extends EventEmitter<{
       this.#serve(name, domid);
     } catch (e) {
       // No channel for this client: its node goes, so that it hears so (connectPcid: ECONNREFUSED).
+      // Until the removal is done the name is not looked at again; after it, a node of that name
+      // is a new client's.
       this.#dropped.add(name);
       await xs.rm(node).catch(() => undefined);
-      setTimeout(() => this.#dropped.delete(name), 5000).unref();
+      this.#dropped.delete(name);
+      void this.#scan();
       throw e;
     }
   }
@@ -540,14 +546,15 @@ export class PcidServer extends EventEmitter<{
     this.#nodes.set(name, entry);
     const drop = () => {
       if (this.#nodes.get(name) !== entry) return;
-      this.#nodes.delete(name);
-      this.#dropped.add(name);
       if (entry.timer) clearTimeout(entry.timer);
+      // Closing the channel (or the offer nobody took) removes the node with it, at once: Xen's
+      // libxenvchan and ours remove a server's path. The name is then free: a client that makes
+      // the node again, however soon, is a new client, found by the scan that follows (a
+      // removal of our own after this point could take the new client's node with it).
       server.close();
-      void this.#xs
-        ?.rm(`${this.#home}/${name}`)
-        .catch(() => undefined)
-        .then(() => setTimeout(() => this.#dropped.delete(name), 5000).unref());
+      entry.stream?.destroy();
+      this.#nodes.delete(name);
+      void this.#scan();
     };
     entry.timer = setTimeout(() => {
       debug('pcid: client %s never connected', name);

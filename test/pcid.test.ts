@@ -84,6 +84,11 @@ async function rawChannel(rel: string, name = `raw${Math.random().toString(36).s
 
 /** Sends RAW and resolves with the next N reply lines (parsed). */
 async function exchange(s: VchanStream, raw: string | Buffer, n: number): Promise<Record<string, unknown>[]> {
+  return (await exchangeText(s, raw, n)).map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+/** Sends RAW and resolves with the next N reply lines, as the server wrote them. */
+async function exchangeText(s: VchanStream, raw: string | Buffer, n: number): Promise<string[]> {
   const lines: string[] = [];
   let buf = '';
   const done = new Promise<void>((resolve) => {
@@ -103,7 +108,7 @@ async function exchange(s: VchanStream, raw: string | Buffer, n: number): Promis
   });
   s.write(raw);
   await Promise.race([done, sleep(5000)]);
-  return lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+  return lines;
 }
 
 describe('pcid: the v4 commands on a sysfs rebuilt from a real machine', () => {
@@ -217,6 +222,77 @@ describe('pcid: hostile input never hurts the server or the host', () => {
     expect(JSON.stringify(all)).not.toContain('0x200');
     expect(sys.outsideState()).toBe(before);
     expect(await bystander.listAssignable()).toEqual(expect.any(Array));
+  });
+
+  it('ids come back as the client wrote them, byte for byte (integers beyond 2^53 too)', async () => {
+    const { rel } = await server();
+    const s = await rawChannel(rel);
+    const ids = [
+      '9007199254740993',
+      '18446744073709551616',
+      '-0',
+      '1.50',
+      '1e400',
+      '"\\u00e9\\ud83d\\ude00"',
+      '"\u00e9"',
+      '[1, {"id": 2}]',
+      '{"n":12345678901234567890}',
+      'null',
+      'true',
+    ];
+    const sent = ids.map((id) => `{"cmd":"list_assignable", "id" : ${id} }\r\n`);
+    // And the id JSON.parse keeps when a key comes twice: the last.
+    sent.push('{"id":1,"cmd":"list_assignable","id":77777777777777777777}\r\n');
+    const lines = await exchangeText(s, sent.join(''), sent.length);
+    const echoed = lines.map((l) => /"id":(.*)\}$/.exec(l)?.[1]);
+    expect(echoed).toEqual([...ids, '77777777777777777777']);
+  });
+
+  it('bytes that are not UTF-8 make a bad packet; no error_desc quotes what the client sent', async () => {
+    const { rel } = await server();
+    const s = await rawChannel(rel);
+    const bad = Buffer.concat([
+      Buffer.from('{"cmd":"list_assignable","id":"'),
+      Buffer.from([0xff]),
+      Buffer.from('"}\r\n'),
+    ]);
+    const [r1] = await exchange(s, bad, 1);
+    expect(r1).toEqual({
+      resp: 'NA',
+      error: 'failed',
+      error_desc: 'Unsupported request or bad packet: not valid UTF-8',
+    });
+    const [r2] = await exchange(s, 'nope <b>\x07</b>\r\n', 1);
+    expect(r2).toEqual({
+      resp: 'NA',
+      error: 'failed',
+      error_desc: 'Unsupported request or bad packet: not valid JSON',
+    });
+    // The channel still serves.
+    const [r3] = await exchange(s, '{"cmd":"list_assignable","id":"\u00ff"}\r\n', 1);
+    expect(r3).toMatchObject({ resp: 'list_assignable', error: 'okay', id: '\u00ff' });
+  });
+
+  it('a client that reuses a node name the moment the previous client with it left gets a channel, every time', async () => {
+    const { rel } = await server();
+    const name = `again${Math.random().toString(36).slice(2, 8)}`;
+    const node = `/local/domain/${selfDomid}/${rel}/${name}`;
+    const xs = new Xenstore();
+    try {
+      for (let i = 0; i < 20; i++) {
+        // rawChannel makes the node and connects with a 10 s timeout; the quarantine this replaces
+        // kept the name unserved for 5 s, or removed the new node within a millisecond.
+        const s = await rawChannel(rel, name);
+        const [r] = await exchange(s, `{"cmd":"list_assignable","id":${i}}\r\n`, 1);
+        expect(r).toMatchObject({ resp: 'list_assignable', error: 'okay', id: i });
+        s.end();
+        await once(s, 'close');
+        // The previous client has left once the server has removed its node; the next comes at once.
+        while ((await xs.tryRead(node)) !== undefined) await sleep(1);
+      }
+    } finally {
+      xs.close();
+    }
   });
 
   it('an oversize message closes that channel only; a message without \\r\\n gets nothing; the server serves on', async () => {
