@@ -194,6 +194,54 @@ describe.runIf(mockAddon)('PVCalls: the Node frontend (domain 5) and the Node ba
     expect(() => fe.createConnection({ port: 70000 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
   });
 
+  it('a half-close closes one direction only: after the remote FIN the frontend still sends, and a SHUT_WR client gets its whole reply', async () => {
+    const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+    // The remote server says hello, half-closes, and reads on until the frontend is done.
+    const upload = randomBytes(1 << 20);
+    let received: Promise<Buffer> = Promise.resolve(Buffer.alloc(0));
+    const server = net.createServer({ allowHalfOpen: true }, (c) => {
+      c.end('hello');
+      received = (async () => {
+        const got: Buffer[] = [];
+        for await (const d of c) got.push(d as Buffer);
+        return Buffer.concat(got);
+      })();
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    cleanups.push(() => new Promise((r) => server.close(r)));
+    const s = await connected(
+      fe.createConnection({ host: '127.0.0.1', port: (server.address() as net.AddressInfo).port }),
+    );
+    const hello: Buffer[] = [];
+    s.on('data', (d: Buffer) => hello.push(d));
+    await once(s, 'end');
+    expect(Buffer.concat(hello).toString()).toBe('hello');
+    s.end(upload);
+    await once(s, 'close');
+    expect(sha(await received)).toBe(sha(upload));
+
+    // A TCP client that sends its request and SHUT_WRs (HTTP/1.0, nc -N), served by the frontend.
+    const reply = randomBytes(1 << 20);
+    const srv = fe.createServer((c) => {
+      const req: Buffer[] = [];
+      c.on('data', (d: Buffer) => req.push(d));
+      c.on('end', () => c.end(Buffer.concat([Buffer.from(`${Buffer.concat(req).length}:`), reply])));
+    });
+    const port = await freePort();
+    srv.listen({ host: '127.0.0.1', port });
+    await once(srv, 'listening');
+    const client = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
+    await once(client, 'connect');
+    client.end('GET / HTTP/1.0\r\n\r\n');
+    const back: Buffer[] = [];
+    for await (const d of client) back.push(d as Buffer);
+    const all = Buffer.concat(back);
+    expect(all.subarray(0, 3).toString()).toBe('18:');
+    expect(sha(all.subarray(3))).toBe(sha(reply));
+    await new Promise<void>((r) => srv.close(() => r()));
+  });
+
   it('the backend closing resets the frontend: its sockets fail with ECONNRESET', async () => {
     const { server, port } = await tcpServer((c) => c.on('data', () => undefined));
     cleanups.push(() => new Promise((r) => server.close(r)));
@@ -381,6 +429,101 @@ describe.runIf(mockAddon)('PVCalls: a hostile frontend against the Node backend 
     };
   }
 
+  it('answers every request exactly once: a CONNECT released in flight, SOCKET+CONNECT+RELEASE pushed together; ring order 0 refused', async () => {
+    const xs = new Xenstore();
+    await createPvcallsDevice(xs, { frontend: 7, backend: 0 });
+    // Connections that never complete (the hook's sockets are never connected): CONNECTs stay in flight.
+    const hung: net.Socket[] = [];
+    const be = await createPvcallsBackend({
+      connect: () => {
+        const sock = new net.Socket();
+        hung.push(sock);
+        return sock;
+      },
+    });
+    const h = await rawFrontend(xs, 7);
+    const ev = new EventChannel({ mockDomid: 7 });
+    const rings: { unshare(): void }[] = [];
+    /** A data ring of ORDER for one CONNECT: its indexes page's ref. */
+    const dataRing = (order: number) => {
+      const pages = h.gs.share(0, 1 + (1 << order));
+      rings.push(pages);
+      const idx = new DataView(pages.buffer);
+      idx.setUint32(w.DATA_INTF.ringOrder, order, true);
+      pages.refs.slice(1).forEach((r, i) => idx.setUint32(w.DATA_INTF.ref + 4 * i, r, true));
+      return pages.refs[0];
+    };
+    const addr = w.encodeInetAddress({ family: w.AF_INET, port: 9, address: '127.0.0.1' });
+    const SOCKET = (id: bigint) => h.req({ cmd: 'SOCKET', id, domain: 2, type: 1, protocol: 0 });
+    const CONNECT = (id: bigint, order = 1) =>
+      h.req({ cmd: 'CONNECT', id, addr, len: 16, flags: 0, ref: dataRing(order), evtchn: ev.bindUnbound(0) });
+    const RELEASE = (id: bigint) => h.req({ cmd: 'RELEASE', id, reuse: 0 });
+    const summary = (rs: w.PvcallsResponse[]) => rs.map((r) => `${r.reqId}:${r.cmd}:${r.ret}`).sort();
+    try {
+      // Pushed together: three requests, three responses, the CONNECT's -ECONNABORTED among them.
+      const burst = [SOCKET(1n), CONNECT(1n), RELEASE(1n)];
+      const ids = burst.map((b) => new DataView(b.buffer).getUint32(0, true));
+      const got = await h.send(burst);
+      expect(summary(got)).toEqual([`${ids[0]}:0:0`, `${ids[1]}:1:${E('ECONNABORTED')}`, `${ids[2]}:2:0`].sort());
+      // A CONNECT in flight, released later on its own: it is answered then, and only once.
+      const first = await h.send([SOCKET(2n), CONNECT(2n)], 1);
+      expect(first.map((r) => r.ret)).toEqual([0]);
+      await sleep(100);
+      expect(h.responses.length).toBe(4);
+      const later = await h.send([RELEASE(2n)], 2);
+      expect(later.map((r) => [r.cmd, r.ret]).sort()).toEqual([
+        [1, E('ECONNABORTED')],
+        [2, 0],
+      ]);
+      // The spec's smallest data ring is order 1: order 0 is refused.
+      const zero = await h.send([SOCKET(3n), CONNECT(3n, 0)]);
+      expect(zero.map((r) => r.ret)).toEqual([0, E('EINVAL')]);
+      await sleep(200);
+      expect(h.responses.length).toBe(8); // nothing answered twice
+      expect(hung.every((sock) => sock.destroyed)).toBe(true);
+      expect(x.mockStats(0)[0].mappedPages).toBe(1); // the command ring only: every data ring unmapped
+    } finally {
+      for (const r of rings) r.unshare();
+      ev.close();
+      h.close();
+      await be.close();
+      await removeDevices(xs, [7]);
+      xs.close();
+    }
+  });
+
+  it('passes through Closing when the frontend closes, as Linux backends do; a frontend ring order of 0 is a RangeError', async () => {
+    const xs = new Xenstore();
+    await createPvcallsDevice(xs, { frontend: 7, backend: 0 });
+    const be = await createPvcallsBackend();
+    const h = await rawFrontend(xs, 7);
+    const fxs = new Xenstore({ mockDomid: 7 });
+    const back = '/local/domain/0/backend/pvcalls/7/0/state';
+    const front = '/local/domain/7/device/pvcalls/0/state';
+    const seen = async (want: number) => {
+      for (let i = 0; i < 250 && Number(await xs.read(back)) !== want; i++) await sleep(10);
+      return Number(await xs.read(back));
+    };
+    try {
+      await fxs.write(front, String(XenbusState.Closing));
+      expect(await seen(XenbusState.Closing)).toBe(XenbusState.Closing);
+      await fxs.write(front, String(XenbusState.Closed));
+      expect(await seen(XenbusState.Closed)).toBe(XenbusState.Closed);
+      await fxs.write(front, String(XenbusState.Initialising));
+      expect(await seen(XenbusState.InitWait)).toBe(XenbusState.InitWait);
+      await expect(connectPvcalls({ mockDomid: 6, ringOrder: 0 })).rejects.toMatchObject({
+        name: 'RangeError',
+        code: 'ERR_OUT_OF_RANGE',
+      });
+    } finally {
+      fxs.close();
+      h.close();
+      await be.close();
+      await removeDevices(xs, [7]);
+      xs.close();
+    }
+  });
+
   it('answers every bad request with an errno, drops a frontend that corrupts its ring, and serves another throughout', async () => {
     const xs = new Xenstore();
     await createPvcallsDevice(xs, { frontend: 7, backend: 0 });
@@ -404,8 +547,9 @@ describe.runIf(mockAddon)('PVCalls: a hostile frontend against the Node backend 
       expect(await echo()).toBe('ping');
       const addr = w.encodeInetAddress({ family: w.AF_INET, port, address: '127.0.0.1' });
       const cases: [string, Uint8Array, number][] = [
-        ['random bytes', Object.assign(randomBytes(64), { 4: 200 }), E('ENOTSUP')],
-        ['unknown cmd 7', h.req({ cmd: 'POLL', id: 1n }).fill(7, 4, 5), E('ENOTSUP')],
+        // -524: Linux's ENOTSUPP, what its pvcalls-back answers (the spec's ENOTSUP).
+        ['random bytes', Object.assign(randomBytes(64), { 4: 200 }), -524],
+        ['unknown cmd 7', h.req({ cmd: 'POLL', id: 1n }).fill(7, 4, 5), -524],
         ['SOCKET AF_INET6', h.req({ cmd: 'SOCKET', id: 1n, domain: 10, type: 1, protocol: 0 }), E('EAFNOSUPPORT')],
         ['SOCKET SOCK_DGRAM', h.req({ cmd: 'SOCKET', id: 1n, domain: 2, type: 2, protocol: 0 }), E('EINVAL')],
         [

@@ -6,11 +6,17 @@
  * InitWait -> Connected once the frontend is Initialised), and serves the commands ring.
  *
  * Nothing a frontend sends is trusted. A request it may not make gets a negative errno in its
- * response: an unknown command (-ENOTSUP), a socket id it does not have or one it already has
- * (-EINVAL, -EEXIST), a family, type or address not version 1's (-EAFNOSUPPORT, -EINVAL), a grant
- * that does not map (the mapping's errno), a ring order above max-page-order (-EINVAL), more sockets
- * or pending connections than its limits (-ENOBUFS). Indexes that break the ring protocol end that
- * frontend's connection ('frontendError'); other frontends are served throughout.
+ * response: an unknown command (-524, Linux's ENOTSUPP, which Linux's pvcalls-back answers and the
+ * spec calls ENOTSUP), a socket id it does not have or one it already has (-EINVAL, -EEXIST), a
+ * family, type or address not version 1's (-EAFNOSUPPORT, -EINVAL), a grant that does not map (the
+ * mapping's errno), a ring order outside 1 (the spec's minimum) to max-page-order (-EINVAL), more
+ * sockets or pending connections than its limits (-ENOBUFS). Indexes that break the ring protocol
+ * end that frontend's connection ('frontendError'); other frontends are served throughout.
+ *
+ * Every request is answered exactly once: a CONNECT whose socket is released while it is in flight
+ * is answered (-ECONNABORTED) before the RELEASE is. A socket is half-closed as POSIX TCP is: when
+ * the remote end has sent its FIN (in_error -ENOTCONN after its last byte), what the frontend writes
+ * still goes to it; RELEASE delivers what the frontend wrote before it, then closes the socket.
  */
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
@@ -38,6 +44,12 @@ import {
 import { readState, XenbusState } from './xenbus';
 
 const E = constants.errno;
+/** Linux's kernel-internal ENOTSUPP, what pvcalls-back answers to a command it does not know. */
+export const ENOTSUPP = 524;
+/** The smallest data ring order the spec allows ("It has to be one at minimum"). */
+export const MIN_RING_ORDER = 1;
+/** How long a released socket may take to write out what the frontend wrote before RELEASE, ms. */
+const RELEASE_LINGER_MS = 10_000;
 /** A Node error's code as the negative Linux errno a response carries (-EIO when it has none). */
 function errnoOf(err: unknown): number {
   const code = (err as { code?: string }).code;
@@ -107,6 +119,8 @@ interface ActiveSocket {
   pending: Buffer[];
   ended: boolean;
   released: boolean;
+  /** Answers the CONNECT still in flight on this socket (once). */
+  connecting?: (ret: number) => void;
 }
 
 export interface PvcallsBackendEvents {
@@ -140,7 +154,9 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
       maxPendingAccepts:
         o.maxPendingAccepts === undefined ? 32 : checkInt('options.maxPendingAccepts', o.maxPendingAccepts, 1, 65535),
       maxRingOrder:
-        o.maxRingOrder === undefined ? 4 : checkInt('options.maxRingOrder', o.maxRingOrder, 0, MAX_RING_ORDER),
+        o.maxRingOrder === undefined
+          ? 4
+          : checkInt('options.maxRingOrder', o.maxRingOrder, MIN_RING_ORDER, MAX_RING_ORDER),
       connect: options.connect,
     };
     const common = { backend: options.backend, mockDomid: options.mockDomid };
@@ -222,11 +238,17 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
     if (!this.#frontends.has(`${f.domid}/${f.dev}`)) return;
     const fs = await readState(this.#xs, f.front);
     if (fs === XenbusState.Initialised && f.state === XenbusState.InitWait) await this.#connect(f);
-    else if (fs === XenbusState.Closing || fs === XenbusState.Closed || fs === XenbusState.Unknown) {
-      // The frontend is closing (or gone): drop what it had, and say Closed, which it waits for.
+    else if (fs === XenbusState.Closing) {
+      // The frontend is closing: drop what it had and pass through Closing, as Linux's backends
+      // do; the frontend says Closed next.
+      this.#disconnect(f);
+      if (f.state !== XenbusState.Closing && f.state !== XenbusState.Closed)
+        await this.#setState(f, XenbusState.Closing);
+    } else if (fs === XenbusState.Closed || fs === XenbusState.Unknown) {
       this.#disconnect(f);
       if (f.state !== XenbusState.Closed) await this.#setState(f, XenbusState.Closed);
-    } else if (fs === XenbusState.Initialising && f.state === XenbusState.Closed) {
+    } else if (fs === XenbusState.Initialising && (f.state === XenbusState.Closed || f.state === XenbusState.Closing)) {
+      this.#disconnect(f);
       await this.#setState(f, XenbusState.InitWait); // the frontend starts over
     }
   }
@@ -286,7 +308,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
       const id = 'id' in req ? req.id : 0n;
       const answer = (ret: number) => this.#respond(f, req.reqId, req.cmd, ret, id);
       if (typeof req.cmd === 'number') {
-        answer(-E.ENOTSUP);
+        answer(-ENOTSUPP);
         continue;
       }
       let r: number | Promise<number>;
@@ -334,25 +356,37 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
         const ring = this.#mapRing(f, req.ref, req.evtchn);
         let sock: net.Socket;
         try {
-          sock = this.#o.connect ? this.#o.connect({ host: a.address, port: a.port }) : net.connect(a.port, a.address);
+          // Half-open, as TCP is: the remote end's FIN does not end what the frontend still writes.
+          sock = this.#o.connect
+            ? this.#o.connect({ host: a.address, port: a.port })
+            : net.connect({ port: a.port, host: a.address, allowHalfOpen: true });
         } catch (e) {
           this.#unmapRing(ring); // the hook refused: its errno goes back
           throw e;
         }
         const active = this.#activate(f, req.id, ring, sock);
         return new Promise<number>((resolve) => {
+          // One answer, whichever comes first: the connection, its failure, or a RELEASE.
+          active.connecting = (ret) => {
+            active.connecting = undefined;
+            sock.off('error', onError);
+            sock.off('connect', onConnect);
+            resolve(ret);
+          };
           const onError = (e: Error) => {
             // As with POSIX, the socket stays the frontend's until it releases it.
+            const answer = active.connecting;
+            active.connecting = undefined;
             this.#release(active);
             f.sockets.set(req.id, { kind: 'new' });
-            resolve(errnoOf(e));
+            answer?.(errnoOf(e));
+          };
+          const onConnect = () => {
+            active.connecting?.(0);
+            this.#wire(f, active);
           };
           sock.once('error', onError);
-          sock.once('connect', () => {
-            sock.off('error', onError);
-            this.#wire(f, active);
-            resolve(0);
-          });
+          sock.once('connect', onConnect);
         });
       }
       case 'RELEASE':
@@ -366,7 +400,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
         if (!a) return -E.EAFNOSUPPORT;
         // Node binds only by listening: connections that come before LISTEN are refused (reset).
         // The socket is passive at once, so a LISTEN right behind this BIND waits for it.
-        const server = net.createServer({ pauseOnConnect: true });
+        const server = net.createServer({ pauseOnConnect: true, allowHalfOpen: true });
         const passive: PassiveSocket = { kind: 'passive', server, listening: false, backlog: 0, queue: [] };
         f.sockets.set(req.id, passive);
         passive.bound = new Promise<number>((resolve) => {
@@ -456,7 +490,8 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
       maps.push(idx);
       const view = new DataView(idx.buffer);
       const order = view.getUint32(DATA_INTF.ringOrder, true);
-      if (order > this.#o.maxRingOrder) throw Object.assign(new Error('ring order'), { code: 'EINVAL' });
+      if (order < MIN_RING_ORDER || order > this.#o.maxRingOrder)
+        throw Object.assign(new Error('ring order'), { code: 'EINVAL' });
       const refs = Array.from({ length: 1 << order }, (_, i) => view.getUint32(DATA_INTF.ref + 4 * i, true));
       const data = this.#gm.map(f.domid, refs);
       maps.push(data);
@@ -563,7 +598,30 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
     if (s.kind === 'active') {
       if (s.released) return;
       s.released = true;
-      s.sock.destroy();
+      if (s.connecting) {
+        // Released before it connected: the CONNECT still gets its one answer.
+        s.connecting(-E.ECONNABORTED);
+        s.sock.destroy();
+      } else {
+        // What the frontend wrote before RELEASE goes out, then the FIN; a remote end that reads
+        // nothing more does not keep the socket past RELEASE_LINGER_MS.
+        let rest: Buffer[] = [];
+        try {
+          while (s.ring.readable > 0) rest.push(Buffer.from(s.ring.read()));
+        } catch {
+          rest = []; // corrupt indexes: nothing of it is trusted
+        }
+        const sock = s.sock;
+        if (sock.destroyed || !sock.writable) sock.destroy();
+        else {
+          for (const b of rest) sock.write(b);
+          const t = setTimeout(() => sock.destroy(), RELEASE_LINGER_MS).unref();
+          sock.end(() => {
+            clearTimeout(t);
+            sock.destroy();
+          });
+        }
+      }
       this.#unmapRing(s);
     } else if (s.kind === 'passive') {
       s.accept?.cancel();

@@ -42,7 +42,10 @@ const E = constants.errno;
 function backendError(ret: number, syscall: string, detail = ''): Error {
   let code: string;
   try {
-    code = getSystemErrorName(ret);
+    // Linux's kernel-internal ENOTSUPP (524), which pvcalls-back answers to an unknown command, is
+    // what the spec calls ENOTSUP.
+    code = ret === -524 ? 'ENOTSUP' : getSystemErrorName(ret);
+    if (!/^E[A-Z0-9]+$/.test(code)) code = 'EIO';
   } catch {
     code = 'EIO';
   }
@@ -275,7 +278,8 @@ export class PvcallsFrontend extends EventEmitter<{ close: []; error: [Error] }>
     this.#pending.clear();
     await this.#watch?.close();
     await this.#xs.write(`${this.#front}/state`, String(XenbusState.Closing)).catch(() => undefined);
-    await waitState(this.#xs, this.#back, (s) => s === XenbusState.Closed || s === XenbusState.Unknown, 5000).catch(
+    // The backend passes through Closing (Linux's and ours), or is already Closed or gone.
+    await waitState(this.#xs, this.#back, (s) => s >= XenbusState.Closing || s === XenbusState.Unknown, 5000).catch(
       () => undefined,
     );
     await this.#xs.write(`${this.#front}/state`, String(XenbusState.Closed)).catch(() => undefined);
@@ -484,6 +488,9 @@ export async function connectPvcalls(options: PvcallsFrontendOptions = {}): Prom
   const o = checkObject('options', options);
   const dev = o.dev === undefined ? 0 : checkInt('options.dev', o.dev, 0, 1 << 20);
   const timeout = o.timeout === undefined ? 30000 : checkInt('options.timeout', o.timeout, 1, 2 ** 31 - 1);
+  // The spec's data rings have order 1 at least.
+  const ringOrder =
+    o.ringOrder === undefined ? undefined : checkInt('options.ringOrder', o.ringOrder, 1, MAX_RING_ORDER);
   const common = { backend: options.backend, mockDomid: options.mockDomid };
   if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
   const xs = new Xenstore(common);
@@ -503,7 +510,7 @@ export async function connectPvcalls(options: PvcallsFrontendOptions = {}): Prom
     if (mine !== XenbusState.Initialising && mine !== XenbusState.Unknown) {
       if (mine !== XenbusState.Closed) {
         await xs.write(`${front}/state`, String(XenbusState.Closing));
-        await waitState(xs, back, (s) => s === XenbusState.Closed || s === XenbusState.InitWait, timeout);
+        await waitState(xs, back, (s) => s >= XenbusState.Closing || s === XenbusState.InitWait, timeout);
         await xs.write(`${front}/state`, String(XenbusState.Closed));
       }
       await xs.write(`${front}/state`, String(XenbusState.Initialising));
@@ -516,10 +523,12 @@ export async function connectPvcalls(options: PvcallsFrontendOptions = {}): Prom
         'ERR_XEN_PROTOCOL',
       );
     const maxOrder = Number((await xs.tryRead(`${back}/max-page-order`)) ?? '0');
-    const want =
-      o.ringOrder === undefined ? Math.min(4, maxOrder) : checkInt('options.ringOrder', o.ringOrder, 0, MAX_RING_ORDER);
-    if (!(want <= maxOrder))
-      throw coded(`The backend's max-page-order is ${maxOrder}, below ${want}`, 'ERR_OUT_OF_RANGE');
+    const want = ringOrder ?? Math.min(4, maxOrder);
+    if (!(want <= maxOrder) || want < 1)
+      throw coded(
+        `The backend's max-page-order is ${maxOrder}, below ${Math.max(want, 1)} (the spec's data rings have order 1 at least)`,
+        'ERR_OUT_OF_RANGE',
+      );
     ev = new EventChannel(common);
     gs = new GrantSharer(common);
     page = gs.share(bid, 1);
