@@ -393,7 +393,11 @@ export class VchanMultiServer extends EventEmitter<{
       if (cb) process.nextTick(cb, coded('The server is not running', 'ERR_SERVER_NOT_RUNNING'));
       return this;
     }
-    if (cb) this.once('close', () => cb());
+    // As net.Server's: a server that is not running (never listened, or its listen() failed)
+    // still closes and emits 'close', but CB hears ERR_SERVER_NOT_RUNNING.
+    const running = this.#listening || this.#starting || this.#streams.size > 0;
+    if (cb)
+      this.once('close', running ? () => cb() : () => cb(coded('The server is not running', 'ERR_SERVER_NOT_RUNNING')));
     this.#closed = true;
     this.#stop();
     this.#finish();

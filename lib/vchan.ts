@@ -139,7 +139,8 @@ export class VchanStream extends Duplex {
         TypeError,
       );
     }
-    super({ ...options, allowHalfOpen: false, decodeStrings: true, emitClose: true, autoDestroy: true });
+    // 'close' is emitted by _destroy, with hadError as net.Socket's.
+    super({ ...options, allowHalfOpen: false, decodeStrings: true, emitClose: false, autoDestroy: true });
     this.#b = b;
     this.#h = handle;
     this.#domid = domid;
@@ -377,6 +378,7 @@ export class VchanStream extends Duplex {
     this.#close();
     if (p) p.cb(err ?? coded('The stream was destroyed', 'ERR_STREAM_DESTROYED'));
     cb(err);
+    process.nextTick(() => this.emit('close', err !== null && err !== undefined));
   }
 
   /** The readable side is over. Like net.Socket at EOF, read(0) lets 'end' (and so 'close')
@@ -813,7 +815,11 @@ export class VchanServer extends EventEmitter<{
       if (cb) process.nextTick(cb, coded('The server is not running', 'ERR_SERVER_NOT_RUNNING'));
       return this;
     }
-    if (cb) this.once('close', () => cb());
+    // As net.Server's: a server that is not running (never listened, or its listen() failed)
+    // still closes and emits 'close', but CB hears ERR_SERVER_NOT_RUNNING.
+    const running = this.#listening || this.#starting || this.#current !== null;
+    if (cb)
+      this.once('close', running ? () => cb() : () => cb(coded('The server is not running', 'ERR_SERVER_NOT_RUNNING')));
     this.#closed = true;
     this.#stop();
     const finish = () => process.nextTick(() => this.emit('close'));

@@ -191,6 +191,8 @@ describe.runIf(mockAddon)('PVCalls: the Node frontend (domain 5) and the Node ba
     srv.listen({ host: '127.0.0.1', port });
     const [inUse] = await once(srv, 'error');
     expect(inUse).toMatchObject({ code: 'EADDRINUSE', syscall: 'pvcalls.bind' });
+    // As net.Server's: close() after the failed listen() passes ERR_SERVER_NOT_RUNNING.
+    expect(await new Promise((r) => srv.close(r))).toMatchObject({ code: 'ERR_SERVER_NOT_RUNNING' });
     expect(() => fe.createConnection({ port: 70000 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }));
   });
 

@@ -109,6 +109,39 @@ describe('as net (bytesRead/bytesWritten, asyncDispose, listen signal, NODE_DEBU
     expect(s.bytesWritten).toBe(5);
   });
 
+  it("'close' carries hadError, as net.Socket's: false after an orderly end, true after a failure", async () => {
+    const path = uniquePath('haderror');
+    const server = createServer({ domid: selfDomid, path });
+    const accepted = once(server, 'connection');
+    server.listen();
+    const c = await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 });
+    const [s] = (await accepted) as [VchanStream];
+    const sClosed = once(s, 'close');
+    const cClosed = once(c, 'close');
+    s.resume();
+    c.end('bye');
+    expect(await cClosed).toEqual([false]);
+    expect(await sClosed).toEqual([false]);
+    server.close();
+    // A failure: the stream is destroyed with an error.
+    const path2 = uniquePath('haderror2');
+    const server2 = createServer({ domid: selfDomid, path: path2 });
+    const accepted2 = once(server2, 'connection');
+    server2.listen();
+    const c2 = await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path2}`, timeout: 5000 });
+    const [s2] = (await accepted2) as [VchanStream];
+    s2.resume();
+    const order: string[] = [];
+    c2.on('error', () => order.push('error'));
+    // (events.once would reject on the 'error' that comes first.)
+    const c2Closed = new Promise<unknown[]>((r) => c2.once('close', (...a: unknown[]) => (order.push('close'), r(a))));
+    c2.destroy(Object.assign(new Error('boom'), { code: 'EIO' }));
+    expect(await c2Closed).toEqual([true]);
+    expect(order).toEqual(['error', 'close']);
+    await closed(s2);
+    server2.close();
+  });
+
   it('await using: a server closes and a stream ends and closes when their scope ends', async () => {
     const path = uniquePath('dispose');
     let closedServer = false;

@@ -16,7 +16,7 @@ import { Duplex } from 'node:stream';
 import { constants } from 'node:os';
 import { getSystemErrorName } from 'node:util';
 
-import { checkDomid, checkInt, checkObject, coded } from '../errors';
+import { checkDomid, checkInt, checkObject, coded, invalidArgType } from '../errors';
 import { EventChannel } from '../evtchn';
 import { GrantSharer, type SharedPages } from '../grants';
 import type { Backend } from '../native';
@@ -308,7 +308,8 @@ export class PvcallsSocket extends Duplex {
 
   /** @internal */
   constructor(fe: PvcallsFrontend, id: bigint) {
-    super({ allowHalfOpen: true });
+    // 'close' is emitted here, with hadError as net.Socket's.
+    super({ allowHalfOpen: true, emitClose: false });
     this.#fe = fe;
     this.id = id;
     fe.sockets.add(this);
@@ -384,16 +385,20 @@ export class PvcallsSocket extends Duplex {
     this.#fe.sockets.delete(this);
     const d = this.#d;
     this.#d = undefined;
+    const closed = () => process.nextTick(() => this.emit('close', err !== null && err !== undefined));
     if (!this.created) {
       d?.unref();
       this.#releasedResolve();
-      return cb(err);
+      cb(err);
+      closed();
+      return;
     }
     void this.#fe.call({ cmd: 'RELEASE', id: this.id, reuse: 0 }).then(() => {
       d?.unref(); // after the backend has unmapped it
       this.#releasedResolve();
     });
     cb(err);
+    closed();
   }
 }
 
@@ -408,6 +413,7 @@ export class PvcallsServer extends EventEmitter<{
   readonly #id: bigint;
   #closed = false;
   #listening = false;
+  #starting = false;
 
   /** @internal */
   constructor(fe: PvcallsFrontend) {
@@ -428,6 +434,7 @@ export class PvcallsServer extends EventEmitter<{
     const host = o.host === undefined ? '0.0.0.0' : String(o.host);
     const addr = encodeInetAddress({ family: AF_INET, port, address: host });
     if (cb) this.once('listening', cb);
+    this.#starting = true;
     void (async () => {
       const steps: [string, Request][] = [
         ['pvcalls.socket', { cmd: 'SOCKET', id: this.#id, domain: AF_INET, type: SOCK_STREAM, protocol: 0 }],
@@ -438,10 +445,12 @@ export class PvcallsServer extends EventEmitter<{
         const ret = await this.#fe.call(req);
         if (ret < 0) {
           if (req.cmd !== 'SOCKET') await this.#fe.call({ cmd: 'RELEASE', id: this.#id, reuse: 0 });
+          this.#starting = false;
           this.emit('error', backendError(ret, syscall, `${host}:${port}`));
           return;
         }
       }
+      this.#starting = false;
       this.#listening = true;
       this.emit('listening');
       this.#acceptLoop();
@@ -466,11 +475,25 @@ export class PvcallsServer extends EventEmitter<{
     }
   }
 
-  /** Stops listening (RELEASE); sockets already accepted stay open. */
-  close(cb?: () => void): this {
-    if (cb) this.once('close', cb);
-    if (this.#closed) return this;
+  /**
+   * Stops listening (RELEASE); sockets already accepted stay open. As net.Server's: a server that
+   * is not running (never listened, its listen() failed, or closed already) passes
+   * ERR_SERVER_NOT_RUNNING to CB.
+   */
+  close(cb?: (err?: Error) => void): this {
+    if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
+    const notRunning = () => coded('The server is not running', 'ERR_SERVER_NOT_RUNNING');
+    if (this.#closed) {
+      if (cb) process.nextTick(cb, notRunning());
+      return this;
+    }
+    const running = this.#listening || this.#starting;
+    if (cb) this.once('close', running ? () => cb() : () => cb(notRunning()));
     this.#closed = true;
+    if (!running) {
+      process.nextTick(() => this.emit('close'));
+      return this;
+    }
     void this.#fe.call({ cmd: 'RELEASE', id: this.#id, reuse: 0 }).then(() => {
       this.#listening = false;
       this.emit('close');
