@@ -26,9 +26,11 @@ const USAGE = `usage: xen-vchan <command> [options]      (xen-vchan --version; x
                                      close the channel (what the peer sends still comes) until the peer
                                      closes it, as nc does; --send-only closes it at stdin's end (nc -N)
                                      and --recv-only never reads stdin
-  proxy --domid D --path P --listen unix:/sock|tcp:HOST:PORT [--raw]
+  proxy --domid D --path P --listen unix:/sock|tcp:HOST:PORT [--raw] [--connect-timeout MS]
                                      accept socket connections, any number at once, each carried over a
-                                     vchan of its own to the proxy --serve of domain D at the full path P
+                                     vchan of its own to the proxy --serve of domain D at the full path P;
+                                     one that gets no channel in MS (default 30000; 0: no limit) is
+                                     refused, and a wait of over a second is logged
   proxy --serve --domid D --path P --connect unix:/sock|tcp:HOST:PORT [--max N] [--raw]
                                      serve domain D's proxy at P: each of its connections becomes a
                                      socket connection (--max: at most N at once, the others wait;
@@ -42,6 +44,17 @@ const USAGE = `usage: xen-vchan <command> [options]      (xen-vchan --version; x
                                      one request to the pcid of domain D (default 0); prints the reply
                                      (JSON), exit 1 if it failed. VALUE is JSON where it parses
                                      (true, 3), else a string: pcid call is_device_assigned sbdf=0000:00:01.0
+  pvcalls serve [--domid D]... [--max-sockets N] [--max-pending-accepts N] [--max-ring-order N]
+                                     the PVCalls backend (dom0): serve the socket calls of the frontends
+                                     of domains D (default: every PVCalls device a toolstack made for
+                                     this domain) with this process's sockets; logs frontends coming and
+                                     going. Its network is this process's: run it under
+                                     \`ip netns exec NAME\` to give the guests a namespace of their own
+  pvcalls connect HOST:PORT [--dev N] [--timeout MS]
+                                     in a domU: one TCP connection through this domain's PVCalls
+                                     frontend (device N, default 0), on stdin/stdout; exit 1 if it failed.
+                                     PVCalls v1 has no shutdown: stdin's end is not seen by the remote
+                                     end, and the connection ends when the remote end closes it
   mock env [--domid D]               print export lines that run any libxenvchan program on the mock:
                                      eval "$(npx xen-vchan mock env)"
   mock status [--json] | mock reset | mock introduce D... | mock destroy D
@@ -299,6 +312,7 @@ async function cmdProxy(args) {
     max: { type: 'string' },
     raw: { type: 'boolean' },
     slots: { type: 'string' },
+    'connect-timeout': { type: 'string' },
   });
   if (o.slots !== undefined)
     fail('--slots is gone: the proxy serves any number of clients at once (--max N bounds them; others wait)');
@@ -309,6 +323,7 @@ async function cmdProxy(args) {
   let proxy;
   if (o.serve) {
     if (o.listen !== undefined) fail('proxy --serve takes --connect, not --listen');
+    if (o['connect-timeout'] !== undefined) fail('--connect-timeout goes with --listen');
     if (o.max !== undefined && o.raw) fail('--max is for the framed proxy: a --raw server serves one client at a time');
     const target = sockAddr(o.connect, '--connect');
     const max = o.max === undefined ? undefined : int(o.max, 'max');
@@ -319,16 +334,25 @@ async function cmdProxy(args) {
     );
   } else {
     if (o.connect !== undefined || o.max !== undefined) fail('--connect and --max go with --serve');
-    proxy = x.proxyListen({ ...common, listen: sockAddr(o.listen, '--listen') });
+    const connectTimeout =
+      o['connect-timeout'] === undefined ? x.PROXY_CONNECT_TIMEOUT : int(o['connect-timeout'], 'connect-timeout');
+    proxy = x.proxyListen({ ...common, listen: sockAddr(o.listen, '--listen'), connectTimeout });
     proxy.on('listening', () => process.stderr.write(`xen-vchan: proxying ${o.listen} to domain ${domid} ${base}\n`));
+    proxy.on('waiting', ({ waiting, timeout }) =>
+      process.stderr.write(
+        `xen-vchan: ${waiting} connection${waiting === 1 ? '' : 's'} waiting for a channel from domain ${domid} at ${base}` +
+          ` (is its proxy --serve running?)${timeout ? `; refused after ${timeout / 1000} s` : ''}\n`,
+      ),
+    );
   }
   proxy.on('connectionError', (e) => process.stderr.write(`xen-vchan: a connection failed: ${e.message}\n`));
   proxy.on('error', (e) => {
     process.stderr.write(`xen-vchan: ${e.message}\n`);
     process.exit(1);
   });
-  // The first SIGTERM/SIGINT stops taking connections and exits once those being carried have
-  // ended (as a net server's close() does); a second one exits at once.
+  // The first SIGTERM/SIGINT stops taking connections, refuses those still waiting for a channel,
+  // and exits once those being carried have ended (as a net server's close() does); a second one
+  // exits at once.
   let quitting = false;
   const quit = () => {
     if (quitting) process.exit(0);
@@ -418,6 +442,79 @@ function size(bytes) {
   return `${(bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0)} MB`;
 }
 
+async function cmdPvcalls(args) {
+  const [sub, ...rest] = args;
+  const x = lib();
+  if (sub === 'serve') {
+    const o = opts(rest, {
+      domid: { type: 'string', multiple: true },
+      'max-sockets': { type: 'string' },
+      'max-pending-accepts': { type: 'string' },
+      'max-ring-order': { type: 'string' },
+    });
+    const num = (flag) => (o[flag] === undefined ? undefined : int(o[flag], flag));
+    const frontends = o.domid?.map((d) => parseDomid(d));
+    let be;
+    try {
+      be = new x.PvcallsBackend({
+        frontends,
+        maxSockets: num('max-sockets'),
+        maxPendingAccepts: num('max-pending-accepts'),
+        maxRingOrder: num('max-ring-order'),
+      });
+    } catch (e) {
+      fail(e.message.replace(/options\.(\w+)/, (_, n) => `--${n.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`));
+    }
+    const log = (m) => process.stderr.write(`xen-vchan: pvcalls: ${m}\n`);
+    be.on('connect', (d, dev) => log(`frontend ${d}/${dev} connected`));
+    be.on('disconnect', (d, dev) => log(`frontend ${d}/${dev} gone`));
+    be.on('frontendError', (e, d, dev) => log(`frontend ${d}/${dev} dropped: ${e.message}`));
+    be.on('error', (e) => {
+      log(e.message);
+      process.exit(1);
+    });
+    await be.start();
+    log(`serving ${frontends ? `domains ${frontends.join(', ')}` : 'every PVCalls device of this domain'}`);
+    const quit = () => be.close().then(() => process.exit(0));
+    process.once('SIGTERM', quit).once('SIGINT', quit);
+    return;
+  }
+  if (sub === 'connect') {
+    const o = parseArgs({
+      args: rest,
+      options: { dev: { type: 'string' }, timeout: { type: 'string' } },
+      allowPositionals: true,
+    });
+    const [target] = o.positionals;
+    const m = /^(.+):(\d+)$/.exec(target ?? '');
+    if (!m || Number(m[2]) > 65535) fail(`pvcalls connect: HOST:PORT, not ${JSON.stringify(target ?? null)}`);
+    const fe = await x.connectPvcalls({
+      dev: o.values.dev === undefined ? undefined : int(o.values.dev, 'dev'),
+      timeout: o.values.timeout === undefined ? undefined : int(o.values.timeout, 'timeout'),
+    });
+    const s = fe.createConnection({ host: m[1], port: Number(m[2]) });
+    let failed = null;
+    s.on('error', (e) => (failed = e));
+    process.stdout.once('error', (e) => s.destroy(e));
+    // PVCalls v1 has no shutdown: stdin's end only ends what we send (once the backend has it);
+    // the exchange is over when the remote end closes.
+    process.stdin.pipe(s);
+    s.pipe(process.stdout, { end: false });
+    await new Promise((r) => s.once('close', r));
+    process.stdin.destroy();
+    const flushed = await flushStdout();
+    await fe.close();
+    if (failed || !flushed || stdoutFailed) {
+      process.stderr.write(
+        `xen-vchan: pvcalls connect: ${(failed ?? stdoutFailed ?? new Error('stdout closed')).message}\n`,
+      );
+      process.exitCode = 1;
+    }
+    return;
+  }
+  fail(commandUsage('pvcalls'));
+}
+
 async function cmdDemo(args) {
   const o = opts(args, { bytes: { type: 'string' }, ring: { type: 'string' }, role: { type: 'string' } });
   process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
@@ -492,7 +589,7 @@ async function main() {
   const [cmd, ...args] = process.argv.slice(2);
   if (
     cmd &&
-    ['mock', 'listen', 'connect', 'proxy', 'demo', 'pcid'].includes(cmd) &&
+    ['mock', 'listen', 'connect', 'proxy', 'demo', 'pcid', 'pvcalls'].includes(cmd) &&
     (args.includes('--help') || args.includes('-h'))
   ) {
     process.stdout.write(`${commandUsage(cmd)}\n`);
@@ -516,6 +613,8 @@ async function main() {
       return cmdDemo(args);
     case 'pcid':
       return cmdPcid(args);
+    case 'pvcalls':
+      return cmdPvcalls(args);
     case undefined:
     case '-h':
     case '--help':

@@ -70,6 +70,7 @@ export {
 } from './mock';
 export { encodeFrame, FramedStream, FrameParser, FrameType, MAX_DATA, PROXY_VERSION } from './framed';
 export {
+  PROXY_CONNECT_TIMEOUT,
   proxyListen,
   proxyServe,
   VchanProxy,

@@ -122,17 +122,29 @@ export interface ProxyServeOptions extends CommonOptions {
 export interface ProxyListenOptions extends CommonOptions {
   /** Where to accept connections: `{ path }` (Unix) or `{ host, port }` (TCP, port 0 for any). */
   listen: SocketAddress;
+  /**
+   * How long a socket connection waits for a channel from the serving half, ms, before it is
+   * refused (reset; 'connectionError' ETIMEDOUT); 0 waits as long as it takes. Default 30000.
+   */
+  connectTimeout?: number;
 }
+
+/** The default of {@link ProxyListenOptions.connectTimeout}, ms. */
+export const PROXY_CONNECT_TIMEOUT = 30_000;
+/** A connection still waiting for a channel after this long is reported ('waiting'), ms. */
+const WAIT_REPORT_MS = 1000;
 
 /**
  * One half of a vchan proxy. Emits 'listening', 'connection' (a new connection is being carried),
- * 'connectionError' (one connection failed: the other side was told; the proxy goes on), 'error'
- * (the proxy itself cannot serve: a socket address in use, a vchan path another server holds) and
- * 'close'.
+ * 'waiting' (the listening half: a connection has waited a second for a channel; the serving half
+ * may be gone), 'connectionError' (one connection failed: the other side was told; the proxy goes
+ * on), 'error' (the proxy itself cannot serve: a socket address in use, a vchan path another
+ * server holds) and 'close'.
  */
 export class VchanProxy extends EventEmitter<{
   listening: [];
   connection: [];
+  waiting: [{ waiting: number; timeout: number }];
   connectionError: [Error];
   error: [Error];
   close: [];
@@ -155,7 +167,10 @@ export class VchanProxy extends EventEmitter<{
     return this.#address();
   }
 
-  /** Stops taking connections; those being carried go on. 'close' follows. */
+  /**
+   * Stops taking connections; those being carried go on, and those still waiting for a channel
+   * are refused (reset). 'close' follows once the carried ones have ended.
+   */
   close(cb?: () => void): this {
     this.#close(() => {
       this.emit('close');
@@ -226,8 +241,14 @@ export function proxyServe(options: ProxyServeOptions): VchanProxy {
 export function proxyListen(options: ProxyListenOptions): VchanProxy {
   const o = checkObject('options', options) as unknown as ProxyListenOptions;
   const at = checkAddress('options.listen', o.listen);
+  const timeout =
+    o.connectTimeout === undefined
+      ? PROXY_CONNECT_TIMEOUT
+      : checkInt('options.connectTimeout', o.connectTimeout, 0, 2 ** 31 - 1);
   const what = `vchan proxy from ${describe(at)}`;
   let turn: Promise<unknown> = Promise.resolve();
+  /** Connections waiting for a channel: refused when the proxy closes. */
+  const waiting = new Set<AbortController>();
   return new VchanProxy((p) => {
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true }, (sock) => {
       p.track((done) => {
@@ -237,10 +258,24 @@ export function proxyListen(options: ProxyListenOptions): VchanProxy {
         };
         // A connection that goes away while it waits for a channel gives its place up.
         const ac = new AbortController();
+        waiting.add(ac);
         const gone = () => ac.abort();
         sock.once('close', gone);
         sock.on('error', () => undefined);
-        const opts = { domid: o.domid, path: o.path, signal: ac.signal, backend: o.backend, mockDomid: o.mockDomid };
+        const report = setTimeout(() => p.emit('waiting', { waiting: waiting.size, timeout }), WAIT_REPORT_MS);
+        report.unref();
+        const settled = () => {
+          waiting.delete(ac);
+          clearTimeout(report);
+        };
+        const opts = {
+          domid: o.domid,
+          path: o.path,
+          signal: ac.signal,
+          timeout: timeout || undefined,
+          backend: o.backend,
+          mockDomid: o.mockDomid,
+        };
         let go: Promise<VchanStream>;
         let myTurnDone: () => void = () => undefined;
         if (o.raw) {
@@ -253,6 +288,7 @@ export function proxyListen(options: ProxyListenOptions): VchanProxy {
         }
         go.then(
           (v) => {
+            settled();
             sock.off('close', gone);
             v.once('close', () => {
               myTurnDone();
@@ -266,9 +302,14 @@ export function proxyListen(options: ProxyListenOptions): VchanProxy {
             else relay(sock, v, onError, what);
           },
           (e: Error) => {
+            settled();
             myTurnDone();
             done();
-            if (ac.signal.aborted) return; // the socket went first: nothing to report
+            if (ac.signal.aborted) {
+              // The socket went first (nothing to report), or the proxy is closing: refuse it.
+              if (!sock.destroyed) reset(sock);
+              return;
+            }
             onError(e);
             reset(sock);
           },
@@ -279,6 +320,12 @@ export function proxyListen(options: ProxyListenOptions): VchanProxy {
     // Node's own listen error (EADDRINUSE, EACCES, ...: code, errno, syscall 'listen', address).
     server.on('error', (e) => p.emit('error', e));
     process.nextTick(() => server.listen(at));
-    return { close: (cb) => server.close(() => cb()), address: () => server.address() };
+    return {
+      close: (cb) => {
+        server.close(() => cb());
+        for (const ac of waiting) ac.abort();
+      },
+      address: () => server.address(),
+    };
   });
 }

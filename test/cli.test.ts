@@ -159,6 +159,113 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     await front.exited;
   });
 
+  it('proxy --listen with no serving half: the wait is logged, the client refused at --connect-timeout, one SIGTERM stops it', async () => {
+    const base = uniquePath('proxynone');
+    const port = 26000 + (process.pid % 1000);
+    const front = spawn(
+      process.execPath,
+      [
+        cli,
+        'proxy',
+        '--domid',
+        '0',
+        '--path',
+        `/local/domain/0/${base}`,
+        '--listen',
+        `tcp:127.0.0.1:${port}`,
+        '--connect-timeout',
+        '2000',
+      ],
+      { env: { ...process.env, XEN_MOCK_DOMID: '5' }, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    const exited = once(front, 'exit');
+    procs.push({ p: front, exited });
+    let err = '';
+    front.stderr!.on('data', (d: Buffer) => (err += d));
+    while (!err.includes('proxying')) await sleep(20);
+    // A client that waits: refused (closed) at the timeout, the wait logged first.
+    const t0 = Date.now();
+    const c = net.connect(port, '127.0.0.1');
+    c.on('error', () => undefined);
+    c.resume();
+    await new Promise((r) => c.once('close', r));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(1500);
+    while (!err.includes('ETIMEDOUT')) await sleep(20);
+    expect(err).toMatch(
+      /1 connection waiting for a channel from domain 0 at .*proxynon.* \(is its proxy --serve running\?\); refused after 2 s/,
+    );
+    expect(err).toMatch(/a connection failed: .*ETIMEDOUT/);
+    // A client that sent its request and half-closed, then gave up: one SIGTERM still stops the proxy.
+    const d = net.connect(port, '127.0.0.1');
+    d.on('error', () => undefined);
+    await once(d, 'connect');
+    d.end('GET / HTTP/1.0\r\n\r\n');
+    await sleep(300);
+    d.destroy();
+    front.kill('SIGTERM');
+    const [code] = (await Promise.race([exited, sleep(5000).then(() => ['still running'])])) as [unknown];
+    expect(code).toBe(0);
+  });
+
+  it('pvcalls serve and pvcalls connect: a TCP exchange from domain 5 through the Node backend, 300 KB each way', async () => {
+    const x = await import('../dist/cjs/index.js');
+    const xs = new x.Xenstore();
+    await x.createPvcallsDevice(xs, { frontend: 5, backend: 0 });
+    // PVCalls v1 has no shutdown, so the server knows the request's length and answers it whole,
+    // then closes: the connection ends when the remote end closes it.
+    const payload = randomBytes(300_000);
+    const echo = net.createServer({ allowHalfOpen: true }, (c) => {
+      const got: Buffer[] = [];
+      let n = 0;
+      c.on('data', (d: Buffer) => {
+        got.push(d);
+        n += d.length;
+        if (n === payload.length) c.end(Buffer.concat([Buffer.from('got:'), ...got]));
+      });
+    });
+    echo.listen(0, '127.0.0.1');
+    await once(echo, 'listening');
+    const port = (echo.address() as net.AddressInfo).port;
+    const back = spawn(process.execPath, [cli, 'pvcalls', 'serve', '--domid', '5', '--max-sockets', '8'], {
+      env: { ...process.env, XEN_MOCK_DOMID: '0' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const backExited = once(back, 'exit');
+    procs.push({ p: back, exited: backExited });
+    let log = '';
+    back.stderr!.on('data', (d: Buffer) => (log += d));
+    try {
+      while (!log.includes('serving domains 5')) await sleep(20);
+      const front = run(5, ['pvcalls', 'connect', `127.0.0.1:${port}`, '--timeout', '10000']);
+      const out: Buffer[] = [];
+      front.stdout!.on('data', (d: Buffer) => out.push(d));
+      front.stdin!.end(payload);
+      expect(await front.exited).toEqual([0, null]);
+      const all = Buffer.concat(out);
+      expect(all.subarray(0, 4).toString()).toBe('got:');
+      expect(all.subarray(4).equals(payload)).toBe(true);
+      while (!log.includes('frontend 5/0 gone')) await sleep(20);
+      expect(log).toMatch(/frontend 5\/0 connected/);
+      // Nothing there: the connection fails and the command says so, exit 1.
+      const refused = spawnSync(process.execPath, [cli, 'pvcalls', 'connect', '127.0.0.1:1', '--timeout', '10000'], {
+        env: { ...process.env, XEN_MOCK_DOMID: '5' },
+        input: '',
+        encoding: 'utf8',
+        timeout: 20000,
+      });
+      expect(refused.status).toBe(1);
+      expect(refused.stderr).toMatch(/pvcalls connect: pvcalls.connect ECONNREFUSED/);
+      back.kill('SIGTERM');
+      expect(await backExited).toEqual([0, null]);
+    } finally {
+      echo.close();
+      await x.removePvcallsDevice(xs, { frontend: 5, backend: 0 });
+      await xs.rm('/local/domain/5/device').catch(() => undefined);
+      await xs.rm('/local/domain/0/backend').catch(() => undefined);
+      xs.close();
+    }
+  });
+
   it('pcid serve and pcid call: a reply per call, exit 1 for a failed one', async () => {
     const sys = makeFakeSysfs();
     try {
@@ -245,7 +352,7 @@ describe('xen-vchan CLI arguments', () => {
   it('--version prints the package version; every command has --help', () => {
     const pkg = JSON.parse(fs.readFileSync(path.join(root, 'package.json'), 'utf8')) as { version: string };
     expect(sh(['--version']).stdout.trim()).toBe(pkg.version);
-    for (const cmd of ['listen', 'connect', 'proxy', 'demo', 'mock', 'pcid']) {
+    for (const cmd of ['listen', 'connect', 'proxy', 'demo', 'mock', 'pcid', 'pvcalls']) {
       const r = sh([cmd, '--help']);
       expect(r.status, cmd).toBe(0);
       expect(r.stdout, cmd).toContain(`usage: xen-vchan ${cmd}`);

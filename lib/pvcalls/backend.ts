@@ -22,7 +22,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { constants } from 'node:os';
 
-import { checkInt, checkObject } from '../errors';
+import { checkDomid, checkInt, checkObject, invalidArgType } from '../errors';
 import { EventChannel } from '../evtchn';
 import { GrantMapper, type MappedPages } from '../grants';
 import type { Backend } from '../native';
@@ -67,6 +67,8 @@ export interface PvcallsBackendOptions {
   maxPendingAccepts?: number;
   /** The largest data ring a frontend may offer, as max-page-order (default 4, as Linux's backend). */
   maxRingOrder?: number;
+  /** Serve only the devices of these frontend domains (default: every device under backend/pvcalls). */
+  frontends?: number[];
   /**
    * Where a CONNECT goes (default: the address as given, from this process). Lets a backend map
    * a frontend's addresses onto its own, or refuse some, by throwing (the errno goes back).
@@ -134,8 +136,9 @@ export interface PvcallsBackendEvents {
 }
 
 export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
-  readonly #o: Required<Omit<PvcallsBackendOptions, 'backend' | 'mockDomid' | 'connect'>> &
+  readonly #o: Required<Omit<PvcallsBackendOptions, 'backend' | 'mockDomid' | 'connect' | 'frontends'>> &
     Pick<PvcallsBackendOptions, 'connect'>;
+  readonly #only: Set<number> | null;
   readonly #xs: Xenstore;
   readonly #ev: EventChannel;
   readonly #gm: GrantMapper;
@@ -159,6 +162,12 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
           : checkInt('options.maxRingOrder', o.maxRingOrder, MIN_RING_ORDER, MAX_RING_ORDER),
       connect: options.connect,
     };
+    if (o.frontends !== undefined && !Array.isArray(o.frontends))
+      throw invalidArgType('options.frontends', 'an array of domain ids', o.frontends);
+    this.#only =
+      o.frontends === undefined
+        ? null
+        : new Set((o.frontends as unknown[]).map((d, i) => checkDomid(`options.frontends[${i}]`, d)));
     const common = { backend: options.backend, mockDomid: options.mockDomid };
     this.#xs = new Xenstore(common);
     this.#ev = new EventChannel(common);
@@ -187,7 +196,9 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
   async #scan(): Promise<void> {
     if (this.#closed) return;
     const seen = new Set<string>();
-    for (const d of (await this.#xs.directory('backend/pvcalls').catch(() => [])).filter((n) => /^\d+$/.test(n)))
+    for (const d of (await this.#xs.directory('backend/pvcalls').catch(() => [])).filter(
+      (n) => /^\d+$/.test(n) && (this.#only === null || this.#only.has(Number(n))),
+    ))
       for (const dev of (await this.#xs.directory(`backend/pvcalls/${d}`).catch(() => [])).filter((n) =>
         /^\d+$/.test(n),
       )) {
