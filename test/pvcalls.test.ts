@@ -622,6 +622,44 @@ describe.runIf(mockAddon)('PVCalls: a hostile frontend against the Node backend 
       const release = await h.send([h.req({ cmd: 'RELEASE', id: 9n, reuse: 0 })]);
       expect(release[0].ret).toBe(0);
       client.destroy();
+      // One ACCEPT and one POLL at a time per socket: the second gets -EBUSY / -EALREADY (Linux
+      // answers -EINTR); a RELEASE answers the waiting ones -EINTR, each once.
+      // (Room under maxSockets first: the sockets made above go.)
+      const freed = await h.send([1n, 2n, 3n].map((id) => h.req({ cmd: 'RELEASE', id, reuse: 0 })));
+      expect(freed.map((r) => r.ret)).toEqual([0, 0, 0]);
+      const l2 = w.encodeInetAddress({ family: w.AF_INET, port: await freePort(), address: '127.0.0.1' });
+      expect(
+        (
+          await h.send([
+            h.req({ cmd: 'SOCKET', id: 10n, domain: 2, type: 1, protocol: 0 }),
+            h.req({ cmd: 'BIND', id: 10n, addr: l2, len: 16 }),
+            h.req({ cmd: 'LISTEN', id: 10n, backlog: 4 }),
+          ])
+        ).map((r) => r.ret),
+      ).toEqual([0, 0, 0]);
+      const twoPolls = await h.send([h.req({ cmd: 'POLL', id: 10n }), h.req({ cmd: 'POLL', id: 10n })], 1);
+      expect(twoPolls.map((r) => r.ret)).toEqual([E('EALREADY')]);
+      const evs = new EventChannel({ mockDomid: 7 });
+      const acceptRing = h.gs.share(0, 1 + 2);
+      const ai = new DataView(acceptRing.buffer);
+      ai.setUint32(w.DATA_INTF.ringOrder, 1, true);
+      acceptRing.refs.slice(1).forEach((r, i) => ai.setUint32(w.DATA_INTF.ref + 4 * i, r, true));
+      const accept = (idNew: bigint) =>
+        h.req({ cmd: 'ACCEPT', id: 10n, idNew, ref: acceptRing.refs[0], evtchn: evs.bindUnbound(0) });
+      const twoAccepts = await h.send([accept(11n), accept(12n)], 1);
+      expect(twoAccepts.map((r) => r.ret)).toEqual([E('EBUSY')]);
+      const rel10 = await h.send([h.req({ cmd: 'RELEASE', id: 10n, reuse: 0 })], 3);
+      expect(rel10.map((r) => [r.cmd, r.ret]).sort()).toEqual(
+        [
+          [w.PvcallsCmd.RELEASE, 0],
+          [w.PvcallsCmd.ACCEPT, E('EINTR')],
+          [w.PvcallsCmd.POLL, E('EINTR')],
+        ].sort(),
+      );
+      await sleep(100);
+      expect(h.responses.filter((r) => r.id === 10n)).toHaveLength(8); // 3 + 1 + 1 + 3, none twice
+      acceptRing.unshare();
+      evs.close();
       // Indexes out of range: req_prod far past anything published. The backend drops this frontend.
       const gone = once(be, 'disconnect');
       new Uint32Array(h.page.buffer)[0] += 1000;
