@@ -529,6 +529,8 @@ async function placeRequest(
     if (signal) {
       onAbort = () => reject(abortError(signal));
       signal.addEventListener('abort', onAbort, { once: true });
+      // Aborted while the watch was being set up: the event has been and gone.
+      if (signal.aborted) onAbort();
     }
   });
   stop.catch(() => undefined);

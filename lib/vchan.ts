@@ -1000,6 +1000,8 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
       if (signal) {
         onAbort = () => reject(abortError(signal));
         signal.addEventListener('abort', onAbort, { once: true });
+        // Aborted while the watch was being set up: the event has been and gone.
+        if (signal.aborted) onAbort();
       }
     });
     stop.catch(() => undefined);

@@ -6,7 +6,15 @@ import { pipeline } from 'node:stream/promises';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { connect, createServer, GrantMapper, VchanServer, VchanStream, Xenstore } from '../dist/cjs/index.js';
+import {
+  connect,
+  connectMulti,
+  createServer,
+  GrantMapper,
+  VchanServer,
+  VchanStream,
+  Xenstore,
+} from '../dist/cjs/index.js';
 import type { ConnectOptions, ServerOptions } from '../dist/cjs/index.js';
 import { broker, config, onMock, root, selfDomid } from './helpers/env';
 import { snapshot } from './helpers/setup';
@@ -160,6 +168,27 @@ describe('as net (bytesRead/bytesWritten, asyncDispose, listen signal, NODE_DEBU
     expect(closedStream).toBe(true);
     expect(closedServer).toBe(true);
   });
+
+  it('an abort that comes while connect() sets up its watch is not lost (it hung for good)', async () => {
+    for (let i = 0; i < 20; i++) {
+      const ac = new AbortController();
+      const p = connect({
+        domid: selfDomid,
+        path: `/local/domain/${selfDomid}/${uniquePath('noone')}`,
+        signal: ac.signal,
+      });
+      ac.abort(); // connect() is at its first await now
+      await expect(p).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+      const m = new AbortController();
+      const q = connectMulti({
+        domid: selfDomid,
+        path: `/local/domain/${selfDomid}/${uniquePath('noone')}`,
+        signal: m.signal,
+      });
+      m.abort();
+      await expect(q).rejects.toMatchObject({ name: 'AbortError', code: 'ABORT_ERR' });
+    }
+  }, 20_000);
 
   it("listen({signal}) closes the server when the signal aborts, as net's", async () => {
     const ac = new AbortController();
