@@ -1013,33 +1013,39 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
       if (next.done) throw coded('The xenstore watch ended', 'ERR_XEN_CLOSED');
       const entry = await Promise.race([readEntry(xs, path), stop]);
       if (!entry) continue; // not (fully) published yet
-      try {
-        const h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path, entry.ref, entry.port));
-        debug('connect %s: attached to domain %d (ring-ref %d, port %d)', path, domid, entry.ref, entry.port);
-        return new VchanStream(kInternal, b, h, domid, path, options);
-      } catch (e) {
-        const { code, syscall } = e as { code?: string; syscall?: string };
-        // Taken by another client, or its client has gone and the server has not offered it again
-        // yet: the server's next offer rewrites the entry, and fires the watch.
-        if (code === 'EBUSY' || code === 'EAGAIN') {
-          debug('connect %s: %s, waiting for the next offer', path, code);
-          continue;
-        }
-        if (syscall === 'xengnttab_map_grant_ref') {
-          // A server replacing its entry may have withdrawn that page a moment ago: look again.
+      // Two tries at one entry: a server between two offers withdraws a channel and may offer the
+      // next under the same grant ref and port, so an entry that reads the same after a failed
+      // attach may be a new channel; the same failure twice is the server's.
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path, entry.ref, entry.port));
+          debug('connect %s: attached to domain %d (ring-ref %d, port %d)', path, domid, entry.ref, entry.port);
+          return new VchanStream(kInternal, b, h, domid, path, options);
+        } catch (e) {
+          const { code, syscall } = e as { code?: string; syscall?: string };
+          // Taken by another client, or its client has gone and the server has not offered it again
+          // yet: the server's next offer rewrites the entry, and fires the watch.
+          if (code === 'EBUSY' || code === 'EAGAIN') {
+            debug('connect %s: %s, waiting for the next offer', path, code);
+            break;
+          }
+          if (syscall === 'libxenvchan_client_init' && (code === 'ENOENT' || code === 'EACCES')) break; // withdrawn meanwhile
+          // Withdrawn a moment ago (our servers remove the entry before the pages), or a page of
+          // the next offer not set up yet: the entry is gone or different, or reads the same.
           const again = await Promise.race([readEntry(xs, path).catch(() => undefined), stop]);
-          if (!again || again.ref !== entry.ref || again.port !== entry.port) continue;
-          throw connectError(
-            'ECONNREFUSED',
-            `no vchan server offers ${path}: its ring-ref ${entry.ref} cannot be mapped ` +
-              '(the entry of a server that is gone, or a page not granted to this domain)',
-            e,
-          );
+          if (!again || again.ref !== entry.ref || again.port !== entry.port) break;
+          if (attempt < 2) continue;
+          if (syscall === 'xengnttab_map_grant_ref')
+            throw connectError(
+              'ECONNREFUSED',
+              `no vchan server offers ${path}: its ring-ref ${entry.ref} cannot be mapped ` +
+                '(the entry of a server that is gone, or a page not granted to this domain)',
+              e,
+            );
+          if (code === 'EPROTO' || syscall === 'libxenvchan_client_init')
+            throw connectError('EPROTO', `the vchan at ${path} cannot be used: ${(e as Error).message}`, e);
+          throw e;
         }
-        if (syscall === 'libxenvchan_client_init' && (code === 'ENOENT' || code === 'EACCES')) continue; // withdrawn meanwhile
-        if (code === 'EPROTO' || syscall === 'libxenvchan_client_init')
-          throw connectError('EPROTO', `the vchan at ${path} cannot be used: ${(e as Error).message}`, e);
-        throw e;
       }
     }
   } finally {

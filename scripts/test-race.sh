@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The reconnect race at length (issue 10): XEN_VCHAN_RACE_CYCLES connect/close cycles (default
-# 20,000) per backend, each client's bytes checked to reach its own 'connection' only. The
-# ordinary suite runs the same test with 500 cycles.
+# The reconnect race at length (issues 10 and 25): XEN_VCHAN_RACE_CYCLES connect/close cycles
+# (default 20,000) per backend, each client's bytes checked to reach its own 'connection' only;
+# then as many connect/echo/close cycles shared by two client processes, none refused while the
+# server lives. The ordinary suite runs the same tests with 500 cycles.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 cycles=${XEN_VCHAN_RACE_CYCLES:-20000}

@@ -24,7 +24,7 @@ import {
   Xenstore,
 } from '../dist/cjs/index.js';
 import { onMock, selfDomid } from './helpers/env';
-import { sleep, uniquePath } from './helpers/util';
+import { sleep, startPeer, uniquePath } from './helpers/util';
 
 const OFF = {
   leftCons: 0,
@@ -269,6 +269,25 @@ describe.skipIf(!onMock)('the reconnect race', () => {
     m.unmap();
     mapper.close();
   });
+
+  it(`two client processes, ${RACE_CYCLES} connect/echo/close cycles between them against one server: none refused while it lives`, async () => {
+    const path = uniquePath('race2');
+    const server: VchanServer = createServer({ domid: 5, path, readMin: 1024, writeMin: 1024 }, (s) => {
+      s.on('error', () => {});
+      s.pipe(s);
+    });
+    cleanups.push(() => new Promise((r) => server.close(() => r(undefined))));
+    server.listen();
+    await once(server, 'listening');
+    // In other processes: a client in this one could never run between the steps of the server's
+    // own close and its next offer.
+    const full = `/local/domain/${selfDomid}/${path}`;
+    const each = String(Math.ceil(RACE_CYCLES / 2));
+    const peers = [0, 1].map(() => startPeer(5, ['echo-cycles', String(selfDomid), full, each]));
+    const reports = await Promise.all(peers.map((p) => p.next<{ failures: string[] }>(600_000)));
+    await Promise.all(peers.map((p) => p.exited));
+    expect(reports.flatMap((r) => r.failures)).toEqual([]);
+  }, 600_000);
 
   it(`${RACE_CYCLES} connect/close cycles, each client's bytes reach its own 'connection' only`, async () => {
     const path = uniquePath('race');

@@ -3,8 +3,8 @@
  * libxengnttab, libxenstore), speaking the vchan wire format (see
  * xen/io/libxenvchan.h), so it interoperates with Xen's own libxenvchan.
  *
- * Built twice: into the mock's drop-in libxenvchan.so.4.17 (native/mock/Makefile,
- * with VCHAN_MOCK_XENSTORE), and into the real addon (binding.gyp), where it runs on
+ * Built twice, from the same source: into the mock's drop-in libxenvchan.so.4.17
+ * (native/mock/Makefile), and into the real addon (binding.gyp), where it runs on
  * whichever Xen release the system has: Xen's own libxenvchan changes soname and
  * struct layout with every release, the wire format and the libraries under it do not.
  *
@@ -297,6 +297,14 @@ static void *in_page(struct vchan_interface *ring, int order)
 static void release(struct vchan *v)
 {
     struct libxenvchan *c = &v->pub;
+    /* A server's entry goes before its pages: a client that read the entry and then finds the page
+     * gone looks again and sees no entry (or the next offer's), never the same entry naming a page
+     * that no longer exists, which is what a dead server's stale entry looks like. */
+    if (v->xs && c->xs_path) {
+        xs_rm(v->xs, XBT_NULL, c->xs_path);
+        free(c->xs_path);
+        c->xs_path = NULL;
+    }
     if (c->ring) {
         uint32_t lp = ring_pages(c->is_server ? c->read.order : c->write.order);
         uint32_t rp = ring_pages(c->is_server ? c->write.order : c->read.order);
@@ -322,11 +330,8 @@ static void release(struct vchan *v)
         xengnttab_close(c->gnttab);
     if (c->event)
         xenevtchn_close(c->event);
-    if (v->xs) {
-        if (c->xs_path)
-            xs_rm(v->xs, XBT_NULL, c->xs_path);
+    if (v->xs)
         xs_close(v->xs);
-    }
     free(c->xs_path);
     free(v);
 }
@@ -384,15 +389,8 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
         return -1;
     }
     struct xs_permissions perms[2] = {{self, XS_PERM_NONE}, {(unsigned)domain, XS_PERM_READ}};
-#ifdef VCHAN_MOCK_XENSTORE
-    /* Ask for the node's removal before it exists: a process killed right after publishing then
-     * leaves nothing behind. */
-    if (!xenmock_xs_remove_on_close(v->xs, c->xs_path)) {
-        free(rr);
-        free(ec);
-        return -1;
-    }
-#endif
+    /* A server killed leaves its entry behind, stale, as on Xen (where nothing could remove it):
+     * its clients then hear ECONNREFUSED on every backend alike. */
     int rc = -1;
     for (int attempt = 0; attempt < 100 && rc < 0; attempt++) {
         xs_transaction_t t = xs_transaction_start(v->xs);

@@ -3,6 +3,8 @@
 //   serve PEER PATH READMIN WRITEMIN BYTES    serve one client: send BYTES random bytes, hash what comes back
 //   connect SERVER PATH BYTES                  connect: the same from the client side
 //   hold-serve PEER PATH | hold-connect SERVER PATH   stream until killed
+//   echo-cycles SERVER PATH N                  N cycles of connect, a token echoed back, close; reports
+//                                              {failures} (a refused connect, a wrong echo, an error)
 //   multi-connect SERVER PATH BYTES            connectMulti, then send BYTES and hash what comes back (an echo)
 //   multi-many SERVER PATH N BYTES             N connectMulti clients at once, each an exchange of BYTES
 //   multi-hold SERVER PATH                     connectMulti, then stream until killed
@@ -88,6 +90,37 @@ async function main() {
       const r = await exchange(s, +bytes);
       send({ done: true, ...r });
       s.end();
+      break;
+    }
+    case 'echo-cycles': {
+      const [server, p, n] = args;
+      const failures = [];
+      for (let i = 0; i < +n; i++) {
+        let s;
+        try {
+          s = await x.connect({ domid: +server, path: p, timeout: 20000 });
+        } catch (e) {
+          failures.push(`${i}: ${e.message}`);
+          continue;
+        }
+        const token = `<${process.pid}.${i}>`;
+        const got = await new Promise((resolve) => {
+          let text = '';
+          s.on('data', (d) => {
+            text += d;
+            if (text.length >= token.length) resolve(text);
+          });
+          s.on('error', (e) => failures.push(`${i}: ${e.message}`));
+          s.on('close', () => resolve(text));
+          s.write(token);
+        });
+        if (got !== token) failures.push(`${i}: echoed ${JSON.stringify(got)}`);
+        await new Promise((resolve) => {
+          s.once('close', resolve);
+          s.end();
+        });
+      }
+      send({ failures });
       break;
     }
     case 'hold-serve':

@@ -105,8 +105,6 @@ struct conn {
     size_t wq_bytes;
     struct txn *txns;
     int ntxns;
-    char **rm_on_close;
-    size_t n_rm;
     struct conn *prev, *next;
 };
 

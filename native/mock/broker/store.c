@@ -122,18 +122,6 @@ static int change(struct ctx *x, struct txn *t, struct xm_msg *m, const char *pa
     }
 }
 
-static int remove_on_close(struct conn *c, const char *path)
-{
-    char **n = realloc(c->rm_on_close, (c->n_rm + 1) * sizeof(char *));
-    if (!n)
-        return ENOMEM;
-    c->rm_on_close = n;
-    if (!(n[c->n_rm] = strdup(path)))
-        return ENOMEM;
-    c->n_rm++;
-    return 0;
-}
-
 /* A request that names a node, maybe inside a transaction (a[0]). */
 static int node_request(struct conn *c, struct xm_msg *m, const char *pl, struct xm_msg *r, char *rbuf)
 {
@@ -158,7 +146,6 @@ static int node_request(struct conn *c, struct xm_msg *m, const char *pl, struct
     case XM_XS_READ: return read_node(&x, path, r, rbuf);
     case XM_XS_DIRECTORY: return list_children(&x, path, r, rbuf);
     case XM_XS_GET_PERMS: return get_perms(&x, path, r, rbuf);
-    case XM_XS_RM_ON_CLOSE: return remove_on_close(c, path);
     default: return change(&x, t, m, path, pl, off);
     }
 }
@@ -188,14 +175,6 @@ int store_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, 
 
 void store_conn_closed(struct conn *c)
 {
-    struct ctx x = {.t = root, .dom = 0, .live = true, .privileged = true};
-    for (size_t i = 0; i < c->n_rm; i++) {
-        op_rm(&x, c->rm_on_close[i]);
-        free(c->rm_on_close[i]);
-    }
-    free(c->rm_on_close);
-    c->rm_on_close = NULL;
-    c->n_rm = 0;
     watch_drop_conn(c);
     txn_drop_conn(c);
 }

@@ -65,7 +65,6 @@ enum xm_op {
     XM_XS_WATCH,     /* payload: path NUL token NUL */
     XM_XS_UNWATCH,
     XM_XS_WATCH_CHANNEL, /* fd: the broker's end of the watch socket pair */
-    XM_XS_RM_ON_CLOSE,   /* payload: path; removed when this connection ends */
     XM_XS_IS_INTRODUCED, /* a1 domid -> r0 bool */
 
     /* control and introspection */

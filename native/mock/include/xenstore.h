@@ -61,11 +61,6 @@ bool xs_is_domain_introduced(struct xs_handle *h, unsigned int domid);
 bool xs_strings_to_perms(struct xs_permissions *perms, unsigned int num, const char *strings);
 bool xs_write_all(int fd, const void *data, unsigned int len);
 
-/* Mock only: PATH is removed when this handle's connection ends, however the
- * process ends (the broker does it), so a killed vchan server leaves no stale node. */
-#define XENMOCK_HAVE_XS_REMOVE_ON_CLOSE 1
-bool xenmock_xs_remove_on_close(struct xs_handle *h, const char *path);
-
 #ifdef __cplusplus
 }
 #endif

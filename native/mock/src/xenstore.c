@@ -166,11 +166,6 @@ XM_EXPORT bool xs_rm(struct xs_handle *h, xs_transaction_t t, const char *path)
     return simple_path_op(h, XM_XS_RM, t, path);
 }
 
-XM_EXPORT bool xenmock_xs_remove_on_close(struct xs_handle *h, const char *path)
-{
-    return simple_path_op(h, XM_XS_RM_ON_CLOSE, XBT_NULL, path);
-}
-
 /* Splits a NUL-separated list into a vector whose strings live in the same allocation. */
 static char **to_vector(const char *buf, uint32_t len, unsigned int *num)
 {
