@@ -113,6 +113,8 @@ export class VchanStream extends Duplex {
   #wantRead = false;
   #readEnded = false;
   #pending: PendingWrite | null = null;
+  /** A write that failed because the peer closed, failing once the readable side has ended. */
+  #deferredFail: (() => void) | null = null;
   readonly #domid: number;
   readonly #path: string;
   readonly #onread: VchanOnread | null;
@@ -347,9 +349,20 @@ export class VchanStream extends Duplex {
     } catch (e) {
       const p = this.#pending;
       this.#pending = null;
-      if (p) p.cb(e as Error);
+      if (p) this.#failWrite(p, e as Error);
       else this.destroy(e as Error);
     }
+  }
+
+  /**
+   * Fails write P with ERR. When the peer is gone (EPIPE), what it wrote before it closed is still
+   * in the ring, and failing the write now would destroy the stream and lose it: the failure waits
+   * until the readable side has ended (everything read), or the stream is destroyed.
+   */
+  #failWrite(p: PendingWrite, err: Error): void {
+    if ((err as NodeJS.ErrnoException).code !== 'EPIPE' || this.readableEnded) return p.cb(err);
+    this.#deferredFail = () => p.cb(err);
+    this.once('end', () => this.#failDeferred());
   }
 
   override _final(cb: (err?: Error | null) => void): void {
@@ -375,6 +388,7 @@ export class VchanStream extends Duplex {
     );
     const p = this.#pending;
     this.#pending = null;
+    this.#deferredFail = null;
     this.#close();
     if (p) p.cb(err ?? coded('The stream was destroyed', 'ERR_STREAM_DESTROYED'));
     cb(err);
@@ -406,7 +420,8 @@ export class VchanStream extends Duplex {
   #onWake(): void {
     if (!this.#h) return;
     try {
-      this.#pumpWrite();
+      // A write failure goes to that write (and an EPIPE waits for the readable side to end).
+      this.#pumpWriteSafe();
       this.#pumpRead();
       if (this.#h && !this.#readEnded && !this.#wantRead && !this.#pending) this.#checkPeerGone();
     } catch (e) {
@@ -501,10 +516,16 @@ export class VchanStream extends Duplex {
     const { live, writable } = this.#b.vchan.arm(this.#h!, true);
     if (live !== LiveState.Open) {
       this.#pending = null;
-      p.cb(systemError('EPIPE', 'libxenvchan_write', 'the peer has closed the channel'));
+      this.#failWrite(p, systemError('EPIPE', 'libxenvchan_write', 'the peer has closed the channel'));
       return;
     }
     if (writable > 0) this.#pumpWrite();
+  }
+
+  #failDeferred(): void {
+    const f = this.#deferredFail;
+    this.#deferredFail = null;
+    f?.();
   }
 
   /** Destroys the stream (without the orderly end()). */

@@ -169,6 +169,28 @@ describe('as net (bytesRead/bytesWritten, asyncDispose, listen signal, NODE_DEBU
     expect(closedServer).toBe(true);
   });
 
+  it('a write the closed peer never read fails (EPIPE) only after what the peer wrote before closing is read', async () => {
+    const path = uniquePath('lastwords');
+    const last = randomBytes(1000); // fits the 1 KiB ring: the peer's write completes, then it closes
+    const server = createServer({ domid: selfDomid, path, readMin: 1024, writeMin: 1024 }, (s) => {
+      s.write(last, () => s.destroy());
+    });
+    servers.push(server);
+    server.listen();
+    await once(server, 'listening');
+    const c = await connect({ domid: selfDomid, path: `/local/domain/${selfDomid}/${path}`, timeout: 5000 });
+    const got: Buffer[] = [];
+    const events: string[] = [];
+    c.on('data', (d: Buffer) => got.push(d));
+    c.on('end', () => events.push('end'));
+    c.on('error', (e) => events.push((e as NodeJS.ErrnoException).code ?? 'error'));
+    // More than the ring holds, to a peer that never reads it: it waits, then the peer closes.
+    c.write(randomBytes(64 * 1024));
+    await new Promise((r) => c.once('close', r));
+    expect(Buffer.concat(got).equals(last)).toBe(true);
+    expect(events).toEqual(['end', 'EPIPE']);
+  });
+
   it('an abort that comes while connect() sets up its watch is not lost (it hung for good)', async () => {
     for (let i = 0; i < 20; i++) {
       const ac = new AbortController();
