@@ -21,7 +21,11 @@
  * withdrawn (a client that died between asking and connecting).
  *
  * The server writes only P and its children; the client writes only P/requests. Requests that are
- * not well-formed ids are dropped (and reported as 'clientError').
+ * not well-formed ids are dropped (and reported as 'clientError'). Nothing the client domain writes
+ * stops the server: a queue transaction its writes make give up is a 'clientError' and a back-off,
+ * a removed queue is made again. Xenstore's principal is the domain, not the process: any process
+ * of the client domain may take the channel offered for another's request; connectMulti then hears
+ * EBUSY at once and asks again under a fresh id.
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -34,6 +38,7 @@ import {
   claimPath,
   connect,
   beginListen,
+  kOnlyOffer,
   offerChannel,
   type ConnectOptions,
   type Offer,
@@ -49,6 +54,8 @@ const debug = debuglog('xen-vchan');
 const ID = /^[0-9a-f]{16}$/;
 /** The most requests the queue node holds (17 bytes each, well inside xenstore's 4 KiB value). */
 export const MULTI_QUEUE_MAX = 128;
+/** How often connectMulti asks again after another client took the channel offered to it. */
+const MULTI_TAKEN_RETRIES = 3;
 
 export interface MultiServerOptions extends ServerOptions {
   /**
@@ -95,6 +102,11 @@ export class VchanMultiServer extends EventEmitter<{
   #takeAgain = false;
   /** An offer failed for want of resources (gntalloc's pages, fds): take no more until one ends. */
   #starved = false;
+  /** The queue's permissions: the server's domain owns it, the client domain may read and write. */
+  #queuePerms: { domid: number; read: boolean; write: boolean }[] = [];
+  /** Backing off after the client domain's writes made a transaction give up: the timer, the delay. */
+  #retry: NodeJS.Timeout | null = null;
+  #backoff = 0;
 
   constructor(options: MultiServerOptions, onConnection?: (s: VchanStream) => void) {
     super();
@@ -161,6 +173,10 @@ export class VchanMultiServer extends EventEmitter<{
     if (!this.#refed) xs.unref();
     const self = Number(await xs.read('domid'));
     const queue = `${o.path}/requests`;
+    this.#queuePerms = [
+      { domid: self, read: false, write: false },
+      { domid: o.domid, read: true, write: true },
+    ];
     await xs.transaction(async (tx) => {
       // Whatever a server that died left here (its offers, its queue) goes: we hold the path now.
       await tx.rm(o.path).catch((e: NodeJS.ErrnoException) => {
@@ -172,10 +188,7 @@ export class VchanMultiServer extends EventEmitter<{
         { domid: o.domid, read: true, write: false },
       ]);
       await tx.write(queue, '');
-      await tx.setPermissions(queue, [
-        { domid: self, read: false, write: false },
-        { domid: o.domid, read: true, write: true },
-      ]);
+      await tx.setPermissions(queue, this.#queuePerms);
     });
     if (this.#closed) return;
     const w = await xs.watch(queue);
@@ -198,9 +211,18 @@ export class VchanMultiServer extends EventEmitter<{
     this.#taking = true;
     const xs = this.#xs;
     const queue = `${this.#opts.path}/requests`;
+    let remade = false;
     xs.transaction(
       async (tx) => {
-        const v = (await tx.tryRead(queue)) ?? '';
+        remade = false;
+        const v = await tx.tryRead(queue);
+        if (v === undefined) {
+          // The client domain removed the queue (it may: it can write there): make it again.
+          await tx.write(queue, '');
+          await tx.setPermissions(queue, this.#queuePerms);
+          remade = true;
+          return [];
+        }
         const ids = v.split(' ').filter((s) => s !== '');
         if (ids.length === 0) return [];
         const taken = ids.slice(0, room);
@@ -211,6 +233,9 @@ export class VchanMultiServer extends EventEmitter<{
     ).then(
       (ids) => {
         this.#taking = false;
+        this.#backoff = 0;
+        if (remade)
+          this.#clientError(systemError('ENOENT', 'accept', `the client domain removed ${queue}; it is there again`));
         for (let i = 0; i < ids.length; i++) {
           const r = this.#offerTo(ids[i]);
           if (r === 'failed') return;
@@ -223,11 +248,50 @@ export class VchanMultiServer extends EventEmitter<{
       },
       (e: Error) => {
         this.#taking = false;
-        if (this.#closed) return;
-        this.#stop();
-        this.emit('error', e);
+        this.#failed(e, () => this.#take());
       },
     );
+  }
+
+  #clientError(e: Error): void {
+    debug('multi-server %s: %s', this.#opts.path, e.message);
+    if (this.listenerCount('clientError') > 0) this.emit('clientError', e);
+  }
+
+  /**
+   * A queue transaction failed. What the client domain can cause (a storm of conflicting writes:
+   * EAGAIN after the retries; a value it stuffed past xenstore's limits) is the client's error:
+   * the server backs off (20 ms, doubling to 1 s) and goes on with AGAIN. Anything else (xenstore
+   * itself gone) stops the server with 'error'.
+   */
+  #failed(e: Error, again: () => void): void {
+    if (this.#closed || !this.#listening) return;
+    const code = (e as { code?: string }).code;
+    if (
+      code !== 'EAGAIN' &&
+      code !== 'ERR_OUT_OF_RANGE' &&
+      code !== 'E2BIG' &&
+      code !== 'EINVAL' &&
+      code !== 'EDQUOT'
+    ) {
+      this.#stop();
+      this.emit('error', e);
+      return;
+    }
+    this.#backoff = Math.min(1000, this.#backoff ? this.#backoff * 2 : 20);
+    this.#clientError(
+      systemError(
+        code === 'ERR_OUT_OF_RANGE' ? 'E2BIG' : code,
+        'accept',
+        `the request queue: ${e.message}; trying again in ${this.#backoff} ms`,
+      ),
+    );
+    if (this.#retry) clearTimeout(this.#retry);
+    this.#retry = setTimeout(() => {
+      this.#retry = null;
+      again();
+    }, this.#backoff);
+    if (!this.#refed) this.#retry.unref();
   }
 
   /**
@@ -248,14 +312,28 @@ export class VchanMultiServer extends EventEmitter<{
       this.connections,
       ids.length,
     );
+    let dropped = 0;
     xs.transaction(
       async (tx) => {
-        const v = (await tx.tryRead(queue)) ?? '';
-        await tx.write(queue, [...ids, ...v.split(' ').filter((x) => x !== '')].join(' '));
+        // Back at the front; what is queued behind them stays as far as the queue's bound allows
+        // (only a client domain that wrote past it, or wrote what no client writes, loses any).
+        const rest = ((await tx.tryRead(queue)) ?? '').split(' ').filter((x) => ID.test(x) && !ids.includes(x));
+        const all = [...ids, ...rest];
+        dropped = Math.max(0, all.length - MULTI_QUEUE_MAX);
+        await tx.write(queue, all.slice(0, MULTI_QUEUE_MAX).join(' '));
+        await tx.setPermissions(queue, this.#queuePerms);
       },
       { retries: 1000 },
     ).then(
       () => {
+        if (dropped > 0)
+          this.#clientError(
+            systemError(
+              'ENOBUFS',
+              'accept',
+              `${dropped} requests past the queue's bound of ${MULTI_QUEUE_MAX} dropped`,
+            ),
+          );
         // Nothing of ours to wait for: this server cannot offer a single channel.
         if (nothingToWaitFor && !this.#closed) {
           this.#stop();
@@ -265,11 +343,7 @@ export class VchanMultiServer extends EventEmitter<{
           );
         }
       },
-      (e: Error) => {
-        if (this.#closed) return;
-        this.#stop();
-        this.emit('error', e);
-      },
+      (e: Error) => this.#failed(e, () => this.#starve(ids)),
     );
   }
 
@@ -349,6 +423,8 @@ export class VchanMultiServer extends EventEmitter<{
   /** Withdraws every offer and the queue, and gives the path up. */
   #stop(): void {
     this.#listening = false;
+    if (this.#retry) clearTimeout(this.#retry);
+    this.#retry = null;
     for (const id of [...this.#offers.keys()]) this.#withdraw(id);
     const xs = this.#xs;
     this.#xs = null;
@@ -473,16 +549,33 @@ export async function connectMulti(options: ConnectOptions): Promise<VchanStream
   const b = binding(o.backend as Backend | undefined);
   if (signal?.aborted) throw abortError(signal);
   const deadline = timeout === undefined ? undefined : Date.now() + timeout;
-  const id = randomBytes(8).toString('hex');
   const queue = `${o.path}/requests`;
   const xs = new Xenstore({ backend: b.backend, mockDomid });
   let placed = false;
+  let id = '';
   try {
-    await serialized(`${b.backend} ${mockDomid} ${queue}`, () => placeRequest(xs, queue, id, deadline, signal));
-    placed = true;
-    debug('connectMulti %s: asked as %s', o.path, id);
-    const left = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
-    return await connect({ ...options, path: `${o.path}/${id}`, timeout: left });
+    // Processes of one domain share its xenstore rights, so another one may take the channel
+    // offered for our request: we hear so at once (EBUSY) and ask again under a fresh id.
+    for (let attempt = 1; ; attempt++) {
+      id = randomBytes(8).toString('hex');
+      placed = false;
+      await serialized(`${b.backend} ${mockDomid} ${queue}`, () => placeRequest(xs, queue, id, deadline, signal));
+      placed = true;
+      debug('connectMulti %s: asked as %s', o.path, id);
+      const left = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
+      try {
+        return await connect({
+          ...options,
+          path: `${o.path}/${id}`,
+          timeout: left,
+          [kOnlyOffer]: true,
+        } as ConnectOptions);
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EBUSY' || attempt >= MULTI_TAKEN_RETRIES) throw e;
+        placed = false; // taken, so not in the queue any more
+        debug('connectMulti %s: the channel for %s was taken by another client; asking again', o.path, id);
+      }
+    }
   } catch (e) {
     debug('connectMulti %s: %s', o.path, (e as Error).message);
     if (placed) {

@@ -90,6 +90,14 @@ export interface VchanInfo {
   server: boolean;
 }
 
+/**
+ * connect()'s option for a channel offered to this client alone (connectMulti's): a channel that
+ * another client has taken fails at once with EBUSY instead of waiting for a next offer.
+ *
+ * @internal
+ */
+export const kOnlyOffer = Symbol('xen-vchan: the offer is ours alone');
+
 /** Only this module makes streams: a VchanStream wraps a native handle it was given. */
 const kInternal = Symbol('xen-vchan internal');
 
@@ -942,7 +950,7 @@ export interface ConnectOptions extends VchanStreamOptions {
   mockDomid?: number;
 }
 
-function connectError(code: 'ECONNREFUSED' | 'EPROTO', message: string, cause: unknown): Error {
+function connectError(code: 'ECONNREFUSED' | 'EPROTO' | 'EBUSY', message: string, cause: unknown): Error {
   const e = systemError(code, 'connect', message);
   (e as Error & { cause?: unknown }).cause = cause;
   return e;
@@ -1047,6 +1055,8 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
           // Taken by another client, or its client has gone and the server has not offered it again
           // yet: the server's next offer rewrites the entry, and fires the watch.
           if (code === 'EBUSY' || code === 'EAGAIN') {
+            if ((options as { [kOnlyOffer]?: boolean })[kOnlyOffer])
+              throw connectError('EBUSY', `the channel offered to this client at ${path} was taken by another`, e);
             debug('connect %s: %s, waiting for the next offer', path, code);
             break;
           }

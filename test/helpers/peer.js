@@ -21,6 +21,9 @@
 //   pvcalls-stream PORT                        the PVCalls frontend of this domain: connect to 127.0.0.1:PORT
 //                                              on the backend's side and stream until killed
 //   xs-read PATH                               try to read a xenstore node (permission tests)
+//   xs-storm PATH MS                           the hostile client domain, by hand: rewrite PATH as fast as
+//                                              it can for MS ms (a request id, junk, 4000 bytes in turn)
+//   xs-rm PATH                                 the hostile client domain, by hand: remove PATH
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
 const { createHash, randomBytes } = require('node:crypto');
@@ -299,6 +302,28 @@ async function main() {
         pump();
         send({ streaming: true });
       });
+      break;
+    }
+    case 'xs-storm': {
+      const [p, ms] = args;
+      const xs = new x.Xenstore();
+      const end = Date.now() + +ms;
+      const values = ['0123456789abcdef', 'junk ../../x', 'f'.repeat(4000), ''];
+      let writes = 0;
+      const errors = {};
+      while (Date.now() < end) {
+        await xs.write(p, values[writes % values.length]).catch((e) => (errors[e.code] = (errors[e.code] ?? 0) + 1));
+        writes++;
+      }
+      xs.close();
+      send({ writes, errors });
+      break;
+    }
+    case 'xs-rm': {
+      const xs = new x.Xenstore();
+      await xs.rm(args[0]);
+      xs.close();
+      send({ ok: true });
       break;
     }
     case 'xs-read': {
