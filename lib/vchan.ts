@@ -98,6 +98,12 @@ export interface VchanInfo {
  */
 export const kOnlyOffer = Symbol('xen-vchan: the offer is ours alone');
 
+/**
+ * How long connect() watches an entry it could not attach to before it calls the entry dead (ms):
+ * a live server between two offers changes it well within this.
+ */
+const ENTRY_STILL_MS = 1000;
+
 /** Only this module makes streams: a VchanStream wraps a native handle it was given. */
 const kInternal = Symbol('xen-vchan internal');
 
@@ -1035,48 +1041,57 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
     });
     stop.catch(() => undefined);
     const it = watch[Symbol.asyncIterator]();
+    let lookNow = false;
     for (;;) {
       // Each event (the first fires at once) may mean a channel is offered: try. The iterator queues
       // events, so none is lost while an attempt runs.
-      const next = await Promise.race([it.next(), stop]);
-      if (next.done) throw coded('The xenstore watch ended', 'ERR_XEN_CLOSED');
+      if (!lookNow) {
+        const next = await Promise.race([it.next(), stop]);
+        if (next.done) throw coded('The xenstore watch ended', 'ERR_XEN_CLOSED');
+      }
+      lookNow = false;
       const entry = await Promise.race([readEntry(xs, path), stop]);
       if (!entry) continue; // not (fully) published yet
-      // Two tries at one entry: a server between two offers withdraws a channel and may offer the
-      // next under the same grant ref and port, so an entry that reads the same after a failed
-      // attach may be a new channel; the same failure twice is the server's.
-      for (let attempt = 1; ; attempt++) {
-        try {
-          const h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path, entry.ref, entry.port));
-          debug('connect %s: attached to domain %d (ring-ref %d, port %d)', path, domid, entry.ref, entry.port);
-          return new VchanStream(kInternal, b, h, domid, path, options);
-        } catch (e) {
-          const { code, syscall } = e as { code?: string; syscall?: string };
-          // Taken by another client, or its client has gone and the server has not offered it again
-          // yet: the server's next offer rewrites the entry, and fires the watch.
-          if (code === 'EBUSY' || code === 'EAGAIN') {
-            if ((options as { [kOnlyOffer]?: boolean })[kOnlyOffer])
-              throw connectError('EBUSY', `the channel offered to this client at ${path} was taken by another`, e);
-            debug('connect %s: %s, waiting for the next offer', path, code);
-            break;
-          }
-          if (syscall === 'libxenvchan_client_init' && (code === 'ENOENT' || code === 'EACCES')) break; // withdrawn meanwhile
-          // Withdrawn a moment ago (our servers remove the entry before the pages), or a page of
-          // the next offer not set up yet: the entry is gone or different, or reads the same.
-          const again = await Promise.race([readEntry(xs, path).catch(() => undefined), stop]);
-          if (!again || again.ref !== entry.ref || again.port !== entry.port) break;
-          if (attempt < 2) continue;
-          if (syscall === 'xengnttab_map_grant_ref')
-            throw connectError(
-              'ECONNREFUSED',
-              `no vchan server offers ${path}: its ring-ref ${entry.ref} cannot be mapped ` +
-                '(the entry of a server that is gone, or a page not granted to this domain)',
-              e,
-            );
-          if (code === 'EPROTO' || syscall === 'libxenvchan_client_init')
-            throw connectError('EPROTO', `the vchan at ${path} cannot be used: ${(e as Error).message}`, e);
-          throw e;
+      try {
+        const h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path, entry.ref, entry.port));
+        debug('connect %s: attached to domain %d (ring-ref %d, port %d)', path, domid, entry.ref, entry.port);
+        return new VchanStream(kInternal, b, h, domid, path, options);
+      } catch (e) {
+        const { code, syscall } = e as { code?: string; syscall?: string };
+        // Taken by another client, or its client has gone and the server has not offered it again
+        // yet: the server's next offer rewrites the entry, and fires the watch.
+        if (code === 'EBUSY' || code === 'EAGAIN') {
+          if ((options as { [kOnlyOffer]?: boolean })[kOnlyOffer])
+            throw connectError('EBUSY', `the channel offered to this client at ${path} was taken by another`, e);
+          debug('connect %s: %s, waiting for the next offer', path, code);
+          continue;
         }
+        if (syscall === 'libxenvchan_client_init' && (code === 'ENOENT' || code === 'EACCES')) continue; // withdrawn meanwhile
+        // A live server between two offers removes its entry, then withdraws the pages, then offers
+        // the next channel, often under the same grant ref and port: an attach that failed on an
+        // entry that still reads the same may have met that churn, which fires the watch. An
+        // entry that stays still is the server's own: a dead server's, or a broken one.
+        const again = await Promise.race([readEntry(xs, path).catch(() => undefined), stop]);
+        if (!again || again.ref !== entry.ref || again.port !== entry.port) continue;
+        const churn = await Promise.race([
+          it.next().then(() => true),
+          stop,
+          new Promise<false>((resolve) => setTimeout(() => resolve(false), ENTRY_STILL_MS).unref()),
+        ]);
+        if (churn) {
+          lookNow = true; // the event is taken: look at the entry again without waiting for another
+          continue;
+        }
+        if (syscall === 'xengnttab_map_grant_ref')
+          throw connectError(
+            'ECONNREFUSED',
+            `no vchan server offers ${path}: its ring-ref ${entry.ref} cannot be mapped ` +
+              '(the entry of a server that is gone, or a page not granted to this domain)',
+            e,
+          );
+        if (code === 'EPROTO' || syscall === 'libxenvchan_client_init')
+          throw connectError('EPROTO', `the vchan at ${path} cannot be used: ${(e as Error).message}`, e);
+        throw e;
       }
     }
   } finally {
