@@ -1061,7 +1061,8 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
         // Taken by another client, or its client has gone and the server has not offered it again
         // yet: the server's next offer rewrites the entry, and fires the watch.
         if (code === 'EBUSY' || code === 'EAGAIN') {
-          if ((options as { [kOnlyOffer]?: boolean })[kOnlyOffer])
+          // (EAGAIN is also "the entry changed under us": only EBUSY says another client holds it.)
+          if (code === 'EBUSY' && (options as { [kOnlyOffer]?: boolean })[kOnlyOffer])
             throw connectError('EBUSY', `the channel offered to this client at ${path} was taken by another`, e);
           debug('connect %s: %s, waiting for the next offer', path, code);
           continue;
