@@ -29,7 +29,7 @@ const USAGE = `usage: xen-vchan <command> [options]      (xen-vchan --version; x
   proxy --domid D --path P --listen unix:/sock|tcp:HOST:PORT [--raw] [--connect-timeout MS]
                                      accept socket connections, any number at once, each carried over a
                                      vchan of its own to the proxy --serve of domain D at the full path P;
-                                     one that gets no channel in MS (default 30000; 0: no limit) is
+                                     one that gets no channel in MS (default 120000; 0: no limit) is
                                      refused, and a wait of over a second is logged
   proxy --serve --domid D --path P --connect unix:/sock|tcp:HOST:PORT [--max N] [--raw]
                                      serve domain D's proxy at P: each of its connections becomes a

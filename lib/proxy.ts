@@ -124,13 +124,13 @@ export interface ProxyListenOptions extends CommonOptions {
   listen: SocketAddress;
   /**
    * How long a socket connection waits for a channel from the serving half, ms, before it is
-   * refused (reset; 'connectionError' ETIMEDOUT); 0 waits as long as it takes. Default 30000.
+   * refused (reset; 'connectionError' ETIMEDOUT); 0 waits as long as it takes. Default 120000 (a busy serving half on a slow machine keeps connections waiting for tens of seconds).
    */
   connectTimeout?: number;
 }
 
 /** The default of {@link ProxyListenOptions.connectTimeout}, ms. */
-export const PROXY_CONNECT_TIMEOUT = 30_000;
+export const PROXY_CONNECT_TIMEOUT = 120_000;
 /** A connection still waiting for a channel after this long is reported ('waiting'), ms. */
 const WAIT_REPORT_MS = 1000;
 
