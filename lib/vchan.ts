@@ -607,7 +607,11 @@ function checkVchanPath(name: string, v: unknown): string {
  * @internal
  */
 export interface Offer {
-  cancel(): void;
+  /**
+   * Withdraws the channel: true if it was withdrawn. With LOOK, not if a client has attached to it
+   * meanwhile (its notification not read yet): the stream then goes to ONSTREAM as usual.
+   */
+  cancel(look?: boolean): boolean;
   ref(on: boolean): void;
 }
 
@@ -654,10 +658,12 @@ export function offerChannel(
   };
   b.vchan.poll(h, wake);
   return {
-    cancel(): void {
-      if (h === null) return;
+    cancel(look = false): boolean {
+      if (look) wake();
+      if (h === null) return false;
       b.vchan.close(h);
       h = null;
+      return true;
     },
     ref(on: boolean): void {
       if (h !== null) b.vchan.ref(h, on);
@@ -973,8 +979,10 @@ function parseEntryNumber(v: string): number | undefined {
  * The channel a server publishes at PATH: its control page's grant and its event channel port.
  * Undefined while either is missing or not yet readable by us; EPROTO for an entry that no server
  * could have written (a client must not guess what a garbage entry means).
+ *
+ * @internal
  */
-async function readEntry(xs: Xenstore, path: string): Promise<{ ref: number; port: number } | undefined> {
+export async function readEntry(xs: Xenstore, path: string): Promise<{ ref: number; port: number } | undefined> {
   let rr: string | undefined;
   let ec: string | undefined;
   try {
@@ -994,6 +1002,25 @@ async function readEntry(xs: Xenstore, path: string): Promise<{ ref: number; por
       undefined,
     );
   return { ref, port };
+}
+
+/**
+ * Attaches to the channel ENTRY (read from PATH) at once: the stream, or the system error as it
+ * came. For a client that knows the offer is its own (connectMulti's).
+ *
+ * @internal
+ */
+export function attachEntry(
+  b: Binding,
+  mockDomid: number | undefined,
+  domid: number,
+  path: string,
+  entry: { ref: number; port: number },
+  options: VchanStreamOptions,
+): VchanStream {
+  const h = asDomain(b, mockDomid, () => b.vchan.clientInit(domid, path, entry.ref, entry.port));
+  debug('connect %s: attached to domain %d (ring-ref %d, port %d)', path, domid, entry.ref, entry.port);
+  return new VchanStream(kInternal, b, h, domid, path, options);
 }
 
 /**

@@ -24,6 +24,8 @@
 //   xs-storm PATH MS                           the hostile client domain, by hand: rewrite PATH as fast as
 //                                              it can for MS ms (a request id, junk, 4000 bytes in turn)
 //   xs-rm PATH                                 the hostile client domain, by hand: remove PATH
+//   xs-flood QUEUE MS                          the hostile client domain, by hand: make request nodes
+//                                              QUEUE/<random id> as fast as it can for MS ms, taking none
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
 const { createHash, randomBytes } = require('node:crypto');
@@ -146,8 +148,9 @@ async function main() {
     }
     case 'multi-connect': {
       const [server, p, bytes] = args;
+      const t0 = Date.now();
       const s = await x.connectMulti({ domid: +server, path: p, timeout: 30000 });
-      send({ connected: true });
+      send({ connected: true, ms: Date.now() - t0 });
       const r = await exchange(s, +bytes);
       send({ done: true, ...r });
       s.end();
@@ -155,7 +158,7 @@ async function main() {
     }
     case 'multi-many': {
       const [server, p, n, bytes] = args;
-      const results = await Promise.all(
+      const results = await Promise.allSettled(
         Array.from({ length: +n }, async () => {
           const s = await x.connectMulti({ domid: +server, path: p, timeout: 60000 });
           const r = await exchange(s, +bytes);
@@ -163,7 +166,8 @@ async function main() {
           return r.recv === r.sent && r.got === +bytes;
         }),
       );
-      send({ done: true, ok: results.filter(Boolean).length });
+      const errors = results.filter((r) => r.status === 'rejected').map((r) => r.reason.code || r.reason.message);
+      send({ done: true, ok: results.filter((r) => r.status === 'fulfilled' && r.value).length, errors });
       process.exit(0);
       break;
     }
@@ -317,6 +321,27 @@ async function main() {
       }
       xs.close();
       send({ writes, errors });
+      break;
+    }
+    case 'xs-flood': {
+      const [q, ms] = args;
+      const xs = new x.Xenstore();
+      const end = Date.now() + +ms;
+      let made = 0;
+      const errors = {};
+      // Eight writes in flight at a time: as fast as one process can go.
+      await Promise.all(
+        Array.from({ length: 8 }, async () => {
+          while (Date.now() < end) {
+            await xs.write(`${q}/${randomBytes(8).toString('hex')}`, '').then(
+              () => made++,
+              (e) => (errors[e.code] = (errors[e.code] ?? 0) + 1),
+            );
+          }
+        }),
+      );
+      xs.close();
+      send({ made, errors });
       break;
     }
     case 'xs-rm': {
