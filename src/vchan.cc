@@ -102,8 +102,7 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
 // server winds it down) or a busy one attaches to a channel someone else holds, and bytes reach the
 // wrong stream. So first: map the control page ourselves and compare-and-swap cli_live to 1. Only the
 // one client that wins the swap goes on; then libxenvchan attaches, and a probe bit checks that it
-// attached to the very page we claimed. Any failure after the claim gives it back (cli_live 1 -> 0
-// and an event: the server sees a client that came and went).
+// attached to the very page we claimed. Any failure after the claim gives it back (see GiveBack).
 //
 // Which channels may be claimed: one offered and never connected (cli_live 2); and one whose client
 // has left (cli_live 0) while its server lives on (srv_live 1), unless the server marked it single-use.
@@ -151,6 +150,7 @@ class Claim {
     }
     bool reusable = expected == XV_LIVE_CLOSED && __atomic_load_n(&page_->srv_live, __ATOMIC_ACQUIRE) == 1 &&
                     !(__atomic_load_n(&page_->cli_notify, __ATOMIC_ACQUIRE) & kSingleUse);
+    before_ = expected;
     if ((expected == XV_LIVE_WAITING || reusable) &&
         __atomic_compare_exchange_n(&page_->cli_live, &expected, XV_LIVE_OPEN, false, __ATOMIC_SEQ_CST,
                                     __ATOMIC_SEQ_CST)) {
@@ -166,14 +166,25 @@ class Claim {
     __atomic_fetch_and(&page_->cli_notify, static_cast<uint8_t>(~kProbeBit), __ATOMIC_SEQ_CST);
     return same;
   }
-  void Keep() { claimed_ = false; }  // libxenvchan holds the channel now
+  void Keep() { claimed_ = false; }    // libxenvchan holds the channel now
+  void Restore() { restore_ = true; }  // give it back untouched (see GiveBack)
   uint8_t seen() const { return seen_; }
 
  private:
-  // The server sees a client that connected and left, ends that connection and offers a new one.
+  // How a claim is given back when the attach fails after it:
+  //  - Untouched (the entry was gone, or our page is not the one it names): the channel goes back as
+  //    we found it, still offered. Grant references are reused, so a ref read from an entry just
+  //    withdrawn can name another client's freshly offered channel by the time it is mapped; that
+  //    channel must stay offered to its own client, not look like one a client came to and left.
+  //  - Otherwise: cli_live 0, "a client came and went", and the server offers a fresh channel.
+  // An event either way: a server that saw the claim looks again.
   void GiveBack() {
-    uint8_t one = XV_LIVE_OPEN;
-    __atomic_compare_exchange_n(&page_->cli_live, &one, XV_LIVE_CLOSED, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    uint8_t now = __atomic_load_n(&page_->cli_live, __ATOMIC_ACQUIRE);
+    // (A failed libxenvchan_client_init that had mapped the page cleared the byte already with its
+    // unmap notification: then 0 is put back too.)
+    if (restore_ ? (now == XV_LIVE_OPEN || now == XV_LIVE_CLOSED) : now == XV_LIVE_OPEN)
+      __atomic_compare_exchange_n(&page_->cli_live, &now, restore_ ? before_ : XV_LIVE_CLOSED, false, __ATOMIC_SEQ_CST,
+                                  __ATOMIC_SEQ_CST);
     xenevtchn_handle* ev = xenevtchn_open(nullptr, 0);
     if (!ev) return;
     xenevtchn_port_or_error_t local = xenevtchn_bind_interdomain(ev, dom_, port_);
@@ -188,6 +199,8 @@ class Claim {
   struct vchan_interface* page_ = nullptr;
   bool claimed_ = false;
   uint8_t seen_ = 0;
+  uint8_t before_ = XV_LIVE_WAITING;  // cli_live as we found it
+  bool restore_ = false;
 };
 
 // clientInit(domid, path, ringRef, port): ringRef and port as the caller read them from xenstore.
@@ -211,8 +224,13 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
   }
   errno = 0;
   struct libxenvchan* c = libxenvchan_client_init(nullptr, static_cast<int>(dom), path.c_str());
-  if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_client_init", path);
+  if (!c) {
+    int e = errno ? errno : EIO;
+    if (e == ENOENT || e == EACCES) claim.Restore();  // the entry went: ours may be another's page
+    ThrowErrno(env, e, "libxenvchan_client_init", path);
+  }
   if (!claim.SamePage(c->ring)) {
+    claim.Restore();  // we claimed a page the entry no longer names
     libxenvchan_close(c);
     ThrowErrno(env, EAGAIN, "libxenvchan_client_init",
                "the channel at " + path + " was offered again while connecting");

@@ -23,6 +23,7 @@ import {
   VchanStream,
   Xenstore,
 } from '../dist/cjs/index.js';
+import { binding } from '../dist/cjs/native.js';
 import { onMock, selfDomid } from './helpers/env';
 import { sleep, startPeer, uniquePath } from './helpers/util';
 
@@ -159,6 +160,22 @@ describe.skipIf(!onMock)('a hostile or broken server: connect() settles with a c
     expect(err).toMatchObject({ code: 'EPROTO', syscall: 'connect' });
     expect(err.cause).toMatchObject({ syscall: 'libxenvchan_client_init' });
     expect(s.page.getUint8(OFF.cliLive)).toBe(0);
+  });
+
+  it("a ref read from an entry that has gone, now naming another client's offer: ENOENT, and that offer stays offered", async () => {
+    // Grant refs are reused: a client that read an entry just withdrawn may map another client's
+    // fresh channel under the old ref. Its claim must go back as it was found (cli_live 2), not as a
+    // client that came and went (0), or that channel's server ends a connection nobody made.
+    const s = await handmadeServer(uniquePath('reused'), {});
+    const gone = `/local/domain/${selfDomid}/${uniquePath('gone')}`;
+    expect(() => binding().vchan.clientInit(selfDomid, gone, s.ref, s.port)).toThrow(
+      expect.objectContaining({ code: 'ENOENT', syscall: 'libxenvchan_client_init' }),
+    );
+    expect(s.page.getUint8(OFF.cliLive)).toBe(2);
+    // And the entry that does name the page still attaches.
+    const c = await connect({ domid: selfDomid, path: s.full });
+    expect(c).toBeInstanceOf(VchanStream);
+    c.destroy();
   });
 });
 
