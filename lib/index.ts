@@ -53,6 +53,8 @@ export {
   type ServerOptions,
   type VchanInfo,
   type VchanOnread,
+  type VchanOnreadBuffer,
+  type VchanOnreadView,
   type VchanStreamOptions,
 } from './vchan';
 export { connectMulti, createMultiServer, MULTI_QUEUE_MAX, VchanMultiServer, type MultiServerOptions } from './multi';

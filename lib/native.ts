@@ -127,6 +127,14 @@ export interface VchanBinding {
   close(h: VchanHandle): void;
   /** Bytes read; 0: nothing yet; -1: the peer is gone and the ring is empty. */
   read(h: VchanHandle, target: Uint8Array, offset: number, length: number): number;
+  /**
+   * The ring's own bytes ready at the read cursor, up to the ring's end, as an external ArrayBuffer
+   * (zero copy); 0: nothing yet; -1: the peer is gone and the ring is empty. Nothing is consumed
+   * until release(); one view at a time (ERR_INVALID_STATE otherwise).
+   */
+  view(h: VchanHandle): ArrayBuffer | 0 | -1;
+  /** Detaches the view and hands its bytes back to the peer (notifying it if it asked). */
+  release(h: VchanHandle): void;
   /** Bytes written; 0: the ring is full. Throws EPIPE once the peer is gone. */
   write(h: VchanHandle, source: Uint8Array, offset: number, length: number): number;
   /** Bytes written from CHUNKS, the first from START. */
@@ -237,7 +245,21 @@ export const NATIVE_FUNCTIONS = {
     'domainPath',
     'isIntroduced',
   ],
-  vchan: ['serverInit', 'clientInit', 'close', 'read', 'write', 'writev', 'arm', 'peek', 'info', 'poll', 'ref'],
+  vchan: [
+    'serverInit',
+    'clientInit',
+    'close',
+    'read',
+    'view',
+    'release',
+    'write',
+    'writev',
+    'arm',
+    'peek',
+    'info',
+    'poll',
+    'ref',
+  ],
   ctrl: ['allocUnbound'],
   mock: ['stats', 'setThreadDomid', 'staticAdd', 'raiseVirq', 'reset', 'introduce', 'destroy', 'dir'],
 } as const satisfies { [K in keyof Required<Binding>]?: readonly (keyof NonNullable<Binding[K]>)[] };

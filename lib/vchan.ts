@@ -51,15 +51,38 @@ function poolRoom(): number {
 }
 
 /**
- * Like net.Socket's `onread`: incoming data is read into one reusable buffer and handed to a
- * callback instead of being pushed as 'data' events (no allocation per chunk, no pool memory held by
- * the consumer). The stream still emits 'end', 'error' and 'close'; pause() and resume() still work.
+ * Like net.Socket's `onread`: incoming data is handed to a callback instead of being pushed as
+ * 'data' events (no allocation per chunk, no pool memory held by the consumer). The stream still
+ * emits 'end', 'error' and 'close'; pause() and resume() still work.
+ *
+ * Two ways: with `buffer`, each chunk is copied into that one reusable buffer (as net's); with
+ * `view: true`, nothing is copied at all: the callback gets a Buffer over the ring's own shared
+ * pages, valid only while the callback runs. When it returns (or throws), the view is detached (its
+ * length becomes 0: it can never read memory the peer has been given back, or a ring already
+ * unmapped) and its bytes are handed back to the peer. Data that wraps round the ring's end comes
+ * as two calls. Copy (`Buffer.from(view)`) whatever outlives the call, including a chunk passed to
+ * another stream's write(), which may keep it queued. The bytes sit in memory the peer can write
+ * meanwhile: a consumer that must not trust the peer copies what it validates before using it.
  */
-export interface VchanOnread {
+export type VchanOnread = VchanOnreadBuffer | VchanOnreadView;
+
+export interface VchanOnreadBuffer {
+  /** Copies into `buffer` (the default). */
+  view?: false;
   /** The buffer to read into, or a function returning it (called before every read). */
   buffer: Uint8Array | (() => Uint8Array);
   /** Called for each chunk with its length and the buffer holding it at offset 0. Return false to pause(). */
   callback: (nread: number, buffer: Uint8Array) => boolean | void;
+}
+
+export interface VchanOnreadView {
+  /** Zero copy: the callback reads the ring's own pages (see {@link VchanOnread}). */
+  view: true;
+  /**
+   * Called for each chunk with its length and a view of exactly those bytes (a Buffer; typed as in
+   * the copying form, so one callback type serves both). Return false to pause().
+   */
+  callback: (nread: number, view: Uint8Array) => boolean | void;
 }
 
 export interface VchanStreamOptions extends Pick<
@@ -73,13 +96,21 @@ export interface VchanStreamOptions extends Pick<
 function checkOnread(v: unknown): VchanOnread | undefined {
   if (v === undefined) return undefined;
   const o = checkObject('options.onread', v);
+  if (o.view !== undefined && o.view !== false) {
+    if (o.view !== true) throw invalidArgType('options.onread.view', 'of type boolean', o.view);
+    if (o.buffer !== undefined)
+      throw coded('options.onread takes either buffer or view, not both', 'ERR_INVALID_ARG_VALUE', TypeError);
+    if (typeof o.callback !== 'function')
+      throw invalidArgType('options.onread.callback', 'of type function', o.callback);
+    return { view: true, callback: o.callback as VchanOnreadView['callback'] };
+  }
   const buf = o.buffer;
   if (!(buf instanceof Uint8Array) && typeof buf !== 'function')
     throw invalidArgType('options.onread.buffer', 'an instance of Buffer, Uint8Array or a function', buf);
   if (buf instanceof Uint8Array && buf.byteLength === 0)
     throw outOfRange('options.onread.buffer', 'a non-empty buffer', 'an empty one');
   if (typeof o.callback !== 'function') throw invalidArgType('options.onread.callback', 'of type function', o.callback);
-  return { buffer: buf as VchanOnread['buffer'], callback: o.callback as VchanOnread['callback'] };
+  return { buffer: buf as VchanOnreadBuffer['buffer'], callback: o.callback as VchanOnreadBuffer['callback'] };
 }
 
 /** Ring sizes and the event channel port of an open stream. */
@@ -453,6 +484,25 @@ export class VchanStream extends Duplex {
   #drainReadable(force: boolean): void {
     const onread = this.#onread;
     while (this.#h && (this.#wantRead || force) && !this.#readEnded) {
+      if (onread && onread.view === true) {
+        const r = this.#b.vchan.view(this.#h);
+        if (typeof r === 'number') {
+          if (this.#readNothing(r)) return;
+          continue;
+        }
+        const n = r.byteLength;
+        this.#active();
+        this.#bytesRead += n;
+        let more: boolean | void;
+        try {
+          more = onread.callback.call(undefined, n, Buffer.from(r));
+        } finally {
+          // Detached and given back to the peer whatever the callback did (even close us).
+          if (this.#h) this.#b.vchan.release(this.#h);
+        }
+        if (more === false) this.pause();
+        continue;
+      }
       if (onread) {
         const buf = typeof onread.buffer === 'function' ? onread.buffer() : onread.buffer;
         if (!(buf instanceof Uint8Array) || buf.byteLength === 0)

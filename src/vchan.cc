@@ -66,6 +66,16 @@ class Vchan : public Handle {
     events_++;
     xenevtchn_unmask(c_->event, static_cast<evtchn_port_t>(p));
   }
+  // The ring view lent to JS (view()), until release() or close detaches it: JS never reads the
+  // ring through it once its bytes are handed back to the peer, or once the ring is unmapped.
+  void DetachView() {
+    if (view_.IsEmpty()) return;
+    Napi::ArrayBuffer ab = view_.Value();
+    view_.Reset();
+    if (!ab.IsDetached()) ab.Detach();
+  }
+  Napi::Reference<Napi::ArrayBuffer> view_;
+  uint32_t view_len_ = 0;
   uint64_t events_ = 0;  // events drained (diagnostics)
   struct libxenvchan* c_;
   Poller* poller_ = nullptr;
@@ -240,7 +250,9 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Close(const Napi::CallbackInfo& info) {
-  Unwrap<Vchan>(info, true)->Close();
+  Vchan* v = Unwrap<Vchan>(info, true);
+  v->DetachView();  // before the ring goes
+  v->Close();
   return info.Env().Undefined();
 }
 
@@ -256,6 +268,44 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
     return Napi::Number::New(env, -1);
   }
   return Napi::Number::New(env, n);
+}
+
+// view(h) -> an (external) ArrayBuffer over the ring's own bytes that are ready to read at the
+// read cursor, up to the ring's end (the rest, after a wrap, comes with the next view); 0 = nothing
+// yet; -1 = peer gone and ring empty. Nothing is consumed until release(h); one view at a time.
+Napi::Value View(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Vchan* v = Unwrap<Vchan>(info);
+  if (!v->view_.IsEmpty()) throw CodedError(env, "ERR_INVALID_STATE", "A ring view is still out: release() it first");
+  if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_read", "the peer's ring index is impossible");
+  const void* p = nullptr;
+  int n = xv_vchan_read_view(v->c_, &p);
+  if (n < 0) ThrowErrno(env, errno, "libxenvchan_read", "the peer's ring index is impossible");
+  if (n == 0) return Napi::Number::New(env, libxenvchan_is_open(v->c_) ? 0 : -1);
+  napi_value ab;
+  napi_status st = napi_create_external_arraybuffer(env, const_cast<void*>(p), n, nullptr, nullptr, &ab);
+  if (st == napi_no_external_buffers_allowed)
+    throw CodedError(env, "ERR_XEN_NO_EXTERNAL_BUFFERS",
+                     "This runtime forbids external ArrayBuffers: read with copies");
+  if (st != napi_ok) throw Napi::Error::New(env, "napi_create_external_arraybuffer failed");
+  Napi::ArrayBuffer buf(env, ab);
+  v->view_ = Napi::Persistent(buf);
+  v->view_len_ = static_cast<uint32_t>(n);
+  return buf;
+}
+
+// release(h): detaches the view, then hands its bytes back to the peer (notifying it if it asked
+// to be told of reads), as libxenvchan_read does after its copy.
+Napi::Value ReleaseView(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Vchan* v = Unwrap<Vchan>(info, true);
+  if (v->view_.IsEmpty()) return env.Undefined();  // none out (or closed: close detached it)
+  v->DetachView();
+  uint32_t n = v->view_len_;
+  v->view_len_ = 0;
+  if (v->closed()) return env.Undefined();
+  if (xv_vchan_read_consume(v->c_, n) < 0) ThrowErrno(env, errno, "libxenvchan_read");
+  return env.Undefined();
 }
 
 // The VCHAN_NOTIFY_* bits we have asked the peer to honour (it clears one as it notifies), and
@@ -409,6 +459,8 @@ void InitVchan(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
                    {"clientInit", ClientInit},
                    {"close", Close},
                    {"read", Read},
+                   {"view", View},
+                   {"release", ReleaseView},
                    {"write", Write},
                    {"writev", Writev},
                    {"arm", Arm},

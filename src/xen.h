@@ -8,6 +8,8 @@ extern "C" {
 #include <xengnttab.h>
 #include <xenstore.h>
 #include <xv_protocol.h>
+
+#include "../native/vchan/xv_vchan.h"
 #ifdef XEN_VCHAN_MOCK
 #include <xenmock.h>
 #endif

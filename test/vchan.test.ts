@@ -473,6 +473,125 @@ describe('VchanStream', () => {
     });
   });
 
+  describe('onread with view: the ring itself, zero copy', () => {
+    it('every byte arrives through views of the ring, wrapped data as two calls; a view kept is detached', async () => {
+      const lengths: number[] = [];
+      const hash = createHash('sha256');
+      let kept: Uint8Array | undefined;
+      let keptLength = 0;
+      const { s, c } = await pair(4096, 4096, {
+        server: {
+          onread: {
+            view: true,
+            callback: (n, v) => {
+              expect(v.length).toBe(n);
+              lengths.push(n);
+              hash.update(v);
+              if (!kept) {
+                kept = v;
+                keptLength = v.length;
+              }
+            },
+          },
+        },
+      });
+      let dataEvents = 0;
+      s.on('data', () => dataEvents++);
+      const ended = once(s, 'end');
+      // Odd-sized writes through a 4 KiB ring: the data wraps at every place in it.
+      const chunks = randomChunks(1 << 20, 3001);
+      const data = Buffer.concat(chunks);
+      await writeAll(c, chunks);
+      c.end();
+      await ended;
+      expect(hash.digest('hex')).toBe(sha256(data));
+      expect(lengths.reduce((a, b) => a + b, 0)).toBe(data.length);
+      expect(Math.max(...lengths)).toBeLessThanOrEqual(4096);
+      expect(dataEvents).toBe(0);
+      // Past its callback a view reads nothing: not the ring the peer writes again, nor freed memory.
+      expect(keptLength).toBeGreaterThan(0);
+      expect(kept!.length).toBe(0);
+      expect(kept!.buffer.byteLength).toBe(0);
+      expect(kept![0]).toBeUndefined();
+      await closed(s);
+    });
+
+    it('returning false pauses with the data left in the ring; resume() goes on', async () => {
+      let got = 0;
+      let stop = true;
+      const { s, c } = await pair(4096, 4096, {
+        client: {
+          onread: {
+            view: true,
+            callback: (n) => {
+              got += n;
+              if (stop) return false;
+            },
+          },
+        },
+      });
+      const data = randomBytes(50_000);
+      void writeAll(s, [data]);
+      await sleep(100);
+      expect(got).toBeGreaterThan(0);
+      expect(got).toBeLessThanOrEqual(4096);
+      expect(c.isPaused()).toBe(true);
+      expect(c.ringState()!.readable).toBeGreaterThan(0);
+      stop = false;
+      c.resume();
+      while (got < data.length) await sleep(10);
+      expect(got).toBe(data.length);
+    });
+
+    it('a callback that throws fails the stream with its error; one that destroys the stream mid-view is safe', async () => {
+      const boom = new Error('consumer failed');
+      const { s, c } = await pair(4096, 4096, {
+        server: {
+          onread: {
+            view: true,
+            callback: () => {
+              throw boom;
+            },
+          },
+        },
+      });
+      const failed = once(s, 'error');
+      c.write(Buffer.alloc(100, 1));
+      expect((await failed)[0]).toBe(boom);
+      await closed(s);
+      let view: Uint8Array | undefined;
+      const b = await pair(4096, 4096, {
+        client: {
+          onread: {
+            view: true,
+            callback: (_n, v) => {
+              view = v;
+              b.c.destroy(); // unmaps the ring while the view is out: the view goes first
+              expect(v.length).toBe(0);
+            },
+          },
+        },
+      });
+      b.s.write(Buffer.alloc(3000, 7));
+      await closed(b.c);
+      expect(view!.length).toBe(0);
+    });
+
+    it('refuses view with anything but true, and view with a buffer', () => {
+      const base = { domid: selfDomid, path: uniquePath('onview') };
+      const cb = () => {};
+      expect(() => createServer({ ...base, onread: { view: 1, callback: cb } as never })).toThrow(
+        expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+      );
+      expect(() =>
+        createServer({ ...base, onread: { view: true, buffer: Buffer.alloc(1), callback: cb } as never }),
+      ).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARG_VALUE', name: 'TypeError' }));
+      expect(() => createServer({ ...base, onread: { view: true } as never })).toThrow(
+        expect.objectContaining({ code: 'ERR_INVALID_ARG_TYPE' }),
+      );
+    });
+  });
+
   it("a client that only reads is seen at once: 'connection' does not wait for its first write", async () => {
     // Xen's libxenvchan_client_init sends no event; the server would otherwise learn of a quiet
     // client only when it writes (a greeting protocol, server speaks first, would deadlock).

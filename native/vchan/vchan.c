@@ -18,8 +18,10 @@
  *    forever;
  *  - paths are never truncated (Xen's take at most 49 bytes, a 64-byte buffer
  *    holding "<path>/event-channel"): any path xenstore accepts works;
- *  - on the mock, the server's xenstore node is removed when its handle's
- *    process ends, even by SIGKILL (a mock xenstore feature).
+ *  - the server removes its xenstore entry before it withdraws the pages, so a
+ *    client never finds an entry whose pages are already gone while the server lives.
+ *
+ * Extensions (xv_vchan.h): zero-copy reads (a view of the ring, then consume).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -33,6 +35,8 @@
 #include <libxenvchan.h>
 #include <xenstore.h>
 #include <xv_protocol.h>
+
+#include "xv_vchan.h"
 
 /* Exported from the mock's shared library; the real addon builds with VCHAN_EXPORT empty and
  * -fvisibility=hidden, so these names stay private to it. */
@@ -223,6 +227,32 @@ static int64_t await(struct libxenvchan *c, uint32_t want, int write)
         if (libxenvchan_wait(c) < 0)
             return -1;
     }
+}
+
+VCHAN_EXPORT int xv_vchan_read_view(struct libxenvchan *c, const void **data)
+{
+    int64_t ready = raw_ready(c);
+    if (ready < 0)
+        return fail(EPROTO);
+    uint32_t size = ring_size(&c->read), off = V(c)->rd_cons & (size - 1);
+    uint32_t n = (uint32_t)ready < size - off ? (uint32_t)ready : size - off;
+    *data = (const char *)c->read.buffer + off;
+    return (int)n;
+}
+
+VCHAN_EXPORT int xv_vchan_read_consume(struct libxenvchan *c, size_t n)
+{
+    struct vchan *v = V(c);
+    int64_t ready = raw_ready(c);
+    if (ready < 0)
+        return fail(EPROTO);
+    if (n > (uint64_t)ready)
+        return fail(EINVAL);
+    /* Our reads of the bytes are done before the peer may reuse them (release ordering). */
+    v->rd_cons += (uint32_t)n;
+    __atomic_store_n(&c->read.shr->cons, v->rd_cons, __ATOMIC_RELEASE);
+    send_notify(c, VCHAN_NOTIFY_READ);
+    return 0;
 }
 
 VCHAN_EXPORT int libxenvchan_read(struct libxenvchan *c, void *data, size_t size)
