@@ -136,6 +136,9 @@ export class VchanMultiServer extends EventEmitter<{
   #takeAgain = false;
   /** An offer failed for want of resources (gntalloc's pages, fds): take no more until one ends. */
   #starved = false;
+  /** Starved with no connection of ours to free anything: the next look, and its back-off (ms). */
+  #starveTimer: NodeJS.Timeout | null = null;
+  #starveMs = 0;
   /** The queue's permissions: the server's domain owns it, the client domain may read and write. */
   #queuePerms: { domid: number; read: boolean; write: boolean }[] = [];
   /** Backing off after xenstore refused the queue's remaking: the timer, the delay. */
@@ -399,11 +402,8 @@ export class VchanMultiServer extends EventEmitter<{
   #failed(e: Error): void {
     if (this.#closed || !this.#listening) return;
     const code = (e as { code?: string }).code;
-    if (code !== 'EAGAIN' && code !== 'ENOSPC' && code !== 'EDQUOT' && code !== 'E2BIG' && code !== 'EINVAL') {
-      this.#stop();
-      this.emit('error', e);
-      return;
-    }
+    if (code !== 'EAGAIN' && code !== 'ENOSPC' && code !== 'EDQUOT' && code !== 'E2BIG' && code !== 'EINVAL')
+      return this.#fatal(e);
     this.#backoff = Math.min(1000, this.#backoff ? this.#backoff * 2 : 20);
     this.#clientError(
       systemError(code, 'accept', `the request queue: ${e.message}; trying again in ${this.#backoff} ms`),
@@ -445,9 +445,10 @@ export class VchanMultiServer extends EventEmitter<{
   }
 
   /**
-   * Out of resources for another channel: the requests wait (as requests beyond maxConnections do)
-   * until a connection ends and frees what it held. If nothing of ours holds any, this server
-   * cannot offer a single channel: 'error' ENOSPC.
+   * Out of resources for another channel (grant pages, fds): the requests wait (as requests beyond
+   * maxConnections do) until a connection ends and frees what it held. When none of ours holds
+   * any, what is short is held by other processes (gntalloc's pages are shared by the whole
+   * domain): look again after a back-off (50 ms, doubling to 1 s) rather than give up serving.
    */
   #starve(): void {
     this.#starved = true;
@@ -457,18 +458,34 @@ export class VchanMultiServer extends EventEmitter<{
       this.connections,
       this.#waiting.size,
     );
-    if (this.connections === 0 && !this.#closed) {
-      this.#stop();
-      this.emit(
-        'error',
-        systemError('ENOSPC', 'listen', `no resources left for a single channel at ${this.#opts.path}`),
-      );
-    }
+    if (this.connections > 0 || this.#starveTimer || this.#closed) return;
+    this.#starveMs = Math.min(1000, this.#starveMs ? this.#starveMs * 2 : 50);
+    this.#starveTimer = setTimeout(() => {
+      this.#starveTimer = null;
+      this.#unstarve();
+    }, this.#starveMs);
+    if (!this.#refed) this.#starveTimer.unref();
   }
 
-  /** Resources freed: take requests again. */
+  /**
+   * The server itself cannot go on (xenstore gone, a channel that cannot be offered at all): it
+   * stops, and 'error' follows on the next tick, outside the pass that met it (so an 'error' with
+   * no listener throws as any EventEmitter's does, rather than vanish in the pass's promise).
+   */
+  #fatal(e: Error): void {
+    if (this.#closed || !this.#listening) return;
+    this.#stop();
+    process.nextTick(() => {
+      if (!this.#closed) this.emit('error', e);
+    });
+  }
+
+  /** Resources freed (or worth another look): take requests again. */
   #unstarve(): void {
+    if (!this.#starved) return void this.#take();
     this.#starved = false;
+    if (this.#starveTimer) clearTimeout(this.#starveTimer);
+    this.#starveTimer = null;
     this.#take();
   }
 
@@ -491,8 +508,7 @@ export class VchanMultiServer extends EventEmitter<{
       const code = (e as { code?: string }).code;
       if (code === 'ENOSPC' || code === 'ENOMEM' || code === 'EMFILE' || code === 'ENFILE' || code === 'EAGAIN')
         return 'starved';
-      this.#stop();
-      this.emit('error', e as Error);
+      this.#fatal(e as Error);
       return 'failed';
     }
     offer.ref(this.#refed);
@@ -504,6 +520,7 @@ export class VchanMultiServer extends EventEmitter<{
     timer.unref();
     this.#offers.set(id, { offer, timer, since: Date.now() });
     this.#ids.add(id);
+    this.#starveMs = 0;
     return 'ok';
   }
 
@@ -544,6 +561,8 @@ export class VchanMultiServer extends EventEmitter<{
     this.#retry = null;
     if (this.#reaper) clearTimeout(this.#reaper);
     this.#reaper = null;
+    if (this.#starveTimer) clearTimeout(this.#starveTimer);
+    this.#starveTimer = null;
     for (const id of [...this.#offers.keys()]) this.#withdraw(id, false);
     this.#waiting.clear();
     this.#answered.clear();
@@ -620,6 +639,9 @@ export class VchanMultiServer extends EventEmitter<{
     this.#refed = on;
     if (on) this.#xs?.ref();
     else this.#xs?.unref();
+    for (const t of [this.#retry, this.#starveTimer])
+      if (t && on) t.ref();
+      else t?.unref();
     for (const { offer } of this.#offers.values()) offer.ref(on);
     for (const s of this.#streams)
       if (on) s.ref();

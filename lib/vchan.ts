@@ -788,6 +788,9 @@ export class VchanServer extends EventEmitter<{
   #offer: Offer | null = null;
   #current: VchanStream | null = null;
   #release: (() => void) | null = null;
+  /** Out of resources for the next offer: when it is tried again, and the back-off (ms). */
+  #retry: NodeJS.Timeout | null = null;
+  #retryMs = 0;
   #listening = false;
   #starting = false;
   #closed = false;
@@ -875,12 +878,28 @@ export class VchanServer extends EventEmitter<{
     offer.ref(this.#refed);
   }
 
-  /** Offers the channel again for the next client; if that fails, the server is done. */
+  /**
+   * Offers the channel again for the next client. Out of resources (gntalloc's pages are shared by
+   * every process of the domain, fds): it looks again after a back-off (50 ms, doubling to 1 s)
+   * while it listens. Any other failure ends the server with 'error'.
+   */
   #reoffer(): void {
     if (this.#closed || !this.#listening) return;
     try {
       this.#offerNext();
+      this.#retryMs = 0;
     } catch (e) {
+      const code = (e as { code?: string }).code;
+      if (code === 'ENOSPC' || code === 'ENOMEM' || code === 'EMFILE' || code === 'ENFILE' || code === 'EAGAIN') {
+        this.#retryMs = Math.min(1000, this.#retryMs ? this.#retryMs * 2 : 50);
+        debug('server %s: no channel to offer (%s); again in %d ms', this.#opts.path, code, this.#retryMs);
+        this.#retry = setTimeout(() => {
+          this.#retry = null;
+          this.#reoffer();
+        }, this.#retryMs);
+        if (!this.#refed) this.#retry.unref();
+        return;
+      }
       this.#stop();
       this.emit('error', e as Error);
     }
@@ -889,6 +908,8 @@ export class VchanServer extends EventEmitter<{
   /** Withdraws the offer and gives the path up. */
   #stop(): void {
     this.#listening = false;
+    if (this.#retry) clearTimeout(this.#retry);
+    this.#retry = null;
     this.#offer?.cancel();
     this.#offer = null;
     this.#release?.();
@@ -929,6 +950,7 @@ export class VchanServer extends EventEmitter<{
     this.#refed = true;
     this.#offer?.ref(true);
     this.#current?.ref();
+    this.#retry?.ref();
     return this;
   }
 
@@ -936,6 +958,7 @@ export class VchanServer extends EventEmitter<{
     this.#refed = false;
     this.#offer?.ref(false);
     this.#current?.unref();
+    this.#retry?.unref();
     return this;
   }
 }

@@ -512,6 +512,44 @@ describe.runIf(onMock)('VchanMultiServer across processes and domains (dom0 serv
     expect(peak).toBeGreaterThanOrEqual(1);
   });
 
+  it("grant pages all held by another process of the server's domain: the server waits for them, it does not stop", async () => {
+    // A broker of its own (limit 100 pages), every page taken by a hog in dom0 before the server
+    // has offered anything: no connection of the server's own can free one, and yet the pages come
+    // back when the hog lets go. Issue 25: a server that gave up here stopped serving for good.
+    const env = { XEN_MOCK_DIR: fs.mkdtempSync(path.join(os.tmpdir(), 'xv-hog-')), XEN_MOCK_GNTALLOC_LIMIT: '100' };
+    const path_ = uniquePath('hog');
+    spawnSync(broker, ['introduce', '5'], { env: { ...process.env, ...env } });
+    const hog = startPeer(0, ['grant-hog', '5'], env);
+    peers.push(hog);
+    expect(await hog.next()).toEqual({ held: 100 });
+    const server = startPeer(0, ['multi-serve', '5', path_], env);
+    peers.push(server);
+    expect(await server.next()).toMatchObject({ listening: true });
+    const client = startPeer(5, ['multi-connect', '0', full(path_), '100000'], env);
+    peers.push(client);
+    // Starved for 800 ms; then the pages come back, and the client that waited is served.
+    await sleep(800);
+    hog.child.send('release');
+    expect(await hog.next()).toEqual({ released: true });
+    const connected = await client.next<{ connected: boolean; ms: number }>(10_000);
+    expect(connected).toMatchObject({ connected: true });
+    expect(connected.ms).toBeGreaterThanOrEqual(700);
+    const done = await client.next<{ sent: string; recv: string }>(10_000);
+    expect(done.recv).toBe(done.sent);
+    // And the server said nothing but what it was asked (an 'error' would come first).
+    server.child.send('peak');
+    expect(await server.next()).toEqual({ peak: 1 });
+  });
+
+  it('a single server whose next offer finds no grant pages offers again once they are back', async () => {
+    const env = { XEN_MOCK_DIR: fs.mkdtempSync(path.join(os.tmpdir(), 'xv-reoffer-')), XEN_MOCK_GNTALLOC_LIMIT: '40' };
+    const peer = startPeer(0, ['reoffer-starved', '600'], env);
+    peers.push(peer);
+    const r = await peer.next<{ served: number; starved: number; error: string | null; listening: boolean }>(30_000);
+    expect(r.starved).toBeGreaterThan(0); // the re-offer did find the pages gone
+    expect(r).toMatchObject({ served: 2, error: null });
+  });
+
   it('EADDRINUSE against a server in another process; free again once that process is killed', async () => {
     const path = uniquePath('multiproc');
     const holder = startPeer(0, ['multi-serve', '0', path]);

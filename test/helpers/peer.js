@@ -26,6 +26,10 @@
 //   xs-rm PATH                                 the hostile client domain, by hand: remove PATH
 //   xs-flood QUEUE MS                          the hostile client domain, by hand: make request nodes
 //                                              QUEUE/<random id> as fast as it can for MS ms, taking none
+//   grant-hog DOMID                            share every grant page left (to DOMID) and hold them until
+//                                              told 'release'
+//   reoffer-starved MS                         a VchanServer whose re-offer finds no grant pages for MS ms
+//                                              (see the role); reports {served, starved, error, listening}
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
 const { createHash, randomBytes } = require('node:crypto');
@@ -342,6 +346,82 @@ async function main() {
       );
       xs.close();
       send({ made, errors });
+      break;
+    }
+    case 'grant-hog': {
+      // Shares every grant page this domain has left (one at a time, until ENOSPC) and holds them
+      // until told 'release'.
+      const [to] = args;
+      const sharer = new x.GrantSharer();
+      const held = [];
+      for (;;) {
+        try {
+          held.push(sharer.share(+to, 1));
+        } catch (e) {
+          if (e.code !== 'ENOSPC') throw e;
+          break;
+        }
+      }
+      process.on('message', (m) => {
+        if (m !== 'release') return;
+        for (const h of held.splice(0)) h.unshare();
+        send({ released: true });
+      });
+      send({ held: held.length });
+      break;
+    }
+    case 'reoffer-starved': {
+      // A VchanServer whose next offer finds the domain's grant pages all taken (by a hog that
+      // grabs them as its client leaves, and lets them go RELEASE_MS later): it must offer again
+      // once they are back, and serve the next client. Reports {served, error}.
+      const [releaseMs] = args;
+      const p = `data/vchan/reoffer-${process.pid}`;
+      let error = null;
+      let served = 0;
+      const sharer = new x.GrantSharer();
+      const held = [];
+      const srv = x.createServer({ domid: 0, path: p, readMin: 4096, writeMin: 4096 }, (s) => {
+        served++;
+        // Before the server's own 'close' listener: the pages the channel frees are taken at once.
+        s.prependOnceListener('close', () => {
+          if (served !== 1) return;
+          for (;;) {
+            try {
+              held.push(sharer.share(0, 1));
+            } catch {
+              break;
+            }
+          }
+          setTimeout(() => {
+            for (const h of held.splice(0)) h.unshare();
+          }, +releaseMs);
+        });
+        s.pipe(s);
+      });
+      srv.on('error', (e) => (error = e.code || e.message));
+      await new Promise((r) => srv.listen(r));
+      const full = `/local/domain/0/${p}`;
+      const first = await x.connect({ domid: 0, path: full, timeout: 10000 });
+      first.destroy();
+      await new Promise((r) => first.once('close', r));
+      await new Promise((r) => setTimeout(r, 100));
+      const starved = held.length;
+      let second = null;
+      try {
+        second = await x.connect({ domid: 0, path: full, timeout: 10000 });
+        const echoed = await new Promise((resolve, reject) => {
+          second.once('data', (d) => resolve(d.toString()));
+          second.once('error', reject);
+          second.write('again');
+        });
+        if (echoed !== 'again') error = `echo ${echoed}`;
+      } catch (e) {
+        error = error || e.code || e.message;
+      }
+      second?.destroy();
+      send({ served, starved, error, listening: srv.listening });
+      srv.close();
+      process.exit(0);
       break;
     }
     case 'xs-rm': {
