@@ -9,6 +9,8 @@
 #include <poll.h>
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <climits>
 #include <cstddef>
 
 #include <vector>
@@ -330,9 +332,9 @@ Napi::Value Write(const Napi::CallbackInfo& info) {
   auto [ptr, len] = BufferRange(info);
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_write", "the peer's ring index is impossible");
   if (libxenvchan_is_open(v->c_) != 1) ThrowErrno(env, EPIPE, "libxenvchan_write", "the peer has closed the channel");
-  int n = libxenvchan_write(v->c_, ptr, len);
-  if (n < 0) ThrowErrno(env, errno == EPROTO ? EPROTO : EPIPE, "libxenvchan_write");
-  if (static_cast<size_t>(n) == len) WithdrawReadNotify(v->c_);  // nothing waits for room
+  struct iovec iov = {ptr, len};
+  int n = xv_vchan_writev(v->c_, &iov, 1);
+  if (n < 0) ThrowErrno(env, EPROTO, "libxenvchan_write", "the peer's ring index is impossible");
   return Napi::Number::New(env, n);
 }
 
@@ -359,24 +361,18 @@ Napi::Value Writev(const Napi::CallbackInfo& info) {
   if (v->closed()) throw CodedError(env, "ERR_XEN_CLOSED", "The Vchan handle was closed while its arguments were read");
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_write", "the peer's ring index is impossible");
   if (libxenvchan_is_open(v->c_) != 1) ThrowErrno(env, EPIPE, "libxenvchan_write", "the peer has closed the channel");
-  double total = 0;
-  bool all = true;
+  // All of it in one copy into the ring, one index update and at most one event (xv_vchan_writev).
+  std::vector<struct iovec> iov;
+  iov.reserve(chunks.size());
   for (uint32_t i = 0; i < chunks.size(); i++) {
     Bytes b = CurrentBytes(env, chunks[i]);
     size_t start = i == 0 ? skip : 0;
     if (start > b.length) break;
-    size_t want = b.length - start;
-    if (!want) continue;
-    int n = libxenvchan_write(v->c_, b.data + start, want);
-    if (n < 0) ThrowErrno(env, errno == EPROTO ? EPROTO : EPIPE, "libxenvchan_write");
-    total += n;
-    if (static_cast<size_t>(n) < want) {
-      all = false;
-      break;
-    }
+    if (b.length > start) iov.push_back({b.data + start, b.length - start});
   }
-  if (all) WithdrawReadNotify(v->c_);  // nothing waits for room
-  return Napi::Number::New(env, total);
+  int n = xv_vchan_writev(v->c_, iov.data(), static_cast<int>(std::min<size_t>(iov.size(), INT_MAX)));
+  if (n < 0) ThrowErrno(env, EPROTO, "libxenvchan_write", "the peer's ring index is impossible");
+  return Napi::Number::New(env, n);
 }
 
 // arm(h, wantWritable = true) -> {live, readable, writable}: the live state and the bytes that can

@@ -6,6 +6,7 @@
 #define XV_VCHAN_H
 
 #include <stddef.h>
+#include <sys/uio.h>
 
 struct libxenvchan;
 
@@ -20,5 +21,14 @@ struct libxenvchan;
  */
 int xv_vchan_read_view(struct libxenvchan *c, const void **data);
 int xv_vchan_read_consume(struct libxenvchan *c, size_t n);
+
+/*
+ * Gathered writes. Copies as much of the COUNT buffers of IOV, in order, as the ring has room for,
+ * publishes it with one update of the producer index and notifies the peer once (if it asked to be
+ * told of writes). Returns the bytes written: 0 when the ring is full (ask for room first; no
+ * notification is requested here), -1 with errno EPROTO when the peer's index is impossible. Does
+ * not look at whether the peer is still there (libxenvchan_is_open).
+ */
+int xv_vchan_writev(struct libxenvchan *c, const struct iovec *iov, int count);
 
 #endif
