@@ -28,6 +28,7 @@ const path = require('node:path');
 const root = path.join(__dirname, '..');
 const argv = process.argv.slice(2);
 const flag = (f) => argv.includes(f);
+const { median } = require('./stats');
 const QUICK = flag('--quick');
 const INSIDE_RIG = flag('--inside-rig'); // set by bench/rig-job.sh inside the rig's dom0
 const PEER = INSIDE_RIG ? 0 : 5; // the child's domain
@@ -77,18 +78,17 @@ function recvBytes(s, bytes) {
   });
 }
 
-/** An onread option (one reused 1 MiB buffer) counting BYTES; done resolves once they are in. */
-function onreadSink(bytes) {
+/** An onread option counting BYTES (MODE 'copy': one reused 1 MiB buffer; 'view': zero copy, the
+ * ring's own pages); done resolves once they are in. */
+function onreadSink(bytes, mode) {
   let got = 0;
   let resolve;
   const done = new Promise((r) => (resolve = r));
-  const onread = {
-    buffer: Buffer.allocUnsafe(MiB),
-    callback: (n) => {
-      got += n;
-      if (got >= bytes) resolve();
-    },
+  const callback = (n) => {
+    got += n;
+    if (got >= bytes) resolve();
   };
+  const onread = mode === 'view' ? { view: true, callback } : { buffer: Buffer.allocUnsafe(MiB), callback };
   return { onread, done };
 }
 
@@ -109,7 +109,7 @@ async function childMain() {
   process.on('message', async (/** @type {any} */ m) => {
     try {
       if (m.op === 'transfer') {
-        const sink = m.onread && m.role === 'recv' ? onreadSink(m.bytes) : null;
+        const sink = m.onread && m.role === 'recv' ? onreadSink(m.bytes, m.onread) : null;
         const s = await open(m, sink?.onread);
         if (process.env.BENCH_DEBUG) process.stderr.write(`child: ${m.via} open, ${m.role} ${m.bytes}\n`);
         const c0 = process.cpuUsage();
@@ -209,12 +209,19 @@ async function udsPair(childMsg, sock = path.join(os.tmpdir(), `xv-bench-${proce
   return [s, reply];
 }
 
-/** One transfer over a pair made by MAKE; both ends' CPU counted. With ONREAD the receiving
- * VchanStream reads into one reused buffer (the onread option) instead of emitting 'data'. */
+/**
+ * One transfer over a pair made by MAKE; both ends' CPU counted. With ONREAD ('copy' or 'view')
+ * the receiving VchanStream hands data to an onread callback instead of emitting 'data'.
+ * @param {(msg: object, onread?: object) => Promise<any[]>} make
+ * @param {string} dir
+ * @param {number} write
+ * @param {false | 'copy' | 'view'} [onread]
+ * @param {number} [bytes]
+ */
 async function transfer(make, dir, write, onread = false, bytes = bytesFor(write)) {
   const dbg = process.env.BENCH_DEBUG ? (s) => process.stderr.write(`[${dir} ${write}] ${s}\n`) : () => {};
   const childRole = dir === 'dom0->domU' ? 'recv' : 'send';
-  const sink = onread && childRole === 'send' ? onreadSink(bytes) : null;
+  const sink = onread && childRole === 'send' ? onreadSink(bytes, onread) : null;
   const [s, reply] = await make({ op: 'transfer', role: childRole, bytes, write, onread }, sink?.onread);
   dbg('paired');
   const closed = once(s, 'close');
@@ -227,11 +234,21 @@ async function transfer(make, dir, write, onread = false, bytes = bytesFor(write
     await (sink ? sink.done : recvBytes(s, bytes));
   }
   const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu = cpuSeconds(c0) + (await reply).cpu;
+  const ours = cpuSeconds(c0);
+  // Events dom0's stream took (write notifications when it receives, read ones when it sends).
+  const events = s instanceof x.VchanStream ? (s.ringState()?.events ?? 0) : undefined;
+  const theirs = (await reply).cpu;
   if (childRole === 'recv') s.end();
   else s.resume();
   await closed;
-  return { MBps: bytes / secs / 1e6, cpuPerGB: (cpu / bytes) * 1e9 };
+  // The receiver's CPU apart: what a zero-copy read saves shows there.
+  const rcv = childRole === 'recv' ? theirs : ours;
+  return {
+    MBps: bytes / secs / 1e6,
+    cpuPerGB: ((ours + theirs) / bytes) * 1e9,
+    rcvCpuPerGB: (rcv / bytes) * 1e9,
+    eventsPerMiB: events === undefined ? undefined : events / (bytes / MiB),
+  };
 }
 
 async function roundTrips(make, count) {
@@ -283,7 +300,11 @@ function cThroughput(ring, write, bytes) {
   for (const dir of DIRS) {
     const snd = lines.find((l) => l.bench === 'vchan-c' && l.direction === dir);
     const rcv = lines.find((l) => l.bench === 'vchan-c-receiver' && l.direction === dir);
-    out[dir] = { MBps: snd.MBps, cpuPerGB: ((snd.senderCpuSeconds + rcv.receiverCpuSeconds) / snd.bytes) * 1e9 };
+    out[dir] = {
+      MBps: snd.MBps,
+      cpuPerGB: ((snd.senderCpuSeconds + rcv.receiverCpuSeconds) / snd.bytes) * 1e9,
+      rcvCpuPerGB: (rcv.receiverCpuSeconds / snd.bytes) * 1e9,
+    };
   }
   return out;
 }
@@ -439,29 +460,83 @@ async function main() {
     : process.env.BENCH_WRITES
       ? process.env.BENCH_WRITES.split(',').map(Number)
       : WRITES;
+  // Each measurement REPEAT times, interleaved (C, b, b2, b3 in turn), so a noisy moment hits them
+  // all alike; the table gives medians, and the spread (min-max) when REPEAT > 1.
+  const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 1));
+  res.repeat = REPEAT;
   for (const ring of rings) {
     for (const write of writes) {
       // A 1 MiB ring moves 4-15 GB/s here: four times the bytes, or a transfer lasts under 0.1 s.
       const bytes = bytesFor(write) * (ring >= MiB && write >= 4096 && !QUICK && !INSIDE_RIG ? 4 : 1);
-      const c = cThroughput(ring, write, bytes);
+      const samples = Object.fromEntries(
+        DIRS.map((d) => [
+          d,
+          { a: [], b: [], b2: [], b3: [], ca: [], cb: [], cb2: [], cb3: [], ra: [], rb: [], rb2: [], rb3: [], ev: [] },
+        ]),
+      );
+      for (let rep = 0; rep < REPEAT; rep++) {
+        const c = cThroughput(ring, write, bytes);
+        for (const dir of DIRS) {
+          const sm = samples[dir];
+          const b = await transfer((m) => vchanPair(ring, m), dir, write, false, bytes);
+          // b2: the receiving stream reads into one reused buffer (onread), as C does; b3: it reads the
+          // ring's own pages in place (onread with view: zero copy).
+          const big = write === 65536;
+          const b2 = big ? await transfer((m, o) => vchanPair(ring, m, o), dir, write, 'copy', bytes) : null;
+          const b3 = big ? await transfer((m, o) => vchanPair(ring, m, o), dir, write, 'view', bytes) : null;
+          sm.a.push(c[dir].MBps);
+          sm.ca.push(c[dir].cpuPerGB);
+          sm.ra.push(c[dir].rcvCpuPerGB);
+          sm.b.push(b.MBps);
+          sm.cb.push(b.cpuPerGB);
+          sm.rb.push(b.rcvCpuPerGB);
+          sm.ev.push(b.eventsPerMiB);
+          if (b2) {
+            sm.b2.push(b2.MBps);
+            sm.cb2.push(b2.cpuPerGB);
+            sm.rb2.push(b2.rcvCpuPerGB);
+          }
+          if (b3) {
+            sm.b3.push(b3.MBps);
+            sm.cb3.push(b3.cpuPerGB);
+            sm.rb3.push(b3.rcvCpuPerGB);
+          }
+          log(
+            `ring ${ring} write ${write} ${dir} (run ${rep + 1}/${REPEAT}): C ${fmt(c[dir].MBps)} MB/s, VchanStream ${fmt(b.MBps)} MB/s` +
+              (b2 ? `, onread ${fmt(b2.MBps)} MB/s, onread view ${fmt(b3.MBps)} MB/s` : ''),
+          );
+        }
+      }
       for (const dir of DIRS) {
-        const b = await transfer((m) => vchanPair(ring, m), dir, write, false, bytes);
-        // b2: the same with the receiving stream reading into one reused buffer (onread), as C does.
-        const b2 = write === 65536 ? await transfer((m, o) => vchanPair(ring, m, o), dir, write, true, bytes) : null;
+        const sm = samples[dir];
+        // Ratios run by run (each against the C run beside it), then their median and spread.
+        const ratios = (xs) => (xs.length ? xs.map((v, i) => v / sm.a[i]) : undefined);
+        const med = (xs) => (xs && xs.length ? median(xs) : undefined);
+        const span = (xs) => (xs && xs.length > 1 ? [Math.min(...xs), Math.max(...xs)] : undefined);
         res.throughput.push({
           ring,
           write,
           dir,
-          a: c[dir].MBps,
-          b: b.MBps,
-          b2: b2?.MBps,
-          aCpuPerGB: c[dir].cpuPerGB,
-          bCpuPerGB: b.cpuPerGB,
-          b2CpuPerGB: b2?.cpuPerGB,
+          a: med(sm.a),
+          b: med(sm.b),
+          b2: med(sm.b2),
+          b3: med(sm.b3),
+          ba: med(ratios(sm.b)),
+          b2a: med(ratios(sm.b2)),
+          b3a: med(ratios(sm.b3)),
+          baSpan: span(ratios(sm.b)),
+          b2aSpan: span(ratios(sm.b2)),
+          b3aSpan: span(ratios(sm.b3)),
+          aCpuPerGB: med(sm.ca),
+          bCpuPerGB: med(sm.cb),
+          b2CpuPerGB: med(sm.cb2),
+          b3CpuPerGB: med(sm.cb3),
+          aRcvCpuPerGB: med(sm.ra),
+          bRcvCpuPerGB: med(sm.rb),
+          b2RcvCpuPerGB: med(sm.rb2),
+          b3RcvCpuPerGB: med(sm.rb3),
+          eventsPerMiB: med(sm.ev),
         });
-        log(
-          `ring ${ring} write ${write} ${dir}: C ${fmt(c[dir].MBps)} MB/s, VchanStream ${fmt(b.MBps)} MB/s${b2 ? `, with onread ${fmt(b2.MBps)} MB/s` : ''}`,
-        );
       }
     }
   }
@@ -564,16 +639,33 @@ function report(r) {
   );
   L.push('### Throughput, MB/s (a: C libxenvchan, b: VchanStream; same mock, ring, library)', '');
   L.push(
-    'b2 is b with the receiving stream reading into one reused buffer (the `onread` option), as the C program does; 64 KiB writes only.',
+    'b2 is b with the receiving stream reading into one reused buffer (the `onread` option), as the C program does; ' +
+      'b3 with it reading the ring in place (`onread` with `view: true`: zero copy); 64 KiB writes only. ' +
+      (r.repeat > 1
+        ? `Medians of ${r.repeat} interleaved runs; ratios are taken run by run against the C run beside it, with their spread (min-max).`
+        : 'One run.'),
     '',
   );
   L.push(
-    '| ring | write | direction | a: C | b: VchanStream | b/a | b2: onread | b2/a | CPU s/GB a | CPU s/GB b | CPU s/GB b2 |',
-    '|---|---|---|---|---|---|---|---|---|---|---|',
+    '| ring | write | direction | a: C | b: VchanStream | b/a | b2: onread | b2/a | b3: onread view | b3/a | CPU s/GB a | CPU s/GB b | CPU s/GB b2 | CPU s/GB b3 |',
+    '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   );
+  const rr = (m, sp, x, a) =>
+    m === undefined ? ratio(x, a) : `${m.toFixed(2)}x${sp ? ` (${sp[0].toFixed(2)}-${sp[1].toFixed(2)})` : ''}`;
   for (const t of r.throughput)
     L.push(
-      `| ${k(t.ring)} | ${k(t.write)} | ${t.dir} | ${fmt(t.a)} | ${fmt(t.b)} | ${ratio(t.b, t.a)} | ${fmt(t.b2)} | ${ratio(t.b2, t.a)} | ${fmt(t.aCpuPerGB, 2)} | ${fmt(t.bCpuPerGB, 2)} | ${fmt(t.b2CpuPerGB, 2)} |`,
+      `| ${k(t.ring)} | ${k(t.write)} | ${t.dir} | ${fmt(t.a)} | ${fmt(t.b)} | ${rr(t.ba, t.baSpan, t.b, t.a)} | ${fmt(t.b2)} | ${rr(t.b2a, t.b2aSpan, t.b2, t.a)} | ${fmt(t.b3)} | ${rr(t.b3a, t.b3aSpan, t.b3, t.a)} | ${fmt(t.aCpuPerGB, 2)} | ${fmt(t.bCpuPerGB, 2)} | ${fmt(t.b2CpuPerGB, 2)} | ${fmt(t.b3CpuPerGB, 2)} |`,
+    );
+  L.push(
+    '',
+    "The receiver's CPU alone, s/GB (C reads each byte out of the ring with a copy; b3 reads it in place):",
+    '',
+    '| ring | write | direction | a: C | b | b2: onread | b3: onread view | b3 vs a | b: events per MiB at dom0 |',
+    '|---|---|---|---|---|---|---|---|---|',
+  );
+  for (const t of r.throughput.filter((x) => x.b3 !== undefined))
+    L.push(
+      `| ${k(t.ring)} | ${k(t.write)} | ${t.dir} | ${fmt(t.aRcvCpuPerGB, 3)} | ${fmt(t.bRcvCpuPerGB, 3)} | ${fmt(t.b2RcvCpuPerGB, 3)} | ${fmt(t.b3RcvCpuPerGB, 3)} | ${ratio(t.b3RcvCpuPerGB, t.aRcvCpuPerGB)} | ${fmt(t.eventsPerMiB, 1)} |`,
     );
   L.push('', '### Against what a Node tool has today, MB/s (b at the 64 KiB ring)', '');
   L.push(
@@ -637,7 +729,7 @@ function report(r) {
     for (const t of r.rig.throughput) {
       const d = r.rig.baselines?.find((x) => x.dir === t.dir)?.d;
       L.push(
-        `- throughput, 64 KiB ring and writes, ${t.dir}: b/a = ${ratio(t.b, t.a)}, b2/a = ${ratio(t.b2, t.a)}, b/d = ${ratio(t.b, d)} (d: Node -> vchan-socket-proxy -> vchan -> vchan-socket-proxy -> Node)`,
+        `- throughput, 64 KiB ring and writes, ${t.dir}: b/a = ${ratio(t.b, t.a)}, b2/a = ${ratio(t.b2, t.a)}, b3/a = ${ratio(t.b3, t.a)}, b/d = ${ratio(t.b, d)} (d: Node -> vchan-socket-proxy -> vchan -> vchan-socket-proxy -> Node)`,
       );
     }
     L.push(
