@@ -32,7 +32,7 @@
       "conditions": [["mock==0", {"type": "none"}]],
       "defines": ["XEN_VCHAN_MOCK"],
       "sources": ["src/mock.cc"],
-      "include_dirs": ["native/mock/include"],
+      "include_dirs": ["native/include", "native/mock/include"],
       "libraries": [
         "-L<(module_root_dir)/<(mock_lib)",
         "-l:libxenvchan.so.4.17", "-l:libxenevtchn.so.1", "-l:libxengnttab.so.1",
@@ -46,13 +46,13 @@
       # Runs on every Xen release from 4.14 on without a rebuild: our own libxenvchan (native/vchan,
       # wire-compatible with Xen's) is compiled in, libxenstore (libxenstore.so.4 or .so.3.0) is found
       # at run time (src/xenstore_loader.cc), and libxenevtchn.so.1 / libxengnttab.so.1, whose soname
-      # and symbol versions Xen keeps stable, are linked. Built against Xen's API as native/mock/include
+      # and symbol versions Xen keeps stable, are linked. Built against Xen's API as native/include
       # declares it and linked against the mock's libraries of the same sonames and symbol versions, so
       # no Xen development package is needed; nothing here points at the mock at run time (no rpath).
       "target_name": "xen_vchan_real",
       "conditions": [["real==0", {"type": "none"}]],
       "sources": ["src/xenstore_loader.cc", "native/vchan/vchan.c"],
-      "include_dirs": ["native/mock/include"],
+      "include_dirs": ["native/include"],
       "defines": ["VCHAN_EXPORT="],
       "cflags": ["-fvisibility=hidden"],
       "cflags_c": ["-std=gnu11"],

@@ -1,5 +1,5 @@
 /**
- * Protocol facts and limits, named once for TypeScript; native/mock/include/xv_protocol.h names the
+ * Protocol facts and limits, named once for TypeScript; native/include/xv_protocol.h names the
  * same for C and C++. The values are Xen's (xen/xen.h, xen/io/xs_wire.h) and the vchan wire
  * protocol's; the names are ours.
  */

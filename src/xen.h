@@ -9,7 +9,7 @@ extern "C" {
 #include <xenstore.h>
 #include <xv_protocol.h>
 
-#include "../native/vchan/xv_vchan.h"
+#include <xv_vchan.h>
 #ifdef XEN_VCHAN_MOCK
 #include <xenmock.h>
 #endif

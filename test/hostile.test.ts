@@ -39,7 +39,7 @@ const OFF = {
   cliNotify: 22,
   grants: 24,
 };
-/** The bit of cli_notify with which our servers mark a channel single-use (src/vchan.cc). */
+/** The bit of cli_notify with which our servers mark a channel single-use (XV_VCHAN_SINGLE_USE, native/vchan/xv_vchan.h). */
 const SINGLE_USE = 0x40;
 const RACE_CYCLES = Number(process.env.XEN_VCHAN_RACE_CYCLES ?? 500);
 

@@ -21,7 +21,9 @@
  *  - the server removes its xenstore entry before it withdraws the pages, so a
  *    client never finds an entry whose pages are already gone while the server lives.
  *
- * Extensions (xv_vchan.h): zero-copy reads (a view of the ring, then consume).
+ * Extensions (xv_vchan.h): zero-copy reads (a view of the ring, then consume), gathered writes,
+ * the claimed attach (no two clients on one channel), single-use channels, the corruption check
+ * and the notification request bits.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -37,7 +39,7 @@
 #include <xenstore.h>
 #include <xv_protocol.h>
 
-#include "xv_vchan.h"
+#include <xv_vchan.h>
 
 /* Exported from the mock's shared library; the real addon builds with VCHAN_EXPORT empty and
  * -fvisibility=hidden, so these names stay private to it. */
@@ -660,4 +662,181 @@ fail : {
     errno = e ? e : EIO;
     return NULL;
 }
+}
+
+/* ---- Extensions (xv_vchan.h): single use, the claimed attach, the corruption check ---- */
+
+VCHAN_EXPORT void xv_vchan_set_single_use(struct libxenvchan *c)
+{
+    __atomic_fetch_or(&c->ring->cli_notify, XV_VCHAN_SINGLE_USE, __ATOMIC_SEQ_CST);
+}
+
+/*
+ * libxenvchan_client_init maps whatever ring-ref xenstore names and sets cli_live = 1
+ * unconditionally, so a client that reads a stale entry (the previous client's channel, still
+ * published while the server winds it down) or a busy one attaches to a channel someone else
+ * holds, and bytes reach the wrong stream. So a claim comes first: map the control page ourselves
+ * and compare-and-swap cli_live to 1. Only the one client that wins the swap goes on; then
+ * libxenvchan_client_init attaches, and a probe bit checks that it attached to the very page
+ * claimed. A failure after the claim gives it back (claim_give_back).
+ *
+ * Which channels may be claimed: one offered and never connected (cli_live 2); and one whose
+ * client has left (cli_live 0) while its server lives on (srv_live 1), unless the server marked it
+ * single-use. Xen's servers may serve successive clients on one channel (vchan-socket-proxy in
+ * server mode waits on the same page for the next client); ours never do.
+ */
+struct claim {
+    uint32_t dom, port;
+    xengnttab_handle *gt;
+    struct vchan_interface *page;
+    int claimed;    /* cli_live is ours to give back */
+    int restore;    /* give it back as it was (see claim_give_back) */
+    uint8_t before; /* cli_live as we found it */
+};
+
+/* 0, or an errno: of the mapping (the entry is stale or not ours), EPROTO (the page is not a
+ * vchan), EBUSY (another client holds it, or its client has gone and the server has not offered
+ * it again); *SEEN is the cli_live found. */
+static int claim_take(struct claim *k, uint32_t ref, uint8_t *seen)
+{
+    k->gt = xengnttab_open(NULL, 0);
+    if (!k->gt)
+        return errno ? errno : EIO;
+    k->page = xengnttab_map_grant_ref(k->gt, k->dom, ref, PROT_READ | PROT_WRITE);
+    if (!k->page)
+        return errno ? errno : EIO;
+    int lo = __atomic_load_n(&k->page->left_order, __ATOMIC_ACQUIRE);
+    int ro = __atomic_load_n(&k->page->right_order, __ATOMIC_ACQUIRE);
+    if (!layout_ok(lo, ro))
+        return EPROTO;
+    uint8_t expected = __atomic_load_n(&k->page->cli_live, __ATOMIC_ACQUIRE);
+    *seen = expected;
+    if (expected > XV_LIVE_WAITING) /* no state of the protocol: a broken or hostile server */
+        return EPROTO;
+    int reusable = expected == XV_LIVE_CLOSED && __atomic_load_n(&k->page->srv_live, __ATOMIC_ACQUIRE) == 1 &&
+                   !(__atomic_load_n(&k->page->cli_notify, __ATOMIC_ACQUIRE) & XV_VCHAN_SINGLE_USE);
+    k->before = expected;
+    if ((expected == XV_LIVE_WAITING || reusable) &&
+        __atomic_compare_exchange_n(&k->page->cli_live, &expected, XV_LIVE_OPEN, 0, __ATOMIC_SEQ_CST,
+                                    __ATOMIC_SEQ_CST)) {
+        k->claimed = 1;
+        return 0;
+    }
+    *seen = expected;
+    return EBUSY;
+}
+
+/* Whether OTHER (libxenvchan's mapping) is the page we claimed: a bit set through one mapping is
+ * looked for through the other. */
+static int claim_same_page(struct claim *k, struct vchan_interface *other)
+{
+    __atomic_fetch_or(&k->page->cli_notify, XV_VCHAN_PROBE, __ATOMIC_SEQ_CST);
+    int same = (__atomic_load_n(&other->cli_notify, __ATOMIC_SEQ_CST) & XV_VCHAN_PROBE) != 0;
+    __atomic_fetch_and(&k->page->cli_notify, (uint8_t)~XV_VCHAN_PROBE, __ATOMIC_SEQ_CST);
+    return same;
+}
+
+/*
+ * How a claim is given back when the attach fails after it:
+ *  - restore (the entry was gone, or our page is not the one it names): the channel goes back as
+ *    we found it, still offered. Grant references are reused, so a ref read from an entry just
+ *    withdrawn can name another client's freshly offered channel by the time it is mapped; that
+ *    channel must stay offered to its own client, not look like one a client came to and left.
+ *  - otherwise: cli_live 0, "a client came and went", and the server offers a fresh channel.
+ * An event either way: a server that saw the claim looks again.
+ */
+static void claim_give_back(struct claim *k)
+{
+    uint8_t now = __atomic_load_n(&k->page->cli_live, __ATOMIC_ACQUIRE);
+    /* (A failed libxenvchan_client_init that had mapped the page cleared the byte already with its
+     * unmap notification: then 0 is put back too.) */
+    if (k->restore ? (now == XV_LIVE_OPEN || now == XV_LIVE_CLOSED) : now == XV_LIVE_OPEN)
+        __atomic_compare_exchange_n(&k->page->cli_live, &now, k->restore ? k->before : XV_LIVE_CLOSED, 0,
+                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    xenevtchn_handle *ev = xenevtchn_open(NULL, 0);
+    if (!ev)
+        return;
+    xenevtchn_port_or_error_t local = xenevtchn_bind_interdomain(ev, k->dom, k->port);
+    if (local >= 0) {
+        xenevtchn_notify(ev, (evtchn_port_t)local);
+        xenevtchn_unbind(ev, (evtchn_port_t)local);
+    }
+    xenevtchn_close(ev);
+}
+
+static void claim_end(struct claim *k)
+{
+    if (k->claimed)
+        claim_give_back(k);
+    if (k->page)
+        xengnttab_unmap(k->gt, k->page, 1);
+    if (k->gt)
+        xengnttab_close(k->gt);
+}
+
+VCHAN_EXPORT struct libxenvchan *xv_vchan_client_claim(struct xentoollog_logger *logger, int domain,
+                                                       const char *xs_path, uint32_t ring_ref, uint32_t port,
+                                                       struct xv_vchan_claim_error *why)
+{
+    struct xv_vchan_claim_error w = {0, 0};
+    if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
+        if (why)
+            *why = w;
+        errno = EINVAL;
+        return NULL;
+    }
+    struct claim k = {.dom = (uint32_t)domain, .port = port, .before = XV_LIVE_WAITING};
+    struct libxenvchan *c = NULL;
+    int e = claim_take(&k, ring_ref, &w.seen);
+    if (e) {
+        w.step = k.page ? XV_VCHAN_STEP_CLAIM : XV_VCHAN_STEP_MAP;
+        goto out;
+    }
+    errno = 0;
+    c = libxenvchan_client_init(logger, domain, xs_path);
+    w.step = XV_VCHAN_STEP_ATTACH;
+    if (!c) {
+        e = errno ? errno : EIO;
+        if (e == ENOENT || e == EACCES)
+            k.restore = 1; /* the entry went: the page we claimed may be another client's now */
+        goto out;
+    }
+    if (!claim_same_page(&k, c->ring)) {
+        k.restore = 1; /* we claimed a page the entry no longer names */
+        libxenvchan_close(c);
+        c = NULL;
+        e = EAGAIN;
+        goto out;
+    }
+    k.claimed = 0; /* libxenvchan holds the channel now */
+    w.step = 0;
+out:
+    claim_end(&k);
+    if (why)
+        *why = w;
+    if (!c)
+        errno = e;
+    return c;
+}
+
+VCHAN_EXPORT int xv_vchan_corrupt(struct libxenvchan *c)
+{
+    uint8_t peer_live = __atomic_load_n(c->is_server ? &c->ring->cli_live : &c->ring->srv_live, __ATOMIC_ACQUIRE);
+    if (peer_live > XV_LIVE_WAITING)
+        return 1;
+    uint32_t rprod = __atomic_load_n(&c->read.shr->prod, __ATOMIC_ACQUIRE);
+    uint32_t rcons = __atomic_load_n(&c->read.shr->cons, __ATOMIC_ACQUIRE);
+    uint32_t wprod = __atomic_load_n(&c->write.shr->prod, __ATOMIC_ACQUIRE);
+    uint32_t wcons = __atomic_load_n(&c->write.shr->cons, __ATOMIC_ACQUIRE);
+    return rprod - rcons > ring_size(&c->read) || wprod - wcons > ring_size(&c->write);
+}
+
+VCHAN_EXPORT int xv_vchan_asked(struct libxenvchan *c, int ours)
+{
+    return __atomic_load_n(ours ? peer_notify(c) : own_notify(c), __ATOMIC_ACQUIRE);
+}
+
+VCHAN_EXPORT void xv_vchan_withdraw_read_notify(struct libxenvchan *c)
+{
+    __atomic_fetch_and(peer_notify(c), (uint8_t)~VCHAN_NOTIFY_READ, __ATOMIC_SEQ_CST);
 }

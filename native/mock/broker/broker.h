@@ -8,7 +8,7 @@
 #include <sys/types.h>
 
 #include "../include/xenmock_proto.h"
-#include "../include/xv_protocol.h"
+#include "../../include/xv_protocol.h"
 
 #define DOMID_FIRST_RESERVED XV_DOMID_FIRST_RESERVED
 #define DOMID_SELF XV_DOMID_SELF

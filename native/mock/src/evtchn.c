@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "client.h"
-#include "../include/xenevtchn.h"
+#include "../../include/xenevtchn.h"
 
 struct xenevtchn_handle {
     int sock;

@@ -15,7 +15,7 @@
 #include <unistd.h>
 
 #include "client.h"
-#include "../include/xengnttab.h"
+#include "../../include/xengnttab.h"
 
 #define PAGE XM_PAGE_SIZE
 

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "client.h"
-#include "../include/xenstore.h"
+#include "../../include/xenstore.h"
 
 struct xs_handle {
     int sock;

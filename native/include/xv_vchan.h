@@ -1,0 +1,84 @@
+/*
+ * xen-vchan's extensions to the libxenvchan API (native/vchan/vchan.c), beside the
+ * libxenvchan-compatible functions. Not in Xen's libxenvchan: only for a handle made by ours.
+ */
+#ifndef XV_VCHAN_H
+#define XV_VCHAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+struct libxenvchan;
+
+/*
+ * Zero-copy reads. xv_vchan_read_view sets *DATA to the ring's own bytes ready at the read cursor
+ * and returns how many there are, up to the ring's end (the rest, after a wrap, comes with the next
+ * view): 0 when nothing is ready (the peer may still be open: see libxenvchan_is_open), -1 with
+ * errno EPROTO when the peer's index is impossible. Nothing is consumed: the bytes stay the
+ * caller's to read until xv_vchan_read_consume(C, N) hands N of them (at most what the view
+ * returned) back to the peer, notifying it if it asked to be told of reads. The bytes sit in memory
+ * the peer can write meanwhile: copy what must not change while it is checked.
+ */
+int xv_vchan_read_view(struct libxenvchan *c, const void **data);
+int xv_vchan_read_consume(struct libxenvchan *c, size_t n);
+
+/*
+ * Gathered writes. Copies as much of the COUNT buffers of IOV, in order, as the ring has room for,
+ * publishes it with one update of the producer index and notifies the peer once (if it asked to be
+ * told of writes). Returns the bytes written: 0 when the ring is full (ask for room first; no
+ * notification is requested here), -1 with errno EPROTO when the peer's index is impossible. Does
+ * not look at whether the peer is still there (libxenvchan_is_open).
+ */
+int xv_vchan_writev(struct libxenvchan *c, const struct iovec *iov, int count);
+
+/*
+ * Bits of cli_notify the protocol does not use (it defines 1 and 2, and Xen's libxenvchan only
+ * ever sets or clears those two, so others pass through untouched). XV_VCHAN_SINGLE_USE: set by a
+ * server that offers a fresh channel per client: "do not take this channel over after its client
+ * has left". XV_VCHAN_PROBE: set through one mapping and looked for through another, it tells
+ * whether two mappings are of the same page.
+ */
+#define XV_VCHAN_SINGLE_USE 0x40
+#define XV_VCHAN_PROBE 0x80
+
+/* Marks server channel C single-use (see XV_VCHAN_SINGLE_USE). */
+void xv_vchan_set_single_use(struct libxenvchan *c);
+
+/*
+ * The claimed attach: libxenvchan_client_init, made safe for many clients. RING_REF and PORT are
+ * the entry at XS_PATH as the caller read it. The client first maps that control page itself and
+ * takes it (compare-and-swap of cli_live to 1: a channel offered and never connected, or one whose
+ * client left while its server lives on and which is not single-use), then attaches, then checks
+ * that it attached to the very page it took. NULL with errno on failure, and *WHY (if not NULL)
+ * says at which step: XV_VCHAN_STEP_MAP (the errno of mapping RING_REF: stale or not ours),
+ * XV_VCHAN_STEP_CLAIM (EPROTO: not a vchan layout or live state, WHY->seen the cli_live found;
+ * EBUSY: not offered, WHY->seen likewise), XV_VCHAN_STEP_ATTACH (libxenvchan_client_init's errno,
+ * or EAGAIN: the entry names another page now: read it again). A claim that fails after it was
+ * taken is given back (as it was found when the entry had gone or changed, else as "a client came
+ * and went"), and the server is notified.
+ */
+enum { XV_VCHAN_STEP_MAP = 1, XV_VCHAN_STEP_CLAIM, XV_VCHAN_STEP_ATTACH };
+struct xv_vchan_claim_error {
+    int step;
+    uint8_t seen;
+};
+struct xentoollog_logger;
+struct libxenvchan *xv_vchan_client_claim(struct xentoollog_logger *logger, int domain, const char *xs_path,
+                                          uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why);
+
+/*
+ * 1 when the shared page says something no peer keeping the protocol says: a live byte other than
+ * 0, 1 or 2, or a ring index pair claiming more than the ring holds. Xen's libxenvchan would take
+ * the first for a close and hang on the second.
+ */
+int xv_vchan_corrupt(struct libxenvchan *c);
+
+/* The VCHAN_NOTIFY_* bits (and any others) in the byte this end writes its requests into (OURS)
+ * or in the one the peer writes its requests into. */
+int xv_vchan_asked(struct libxenvchan *c, int ours);
+
+/* Withdraws our request to be told of the peer's reads (nothing of ours waits for room). */
+void xv_vchan_withdraw_read_notify(struct libxenvchan *c);
+
+#endif
