@@ -378,19 +378,19 @@ export class VchanStream extends Duplex {
 
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: chunks.map((c) => c.chunk), offset: 0, cb };
-    this.#pumpWriteSafe();
+    this.#pumpWriteSafe(true);
   }
 
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: [chunk], offset: 0, cb };
-    this.#pumpWriteSafe();
+    this.#pumpWriteSafe(true);
   }
 
   /** A write never throws out of write(): a failure (EPROTO from a corrupt ring, EPIPE) goes to the
    * write's callback, and so to 'error', as Writable does with any failed write. */
-  #pumpWriteSafe(): void {
+  #pumpWriteSafe(fromWrite = false): void {
     try {
-      this.#pumpWrite();
+      this.#pumpWrite(fromWrite);
     } catch (e) {
       const p = this.#pending;
       this.#pending = null;
@@ -556,8 +556,14 @@ export class VchanStream extends Duplex {
     this.#drainReadable(false);
   }
 
-  /** Writes what the ring takes of the pending chunks; completes the write once all are in. */
-  #pumpWrite(): void {
+  /**
+   * Writes what the ring takes of the pending chunks; completes the write once all are in. A write
+   * that went in whole at once (FROMWRITE: called from write() itself) completes on the next tick:
+   * its bytes are in the ring already, so a lone write is not delayed, but the writes made in the
+   * rest of this tick wait in Writable's buffer and then come in one _writev, one native call and at
+   * most one event for all of them, rather than one each.
+   */
+  #pumpWrite(fromWrite = false): void {
     const p = this.#pending;
     if (!p || !this.#h) return;
     const n: number = this.#b.vchan.writev(this.#h, p.chunks, p.offset);
@@ -571,7 +577,8 @@ export class VchanStream extends Duplex {
     while (i < p.chunks.length && off >= p.chunks[i].byteLength) off -= p.chunks[i++].byteLength;
     if (i === p.chunks.length) {
       this.#pending = null;
-      p.cb();
+      if (fromWrite) process.nextTick(p.cb);
+      else p.cb();
       return;
     }
     if (i > 0) p.chunks.splice(0, i);

@@ -16,6 +16,7 @@ import {
   Xenstore,
 } from '../dist/cjs/index.js';
 import type { ConnectOptions, ServerOptions } from '../dist/cjs/index.js';
+import { binding } from '../dist/cjs/native.js';
 import { broker, config, onMock, root, selfDomid } from './helpers/env';
 import { snapshot } from './helpers/setup';
 import { fdCount, killChild, Peer, randomChunks, sha256, sleep, startPeer, uniquePath } from './helpers/util';
@@ -471,6 +472,33 @@ describe('VchanStream', () => {
       expect(err).toMatchObject({ code: 'ERR_INVALID_RETURN_VALUE', name: 'TypeError' });
       await closed(s);
     });
+  });
+
+  it('writes made in one tick go into the ring in one native call after the first, and arrive whole and in order', async () => {
+    const { s, c } = await pair(65536, 65536);
+    const native = binding().vchan;
+    const writev = native.writev;
+    let calls = 0;
+    native.writev = (...args: Parameters<typeof writev>) => (calls++, writev(...args));
+    try {
+      const chunks = Array.from({ length: 200 }, (_, i) => Buffer.alloc(64, i));
+      const got: Buffer[] = [];
+      let n = 0;
+      const all = new Promise<void>((resolve) =>
+        c.on('data', (d: Buffer) => {
+          got.push(d);
+          if ((n += d.length) >= 200 * 64) resolve();
+        }),
+      );
+      for (const chunk of chunks) s.write(chunk);
+      // The first goes in at once (a lone write waits for nothing), the other 199 in one call.
+      expect(calls).toBe(1);
+      await all;
+      expect(calls).toBe(2);
+      expect(Buffer.concat(got).equals(Buffer.concat(chunks))).toBe(true);
+    } finally {
+      native.writev = writev;
+    }
   });
 
   describe('onread with view: the ring itself, zero copy', () => {
