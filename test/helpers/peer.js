@@ -152,9 +152,11 @@ async function main() {
     }
     case 'multi-connect': {
       const [server, p, bytes] = args;
+      // With XV_ANNOUNCE set: say when it starts asking (a test that needs to know it is waiting).
+      if (process.env.XV_ANNOUNCE) send({ asking: true });
       const t0 = Date.now();
       const s = await x.connectMulti({ domid: +server, path: p, timeout: 30000 });
-      send({ connected: true, ms: Date.now() - t0 });
+      send({ connected: true, ms: Date.now() - t0, at: Date.now() });
       const r = await exchange(s, +bytes);
       send({ done: true, ...r });
       s.end();
@@ -364,8 +366,9 @@ async function main() {
       }
       process.on('message', (m) => {
         if (m !== 'release') return;
+        const at = Date.now();
         for (const h of held.splice(0)) h.unshare();
-        send({ released: true });
+        send({ released: true, at });
       });
       send({ held: held.length });
       break;
@@ -378,6 +381,7 @@ async function main() {
       const p = `data/vchan/reoffer-${process.pid}`;
       let error = null;
       let served = 0;
+      let grabbed = 0;
       const sharer = new x.GrantSharer();
       const held = [];
       const srv = x.createServer({ domid: 0, path: p, readMin: 4096, writeMin: 4096 }, (s) => {
@@ -392,6 +396,7 @@ async function main() {
               break;
             }
           }
+          grabbed = held.length;
           setTimeout(() => {
             for (const h of held.splice(0)) h.unshare();
           }, +releaseMs);
@@ -404,8 +409,9 @@ async function main() {
       const first = await x.connect({ domid: 0, path: full, timeout: 10000 });
       first.destroy();
       await new Promise((r) => first.once('close', r));
-      await new Promise((r) => setTimeout(r, 100));
-      const starved = held.length;
+      // The server's end closes once it sees ours gone: that is when the hog takes the pages.
+      for (let i = 0; i < 500 && grabbed === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      const starved = grabbed;
       let second = null;
       try {
         second = await x.connect({ domid: 0, path: full, timeout: 10000 });
