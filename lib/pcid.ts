@@ -332,7 +332,11 @@ export interface PcidServerOptions {
   maxMessage?: number;
   /** Requests handled at once per client. Default 16. */
   concurrency?: number;
-  /** Withdraw a client's channel that is not taken within this many ms. Default 10000. */
+  /**
+   * Withdraw a client's channel that is not taken within this many ms; also how long a client
+   * waits while this domain is out of grant pages (or fds) before its node is removed
+   * (connectPcid: ECONNREFUSED). Default 10000.
+   */
   acceptTimeout?: number;
   /**
    * Minimum ring sizes of each client's channel, bytes. Default 0 and 0, as v4: libxenvchan's
@@ -345,6 +349,10 @@ export interface PcidServerOptions {
   /** Mock only: act as this domain. */
   mockDomid?: number;
 }
+
+/** A server's errors that mean "not now" (grant pages or fds all in use), not "never". */
+type Shortage = 'ENOSPC' | 'ENOMEM' | 'EMFILE' | 'ENFILE' | 'EAGAIN';
+const SHORTAGE = new Set<string>(['ENOSPC', 'ENOMEM', 'EMFILE', 'ENFILE', 'EAGAIN'] satisfies Shortage[]);
 
 /**
  * The pcid server. Emits 'listening', 'connection' ({domid, node}), 'clientError' (a node from a
@@ -519,20 +527,40 @@ export class PcidServer extends EventEmitter<{
       throw systemError('EACCES', 'accept', `pcid: domain ${domid} is not served (node ${name})`);
     }
     try {
-      this.#serve(name, domid);
+      this.#serve(name, domid, Date.now());
     } catch (e) {
-      // No channel for this client: its node goes, so that it hears so (connectPcid: ECONNREFUSED).
-      // Until the removal is done the name is not looked at again; after it, a node of that name
-      // is a new client's.
-      this.#dropped.add(name);
-      await xs.rm(node).catch(() => undefined);
-      this.#dropped.delete(name);
-      void this.#scan();
+      await this.#refuse(name);
       throw e;
     }
   }
 
-  #serve(name: string, domid: number): void {
+  /**
+   * No channel for NAME's client (its server's ENTRY, if it has one, is closed): its node goes, so
+   * that it hears so (connectPcid: ECONNREFUSED). Until the removal is done the name is not looked
+   * at again; after it, a node of that name is a new client's.
+   */
+  async #refuse(name: string, entry?: { server: VchanServer; timer?: NodeJS.Timeout }): Promise<void> {
+    if (entry) {
+      if (this.#nodes.get(name) !== entry) return;
+      clearTimeout(entry.timer);
+      entry.server.close();
+      this.#nodes.delete(name);
+    }
+    const xs = this.#xs;
+    if (this.#closed || !xs) return;
+    this.#dropped.add(name);
+    await xs.rm(`${this.#home}/${name}`).catch(() => undefined);
+    this.#dropped.delete(name);
+    void this.#scan();
+  }
+
+  /**
+   * Offers NAME's client its channel. Out of grant pages or fds for now (gntalloc's pages are
+   * shared by every process of this domain): the client waits, its node kept, while the offer is
+   * made again after a back-off, for up to acceptTimeout from SINCE (its 'clientError' said why
+   * once); then its node is removed, and it hears ECONNREFUSED.
+   */
+  #serve(name: string, domid: number, since: number, retryMs = 0): void {
     const node = `${this.#rel}/${name}`;
     const server = createServer({
       domid,
@@ -556,14 +584,46 @@ export class PcidServer extends EventEmitter<{
       this.#nodes.delete(name);
       void this.#scan();
     };
-    entry.timer = setTimeout(() => {
-      debug('pcid: client %s never connected', name);
-      drop();
-    }, this.#acceptTimeout);
+    entry.timer = setTimeout(
+      () => {
+        debug('pcid: client %s never connected', name);
+        drop();
+      },
+      Math.max(1, since + this.#acceptTimeout - Date.now()),
+    );
     entry.timer.unref();
-    server.on('error', (e) => {
-      this.#clientError(e);
-      drop();
+    server.on('error', (e: NodeJS.ErrnoException) => {
+      if (this.#nodes.get(name) !== entry) return;
+      const wait = Math.min(1000, retryMs ? retryMs * 2 : 50);
+      if (SHORTAGE.has(e.code ?? '') && !this.#closed && Date.now() + wait - since < this.#acceptTimeout) {
+        // Nothing of the offer is in xenstore: the node stays, and its client waits for the next try.
+        if (retryMs === 0) this.#clientError(e);
+        debug('pcid: no channel for %s yet (%s); again in %d ms', name, e.code, wait);
+        clearTimeout(entry.timer);
+        server.close();
+        entry.timer = setTimeout(() => {
+          if (this.#nodes.get(name) !== entry || this.#closed) return;
+          this.#nodes.delete(name);
+          try {
+            this.#serve(name, domid, since, wait);
+          } catch (e2) {
+            this.#clientError(e2 as Error);
+            void this.#refuse(name);
+          }
+        }, wait);
+        entry.timer.unref();
+        return;
+      }
+      this.#clientError(
+        retryMs === 0 || !SHORTAGE.has(e.code ?? '')
+          ? e
+          : systemError(
+              e.code as Shortage,
+              'accept',
+              `pcid: no channel for client ${name} in ${Date.now() - since} ms, its node removed: ${e.message}`,
+            ),
+      );
+      void this.#refuse(name, entry);
     });
     server.on('clientError', (e) => this.#clientError(e));
     server.on('connection', (s) => {

@@ -557,8 +557,12 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logge
     return c;
 fail : {
     /* Nothing is connected yet: release quietly (no live-byte goodbye). release() only gives back
-     * rings of order 12 and up that were actually shared. */
+     * rings of order 12 and up that were actually shared. publish() writes all or nothing, so
+     * nothing of ours is in xenstore: the path is left as it was (it may be a node the client
+     * made, which the caller may offer on again once pages are free). */
     int e = errno;
+    free(c->xs_path);
+    c->xs_path = NULL;
     release(v);
     errno = e ? e : EIO;
     return NULL;
