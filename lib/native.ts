@@ -112,6 +112,7 @@ export interface NativeRingPeek {
   oursAsked: number;
   /** The bits the peer asked of us. */
   peerAsked: number;
+  /** An event waits on the environment's shared event-channel fd (for any of its ports). */
   eventPending: boolean;
   polling: boolean;
   wakeups: number;
@@ -147,8 +148,12 @@ export interface VchanBinding {
   arm(h: VchanHandle, wantWritable?: boolean): { live: LiveState; readable: number; writable: number };
   peek(h: VchanHandle): NativeRingPeek;
   info(h: VchanHandle): { readSize: number; writeSize: number; port: number; server: boolean };
-  /** CALLBACK runs after every wake-up (events drained and unmasked first); null stops it. */
-  poll(h: VchanHandle, callback: (() => void) | null): void;
+  /**
+   * CALLBACK runs after every wake-up of the channel's port (events drained and unmasked first:
+   * the environment's channels share one event-channel handle, one fd and one uv_poll); null stops
+   * it. True when an event came before CALLBACK was given: the caller looks soon.
+   */
+  poll(h: VchanHandle, callback: (() => void) | null): boolean;
   ref(h: VchanHandle, ref: boolean): void;
 }
 

@@ -196,7 +196,7 @@ export class VchanStream extends Duplex {
     this.#onread = options.onread ?? null;
     // With onread, reading starts at once (as net.Socket's does) and only pause() stops it.
     if (this.#onread) this.#wantRead = true;
-    b.vchan.poll(handle, () => this.#onWake());
+    if (b.vchan.poll(handle, () => this.#onWake())) process.nextTick(() => this.#onWake());
     // Dom0 is never destroyed; any other peer domain may be, and would say nothing.
     if (domid !== 0) {
       const mockDomid = (options as { mockDomid?: number }).mockDomid;
@@ -240,8 +240,8 @@ export class VchanStream extends Duplex {
   /**
    * The ring as it is now, for diagnostics: bytes waiting to be read, space to write, and the
    * notifications each side has asked for (1: "tell me when you write", 2: "when you read"),
-   * whether the stream wants to read and how many bytes of a write wait for ring space.
-   * Does not change anything. Undefined once closed.
+   * whether the stream wants to read and how many bytes of a write wait for ring space, and this
+   * end's event-channel port. Does not change anything. Undefined once closed.
    */
   ringState():
     | {
@@ -256,6 +256,7 @@ export class VchanStream extends Duplex {
         polling: boolean;
         wakeups: number;
         events: number;
+        port: number;
       }
     | undefined {
     if (!this.#h) return undefined;
@@ -284,6 +285,7 @@ export class VchanStream extends Duplex {
       polling,
       wakeups,
       events,
+      port: this.#info.port,
     };
   }
 
@@ -713,7 +715,7 @@ export function offerChannel(
     debug('server %s: domain %d connected', o.path, o.domid);
     onStream(new VchanStream(kInternal, b, handle, o.domid, o.path, o));
   };
-  b.vchan.poll(h, wake);
+  if (b.vchan.poll(h, wake)) process.nextTick(wake);
   return {
     cancel(look = false): boolean {
       if (look) wake();

@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
@@ -14,6 +15,7 @@
 namespace xv {
 
 class Handle;
+class PortHub;
 
 // Every native handle of one environment (main thread or worker). Closed by
 // the environment's cleanup hook, so a worker that exits with open handles
@@ -23,6 +25,9 @@ struct Registry {
   std::unordered_set<Handle*> live;
   bool tearing_down = false;
   int closing_pollers = 0;
+  // The shared event-channel handles, while anyone uses them: one per domain acted as (one on Xen;
+  // on the mock a handle is its opener's domain's, and a thread may act as several).
+  std::unordered_map<int, std::weak_ptr<PortHub>> hubs;
   napi_async_cleanup_hook_handle cleanup = nullptr;
   void MaybeFinishCleanup();
 };

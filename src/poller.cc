@@ -1,6 +1,10 @@
 // The poller: uv_poll_t on the environment's loop, calling into JS on each wake-up.
 #include "poller.h"
 
+#include <fcntl.h>
+
+#include "xen.h"
+
 namespace xv {
 
 static uv_loop_t* LoopOf(Napi::Env env) {
@@ -132,6 +136,226 @@ Napi::Value PollArg(const Napi::CallbackInfo& info, Poller*& poller, int fd, Reg
   }
   poller->Start(UV_READABLE);
   return env.Undefined();
+}
+
+// ---- PortHub ----
+
+std::shared_ptr<PortHub> PortHub::Of(Napi::Env env, const std::shared_ptr<Registry>& reg) {
+#ifdef XEN_VCHAN_MOCK
+  int key = xenmock_current_domid();
+#else
+  int key = 0;
+#endif
+  if (auto hub = reg->hubs[key].lock()) return hub;
+  errno = 0;
+  xenevtchn_handle* xce = xenevtchn_open(nullptr, 0);
+  if (!xce) ThrowErrno(env, errno ? errno : EIO, "xenevtchn_open");
+  int fd = xenevtchn_fd(xce);
+  // Drained to EAGAIN on each wake-up: never block the loop.
+  if (fd < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0) {
+    int e = fd < 0 ? EBADF : errno;
+    xenevtchn_close(xce);
+    ThrowErrno(env, e, "xenevtchn_fd");
+  }
+  std::shared_ptr<PortHub> hub(new PortHub(env, reg, xce, fd));
+  if (!hub->poll_) ThrowErrno(env, EIO, "uv_poll_init");  // the destructor closed the handle
+  reg->hubs[key] = hub;
+  return hub;
+}
+
+PortHub::PortHub(napi_env env, std::shared_ptr<Registry> reg, ::xenevtchn_handle* xce, int fd)
+    : env_(env), reg_(std::move(reg)), xce_(xce), fd_(fd) {
+  auto* p = new uv_poll_t;
+  if (uv_poll_init(LoopOf(Napi::Env(env)), p, fd) != 0) {
+    delete p;
+    return;
+  }
+  p->data = this;
+  poll_ = p;
+  uv_unref(reinterpret_cast<uv_handle_t*>(poll_));  // until a referenced port is subscribed
+  polling_ = uv_poll_start(poll_, UV_READABLE, OnPoll) == 0;
+}
+
+PortHub::~PortHub() {
+  for (auto& [port, sub] : subs_) Release(sub);
+  subs_.clear();
+  if (poll_) {
+    uv_poll_stop(poll_);
+    poll_->data = nullptr;
+    // The uv_poll_t outlives us until libuv's close callback; the environment's teardown waits.
+    Registry* reg = reg_.get();
+    reg->closing_pollers++;
+    poll_->data = new std::shared_ptr<Registry>(reg_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_), [](uv_handle_t* h) {
+      auto* keep = static_cast<std::shared_ptr<Registry>*>(h->data);
+      Registry* r = keep->get();
+      delete reinterpret_cast<uv_poll_t*>(h);
+      r->closing_pollers--;
+      r->MaybeFinishCleanup();
+      delete keep;
+    });
+  }
+  if (xce_) xenevtchn_close(xce_);
+  if (gntshr_) xengntshr_close(gntshr_);
+  if (gnttab_) xengnttab_close(gnttab_);
+}
+
+::xengntdev_handle* PortHub::Gntshr(Napi::Env env) {
+  if (!gntshr_) {
+    errno = 0;
+    gntshr_ = xengntshr_open(nullptr, 0);
+    if (!gntshr_) ThrowErrno(env, errno ? errno : EIO, "xengntshr_open");
+  }
+  return gntshr_;
+}
+
+::xengntdev_handle* PortHub::Gnttab(Napi::Env env) {
+  if (!gnttab_) {
+    errno = 0;
+    gnttab_ = xengnttab_open(nullptr, 0);
+    if (!gnttab_) ThrowErrno(env, errno ? errno : EIO, "xengnttab_open");
+  }
+  return gnttab_;
+}
+
+void PortHub::Release(Sub& s) {
+  if (s.cb) napi_delete_reference(env_, s.cb);
+  if (s.ctx) napi_async_destroy(env_, s.ctx);
+  s.cb = nullptr;
+  s.ctx = nullptr;
+}
+
+bool PortHub::Subscribe(uint32_t port, Napi::Function cb) {
+  napi_env env = env_;
+  auto [it, fresh] = subs_.try_emplace(port);
+  Sub& s = it->second;
+  napi_ref ref = nullptr;
+  if (napi_create_reference(env, cb, 1, &ref) != napi_ok) {
+    if (fresh) subs_.erase(it);
+    throw Napi::Error::New(Napi::Env(env), "could not keep the callback");
+  }
+  if (s.cb) napi_delete_reference(env, s.cb);
+  s.cb = ref;
+  if (!s.ctx) {
+    napi_value name;
+    if (napi_create_string_utf8(env, "XenVchanPoll", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+        napi_async_init(env, nullptr, name, &s.ctx) != napi_ok) {
+      Release(s);
+      subs_.erase(it);
+      throw Napi::Error::New(Napi::Env(env), "could not set up a poller");
+    }
+  }
+  if (fresh && s.refed) {
+    refed_++;
+    UpdateRef();
+  }
+  return early_.erase(port) > 0;
+}
+
+void PortHub::Unsubscribe(uint32_t port) {
+  auto it = subs_.find(port);
+  early_.erase(port);
+  if (it == subs_.end()) return;
+  if (it->second.refed) refed_--;
+  Release(it->second);
+  subs_.erase(it);
+  UpdateRef();
+}
+
+void PortHub::Ref(uint32_t port, bool on) {
+  auto it = subs_.find(port);
+  if (it == subs_.end() || it->second.refed == on) return;
+  it->second.refed = on;
+  refed_ += on ? 1 : -1;
+  UpdateRef();
+}
+
+void PortHub::UpdateRef() {
+  if (!poll_) return;
+  if (refed_ > 0)
+    uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+  else
+    uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+}
+
+PortHub::Stats PortHub::StatsOf(uint32_t port) const {
+  Stats st;
+  auto it = subs_.find(port);
+  if (it == subs_.end()) return st;
+  st.subscribed = polling_;
+  st.wakes = it->second.wakes;
+  st.events = it->second.events;
+  return st;
+}
+
+// Every pending port first (the kernel masks a port as it queues it), then each unmasked, all
+// before any JS runs: a port whose event comes again after its unmask is queued again, and the fd
+// stays readable for the next turn. Bounded per turn; the rest wakes us again (level-triggered).
+// The last read hears EAGAIN: one syscall per wake-up more than a handle with a single port needs,
+// against one fd, one uv_poll and one epoll wake-up for every port of the environment.
+void PortHub::Drain() {
+  drained_.clear();
+  for (int i = 0; i < 4096; i++) {
+    int p = xenevtchn_pending(xce_);
+    if (p < 0) break;
+    drained_.push_back(static_cast<uint32_t>(p));
+  }
+  for (uint32_t port : drained_) {
+    xenevtchn_unmask(xce_, port);
+    auto it = subs_.find(port);
+    if (it == subs_.end()) {
+      early_.insert(port);  // bound, not yet listened to (or just closed: dropped at Unsubscribe)
+      continue;
+    }
+    it->second.events++;
+    if (!it->second.woken) {
+      it->second.woken = true;
+      woken_.push_back(port);
+    }
+  }
+}
+
+// Raw N-API, as Poller::OnPoll: nothing here may throw or abort. A callback may close any channel
+// (this one or another) or open new ones: each woken port is looked up again before its call.
+void PortHub::Call(uint32_t port) {
+  auto it = subs_.find(port);
+  if (it == subs_.end() || !it->second.woken) return;
+  Sub& s = it->second;
+  s.woken = false;
+  if (!s.cb) return;
+  s.wakes++;
+  napi_env env = env_;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value fn, recv, result;
+  if (napi_get_reference_value(env, s.cb, &fn) == napi_ok && fn != nullptr && napi_get_global(env, &recv) == napi_ok) {
+    napi_status st = napi_make_callback(env, s.ctx, recv, fn, 0, nullptr, &result);
+    bool pending = false;
+    if (st != napi_ok && napi_is_exception_pending(env, &pending) == napi_ok && pending) {
+      napi_value err;
+      if (napi_get_and_clear_last_exception(env, &err) == napi_ok && err != nullptr) {
+        napi_valuetype t;
+        if (napi_typeof(env, err, &t) == napi_ok && t != napi_undefined) napi_fatal_exception(env, err);
+      }
+    }
+  }
+  napi_close_handle_scope(env, scope);
+}
+
+void PortHub::OnPoll(uv_poll_t* p, int status, int) {
+  auto* self = static_cast<PortHub*>(p->data);
+  if (!self) return;
+  if (status < 0) {
+    // libuv stopped the poll (POLLERR): start it again, or no wake-up would ever come.
+    self->polling_ = uv_poll_start(p, UV_READABLE, OnPoll) == 0;
+  }
+  // A callback may drop the last user of the hub: keep it alive until this turn is done.
+  std::shared_ptr<PortHub> keep = self->weak_from_this().lock();
+  if (!keep) return;
+  self->Drain();
+  std::vector<uint32_t> woken;
+  woken.swap(self->woken_);
+  for (uint32_t port : woken) self->Call(port);
 }
 
 }  // namespace xv

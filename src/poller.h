@@ -6,8 +6,15 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
 
 #include "handles.h"
+
+struct xenevtchn_handle;  // xenevtchn.h
+struct xengntdev_handle;  // xengnttab.h: xengnttab_handle and xengntshr_handle
 
 namespace xv {
 
@@ -47,5 +54,61 @@ class Poller {
 // starts it (creating the poller on FD the first time, and calling SETUP on it then).
 Napi::Value PollArg(const Napi::CallbackInfo& info, Poller*& poller, int fd, Registry& reg,
                     const std::function<void(Poller*)>& setup = nullptr);
+
+// One event-channel handle for the environment's channels (and one of each grant device): one
+// descriptor, one uv_poll, however many ports. A wake-up drains every pending port (unmasking each) before any JS runs,
+// then calls each woken port's callback once. Made on first use; closed when its last user lets it go.
+class PortHub : public std::enable_shared_from_this<PortHub> {
+ public:
+  // The environment's hub, opening its event-channel handle on first use (errno errors).
+  static std::shared_ptr<PortHub> Of(Napi::Env env, const std::shared_ptr<Registry>& reg);
+  ~PortHub();
+  PortHub(const PortHub&) = delete;
+  PortHub& operator=(const PortHub&) = delete;
+  ::xenevtchn_handle* handle() const { return xce_; }
+  // The environment's grant devices for its channels, opened on first use (errno errors): a
+  // server's pages are shared through the one, a client's mapped through the other.
+  ::xengntdev_handle* Gntshr(Napi::Env env);
+  ::xengntdev_handle* Gnttab(Napi::Env env);
+  int fd() const { return fd_; }
+  // CB is called after each wake-up of PORT (replacing any callback it had). True when an event
+  // for PORT came before anyone listened: call CB soon.
+  bool Subscribe(uint32_t port, Napi::Function cb);
+  void Unsubscribe(uint32_t port);  // safe from finalizers and cleanup hooks: never throws
+  void Ref(uint32_t port, bool on);
+  struct Stats {
+    bool subscribed = false;
+    uint64_t wakes = 0, events = 0;
+  };
+  Stats StatsOf(uint32_t port) const;
+
+ private:
+  PortHub(napi_env env, std::shared_ptr<Registry> reg, ::xenevtchn_handle* xce, int fd);
+  static void OnPoll(uv_poll_t* p, int status, int events);
+  void Drain();
+  void Call(uint32_t port);
+  struct Sub {
+    napi_ref cb = nullptr;
+    napi_async_context ctx = nullptr;
+    bool refed = true;
+    bool woken = false;
+    uint64_t wakes = 0, events = 0;
+  };
+  void Release(Sub& s);
+  void UpdateRef();
+  napi_env env_;
+  std::shared_ptr<Registry> reg_;
+  ::xenevtchn_handle* xce_;
+  ::xengntdev_handle* gntshr_ = nullptr;
+  ::xengntdev_handle* gnttab_ = nullptr;
+  int fd_;
+  uv_poll_t* poll_ = nullptr;
+  bool polling_ = false;
+  size_t refed_ = 0;
+  std::unordered_map<uint32_t, Sub> subs_;
+  std::unordered_set<uint32_t> early_;  // drained before anyone subscribed
+  std::vector<uint32_t> woken_;
+  std::vector<uint32_t> drained_;
+};
 
 }  // namespace xv

@@ -1,6 +1,6 @@
 // libxenvchan binding: non-blocking reads into caller buffers, writes from
-// them, and a poller on the channel's event fd that drains and unmasks events
-// natively before JS is told. The shared ring structure is public, so every
+// them, and each channel's port on the environment's one event-channel handle
+// (PortHub), drained and unmasked natively before JS is told. The shared ring structure is public, so every
 // read and write first checks the peer's index (XSA-86 style): an impossible
 // one becomes EPROTO here instead of libxenvchan's silent hang.
 #include <fcntl.h>
@@ -25,32 +25,22 @@ class Vchan : public Handle {
  public:
   static constexpr napi_type_tag kTag = {0x2d4f6a8b0c1e3a5cULL, 0x7e9f1a2b3c4d5e6fULL};
   static constexpr const char* kName = "Vchan";
-  Vchan(std::shared_ptr<Registry> reg, struct libxenvchan* c) : Handle(std::move(reg), &kTag), c_(c) {
+  // C's port is bound on HUB's event-channel handle (xv_vchan_*_on).
+  Vchan(std::shared_ptr<Registry> reg, struct libxenvchan* c, std::shared_ptr<PortHub> hub)
+      : Handle(std::move(reg), &kTag), c_(c), port_(c->event_port), hub_(std::move(hub)) {
     c_->blocking = 0;  // neither init sets it; we never block the event loop
-    int fd = libxenvchan_fd_for_select(c_);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   }
   ~Vchan() override { Close(); }
   void Close() override {
     if (closed_) return;
     closed_ = true;
-    if (poller_) poller_->Destroy();
-    poller_ = nullptr;
-    libxenvchan_close(c_);
+    hub_->Unsubscribe(port_);
+    libxenvchan_close(c_);  // unbinds our port from the hub's handle
     c_ = nullptr;
+    hub_.reset();  // the last channel of the environment closes the shared handle
   }
   // A peer that breaks the protocol (xv_vchan_corrupt): EPROTO rather than libxenvchan's hang.
   bool Corrupt() const { return xv_vchan_corrupt(c_) != 0; }
-  // The channel's event handle has one port, and the kernel masks a port when it queues it, so a
-  // wake-up carries at most one event until we unmask: one read, not a second one to hear EAGAIN
-  // (a syscall per wake-up, which a PV domain pays through Xen). Anything more left queued keeps
-  // the fd readable and wakes us again (level-triggered), as libxenvchan_wait's single read relies on.
-  void Drain() {
-    int p = xenevtchn_pending(c_->event);
-    if (p < 0) return;
-    events_++;
-    xenevtchn_unmask(c_->event, static_cast<evtchn_port_t>(p));
-  }
   // The ring view lent to JS (view()), until release() or close detaches it: JS never reads the
   // ring through it once its bytes are handed back to the peer, or once the ring is unmapped.
   void DetachView() {
@@ -61,9 +51,9 @@ class Vchan : public Handle {
   }
   Napi::Reference<Napi::ArrayBuffer> view_;
   uint32_t view_len_ = 0;
-  uint64_t events_ = 0;  // events drained (diagnostics)
   struct libxenvchan* c_;
-  Poller* poller_ = nullptr;
+  uint32_t port_;
+  std::shared_ptr<PortHub> hub_;
 };
 
 // The (buffer, offset, length) arguments at 1..3, checked: a pointer and a length inside the buffer.
@@ -82,12 +72,16 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
   // At most a ring of the largest order; lib/ supplies the default (DEFAULT_RING_SIZE).
   constexpr uint32_t kMaxRing = 1u << XV_RING_MAX_ORDER;
   uint32_t rmin = ArgUint32(info, 2, "readMin", kMaxRing), wmin = ArgUint32(info, 3, "writeMin", kMaxRing);
+  auto reg = RegistryOf(info);
+  auto hub = PortHub::Of(env, reg);
   errno = 0;
-  struct libxenvchan* c = libxenvchan_server_init(nullptr, static_cast<int>(dom), path.c_str(), rmin, wmin);
+  struct xv_vchan_handles shared = {hub->handle(), hub->Gntshr(env), nullptr};
+  errno = 0;
+  struct libxenvchan* c = xv_vchan_server_init_on(&shared, static_cast<int>(dom), path.c_str(), rmin, wmin);
   if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_server_init", path);
   // A VchanServer offers a fresh channel for each client: mark this one not to be taken over.
   xv_vchan_set_single_use(c);
-  return WrapHandle(env, new Vchan(RegistryOf(info), c));
+  return WrapHandle(env, new Vchan(reg, c, std::move(hub)));
 }
 
 // clientInit(domid, path, ringRef, port): ringRef and port as the caller read them from xenstore.
@@ -100,10 +94,14 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
   uint32_t dom = ArgUint32(info, 0, "domid", kMaxDomid);
   std::string path = ArgString(info, 1, "path");
   uint32_t ref = ArgUint32(info, 2, "ringRef"), port = ArgUint32(info, 3, "port");
+  auto reg = RegistryOf(info);
+  auto hub = PortHub::Of(env, reg);
   struct xv_vchan_claim_error why = {0, 0};
   errno = 0;
-  struct libxenvchan* c = xv_vchan_client_claim(nullptr, static_cast<int>(dom), path.c_str(), ref, port, &why);
-  if (c) return WrapHandle(env, new Vchan(RegistryOf(info), c));
+  struct xv_vchan_handles shared = {hub->handle(), nullptr, hub->Gnttab(env)};
+  errno = 0;
+  struct libxenvchan* c = xv_vchan_client_claim_on(&shared, static_cast<int>(dom), path.c_str(), ref, port, &why);
+  if (c) return WrapHandle(env, new Vchan(reg, c, std::move(hub)));
   int e = errno ? errno : EIO;
   switch (why.step) {
     case XV_VCHAN_STEP_CLAIM:
@@ -260,8 +258,9 @@ Napi::Value Peek(const Napi::CallbackInfo& info) {
            rcons = __atomic_load_n(&c->read.shr->cons, __ATOMIC_ACQUIRE);
   uint32_t wprod = __atomic_load_n(&c->write.shr->prod, __ATOMIC_ACQUIRE),
            wcons = __atomic_load_n(&c->write.shr->cons, __ATOMIC_ACQUIRE);
-  struct pollfd pfd = {libxenvchan_fd_for_select(c), POLLIN, 0};
+  struct pollfd pfd = {v->hub_->fd(), POLLIN, 0};
   bool fd_ready = ::poll(&pfd, 1, 0) == 1;
+  PortHub::Stats st = v->hub_->StatsOf(v->port_);
   Napi::Object o = Napi::Object::New(env);
   o.Set("live", Napi::Number::New(env, libxenvchan_is_open(c)));
   o.Set("readable", Napi::Number::New(env, rprod - rcons));
@@ -269,9 +268,9 @@ Napi::Value Peek(const Napi::CallbackInfo& info) {
   o.Set("oursAsked", Napi::Number::New(env, xv_vchan_asked(c, 1)));
   o.Set("peerAsked", Napi::Number::New(env, xv_vchan_asked(c, 0)));
   o.Set("eventPending", Napi::Boolean::New(env, fd_ready));
-  o.Set("polling", Napi::Boolean::New(env, v->poller_ && v->poller_->active()));
-  o.Set("wakeups", Napi::Number::New(env, v->poller_ ? static_cast<double>(v->poller_->wakes()) : 0));
-  o.Set("events", Napi::Number::New(env, static_cast<double>(v->events_)));
+  o.Set("polling", Napi::Boolean::New(env, st.subscribed));
+  o.Set("wakeups", Napi::Number::New(env, static_cast<double>(st.wakes)));
+  o.Set("events", Napi::Number::New(env, static_cast<double>(st.events)));
   return o;
 }
 
@@ -286,19 +285,22 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   return o;
 }
 
-// poll(h, cb | null): cb() after every wake-up; events are drained and unmasked first.
+// poll(h, cb | null) -> true when an event came before cb was given (call it soon): cb() after
+// every wake-up of the channel's port; events are drained and unmasked first, every port of the
+// environment in one turn (they share one event-channel handle). null stops.
 Napi::Value Poll(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
-  return PollArg(info, v->poller_, libxenvchan_fd_for_select(v->c_), v->registry(), [v](Poller* p) {
-    p->before = [v]() {
-      if (!v->closed()) v->Drain();
-    };
-  });
+  if (info.Length() < 2 || info[1].IsNull() || info[1].IsUndefined()) {
+    v->hub_->Unsubscribe(v->port_);
+    return Napi::Boolean::New(env, false);
+  }
+  return Napi::Boolean::New(env, v->hub_->Subscribe(v->port_, ArgFunction(info, 1, "callback")));
 }
 
 Napi::Value Ref(const Napi::CallbackInfo& info) {
   Vchan* v = Unwrap<Vchan>(info);
-  if (v->poller_) v->poller_->Ref(info.Length() > 1 && info[1].ToBoolean());
+  v->hub_->Ref(v->port_, info.Length() > 1 && info[1].ToBoolean());
   return info.Env().Undefined();
 }
 

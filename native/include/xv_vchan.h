@@ -68,6 +68,28 @@ struct libxenvchan *xv_vchan_client_claim(struct xentoollog_logger *logger, int 
                                           uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why);
 
 /*
+ * One set of device handles for many channels. As libxenvchan_server_init and
+ * xv_vchan_client_claim, but on the caller's handles (each from its xen*_open) instead of handles
+ * of the channel's own: a process with many channels then holds one /dev/xen/evtchn descriptor and
+ * one grant device descriptor, not one of each per channel. A NULL member is opened for the channel
+ * alone, as libxenvchan does. With a shared EVENT the caller demultiplexes xenevtchn_pending() by
+ * port (libxenvchan_fd_for_select is EVENT's descriptor) and never uses libxenvchan_wait.
+ * libxenvchan_close unbinds the channel's port and unmaps or unshares its pages, and leaves the
+ * shared handles open: close every channel made on them before closing them.
+ */
+struct xenevtchn_handle;
+struct xengntdev_handle;
+struct xv_vchan_handles {
+    struct xenevtchn_handle *event;
+    struct xengntdev_handle *gntshr; /* a server's (xengntshr_handle) */
+    struct xengntdev_handle *gnttab; /* a client's (xengnttab_handle) */
+};
+struct libxenvchan *xv_vchan_server_init_on(const struct xv_vchan_handles *h, int domain, const char *xs_path,
+                                            size_t left_min, size_t right_min);
+struct libxenvchan *xv_vchan_client_claim_on(const struct xv_vchan_handles *h, int domain, const char *xs_path,
+                                             uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why);
+
+/*
  * 1 when the shared page says something no peer keeping the protocol says: a live byte other than
  * 0, 1 or 2, or a ring index pair claiming more than the ring holds. Xen's libxenvchan would take
  * the first for a close and hang on the second.

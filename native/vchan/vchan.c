@@ -55,6 +55,9 @@
 struct vchan {
     struct libxenvchan pub; /* first: callers only ever see this part */
     struct xs_handle *xs;   /* server: kept so the broker removes the node when we go */
+    int shared_event;       /* pub.event is the caller's (xv_vchan_*_on): unbind our port, never close it */
+    int shared_gnt;         /* pub.gntshr / pub.gnttab is the caller's: unshare or unmap, never close it */
+    int bound;              /* pub.event_port is bound on pub.event */
     uint32_t rd_cons;       /* our private copies of our own indices */
     uint32_t wr_prod;
     int broken;
@@ -383,12 +386,16 @@ static void release(struct vchan *v)
             xengnttab_unmap(c->gnttab, c->ring, 1); /* clears cli_live and notifies */
         }
     }
-    if (c->is_server && c->gntshr)
+    if (c->is_server && c->gntshr && !v->shared_gnt)
         xengntshr_close(c->gntshr);
-    else if (!c->is_server && c->gnttab)
+    else if (!c->is_server && c->gnttab && !v->shared_gnt)
         xengnttab_close(c->gnttab);
-    if (c->event)
+    if (c->event && v->shared_event) {
+        if (v->bound)
+            xenevtchn_unbind(c->event, c->event_port);
+    } else if (c->event) {
         xenevtchn_close(c->event);
+    }
     if (v->xs)
         xs_close(v->xs);
     free(c->xs_path);
@@ -477,10 +484,25 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
     return rc;
 }
 
+static struct libxenvchan *server_init(int domain, const char *xs_path, size_t left_min, size_t right_min,
+                                       const struct xv_vchan_handles *shared);
+
 VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logger *logger, int domain,
                                                          const char *xs_path, size_t left_min, size_t right_min)
 {
     (void)logger;
+    return server_init(domain, xs_path, left_min, right_min, NULL);
+}
+
+VCHAN_EXPORT struct libxenvchan *xv_vchan_server_init_on(const struct xv_vchan_handles *h, int domain,
+                                                         const char *xs_path, size_t left_min, size_t right_min)
+{
+    return server_init(domain, xs_path, left_min, right_min, h);
+}
+
+static struct libxenvchan *server_init(int domain, const char *xs_path, size_t left_min, size_t right_min,
+                                       const struct xv_vchan_handles *shared)
+{
     if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
         errno = EINVAL;
         return NULL;
@@ -511,8 +533,10 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logge
     struct libxenvchan *c = &v->pub;
     c->is_server = 1;
     c->xs_path = strdup(xs_path);
-    c->event = xenevtchn_open(NULL, 0);
-    c->gntshr = xengntshr_open(NULL, 0);
+    v->shared_event = shared && shared->event;
+    v->shared_gnt = shared && shared->gntshr;
+    c->event = v->shared_event ? shared->event : xenevtchn_open(NULL, 0);
+    c->gntshr = v->shared_gnt ? shared->gntshr : xengntshr_open(NULL, 0);
     v->xs = xs_open(0);
     if (!c->xs_path || !c->event || !c->gntshr || !v->xs)
         goto fail;
@@ -520,6 +544,7 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logge
     if (port < 0)
         goto fail;
     c->event_port = (uint32_t)port;
+    v->bound = 1;
     uint32_t ring_ref;
     c->ring = xengntshr_share_page_notify(c->gntshr, (uint32_t)domain, &ring_ref, 1, SRV_LIVE_OFF, c->event_port);
     if (!c->ring)
@@ -586,10 +611,17 @@ static int layout_ok(int lo, int ro)
     return grants_end <= first_ring;
 }
 
+static struct libxenvchan *client_init(int domain, const char *xs_path, const struct xv_vchan_handles *shared);
+
 VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logger *logger, int domain,
                                                          const char *xs_path)
 {
     (void)logger;
+    return client_init(domain, xs_path, NULL);
+}
+
+static struct libxenvchan *client_init(int domain, const char *xs_path, const struct xv_vchan_handles *shared)
+{
     if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
         errno = EINVAL;
         return NULL;
@@ -609,14 +641,17 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logge
     errno = e0;
     if (!ok)
         goto fail;
-    c->event = xenevtchn_open(NULL, 0);
-    c->gnttab = xengnttab_open(NULL, 0);
+    v->shared_event = shared && shared->event;
+    v->shared_gnt = shared && shared->gnttab;
+    c->event = v->shared_event ? shared->event : xenevtchn_open(NULL, 0);
+    c->gnttab = v->shared_gnt ? shared->gnttab : xengnttab_open(NULL, 0);
     if (!c->event || !c->gnttab)
         goto fail;
     int port = xenevtchn_bind_interdomain(c->event, (uint32_t)domain, remote_port);
     if (port < 0)
         goto fail;
     c->event_port = (uint32_t)port;
+    v->bound = 1;
     c->ring = xengnttab_map_grant_ref_notify(c->gnttab, (uint32_t)domain, ring_ref, PROT_READ | PROT_WRITE, LIVE_OFF,
                                              c->event_port);
     if (!c->ring)
@@ -778,9 +813,26 @@ static void claim_end(struct claim *k)
         xengnttab_close(k->gt);
 }
 
+static struct libxenvchan *client_claim(const struct xv_vchan_handles *shared, int domain, const char *xs_path,
+                                        uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why);
+
 VCHAN_EXPORT struct libxenvchan *xv_vchan_client_claim(struct xentoollog_logger *logger, int domain,
                                                        const char *xs_path, uint32_t ring_ref, uint32_t port,
                                                        struct xv_vchan_claim_error *why)
+{
+    (void)logger;
+    return client_claim(NULL, domain, xs_path, ring_ref, port, why);
+}
+
+VCHAN_EXPORT struct libxenvchan *xv_vchan_client_claim_on(const struct xv_vchan_handles *h, int domain,
+                                                          const char *xs_path, uint32_t ring_ref, uint32_t port,
+                                                          struct xv_vchan_claim_error *why)
+{
+    return client_claim(h, domain, xs_path, ring_ref, port, why);
+}
+
+static struct libxenvchan *client_claim(const struct xv_vchan_handles *shared, int domain, const char *xs_path,
+                                        uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why)
 {
     struct xv_vchan_claim_error w = {0, 0};
     if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
@@ -797,7 +849,7 @@ VCHAN_EXPORT struct libxenvchan *xv_vchan_client_claim(struct xentoollog_logger 
         goto out;
     }
     errno = 0;
-    c = libxenvchan_client_init(logger, domain, xs_path);
+    c = client_init(domain, xs_path, shared);
     w.step = XV_VCHAN_STEP_ATTACH;
     if (!c) {
         e = errno ? errno : EIO;

@@ -31,6 +31,8 @@ struct xenmock_stats {
 
 /* Handles opened by the calling thread from now on act as DOMID (-1: back to XEN_MOCK_DOMID). */
 int xenmock_set_thread_domid(int domid);
+/* The domain this thread acts as now (its own, else XEN_MOCK_DOMID, else 0); -1 if that is invalid. */
+int xenmock_current_domid(void);
 
 /* The directory that names this mock instance (XEN_MOCK_DIR or the per-user default). */
 const char *xenmock_dir(void);

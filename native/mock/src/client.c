@@ -52,6 +52,11 @@ int xm_current_domid(void)
     return (int)v;
 }
 
+XM_EXPORT int xenmock_current_domid(void)
+{
+    return xm_current_domid();
+}
+
 static pthread_once_t dir_once = PTHREAD_ONCE_INIT;
 static char mock_dir[PATH_MAX];
 
