@@ -36,6 +36,9 @@ const RINGS = [4096, 65536, 1 << 20];
 const WRITES = [64, 4096, 65536];
 const DIRS = ['dom0->domU', 'domU->dom0'];
 const MiB = 1 << 20;
+// Streams held open at once in one process, and how many of them exchange round trips at once.
+const STREAMS = Number(process.env.BENCH_STREAMS ?? 10000);
+const ACTIVE = Number(process.env.BENCH_ACTIVE ?? 1000);
 
 function bytesFor(write) {
   if (QUICK) return { 64: 1 * MiB, 4096: 8 * MiB, 65536: 32 * MiB }[write];
@@ -132,7 +135,16 @@ async function childMain() {
             batch.push(x.connect({ domid: 0, path: `${m.path}-${j}`, timeout: 60000 }));
           held.push(...(await Promise.all(batch)));
         }
-        process.send({ id: m.id, before, after: usage() });
+        const after = usage();
+        // Each held stream echoes what it gets (the server side drives the active ones).
+        for (const s of held) {
+          s.on('data', (d) => s.write(d));
+          s.on('error', () => {});
+        }
+        process.send({ id: m.id, before, after });
+      } else if (m.op === 'cpu') {
+        const u = process.cpuUsage();
+        process.send({ id: m.id, cpu: (u.user + u.system) / 1e6 });
       } else if (m.op === 'release') {
         for (const s of held.splice(0)) s.destroy();
         process.send({ id: m.id });
@@ -379,7 +391,7 @@ async function idleCpu(n, seconds) {
   return { streams: n, seconds, cpuMs };
 }
 
-async function perStream(n) {
+async function perStream(n, active) {
   const base = vchanPath();
   const before = usage();
   const servers = [];
@@ -397,6 +409,48 @@ async function perStream(n) {
     threadsBefore: b.threads,
   });
   const out = { count: n, server: per(after, before), client: per(c.after, c.before) };
+  // CPU seconds used so far by this process and by the client process.
+  const cpuBoth = async () => ({ server: cpuSeconds({ user: 0, system: 0 }), client: (await ask({ op: 'cpu' })).cpu });
+  // All N open and idle: the CPU both processes use meanwhile.
+  const idleSeconds = QUICK ? 1 : 3;
+  let t0 = await cpuBoth();
+  await new Promise((r) => setTimeout(r, idleSeconds * 1000));
+  let t1 = await cpuBoth();
+  out.idle = {
+    seconds: idleSeconds,
+    serverMs: (t1.server - t0.server) * 1000,
+    clientMs: (t1.client - t0.client) * 1000,
+  };
+  // ACTIVE of them at once: 64-byte round trips (the client side echoes), each stream one at a
+  // time, for a fixed time; the rest stay open and idle.
+  const act = streams.slice(0, Math.min(active, n));
+  const msg = Buffer.alloc(64, 7);
+  const seconds = QUICK ? 1 : 3;
+  let trips = 0;
+  let running = true;
+  t0 = await cpuBoth();
+  const started = process.hrtime.bigint();
+  const stop = setTimeout(() => (running = false), seconds * 1000);
+  await Promise.all(
+    act.map(async (s) => {
+      while (running) {
+        const got = once(s, 'data');
+        s.write(msg);
+        await got;
+        trips++;
+      }
+    }),
+  );
+  clearTimeout(stop);
+  const wall = Number(process.hrtime.bigint() - started) / 1e9;
+  t1 = await cpuBoth();
+  out.active = {
+    streams: act.length,
+    seconds: wall,
+    tripsPerSecond: trips / wall,
+    serverUsPerTrip: ((t1.server - t0.server) * 1e6) / trips,
+    clientUsPerTrip: ((t1.client - t0.client) * 1e6) / trips,
+  };
   await ask({ op: 'release' });
   await Promise.all(streams.map((s) => (s.destroyed ? null : (s.destroy(), once(s, 'close')))));
   for (const s of servers) s.close();
@@ -434,7 +488,8 @@ async function main() {
   if (!INSIDE_RIG) {
     process.env.XEN_VCHAN_BACKEND = 'mock';
     process.env.XEN_MOCK_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'xen-vchan-bench-'));
-    process.env.XEN_MOCK_GNTALLOC_LIMIT = '8192';
+    // One granted page per held stream (in-page rings), and the transfers' rings beside them.
+    process.env.XEN_MOCK_GNTALLOC_LIMIT = String(Math.max(8192, STREAMS + 4096));
     execFileSync('make', ['-s', '-C', path.join(root, 'native/mock'), 'all']);
     execFileSync('make', ['-s', '-C', path.join(root, 'bench')]);
   } else {
@@ -583,7 +638,7 @@ async function main() {
 
   if (!INSIDE_RIG) {
     res.cost.idle = await idleCpu(100, QUICK ? 2 : 10);
-    res.cost.perStream = await perStream(QUICK ? 200 : 1000);
+    res.cost.perStream = await perStream(QUICK ? 200 : STREAMS, QUICK ? 100 : ACTIVE);
     log(`idle: ${fmt(res.cost.idle.cpuMs, 1)} ms CPU in ${res.cost.idle.seconds} s for 100 streams`);
   }
   if (flag('--profile') && !INSIDE_RIG) res.profile = await profile();
@@ -718,6 +773,15 @@ function report(r) {
     `  ${fmt(ps.client.rssKiB, 1)} KiB and ${fmt(ps.client.fds, 2)} fds on the client side; threads: ${ps.server.threadsBefore} -> ${ps.server.threads} (server process),`,
   );
   L.push(`  ${ps.client.threadsBefore} -> ${ps.client.threads} (client process): no thread per stream.`);
+  if (ps.idle)
+    L.push(
+      `- The ${ps.count} open and idle: ${fmt(ps.idle.serverMs, 1)} ms CPU (server process) and ${fmt(ps.idle.clientMs, 1)} ms (client process) in ${ps.idle.seconds} s.`,
+    );
+  if (ps.active)
+    L.push(
+      `- ${ps.active.streams} of them active at once (64-byte round trips, the rest idle): ${fmt(ps.active.tripsPerSecond)} round trips/s,`,
+      `  CPU per round trip ${fmt(ps.active.serverUsPerTrip, 1)} us (server process) + ${fmt(ps.active.clientUsPerTrip, 1)} us (client process).`,
+    );
   L.push('', '### On real Xen (QEMU rig, dom0 <-> dom0, ratios only: emulation distorts absolutes)', '');
   if (r.rig.skipped) L.push(`Skipped: ${r.rig.skipped}.`);
   else {

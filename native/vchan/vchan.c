@@ -54,7 +54,7 @@
 
 struct vchan {
     struct libxenvchan pub; /* first: callers only ever see this part */
-    struct xs_handle *xs;   /* server: kept so the broker removes the node when we go */
+    struct xs_handle *xs;   /* server: while it sets up (publish); opened again to remove the entry */
     int shared_event;       /* pub.event is the caller's (xv_vchan_*_on): unbind our port, never close it */
     int shared_gnt;         /* pub.gntshr / pub.gnttab is the caller's: unshare or unmap, never close it */
     int bound;              /* pub.event_port is bound on pub.event */
@@ -362,8 +362,13 @@ static void release(struct vchan *v)
     /* A server's entry goes before its pages: a client that read the entry and then finds the page
      * gone looks again and sees no entry (or the next offer's), never the same entry naming a page
      * that no longer exists, which is what a dead server's stale entry looks like. */
-    if (v->xs && c->xs_path) {
-        xs_rm(v->xs, XBT_NULL, c->xs_path);
+    if (c->xs_path) {
+        /* Opened again for this: a channel holds no xenstore connection while it lives. */
+        struct xs_handle *xs = v->xs ? v->xs : xs_open(0);
+        if (xs)
+            xs_rm(xs, XBT_NULL, c->xs_path);
+        if (xs && xs != v->xs)
+            xs_close(xs);
         free(c->xs_path);
         c->xs_path = NULL;
     }
@@ -579,6 +584,9 @@ static struct libxenvchan *server_init(int domain, const char *xs_path, size_t l
     memcpy(ring->grants, refs, (lp + rp) * sizeof(uint32_t));
     if (publish(v, domain, ring_ref) < 0)
         goto fail;
+    /* Not kept: a process with many channels would hold a xenstore connection (an fd) for each. */
+    xs_close(v->xs);
+    v->xs = NULL;
     return c;
 fail : {
     /* Nothing is connected yet: release quietly (no live-byte goodbye). release() only gives back
