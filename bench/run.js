@@ -18,6 +18,9 @@
 //     --no-rig   skip the real-Xen part; --rig-json F: take it from an earlier bench/rig.sh run
 //     --profile  also profile b (64 KiB ring and writes, dom0 -> domU) and print the hottest functions
 //     --write    record the run in bench/RESULTS.md (with the command and the date)
+//     --only P   one part (throughput, latency or cost), printed as JSON; no rig
+//   BENCH_REPEAT (1), BENCH_RINGS, BENCH_WRITES; BENCH_STREAMS (10000) streams held open at once in
+//   the cost part, BENCH_ACTIVE (1000) of them in round trips at once.
 const { execFileSync, fork, spawn, spawnSync } = require('node:child_process');
 const { once } = require('node:events');
 const fs = require('node:fs');
@@ -30,6 +33,9 @@ const argv = process.argv.slice(2);
 const flag = (f) => argv.includes(f);
 const { median } = require('./stats');
 const QUICK = flag('--quick');
+// --only throughput|latency|cost: that part alone, printed as JSON (the report needs every part).
+const ONLY = argv.includes('--only') ? argv[argv.indexOf('--only') + 1] : null;
+const part = (name) => ONLY === null || ONLY === name;
 const INSIDE_RIG = flag('--inside-rig'); // set by bench/rig-job.sh inside the rig's dom0
 const PEER = INSIDE_RIG ? 0 : 5; // the child's domain
 const RINGS = [4096, 65536, 1 << 20];
@@ -519,7 +525,7 @@ async function main() {
   // all alike; the table gives medians, and the spread (min-max) when REPEAT > 1.
   const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 1));
   res.repeat = REPEAT;
-  for (const ring of rings) {
+  for (const ring of part('throughput') ? rings : []) {
     for (const write of writes) {
       // A 1 MiB ring moves 4-15 GB/s here: four times the bytes, or a transfer lasts under 0.1 s.
       const bytes = bytesFor(write) * (ring >= MiB && write >= 4096 && !QUICK && !INSIDE_RIG ? 4 : 1);
@@ -595,7 +601,7 @@ async function main() {
       }
     }
   }
-  if (!INSIDE_RIG) {
+  if (!INSIDE_RIG && part('throughput')) {
     res.baselines = [];
     // Xen's vchan-socket-proxy at both ends, Debian's libxenvchan over the mock's stable libraries
     // and its libxenctrl (native/mock/src/xenctrl.c).
@@ -615,7 +621,7 @@ async function main() {
     }
     res.memcpyMBps = cBench(['memcpy', String(QUICK ? 1e9 : 4e9)])[0].MBps;
   }
-  if (INSIDE_RIG) {
+  if (INSIDE_RIG && part('throughput')) {
     // d on real Xen: Xen's vchan-socket-proxy at both ends (dom0 <-> dom0), Node on Unix sockets.
     // dom0->domU only: the other direction stalled inside the proxies on the rig (2026-11-22, not
     // investigated further; it is Xen's program, not this library).
@@ -626,17 +632,19 @@ async function main() {
       log(`write 65536 ${dir}: via vchan-socket-proxy ${fmt(d.MBps)} MB/s`);
     }
   }
-  const count = QUICK ? 2000 : INSIDE_RIG ? 2000 : 20000;
-  const aLat = cBench(['latency', '65536', String(count)], INSIDE_RIG ? { VCHAN_BENCH_PEER: '0' } : {})[0];
-  res.latency.a = { p50: aLat.p50us, p99: aLat.p99us };
-  res.latency.b = await roundTrips((m) => vchanPair(65536, m), count);
-  // c inside the rig too: whether Xen's event delivery, not Node, sets the floor there.
-  res.latency.c = await roundTrips((m) => udsPair(m), count);
-  log(
-    `round trips: C ${fmt(res.latency.a.p50, 1)} us, VchanStream ${fmt(res.latency.b.p50, 1)} us, Unix socket ${fmt(res.latency.c.p50, 1)} us`,
-  );
+  if (part('latency')) {
+    const count = QUICK ? 2000 : INSIDE_RIG ? 2000 : 20000;
+    const aLat = cBench(['latency', '65536', String(count)], INSIDE_RIG ? { VCHAN_BENCH_PEER: '0' } : {})[0];
+    res.latency.a = { p50: aLat.p50us, p99: aLat.p99us };
+    res.latency.b = await roundTrips((m) => vchanPair(65536, m), count);
+    // c inside the rig too: whether Xen's event delivery, not Node, sets the floor there.
+    res.latency.c = await roundTrips((m) => udsPair(m), count);
+    log(
+      `round trips: C ${fmt(res.latency.a.p50, 1)} us, VchanStream ${fmt(res.latency.b.p50, 1)} us, Unix socket ${fmt(res.latency.c.p50, 1)} us`,
+    );
+  }
 
-  if (!INSIDE_RIG) {
+  if (!INSIDE_RIG && part('cost')) {
     res.cost.idle = await idleCpu(100, QUICK ? 2 : 10);
     res.cost.perStream = await perStream(QUICK ? 200 : STREAMS, QUICK ? 100 : ACTIVE);
     log(`idle: ${fmt(res.cost.idle.cpuMs, 1)} ms CPU in ${res.cost.idle.seconds} s for 100 streams`);
@@ -645,9 +653,13 @@ async function main() {
 
   child.kill();
   keeper.close();
-  if (!INSIDE_RIG) res.rig = rigPart();
+  if (!INSIDE_RIG && ONLY === null) res.rig = rigPart();
   const jsonOut = argv[argv.indexOf('--json') + 1];
   if (argv.includes('--json') && jsonOut) fs.writeFileSync(jsonOut, JSON.stringify(res, null, 2));
+  if (ONLY !== null) {
+    process.stdout.write(`${JSON.stringify(res, null, 2)}\n`);
+    return;
+  }
   if (INSIDE_RIG) return;
   const md = report(res);
   process.stdout.write(md);
