@@ -48,25 +48,63 @@ export function encodeFrame(type: number, payload: Uint8Array = Buffer.alloc(0))
  * sender of this protocol makes. A frame is never buffered past its type's limit.
  */
 export class FrameParser {
-  #buf: Buffer = Buffer.alloc(0);
+  /** What has come and is not yet a whole frame, as it came: each byte is copied at most once. */
+  #chunks: Buffer[] = [];
+  #have = 0;
 
-  /** Calls ON for every whole frame in what has come so far, CHUNK included. */
+  /**
+   * Calls ON for every whole frame in what has come so far, CHUNK included. A frame's header is
+   * checked as soon as it is whole (EPROTO), before its payload arrives. The work is linear in
+   * the bytes however they are split: a peer trickling a frame a byte at a time costs no more.
+   */
   push(chunk: Buffer, on: (type: number, payload: Buffer) => void): void {
-    this.#buf = this.#buf.length === 0 ? chunk : Buffer.concat([this.#buf, chunk]);
-    let off = 0;
-    while (this.#buf.length - off >= HEADER) {
-      const type = this.#buf[off];
-      const len = this.#buf.readUInt32LE(off + 1);
+    if (chunk.length > 0) {
+      this.#chunks.push(chunk);
+      this.#have += chunk.length;
+    }
+    while (this.#have >= HEADER) {
+      const head = this.#front(HEADER);
+      const type = head[0];
+      const len = head.readUInt32LE(1);
       const limit = LIMIT[type];
       if (limit === undefined) throw systemError('EPROTO', 'read', `vchan framing: unknown frame type ${type}`);
       if (len > limit || (type === FrameType.DATA && len === 0))
         throw systemError('EPROTO', 'read', `vchan framing: a frame of type ${type} with ${len} bytes`);
-      if (this.#buf.length - off - HEADER < len) break;
-      const payload = this.#buf.subarray(off + HEADER, off + HEADER + len);
-      off += HEADER + len;
-      on(type, payload);
+      if (this.#have < HEADER + len) return;
+      on(type, this.#take(HEADER + len).subarray(HEADER));
     }
-    this.#buf = off === this.#buf.length ? Buffer.alloc(0) : this.#buf.subarray(off);
+  }
+
+  /** The first N bytes (N <= what has come), joining the first chunks into one if they must. */
+  #front(n: number): Buffer {
+    if (this.#chunks[0].length < n) {
+      let k = 0;
+      for (let got = 0; got < n; k++) got += this.#chunks[k].length;
+      this.#chunks.splice(0, k, Buffer.concat(this.#chunks.slice(0, k)));
+    }
+    return this.#chunks[0];
+  }
+
+  /** Removes and returns the first N bytes (N <= what has come): a view when one chunk holds them. */
+  #take(n: number): Buffer {
+    this.#have -= n;
+    const first = this.#chunks[0];
+    if (first.length >= n) {
+      if (first.length === n) this.#chunks.shift();
+      else this.#chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let off = 0;
+    while (off < n) {
+      const c = this.#chunks[0];
+      const m = Math.min(c.length, n - off);
+      c.copy(out, off, 0, m);
+      off += m;
+      if (m === c.length) this.#chunks.shift();
+      else this.#chunks[0] = c.subarray(m);
+    }
+    return out;
   }
 }
 

@@ -10,7 +10,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 
 import {
   connectMulti,
@@ -153,6 +153,28 @@ describe('proxy framing', () => {
     ];
     for (const b of bad)
       expect(() => new FrameParser().push(b, () => undefined)).toThrow(expect.objectContaining({ code: 'EPROTO' }));
+  });
+
+  it('a frame trickled in a byte at a time is copied once, not once per byte (no quadratic work for a peer to cause)', () => {
+    const frame = encodeFrame(FrameType.DATA, randomBytes(MAX_DATA));
+    const copied = { bytes: 0 };
+    const concat = Buffer.concat;
+    const spy = vi.spyOn(Buffer, 'concat').mockImplementation((list, total) => {
+      const out = concat(list, total);
+      copied.bytes += out.length;
+      return out;
+    });
+    try {
+      const p = new FrameParser();
+      const got: Buffer[] = [];
+      for (let i = 0; i < frame.length; i++) p.push(frame.subarray(i, i + 1), (_t, b) => got.push(Buffer.from(b)));
+      expect(got).toHaveLength(1);
+      expect(got[0]).toEqual(frame.subarray(5));
+    } finally {
+      spy.mockRestore();
+    }
+    // Joining the header's bytes is all Buffer.concat does; the payload is gathered once.
+    expect(copied.bytes).toBeLessThan(64);
   });
 
   it('rejects bad options with Node-style codes', () => {
