@@ -94,16 +94,20 @@ export class FrameParser {
       else this.#chunks[0] = first.subarray(n);
       return first.subarray(0, n);
     }
+    // One pass and one splice: shift() per chunk moves the whole list each time (quadratic in the
+    // number of chunks, which a peer sending a byte at a time controls).
     const out = Buffer.allocUnsafe(n);
     let off = 0;
+    let k = 0;
     while (off < n) {
-      const c = this.#chunks[0];
+      const c = this.#chunks[k];
       const m = Math.min(c.length, n - off);
       c.copy(out, off, 0, m);
       off += m;
-      if (m === c.length) this.#chunks.shift();
-      else this.#chunks[0] = c.subarray(m);
+      if (m === c.length) k++;
+      else this.#chunks[k] = c.subarray(m);
     }
+    this.#chunks.splice(0, k);
     return out;
   }
 }

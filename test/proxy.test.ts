@@ -70,7 +70,10 @@ async function halfCloseEcho(): Promise<{ path: string; open: () => number; seen
 }
 
 /** A proxy pair on this domain: the serving half to TARGET, the listening half at a fresh socket. */
-async function proxyPair(target: string, opts: { maxConnections?: number; raw?: boolean } = {}) {
+async function proxyPair(
+  target: string,
+  opts: { maxConnections?: number; raw?: boolean; connectTimeout?: number } = {},
+) {
   const vpath = uniquePath('proxy');
   const serve = proxyServe({
     domid: selfDomid,
@@ -88,6 +91,7 @@ async function proxyPair(target: string, opts: { maxConnections?: number; raw?: 
     path: `/local/domain/${selfDomid}/${vpath}`,
     listen: { path: front },
     raw: opts.raw,
+    connectTimeout: opts.connectTimeout,
   });
   proxies.push(listen);
   await once(listen, 'listening');
@@ -191,19 +195,31 @@ describe('proxy framing', () => {
 describe('proxy end to end (socket -> vchan -> socket)', () => {
   it('200 concurrent connections, each half-closing after 0 B to 8 MiB, read the whole reply: SHA-256 both ways', async () => {
     const echo = await halfCloseEcho();
-    const { serve, front } = await proxyPair(echo.path, { maxConnections: 64 });
+    // No connect timeout: under the rig's emulation the last of 200 connections waits minutes for
+    // a channel (gntalloc's 1024 pages hold about 30 channels at once there); this test is about
+    // the bytes, the timeout has its own.
+    const { serve, listen, front } = await proxyPair(echo.path, { maxConnections: 64, connectTimeout: 0 });
     const errors: Error[] = [];
+    const listenErrors: Error[] = [];
     serve.on('connectionError', (e) => errors.push(e));
+    listen.on('connectionError', (e) => listenErrors.push(e));
     // Log-uniform sizes from 1 B to 8 MiB, and the two ends exactly.
     const sizes = Array.from({ length: 200 }, (_, i) =>
       i === 0 ? 0 : i === 1 ? 8 << 20 : Math.floor(Math.exp(Math.random() * Math.log(8 << 20))),
     );
-    const results = await Promise.all(sizes.map((n) => exchange(front, n)));
+    const settled = await Promise.allSettled(sizes.map((n) => exchange(front, n)));
+    const failed = settled.flatMap((r, i) => (r.status === 'rejected' ? [`${i}: ${String(r.reason)}`] : []));
+    const why = (e: Error[]) => e.slice(0, 5).map((x) => `${(x as NodeJS.ErrnoException).code}: ${x.message}`);
+    expect({ failed, serving: why(errors), listening: why(listenErrors) }).toEqual({
+      failed: [],
+      serving: [],
+      listening: [],
+    });
+    const results = settled.map((r) => (r as PromiseFulfilledResult<Awaited<ReturnType<typeof exchange>>>).value);
     for (let i = 0; i < sizes.length; i++) {
       expect(results[i].bytes, `connection ${i}`).toBe(sizes[i]);
       expect(results[i].got, `connection ${i}`).toBe(results[i].sent);
     }
-    expect(errors).toEqual([]);
     expect(echo.seen()).toBe(200);
     for (let i = 0; i < 300 && serve.connections > 0; i++) await sleep(10);
     expect(serve.connections).toBe(0);
