@@ -69,7 +69,7 @@ const OVERLOAD_MS = 1000;
  * time clients have lately taken to take theirs, within these bounds (ms).
  */
 const CONTENDED_ACCEPT_MIN_MS = 100;
-const CONTENDED_ACCEPT_MAX_MS = 500;
+const CONTENDED_ACCEPT_MAX_MS = 2000;
 
 export interface MultiServerOptions extends ServerOptions {
   /**
@@ -84,7 +84,7 @@ export interface MultiServerOptions extends ServerOptions {
   backlog?: number;
   /**
    * Withdraw an offered channel that no client takes within this many ms (while other requests wait
-   * for room: within four times what clients have lately taken to attach, 0.1 to 0.5 s). Default
+   * for room: within four times what clients have lately taken to attach, 0.1 to 2 s). Default
    * 10000.
    */
   acceptTimeout?: number;
@@ -150,7 +150,7 @@ export class VchanMultiServer extends EventEmitter<{
   /** When the backlog last overflowed (requests refused for want of room to wait). */
   #overflowAt = -Infinity;
   /** How long clients have lately taken from an offer to attaching (ms, a moving average). */
-  #attachMs = CONTENDED_ACCEPT_MAX_MS / 4;
+  #attachMs = 125; // ms: a first guess, until clients have attached
 
   constructor(options: MultiServerOptions, onConnection?: (s: VchanStream) => void) {
     super();
@@ -418,7 +418,7 @@ export class VchanMultiServer extends EventEmitter<{
 
   /**
    * While requests wait for room, offers nobody has taken for four times what clients lately took
-   * (0.1 to 0.5 s) are withdrawn (their clients, if there, hear it and ask again): a flood of requests
+   * (0.1 to 2 s) are withdrawn (their clients, if there, hear it and ask again): a flood of requests
    * that nobody means to take holds the room that long, not for acceptTimeout.
    */
   #scheduleReap(): void {
