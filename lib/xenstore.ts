@@ -246,8 +246,9 @@ export class Xenstore extends Ops {
 
   /**
    * Runs FN in a transaction and commits it, running FN again (up to options.retries times,
-   * default 20) when the commit fails with EAGAIN because something it touched changed.
-   * A throw from FN aborts the transaction.
+   * default 20) when the commit fails with EAGAIN because something it touched changed, after a
+   * random back-off (up to 5 ms, doubling to 200 ms: retrying at once meets the same busy writer
+   * again). A throw from FN aborts the transaction.
    */
   async transaction<T>(fn: (tx: XenstoreTransaction) => Promise<T>, options: { retries?: number } = {}): Promise<T> {
     if (typeof fn !== 'function') throw invalidArgType('fn', 'of type function', fn);
@@ -268,6 +269,8 @@ export class Xenstore extends Ops {
       } catch (e) {
         if ((e as { code?: string }).code !== 'EAGAIN' || attempt >= retries) throw e;
       }
+      const ms = Math.random() * Math.min(200, 5 * 2 ** attempt);
+      await new Promise((resolve) => setTimeout(resolve, ms));
     }
   }
 
