@@ -115,6 +115,15 @@ function xenstoreCmd(lib: keyof typeof libdirs, domid: number, name: string, arg
   return r.stdout;
 }
 
+/**
+ * vchan-socket-proxy's server (Xen 4.17) empties its ring when a client leaves (discard_buffers)
+ * after it has noticed, so a next client that connects and writes before then loses its first
+ * bytes (a ring's worth: 1024 here). Seen on the mock with its broker-relayed events (about one
+ * run in twenty of five connections) and more often with peer-to-peer ones; the same race is there
+ * on Xen. Successive connections therefore come a moment apart, as a real client's would.
+ */
+const PROXY_TURNAROUND_MS = 300;
+
 describe.skipIf(!onMock || !proxy)("Xen's vchan-socket-proxy on the mock", () => {
   for (const lib of ['debian', 'mock'] as const) {
     it(`server mode (${lib} libxenvchan) in domain 5 serves 5 successive Node clients from dom0, SHA-256 both ways`, async () => {
@@ -142,6 +151,7 @@ describe.skipIf(!onMock || !proxy)("Xen's vchan-socket-proxy on the mock", () =>
         const closed = once(c, 'close');
         c.destroy();
         await closed;
+        await sleep(PROXY_TURNAROUND_MS);
       }
     });
 
@@ -176,7 +186,8 @@ describe.skipIf(!onMock || !proxy)("Xen's vchan-socket-proxy on the mock", () =>
           s.write(out);
         });
         expect(sha(back), `connection ${i}`).toBe(sha(out));
-        await sleep(50); // the client proxy closes its vchan before it accepts the next
+        // The client proxy closes its vchan before it accepts the next; the server must see it go.
+        await sleep(PROXY_TURNAROUND_MS);
       }
     });
 

@@ -32,8 +32,18 @@ struct port {
     bool is_static;     /* pre-bound from the configuration; survives its handle */
     bool phantom;       /* bound with BIND_STATIC although Xen never allocated it: no events */
     bool kept;          /* taken with BIND_STATIC: Linux never closes it, so unbind leaves it bound */
-    bool pending, masked;
-    int refs; /* unmap notifications that will still signal it */
+    bool pending;       /* an event came while no handle held it: delivered to the next one */
+    uint32_t gen;       /* changes whenever what the port is connected to changes (xm_evt_gen) */
+    int refs;           /* unmap notifications that will still signal it */
+};
+
+/* Two evtchn handles with channels between their ports (xenmock_proto.h, "Event channels"). */
+struct link {
+    uint32_t id;
+    struct conn *end[2]; /* end[0] == end[1]: a handle linked to itself */
+    int memfd;           /* two xm_evt_bits */
+    int wake[2];         /* eventfds: wake[e] wakes end e (a self link uses wake[0]) */
+    struct link *next;
 };
 
 struct domain {
@@ -92,7 +102,9 @@ struct conn {
     pid_t pid;
     bool hello;
     /* evtchn */
-    int evfd;
+    int evfd;                /* the handle's own wake eventfd */
+    struct xm_evt_gen *gen;  /* its generation page (read-only to it) */
+    struct xm_evt_bits *own; /* the broker's own events for it */
     uint32_t restrict_dom;
     /* gntshr / gnttab */
     struct share *shares;
@@ -154,7 +166,8 @@ int ctl_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rbuf)
 int serve(const char *dir, bool daemonize);
 
 /* evtchn.c */
-int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r);
+int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rbuf, int *out_fds, int *n_out);
+int evtchn_conn_open(struct conn *c, int *out_fds, int *n_out); /* the hello's three descriptors */
 void evtchn_conn_closed(struct conn *c);
 int evtchn_send(struct domain *d, uint32_t port);
 int evtchn_port_get(struct domain *d, uint32_t port); /* takes a reference for an unmap notify */

@@ -23,17 +23,13 @@ static int lfd = -1, lockfd = -1;
 static char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
 static const char *static_config;
 
-static void handle_hello(struct conn *c, struct xm_msg *m, int in_fd, struct xm_msg *r)
+static void handle_hello(struct conn *c, struct xm_msg *m, struct xm_msg *r, int *out_fds, int *n_out)
 {
     if (m->a[3] != XM_PROTO_VERSION) {
         r->err = EPROTONOSUPPORT;
         return;
     }
     if (m->a[0] < XM_KIND_EVTCHN || m->a[0] > XM_KIND_CTL || m->a[1] >= DOMID_FIRST_RESERVED) {
-        r->err = EINVAL;
-        return;
-    }
-    if (m->a[0] == XM_KIND_EVTCHN && in_fd < 0) {
         r->err = EINVAL;
         return;
     }
@@ -45,17 +41,22 @@ static void handle_hello(struct conn *c, struct xm_msg *m, int in_fd, struct xm_
         r->err = ESRCH; /* a hello still queued from a process that has died since */
         return;
     }
+    if (m->a[0] == XM_KIND_EVTCHN) {
+        int err = evtchn_conn_open(c, out_fds, n_out);
+        if (err) {
+            r->err = err;
+            return;
+        }
+    }
     c->kind = (int)m->a[0];
     c->dom = m->a[1];
     c->hello = true;
-    if (c->kind == XM_KIND_EVTCHN) {
-        c->evfd = in_fd;
-        fcntl(c->evfd, F_SETFL, O_NONBLOCK);
-    }
     if (c->kind != XM_KIND_CTL) {
         struct domain *d = domain_get_or_create(c->dom);
         if (!d) {
             c->hello = false;
+            if (c->kind == XM_KIND_EVTCHN)
+                evtchn_conn_closed(c);
             r->err = ENOMEM;
             return;
         }
@@ -110,7 +111,8 @@ static int handle_request(struct conn *c)
     if (m.op == XM_EVTCHN_NOTIFY || m.op == XM_EVTCHN_UNMASK) {
         if (c->hello && c->kind == XM_KIND_EVTCHN) {
             struct xm_msg r = {0};
-            evtchn_dispatch(c, &m, &r);
+            int none = 0;
+            evtchn_dispatch(c, &m, &r, NULL, NULL, &none);
         }
         if (in_fd >= 0)
             close(in_fd);
@@ -124,16 +126,18 @@ static int handle_request(struct conn *c)
         if (c->hello)
             r.err = EINVAL;
         else
-            handle_hello(c, &m, in_fd, &r);
-        if (r.err && in_fd >= 0)
-            close(in_fd);
-        in_fd = -1;
+            handle_hello(c, &m, &r, out_fds, &n_out);
+        if (r.err) {
+            for (int i = 0; i < n_out; i++)
+                close(out_fds[i]);
+            n_out = 0;
+        }
     } else if (!c->hello) {
         r.err = EPROTO;
     } else {
         int err;
         switch (c->kind) {
-        case XM_KIND_EVTCHN: err = evtchn_dispatch(c, &m, &r); break;
+        case XM_KIND_EVTCHN: err = evtchn_dispatch(c, &m, &r, rbuf, out_fds, &n_out); break;
         case XM_KIND_GNTTAB:
         case XM_KIND_GNTSHR:
             err = grant_dispatch(c, &m, pl, in_fd, &r, rbuf, out_fds, &n_out);

@@ -176,7 +176,7 @@ static long now_ms(void)
     return ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
 }
 
-static int try_hello(int kind, int domid, int pass_fd)
+static int try_hello(int kind, int domid, int pass_fd, int *fds, int *nfds)
 {
     struct sockaddr_un sa;
     if (sock_addr(&sa) < 0)
@@ -191,7 +191,7 @@ static int try_hello(int kind, int domid, int pass_fd)
         return -1;
     }
     struct xm_msg m = {.op = XM_HELLO, .a = {kind, domid, (uint32_t)getpid(), XM_PROTO_VERSION}}, r;
-    if (xm_call(s, &m, NULL, 0, pass_fd, &r, NULL, 0, NULL, NULL) < 0) {
+    if (xm_call(s, &m, NULL, 0, pass_fd, &r, NULL, 0, fds, nfds) < 0) {
         int e = errno;
         close(s);
         errno = e;
@@ -200,8 +200,9 @@ static int try_hello(int kind, int domid, int pass_fd)
     return s;
 }
 
-static int open_common(int kind, int pass_fd, int may_spawn)
+static int open_common(int kind, int pass_fd, int may_spawn, int *fds, int *nfds)
 {
+    int cap = nfds ? *nfds : 0;
     int domid = xm_current_domid();
     if (domid < 0) {
         fprintf(stderr, "xen-mock: XEN_MOCK_DOMID must be a domain id from 0 to %u\n", XV_MAX_DOMID);
@@ -211,7 +212,9 @@ static int open_common(int kind, int pass_fd, int may_spawn)
     long deadline = now_ms() + 10000, last_spawn = -1000000;
     long delay = 2;
     for (;;) {
-        int s = try_hello(kind, domid, pass_fd);
+        if (nfds)
+            *nfds = cap;
+        int s = try_hello(kind, domid, pass_fd, fds, nfds);
         if (s >= 0)
             return s;
         int e = errno;
@@ -241,11 +244,15 @@ static int open_common(int kind, int pass_fd, int may_spawn)
 
 int xm_open(int kind, int pass_fd)
 {
-    return open_common(kind, pass_fd, 1);
+    return open_common(kind, pass_fd, 1, NULL, NULL);
+}
+int xm_open_fds(int kind, int *fds, int *nfds)
+{
+    return open_common(kind, -1, 1, fds, nfds);
 }
 int xm_open_existing(int kind)
 {
-    return open_common(kind, -1, 0);
+    return open_common(kind, -1, 0, NULL, NULL);
 }
 
 int xm_call(int sock, struct xm_msg *req, const void *payload, uint32_t len, int send_fd, struct xm_msg *rep,

@@ -14,6 +14,8 @@ XM_EXPORT int xm_current_domid(void);
 /* Connect to the broker (starting it if needed) and introduce a handle of KIND.
  * PASS_FD, if >= 0, is sent along with the hello. Returns the socket or -1/errno. */
 XM_EXPORT int xm_open(int kind, int pass_fd);
+/* Like xm_open, keeping the descriptors the broker's hello reply carries (as xm_call's FDS, NFDS). */
+XM_EXPORT int xm_open_fds(int kind, int *fds, int *nfds);
 /* Like xm_open but never starts a broker: ECONNREFUSED when none runs. */
 XM_EXPORT int xm_open_existing(int kind);
 
