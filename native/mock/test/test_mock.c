@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -19,6 +20,7 @@
 
 #include <xv_protocol.h>
 #include "harness.h"
+#include "../include/xenmock_proto.h"
 
 static void as(int dom)
 {
@@ -163,6 +165,99 @@ static void test_evtchn(void)
         xenevtchn_close(b);
         xenevtchn_close(a);
         xenevtchn_close(r);
+    }
+}
+
+/* Every mapping of THIS process named NAME (a memfd), by start address; returns how many. */
+static int find_maps(const char *name, void **starts, int cap)
+{
+    FILE *f = fopen("/proc/self/maps", "r");
+    char line[512];
+    int n = 0;
+    while (f && fgets(line, sizeof(line), f))
+        if (strstr(line, name) && n < cap)
+            starts[n++] = (void *)strtoul(line, NULL, 16);
+    if (f)
+        fclose(f);
+    return n;
+}
+
+static void test_evtchn_shared_state(void)
+{
+    TEST("event channels: a handle cannot write its generation page; garbage in a link reaches only that link")
+    {
+        as(0);
+        xenevtchn_handle *a = xenevtchn_open(NULL, 0);
+        as(5);
+        xenevtchn_handle *b = xenevtchn_open(NULL, 0);
+        as(7);
+        xenevtchn_handle *c = xenevtchn_open(NULL, 0);
+        CHECK(a && b && c);
+        void *gens[8];
+        int ng = find_maps("xenmock-evtchn-gen", gens, 8);
+        CHECK(ng == 3);
+        for (int i = 0; i < ng; i++)
+            CHECK_ERR(mprotect(gens[i], 4096, PROT_READ | PROT_WRITE), EACCES); /* opened read-only */
+
+        /* a <-> b and a <-> c, each used once so that both links exist and are watched. */
+        int pab = xenevtchn_bind_unbound_port(a, 5), pac = xenevtchn_bind_unbound_port(a, 7);
+        int pb = xenevtchn_bind_interdomain(b, 0, (uint32_t)pab);
+        int pc = xenevtchn_bind_interdomain(c, 0, (uint32_t)pac);
+        CHECK(pab > 0 && pac > 0 && pb > 0 && pc > 0);
+        CHECK(next_event(b, 1000) == pb);
+        xenevtchn_unmask(b, (uint32_t)pb);
+        CHECK(next_event(c, 1000) == pc);
+        xenevtchn_unmask(c, (uint32_t)pc);
+        CHECK(xenevtchn_notify(b, (uint32_t)pb) == 0);
+        CHECK(next_event(a, 1000) == pab);
+        xenevtchn_unmask(a, (uint32_t)pab);
+        CHECK(xenevtchn_notify(c, (uint32_t)pc) == 0);
+        CHECK(next_event(a, 1000) == pac);
+        xenevtchn_unmask(a, (uint32_t)pac);
+        CHECK(xenevtchn_notify(a, (uint32_t)pab) == 0);
+        CHECK(next_event(b, 1000) == pb);
+        xenevtchn_unmask(b, (uint32_t)pb);
+
+        /* Garbage: every pending bit of both ends set in the a <-> b link only (b's to write), as a
+         * hostile process in domain 5 could. a may wake, but never delivers pac (its peer is c). */
+        void *links[8];
+        int nl = find_maps("xenmock-evtchn-link", links, 8);
+        CHECK(nl == 4);                                /* a and b map a<->b, a and c map a<->c */
+        CHECK(xenevtchn_notify(b, (uint32_t)pb) == 0); /* sets pab's bit in a<->b, and wakes a */
+        struct xm_evt_link *target = NULL;
+        for (int i = 0; i < nl && !target; i++) {
+            struct xm_evt_link *l = links[i];
+            for (int e = 0; e < 2; e++)
+                if (__atomic_load_n(&l->bits[e].pend[pab / 64], __ATOMIC_SEQ_CST) & ((uint64_t)1 << (pab % 64)))
+                    target = l;
+        }
+        CHECK(target != NULL);
+        CHECK(next_event(a, 1000) == pab);
+        xenevtchn_unmask(a, (uint32_t)pab);
+        for (int e = 0; target && e < 2; e++) {
+            for (unsigned w = 0; w < XM_EVT_WORDS; w++)
+                target->bits[e].pend[w] = ~(uint64_t)0;
+            for (unsigned w = 0; w < XM_EVT_SUMMARY_WORDS; w++)
+                target->bits[e].summary[w] = ~(uint64_t)0;
+        }
+        CHECK(xenevtchn_notify(b, (uint32_t)pb) == 0);
+        int got_ab = 0, got_ac = 0, ev;
+        while ((ev = next_event(a, 200)) >= 0) {
+            got_ab += ev == pab;
+            got_ac += ev == pac;
+            xenevtchn_unmask(a, (uint32_t)ev);
+        }
+        CHECK(got_ac == 0); /* nothing for the channel to c */
+        (void)got_ab;       /* b's own channel may go quiet: its garbage says pab is pending already */
+        /* And c's channel still works both ways. */
+        CHECK(xenevtchn_notify(c, (uint32_t)pc) == 0);
+        CHECK(next_event(a, 1000) == pac);
+        xenevtchn_unmask(a, (uint32_t)pac);
+        CHECK(xenevtchn_notify(a, (uint32_t)pac) == 0);
+        CHECK(next_event(c, 1000) == pc);
+        xenevtchn_close(a);
+        xenevtchn_close(b);
+        xenevtchn_close(c);
     }
 }
 
@@ -660,6 +755,7 @@ int main(void)
         return 1;
     }
     test_evtchn();
+    test_evtchn_shared_state();
     test_grants();
     test_xenstore();
     test_vchan_permissions_and_hostile();
