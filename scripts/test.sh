@@ -44,5 +44,22 @@ else
   echo "SKIP real Xen: no /dev/xen/evtchn here (this is not a Xen domain)"
 fi
 
+# The failures again, last, so that the tail of a long CI log names them.
+for j in "$tmp"/*.json; do
+  [ -f "$j" ] || continue
+  node -e '
+    const r = require(process.argv[1]), name = require("path").basename(process.argv[1], ".json");
+    for (const f of r.testResults)
+      for (const t of f.assertionResults)
+        if (t.status === "failed")
+          console.log(`FAILED [${name}] ${f.name.replace(process.cwd() + "/", "")} > ${t.fullName}\n  ` +
+            String((t.failureMessages || [])[0] || "").split("\n").slice(0, 6).join("\n  "));
+    for (const f of r.testResults)
+      if (f.status === "failed" && f.assertionResults.every((t) => t.status !== "failed"))
+        console.log(`FAILED [${name}] ${f.name.replace(process.cwd() + "/", "")}: ${String(f.message).split("\n")[0]}`);
+  ' "$j"
+done
+echo "$c_out" | grep -E '^(FAIL|not ok)' | head -20
+
 echo "xen-vchan tests: $passed passed, $failed failed"
 [ $failed -eq 0 ] && exit $rc || exit 1
