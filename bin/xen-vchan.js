@@ -337,7 +337,12 @@ async function cmdProxy(args) {
     const connectTimeout =
       o['connect-timeout'] === undefined ? x.PROXY_CONNECT_TIMEOUT : int(o['connect-timeout'], 'connect-timeout');
     proxy = x.proxyListen({ ...common, listen: sockAddr(o.listen, '--listen'), connectTimeout });
-    proxy.on('listening', () => process.stderr.write(`xen-vchan: proxying ${o.listen} to domain ${domid} ${base}\n`));
+    // The address bound, so that `--listen tcp:127.0.0.1:0` says which port the kernel chose.
+    proxy.on('listening', () => {
+      const a = proxy.address();
+      const where = a && typeof a === 'object' && 'port' in a ? `tcp:${a.address}:${a.port}` : o.listen;
+      process.stderr.write(`xen-vchan: proxying ${where} to domain ${domid} ${base}\n`);
+    });
     proxy.on('waiting', ({ waiting, timeout }) =>
       process.stderr.write(
         `xen-vchan: ${waiting} connection${waiting === 1 ? '' : 's'} waiting for a channel from domain ${domid} at ${base}` +

@@ -28,9 +28,32 @@ function run(domid: number, args: string[]): ChildProcess & { exited: Promise<un
   return Object.assign(p, { exited });
 }
 
-/** The listening half of the proxy in domain 5, for the serving half of dom0 at BASE. */
-function listeningProxy(base: string, port: number): ChildProcess & { exited: Promise<unknown> } {
-  return run(5, ['proxy', '--domid', '0', '--path', `/local/domain/0/${base}`, '--listen', `tcp:127.0.0.1:${port}`]);
+/**
+ * The listening half of the proxy in domain 5, for the serving half of dom0 at BASE, on a port the
+ * kernel picks (a fixed port collided with other tests' and the ephemeral range: EADDRINUSE); ready
+ * once it says where it listens.
+ */
+async function listeningProxy(
+  base: string,
+): Promise<{ front: ChildProcess & { exited: Promise<unknown> }; port: number }> {
+  const p = spawn(
+    process.execPath,
+    [cli, 'proxy', '--domid', '0', '--path', `/local/domain/0/${base}`, '--listen', 'tcp:127.0.0.1:0'],
+    { env: { ...process.env, XEN_MOCK_DOMID: '5' }, stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  const exited = once(p, 'exit');
+  procs.push({ p, exited });
+  let err = '';
+  const port = await new Promise<number>((resolve, reject) => {
+    p.stderr!.on('data', (d: Buffer) => {
+      process.stderr.write(d);
+      err += d;
+      const m = /proxying tcp:127\.0\.0\.1:(\d+) /.exec(err);
+      if (m) resolve(Number(m[1]));
+    });
+    p.once('exit', (code) => reject(new Error(`proxy --listen exited (${code}) before listening: ${err}`)));
+  });
+  return { front: Object.assign(p, { exited }), port };
 }
 
 afterEach(async () => {
@@ -87,18 +110,7 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
       '--max',
       '3',
     ]);
-    const port = 20000 + (process.pid % 20000);
-    const front = listeningProxy(base, port);
-    // Until it listens (a fixed wait failed on a loaded machine: ECONNREFUSED).
-    for (let i = 0; i < 200; i++) {
-      const ok = await new Promise<boolean>((resolve) => {
-        const probe = net.connect(port, '127.0.0.1');
-        probe.once('connect', () => (probe.end(), resolve(true)));
-        probe.once('error', () => resolve(false));
-      });
-      if (ok) break;
-      await sleep(50);
-    }
+    const { front, port } = await listeningProxy(base);
     const talk = async (i: number) => {
       const c = net.connect({ port, host: '127.0.0.1', allowHalfOpen: true });
       const msg = randomBytes(i === 0 ? 0 : 100 + i * 50_000);
@@ -142,8 +154,7 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     expect(inUse.stderr).toMatch(/EADDRINUSE/);
     expect(inUse.stderr).not.toMatch(/at .*\.js:\d+/); // a message, not a stack trace
     blocker.close();
-    const port = 21000 + (process.pid % 20000);
-    const front = listeningProxy(base, port);
+    const { front, port } = await listeningProxy(base);
     let c: net.Socket | undefined;
     for (let i = 0; i < 200 && !c; i++) {
       const s = net.connect(port, '127.0.0.1');
@@ -161,7 +172,6 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
 
   it('proxy --listen with no serving half: the wait is logged, the client refused at --connect-timeout, one SIGTERM stops it', async () => {
     const base = uniquePath('proxynone');
-    const port = 26000 + (process.pid % 1000);
     const front = spawn(
       process.execPath,
       [
@@ -172,7 +182,7 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
         '--path',
         `/local/domain/0/${base}`,
         '--listen',
-        `tcp:127.0.0.1:${port}`,
+        'tcp:127.0.0.1:0',
         '--connect-timeout',
         '2000',
       ],
@@ -183,6 +193,7 @@ describe.runIf(onMock)('xen-vchan CLI', () => {
     let err = '';
     front.stderr!.on('data', (d: Buffer) => (err += d));
     while (!err.includes('proxying')) await sleep(20);
+    const port = Number(/proxying tcp:127\.0\.0\.1:(\d+) /.exec(err)![1]);
     // A client that waits: refused (closed) at the timeout, the wait logged first.
     const t0 = Date.now();
     const c = net.connect(port, '127.0.0.1');
