@@ -349,7 +349,8 @@ describe.runIf(onMock)('proxy across processes: the listening half killed mid-tr
     const vpath = uniquePath('proxyk');
     const serve = proxyServe({ domid: 5, path: vpath, target: { path: echo.path } });
     proxies.push(serve);
-    serve.on('connectionError', () => undefined);
+    const serveErrors: string[] = [];
+    serve.on('connectionError', (e: Error) => serveErrors.push(e.message));
     await once(serve, 'listening');
     const front = sockPath('kfront');
     const child = spawn(
@@ -367,6 +368,8 @@ describe.runIf(onMock)('proxy across processes: the listening half killed mid-tr
       { env: { ...process.env, XEN_MOCK_DOMID: '5', XEN_VCHAN_BACKEND: 'mock' }, stdio: ['ignore', 'ignore', 'pipe'] },
     );
     cleanups.push(() => killChild(child));
+    let childErr = '';
+    child.stderr!.on('data', (d: Buffer) => (childErr += d));
     for (let i = 0; i < 400 && !fs.existsSync(front); i++) await sleep(25);
     const socks = [0, 1, 2].map(() => {
       const c = net.connect({ path: front });
@@ -376,7 +379,9 @@ describe.runIf(onMock)('proxy across processes: the listening half killed mid-tr
       return c;
     });
     for (let i = 0; i < 400 && serve.connections < 3; i++) await sleep(10);
-    expect(serve.connections).toBe(3);
+    // What each half said, should a connection be missing.
+    expect(serve.connections, JSON.stringify({ serveErrors, childErr })).toBe(3);
+    serveErrors.length = 0;
     const t0 = Date.now();
     killChild(child);
     for (let i = 0; i < 500 && serve.connections + echo.open() > 0; i++) await sleep(10);
