@@ -25,6 +25,11 @@ export type GrantHandle = NativeHandle<'grants'>;
 export type XenstoreHandle = NativeHandle<'xenstore'>;
 export type VchanHandle = NativeHandle<'vchan'>;
 
+/** What vchan.arm() returns: live + 4 * readable + 2^23 * writable (each count below 2^21). */
+export function unpackArm(n: number): { live: LiveState; readable: number; writable: number } {
+  return { live: (n % 4) as LiveState, readable: Math.floor(n / 4) % 0x200000, writable: Math.floor(n / 0x800000) };
+}
+
 /** src/evtchn.cc: libxenevtchn. Ports and domids are numbers; failures throw errno errors. */
 export interface EvtchnBinding {
   open(): EvtchnHandle;
@@ -144,8 +149,9 @@ export interface VchanBinding {
    * The live state and what can be read and written now; asks the peer to notify us when it
    * writes and, with WANT_WRITABLE (default true: a write of ours waits for room), when it reads.
    * A write that fits withdraws the second request, so finished writes cost the peer no notify.
+   * Packed in one number (it runs on every wake-up): {@link unpackArm} reads it.
    */
-  arm(h: VchanHandle, wantWritable?: boolean): { live: LiveState; readable: number; writable: number };
+  arm(h: VchanHandle, wantWritable?: boolean): number;
   peek(h: VchanHandle): NativeRingPeek;
   info(h: VchanHandle): { readSize: number; writeSize: number; port: number; server: boolean };
   /**

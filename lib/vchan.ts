@@ -26,7 +26,7 @@ import {
 } from './errors';
 import { onDomainGone } from './domains';
 import { DEFAULT_RING_SIZE, LiveState, MAX_RING_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX } from './constants';
-import { asDomain, Backend, Binding, binding, type VchanHandle } from './native';
+import { asDomain, Backend, Binding, binding, unpackArm, type VchanHandle } from './native';
 import { Xenstore } from './xenstore';
 
 /** NODE_DEBUG=xen-vchan: what servers offer, who connects, how streams end. */
@@ -156,6 +156,12 @@ export class VchanStream extends Duplex {
   #h: VchanHandle | null;
   readonly #info: VchanInfo;
   #wantRead = false;
+  /**
+   * The ring was found empty and the peer asked to notify us when it writes, and no event has come
+   * since: a read now would find nothing. Readable calls _read again after each push (on the next
+   * tick); this spares that call its two native calls, once per wake-up.
+   */
+  #sleeping = false;
   #readEnded = false;
   #pending: PendingWrite | null = null;
   /** A write that failed because the peer closed, failing once the readable side has ended. */
@@ -210,7 +216,7 @@ export class VchanStream extends Duplex {
     if (!this.#h) return;
     let live: LiveState;
     try {
-      ({ live } = this.#b.vchan.arm(this.#h, this.#pending !== null));
+      ({ live } = unpackArm(this.#b.vchan.arm(this.#h, this.#pending !== null)));
     } catch (e) {
       this.destroy(e as Error);
       return;
@@ -371,6 +377,7 @@ export class VchanStream extends Duplex {
 
   override _read(): void {
     this.#wantRead = true;
+    if (this.#sleeping) return; // the peer's next write wakes us (#onWake)
     try {
       this.#pumpRead();
     } catch (e) {
@@ -466,6 +473,7 @@ export class VchanStream extends Duplex {
 
   #onWake(): void {
     if (!this.#h) return;
+    this.#sleeping = false;
     try {
       // A write failure goes to that write (and an EPIPE waits for the readable side to end).
       this.#pumpWriteSafe();
@@ -478,7 +486,7 @@ export class VchanStream extends Duplex {
 
   /** A paused stream still learns that the peer went: once its data is read, the stream ends. */
   #checkPeerGone(): void {
-    const { live, readable } = this.#b.vchan.arm(this.#h!, false);
+    const { live, readable } = unpackArm(this.#b.vchan.arm(this.#h!, false));
     if (live === LiveState.Closed && readable === 0) this.#endReadable();
   }
 
@@ -547,9 +555,10 @@ export class VchanStream extends Duplex {
     }
     // Nothing now: ask the peer to notify us when it writes (and when it reads only if a write
     // of ours waits for room), then look once more.
-    const { live, readable } = this.#b.vchan.arm(this.#h!, this.#pending !== null);
+    const { live, readable } = unpackArm(this.#b.vchan.arm(this.#h!, this.#pending !== null));
     if (readable > 0) return false;
     if (live === LiveState.Closed) this.#endReadable();
+    else this.#sleeping = true;
     return true;
   }
 
@@ -586,7 +595,7 @@ export class VchanStream extends Duplex {
     if (i > 0) p.chunks.splice(0, i);
     p.offset = off;
     // Ring full: ask the peer to notify us when it reads, then look once more.
-    const { live, writable } = this.#b.vchan.arm(this.#h!, true);
+    const { live, writable } = unpackArm(this.#b.vchan.arm(this.#h!, true));
     if (live !== LiveState.Open) {
       this.#pending = null;
       this.#failWrite(p, systemError('EPIPE', 'libxenvchan_write', 'the peer has closed the channel'));
@@ -699,7 +708,7 @@ export function offerChannel(
     const handle = h;
     let live: LiveState;
     try {
-      ({ live } = b.vchan.arm(handle));
+      ({ live } = unpackArm(b.vchan.arm(handle)));
     } catch (e) {
       // The client broke the ring as it connected: this channel is lost.
       h = null;

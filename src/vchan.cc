@@ -19,6 +19,10 @@
 
 namespace xv {
 
+// arm()'s counts are below this (a ring is at most 1 MiB, XV_RING_MAX_ORDER): each fits 21 bits.
+constexpr int kArmCountMax = (1 << 21) - 1;
+static_assert(XV_RING_MAX_ORDER < 21, "arm() packs ring counts in 21 bits");
+
 namespace {
 
 class Vchan : public Handle {
@@ -228,8 +232,8 @@ Napi::Value Writev(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, n);
 }
 
-// arm(h, wantWritable = true) -> {live, readable, writable}: the live state and the bytes that can
-// be read and written now, as libxenvchan_data_ready/buffer_space give them, which also ask the
+// arm(h, wantWritable = true) -> live + 4 * readable + 2^23 * writable: the live state and the
+// bytes that can be read and written now, as libxenvchan_data_ready/buffer_space give them, which also ask the
 // peer to notify us when it writes and (with wantWritable: a write waits for room) when it reads;
 // hence the name: call it before sleeping on the fd.
 Napi::Value Arm(const Napi::CallbackInfo& info) {
@@ -237,12 +241,13 @@ Napi::Value Arm(const Napi::CallbackInfo& info) {
   Vchan* v = Unwrap<Vchan>(info);
   bool wantWritable = info.Length() < 2 || info[1].IsUndefined() || info[1].ToBoolean().Value();
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_data_ready", "the peer's ring index is impossible");
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("live", Napi::Number::New(env, libxenvchan_is_open(v->c_)));
-  o.Set("readable", Napi::Number::New(env, libxenvchan_data_ready(v->c_)));
-  o.Set("writable", Napi::Number::New(env, libxenvchan_buffer_space(v->c_)));
+  // One number, not an object: this is called on every wake-up, and an object with three named
+  // properties cost more than the ring work itself (lib/native.ts: unpackArm).
+  double live = libxenvchan_is_open(v->c_);
+  double readable = std::min(libxenvchan_data_ready(v->c_), kArmCountMax);
+  double writable = std::min(libxenvchan_buffer_space(v->c_), kArmCountMax);
   if (!wantWritable) xv_vchan_withdraw_read_notify(v->c_);
-  return o;
+  return Napi::Number::New(env, live + 4 * readable + 4 * (kArmCountMax + 1.0) * writable);
 }
 
 // peek(h) -> {live, readable, writable, oursAsked, peerAsked, eventPending, polling, wakeups,

@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 
-import { binding, LiveState, NATIVE_FUNCTIONS } from '../dist/cjs/native.js';
+import { binding, LiveState, NATIVE_FUNCTIONS, unpackArm } from '../dist/cjs/native.js';
 import { createServer, connect } from '../dist/cjs/index.js';
 import { uniquePath } from './helpers/util';
 
@@ -21,7 +21,20 @@ describe('the native surface', () => {
     }
   });
 
-  it('vchan.arm and vchan.peek return named fields, with the live state as LiveState', async () => {
+  it('unpackArm reads every state with both counts at their bounds (a 1 MiB ring)', () => {
+    const MiB = 1 << 20;
+    for (const live of [LiveState.Closed, LiveState.Open, LiveState.Waiting])
+      for (const [readable, writable] of [
+        [0, 0],
+        [MiB, 0],
+        [0, MiB],
+        [MiB, MiB],
+        [1, MiB - 1],
+      ])
+        expect(unpackArm(live + 4 * readable + 2 ** 23 * writable)).toEqual({ live, readable, writable });
+  });
+
+  it('vchan.arm (unpacked) and vchan.peek give named fields, with the live state as LiveState', async () => {
     const b = binding();
     const rel = uniquePath('native');
     const server = createServer({ domid: 0, path: rel });
@@ -37,7 +50,11 @@ describe('the native surface', () => {
       // The raw calls, on a fresh server handle of our own (offered, no client): Waiting.
       const raw = b.vchan.serverInit(0, `${rel}-raw`, 1024, 1024);
       try {
-        expect(b.vchan.arm(raw)).toEqual({ live: LiveState.Waiting, readable: 0, writable: expect.any(Number) });
+        expect(unpackArm(b.vchan.arm(raw))).toEqual({
+          live: LiveState.Waiting,
+          readable: 0,
+          writable: expect.any(Number),
+        });
         expect(Object.keys(b.vchan.peek(raw)).sort()).toEqual(
           [
             'events',

@@ -53,8 +53,9 @@ struct slot {
 
 struct xenevtchn_handle {
     int sock;
-    int ep;   /* xenevtchn_fd() */
-    int wake; /* our own eventfd: the broker's events, links to fetch, ports queued by unmask */
+    int ep;         /* xenevtchn_fd() */
+    int wake;       /* our own eventfd: the broker's events, links to fetch, ports queued by unmask */
+    bool woke_self; /* we wrote WAKE ourselves (ports left queued) since it was last drained */
     const struct xm_evt_gen *gen;
     struct xm_evt_bits *own;
     pthread_mutex_t lock;
@@ -410,9 +411,29 @@ static void take(xenevtchn_handle *h, struct xm_evt_bits *b, struct link *l)
 static void take_own(xenevtchn_handle *h)
 {
     drain_fd(h->wake);
+    h->woke_self = false;
     if (__atomic_load_n(&h->gen->links_epoch, __ATOMIC_ACQUIRE) != h->epoch)
         links_sync(h);
     take(h, h->own, NULL);
+}
+
+/* Whether our own eventfd may have been written since it was last drained: by us (ports left
+ * queued), or by the broker, which sets a bit or moves the links epoch before it writes. A write
+ * that lands after this says no makes the descriptor readable, and the next call drains it. */
+static bool own_stirred(xenevtchn_handle *h)
+{
+    if (h->woke_self || __atomic_load_n(&h->gen->links_epoch, __ATOMIC_ACQUIRE) != h->epoch)
+        return true;
+    for (uint32_t sw = 0; sw < XM_EVT_SUMMARY_WORDS; sw++)
+        if (__atomic_load_n(&h->own->summary[sw], __ATOMIC_ACQUIRE))
+            return true;
+    return false;
+}
+
+static void wake_self(xenevtchn_handle *h)
+{
+    h->woke_self = true;
+    wake_fd(h->wake);
 }
 
 XM_EXPORT xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, unsigned int flags)
@@ -645,10 +666,10 @@ XM_EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
             /* xenevtchn_fd() stays readable exactly while ports wait: with the queue empty, our
              * own eventfd is drained (and what it may have announced taken); with ports left, it
              * is written again. */
-            if (h->qlen == 0)
+            if (h->qlen == 0 && own_stirred(h))
                 take_own(h);
             if (h->qlen > 0)
-                wake_fd(h->wake);
+                wake_self(h);
             if (!slot_of(h, port))
                 continue; /* unbound since it was taken */
             pthread_mutex_unlock(&h->lock);
@@ -719,7 +740,7 @@ XM_EXPORT int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)
         s->pending = false;
         if (pending) {
             deliver(h, port, s);
-            wake_fd(h->wake);
+            wake_self(h);
         }
     }
     pthread_mutex_unlock(&h->lock);
