@@ -634,14 +634,37 @@ async function main() {
   }
   if (part('latency')) {
     const count = QUICK ? 2000 : INSIDE_RIG ? 2000 : 20000;
-    const aLat = cBench(['latency', '65536', String(count)], INSIDE_RIG ? { VCHAN_BENCH_PEER: '0' } : {})[0];
-    res.latency.a = { p50: aLat.p50us, p99: aLat.p99us };
-    res.latency.b = await roundTrips((m) => vchanPair(65536, m), count);
-    // c inside the rig too: whether Xen's event delivery, not Node, sets the floor there.
-    res.latency.c = await roundTrips((m) => udsPair(m), count);
-    log(
-      `round trips: C ${fmt(res.latency.a.p50, 1)} us, VchanStream ${fmt(res.latency.b.p50, 1)} us, Unix socket ${fmt(res.latency.c.p50, 1)} us`,
-    );
+    // REPEAT runs, interleaved (C, VchanStream, Unix socket in turn); each figure the median of
+    // the runs' p50s (and p99s), each ratio taken run by run against the C run beside it.
+    const REPEAT = Math.max(1, Number(process.env.BENCH_REPEAT ?? 1));
+    const runs = { a: [], b: [], c: [] };
+    for (let rep = 0; rep < REPEAT; rep++) {
+      const aLat = cBench(['latency', '65536', String(count)], INSIDE_RIG ? { VCHAN_BENCH_PEER: '0' } : {})[0];
+      runs.a.push({ p50: aLat.p50us, p99: aLat.p99us });
+      runs.b.push(await roundTrips((m) => vchanPair(65536, m), count));
+      // c inside the rig too: whether Xen's event delivery, not Node, sets the floor there.
+      runs.c.push(await roundTrips((m) => udsPair(m), count));
+      const [a, b, c] = [runs.a[rep], runs.b[rep], runs.c[rep]];
+      log(
+        `round trips (run ${rep + 1}/${REPEAT}): C ${fmt(a.p50, 1)} us, VchanStream ${fmt(b.p50, 1)} us, Unix socket ${fmt(c.p50, 1)} us`,
+      );
+    }
+    const summary = (key) => {
+      const p50s = runs[key].map((v) => v.p50);
+      const vsA = p50s.map((v, i) => v / runs.a[i].p50);
+      const vsC = p50s.map((v, i) => v / runs.c[i].p50);
+      return {
+        p50: median(p50s),
+        p99: median(runs[key].map((v) => v.p99)),
+        p50Span: [Math.min(...p50s), Math.max(...p50s)],
+        vsA: median(vsA),
+        vsASpan: [Math.min(...vsA), Math.max(...vsA)],
+        vsC: median(vsC),
+        vsCSpan: [Math.min(...vsC), Math.max(...vsC)],
+        runs: REPEAT,
+      };
+    };
+    res.latency = { a: summary('a'), b: summary('b'), c: summary('c') };
   }
 
   if (!INSIDE_RIG && part('cost')) {
@@ -766,13 +789,23 @@ function report(r) {
     '',
   );
   L.push('### 64-byte request/response round trips, microseconds', '');
-  L.push('| | p50 | p99 | p50 vs a |', '|---|---|---|---|');
+  const lat = r.latency;
+  const span = (v, k, d) =>
+    v[`${k}Span`] && v.runs > 1 ? ` (${v[`${k}Span`].map((x) => x.toFixed(d)).join('-')})` : '';
+  if (lat.a.runs > 1)
+    L.push(
+      `Medians of ${lat.a.runs} interleaved runs of 20,000 round trips each (p50 spread min-max); the ratios are taken run by run.`,
+      '',
+    );
+  L.push('| | p50 | p99 | p50 vs a | p50 vs c |', '|---|---|---|---|---|');
   for (const [name, v] of [
-    ['a: C libxenvchan', r.latency.a],
-    ['b: VchanStream', r.latency.b],
-    ['c: net.Socket, Unix socket', r.latency.c],
+    ['a: C libxenvchan', lat.a],
+    ['b: VchanStream', lat.b],
+    ['c: net.Socket, Unix socket', lat.c],
   ])
-    L.push(`| ${name} | ${fmt(v.p50, 1)} | ${fmt(v.p99, 1)} | ${ratio(v.p50, r.latency.a.p50)} |`);
+    L.push(
+      `| ${name} | ${fmt(v.p50, 1)}${span(v, 'p50', 1)} | ${fmt(v.p99, 1)} | ${v.vsA === undefined ? ratio(v.p50, lat.a.p50) : `${v.vsA.toFixed(2)}x${span(v, 'vsA', 2)}`} | ${v.vsC === undefined ? ratio(v.p50, lat.c.p50) : `${v.vsC.toFixed(2)}x${span(v, 'vsC', 2)}`} |`,
+    );
   const ps = r.cost.perStream;
   L.push('', '### Cost', '');
   L.push(
