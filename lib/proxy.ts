@@ -245,7 +245,8 @@ export function proxyListen(options: ProxyListenOptions): VchanProxy {
     o.connectTimeout === undefined
       ? PROXY_CONNECT_TIMEOUT
       : checkInt('options.connectTimeout', o.connectTimeout, 0, 2 ** 31 - 1);
-  const what = `vchan proxy from ${describe(at)}`;
+  // Named by the address bound (port 0 becomes the port the kernel chose) once listening.
+  let what = `vchan proxy from ${describe(at)}`;
   let turn: Promise<unknown> = Promise.resolve();
   /** Connections waiting for a channel: refused when the proxy closes. */
   const waiting = new Set<AbortController>();
@@ -316,7 +317,12 @@ export function proxyListen(options: ProxyListenOptions): VchanProxy {
         );
       });
     });
-    server.on('listening', () => p.emit('listening'));
+    server.on('listening', () => {
+      const a = server.address();
+      if (a !== null && typeof a === 'object' && 'port' in at)
+        what = `vchan proxy from ${describe({ ...at, port: a.port })}`;
+      p.emit('listening');
+    });
     // Node's own listen error (EADDRINUSE, EACCES, ...: code, errno, syscall 'listen', address).
     server.on('error', (e) => p.emit('error', e));
     process.nextTick(() => server.listen(at));

@@ -72,7 +72,7 @@ async function halfCloseEcho(): Promise<{ path: string; open: () => number; seen
 /** A proxy pair on this domain: the serving half to TARGET, the listening half at a fresh socket. */
 async function proxyPair(
   target: string,
-  opts: { maxConnections?: number; raw?: boolean; connectTimeout?: number } = {},
+  opts: { maxConnections?: number; raw?: boolean; connectTimeout?: number; tcp?: boolean } = {},
 ) {
   const vpath = uniquePath('proxy');
   const serve = proxyServe({
@@ -89,13 +89,14 @@ async function proxyPair(
   const listen = proxyListen({
     domid: selfDomid,
     path: `/local/domain/${selfDomid}/${vpath}`,
-    listen: { path: front },
+    listen: opts.tcp ? { host: '127.0.0.1', port: 0 } : { path: front },
     raw: opts.raw,
     connectTimeout: opts.connectTimeout,
   });
   proxies.push(listen);
   await once(listen, 'listening');
-  return { serve, listen, front, vpath };
+  const port = opts.tcp ? (listen.address() as net.AddressInfo).port : 0;
+  return { serve, listen, front, vpath, port };
 }
 
 /** Connects to FRONT, writes N random bytes, half-closes, reads to the end: the two digests. */
@@ -248,7 +249,17 @@ describe('proxy end to end (socket -> vchan -> socket)', () => {
     for (let i = 0; i < 200 && (served.length === 0 || listened.length === 0); i++) await sleep(10);
     expect(served[0]).toMatchObject({ code: 'ENOENT', syscall: 'connect' });
     expect(listened[0]).toMatchObject({ code: 'ENOENT', errno: -2, syscall: 'connect' });
-    expect(listened[0].message).toContain('the other side failed');
+    expect(listened[0].message).toContain(`vchan proxy from unix:${front}: the other side failed`);
+    // Listening at tcp:HOST:0, the messages name the port the kernel chose.
+    const tcp = await proxyPair(gone, { tcp: true });
+    const tcpErrors: Error[] = [];
+    tcp.listen.on('connectionError', (e) => tcpErrors.push(e));
+    tcp.serve.on('connectionError', () => undefined);
+    const t = net.connect(tcp.port, '127.0.0.1');
+    t.on('error', () => undefined);
+    await new Promise((r) => t.once('close', r));
+    for (let i = 0; i < 200 && tcpErrors.length === 0; i++) await sleep(10);
+    expect(tcpErrors[0]?.message).toContain(`vchan proxy from tcp:127.0.0.1:${tcp.port}: the other side failed`);
     for (let i = 0; i < 200 && serve.connections + listen.connections > 0; i++) await sleep(10);
     expect(serve.connections + listen.connections).toBe(0);
   });
