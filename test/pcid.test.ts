@@ -337,8 +337,12 @@ describe('pcid: hostile input never hurts the server or the host', () => {
 });
 
 describe('pcid: concurrency', () => {
+  // The rig's emulated CPU serves about 100-170 requests a second whatever the transport (a Unix
+  // socket too: `npm run bench:pcid:rig`), so there each client pipelines 20, not 200: 10,000
+  // requests took 55-132 s there, and at 132 s vitest's own worker RPC timed out.
+  const perClient = onMock ? 200 : 20;
   it(
-    '50 clients at once, 200 pipelined requests each, every reply to its own request',
+    `50 clients at once, ${perClient} pipelined requests each, every reply to its own request`,
     async () => {
       const t0 = Date.now();
       const { srv, rel } = await server();
@@ -349,7 +353,7 @@ describe('pcid: concurrency', () => {
       const results = await Promise.all(
         cs.map((c, i) =>
           Promise.all(
-            Array.from({ length: 200 }, (_, j) => {
+            Array.from({ length: perClient }, (_, j) => {
               const sbdf = sbdfs[(i + j) % 3];
               return j % 2 === 0
                 ? c.isDeviceAssigned(sbdf).then((r) => r === (sbdf === sys.assigned))
@@ -361,14 +365,14 @@ describe('pcid: concurrency', () => {
         ),
       );
       expect(results.flat().filter((ok) => !ok)).toEqual([]);
-      expect(results.flat()).toHaveLength(10_000);
-      console.log(`pcid: 50 clients x 200 requests in ${Date.now() - t0} ms (connects included)`);
+      expect(results.flat()).toHaveLength(50 * perClient);
+      console.log(`pcid: 50 clients x ${perClient} requests in ${Date.now() - t0} ms (connects included)`);
       for (const c of cs) c.close();
       for (let i = 0; i < 200 && srv.connections > 0; i++) await sleep(10);
       expect(srv.connections).toBe(0);
     },
-    onMock ? 60_000 : 300_000,
-  ); // the rig: 10,000 requests took 55 s on its emulated CPU
+    onMock ? 60_000 : 120_000,
+  );
 
   it.runIf(onMock)(
     'a client in another domain killed mid-request frees its channel and node within a second',
