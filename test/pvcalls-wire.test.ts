@@ -14,7 +14,7 @@ import { GrantMapper, GrantSharer } from '../dist/cjs/index.js';
 import { DataRing } from '../dist/cjs/pvcalls/data.js';
 import { BackRing, FrontRing } from '../dist/cjs/pvcalls/ring.js';
 import * as w from '../dist/cjs/pvcalls/wire.js';
-import { root, selfDomid } from './helpers/env';
+import { onMock, root, selfDomid } from './helpers/env';
 
 const header = '/usr/include/xen/io/pvcalls.h';
 // By code and name: the rings' own modules load through Node's require, this file's through vite.
@@ -117,7 +117,10 @@ describe('the commands ring (io/ring.h)', () => {
     expect(front.takeResponses()).toHaveLength(1);
   });
 
-  it('runs 100,000 requests through with the indexes wrapping past 2^32', () => {
+  // Synchronous from end to end: on the rig's emulated CPU 100,000 took 50-73 s, a test that never
+  // yields that long also starves vitest's own worker RPC (60 s). 5,000 pass the wrap as surely.
+  const total = onMock ? 100_000 : 5_000;
+  it(`runs ${total.toLocaleString('en')} requests through with the indexes wrapping past 2^32`, () => {
     // Both ends attach to a ring whose indexes are just below the wrap, as a long-lived one's are.
     const page = new Uint8Array(4096);
     const start = 2 ** 32 - 1000;
@@ -126,17 +129,20 @@ describe('the commands ring (io/ring.h)', () => {
     const b = new BackRing(page);
     let next = 0;
     let done = 0;
-    while (done < 100_000) {
-      while (f.free > 0 && next < 100_000) w.encodeRequest(f.nextRequest(), { reqId: next++, cmd: 'POLL', id: 0n });
+    const wrong: number[] = [];
+    while (done < total) {
+      while (f.free > 0 && next < total) w.encodeRequest(f.nextRequest(), { reqId: next++, cmd: 'POLL', id: 0n });
       f.push();
       for (const s of b.takeRequests()) {
         const r = w.decodeRequest(s);
         w.encodeResponse(b.nextResponse(), { reqId: r.reqId, cmd: 6, ret: 0, id: 0n });
       }
       b.push();
-      for (const s of f.takeResponses()) expect(w.decodeResponse(s).reqId).toBe(done++);
+      for (const s of f.takeResponses()) if (w.decodeResponse(s).reqId !== done++) wrong.push(done - 1);
     }
-    expect(new Uint32Array(page.buffer, 0, 1)[0]).toBe((start + 100_000) % 2 ** 32);
+    expect(wrong).toEqual([]);
+    expect(done).toBe(total);
+    expect(new Uint32Array(page.buffer, 0, 1)[0]).toBe((start + total) % 2 ** 32);
   });
 
   it('throws RingCorruptError on indexes a hostile peer made up, and on a response nobody asked for', () => {
