@@ -18,7 +18,7 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
-const { fmt, median } = require('./stats');
+const { brokerCpu, fmt, median } = require('./stats');
 
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
 // On real Xen (the rig's dom0: npm run bench:pcid:rig) both processes are in dom0; on the mock the
@@ -100,30 +100,6 @@ async function childMain() {
   process.send({ ready: true });
 }
 
-const TICKS = 100; // USER_HZ on Linux
-
-/**
- * CPU time (µs) the mock's broker (xenmockd) has used so far: on the mock every event and unmask
- * passes through it. Undefined on real Xen, or when not exactly one broker runs (it could not be
- * told apart from another's).
- */
-function brokerCpu() {
-  if (x.currentBackend() !== 'mock') return undefined;
-  const found = [];
-  for (const pid of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      if (fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'xenmockd') continue;
-      // utime and stime are fields 14 and 15, after the parenthesised command name.
-      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-      found.push(((Number(f[11]) + Number(f[12])) * 1e6) / TICKS);
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return found.length === 1 ? found[0] : undefined;
-}
-
 // ---------------------------------------------------------------------------------------------
 
 async function main() {
@@ -158,11 +134,11 @@ async function main() {
     child.send(m);
     await once(child, 'message'); // the clients are connected; the timed loop starts
     const cpu0 = process.cpuUsage();
-    const broker0 = brokerCpu();
+    const broker0 = brokerCpu(x.currentBackend());
     const [r] = await once(child, 'message');
     const cpu = process.cpuUsage(cpu0);
     r.serverCpu = (cpu.user + cpu.system) / r.n;
-    const broker1 = brokerCpu();
+    const broker1 = brokerCpu(x.currentBackend());
     if (broker0 !== undefined && broker1 !== undefined) r.brokerCpu = (broker1 - broker0) / r.n;
     return r;
   };

@@ -1,5 +1,7 @@
 'use strict';
-// What the protocol benches report: the median of several runs, with the spread (min-max).
+// What the protocol benches report: the median of several runs, with the spread (min-max), and
+// the mock broker's CPU time.
+const fs = require('node:fs');
 
 /** @param {number[]} a */
 const median = (a) => {
@@ -10,4 +12,29 @@ const median = (a) => {
 /** "median (min-max)" with D decimals. @param {number[]} a */
 const fmt = (a, d = 0) => `${median(a).toFixed(d)} (${Math.min(...a).toFixed(d)}-${Math.max(...a).toFixed(d)})`;
 
-module.exports = { fmt, median };
+const TICKS = 100; // USER_HZ on Linux
+
+/**
+ * CPU time (µs) the mock's broker (xenmockd) has used so far: it binds channels, maps grants and
+ * serves xenstore. Undefined on real Xen, or when not exactly one broker runs (it could not be
+ * told apart from another's).
+ * @param {string} backend the backend in use (x.currentBackend())
+ */
+function brokerCpu(backend) {
+  if (backend !== 'mock') return undefined;
+  const found = [];
+  for (const pid of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim() !== 'xenmockd') continue;
+      // utime and stime are fields 14 and 15, after the parenthesised command name.
+      const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
+      found.push(((Number(f[11]) + Number(f[12])) * 1e6) / TICKS);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found.length === 1 ? found[0] : undefined;
+}
+
+module.exports = { brokerCpu, fmt, median };
