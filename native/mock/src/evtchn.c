@@ -259,10 +259,27 @@ static void links_reap(xenevtchn_handle *h)
         link_release(h, l);
 }
 
+static int queue_push(xenevtchn_handle *h, uint32_t port);
+static void wake_self(xenevtchn_handle *h);
+
 static void route_drop(xenevtchn_handle *h, uint32_t port, struct slot *s)
 {
     if (s->route == ROUTE_LINK && s->link) {
-        bit_clear(bits_at(s->link, s->link->end)->mask, port);
+        struct xm_evt_bits *b = bits_at(s->link, s->link->end);
+        bit_clear(b->mask, port);
+        /* An event the link holds for PORT goes with the route, taken here: left set, it would
+         * swallow the first event of the port's next binding over the same link (a notifier that
+         * finds the bit set wakes nobody), and a handle kept across channels meets that link
+         * again. Delivered (spurious at worst, as Xen allows) or kept for the unmask. */
+        bool had = bit_take(b->pend, port);
+        bit_clear(b->again, port);
+        if (had && s->masked) {
+            s->pending = true;
+        } else if (had && queue_push(h, port) == 0) {
+            s->masked = true;
+            bit_set(h->own->mask, port);
+            wake_self(h);
+        }
         s->link->users--;
         link_release(h, s->link);
     }

@@ -259,6 +259,41 @@ static void test_evtchn_shared_state(void)
         xenevtchn_close(b);
         xenevtchn_close(c);
     }
+    TEST("event channels: an event left on a link for an unbound port does not swallow the next binding's")
+    {
+        /* Two handles that outlive their channels (a server and a client process keeping their
+         * handles) meet on the same link again. The old channel's peer notifies while our port is
+         * masked, then leaves; our route goes (we notify the gone peer) before we unmask; we
+         * unbind, bind again (the same port number), and the new peer's first event must come. */
+        as(0);
+        xenevtchn_handle *s = xenevtchn_open(NULL, 0);
+        as(5);
+        xenevtchn_handle *c = xenevtchn_open(NULL, 0);
+        CHECK(s && c);
+        int ps = xenevtchn_bind_unbound_port(s, 5);
+        int pc = xenevtchn_bind_interdomain(c, 0, (uint32_t)ps);
+        CHECK(ps > 0 && pc > 0);
+        CHECK(next_event(c, 1000) == pc); /* Xen's event at bind */
+        xenevtchn_unmask(c, (uint32_t)pc);
+        CHECK(xenevtchn_notify(c, (uint32_t)pc) == 0);
+        CHECK(next_event(s, 1000) == ps);              /* delivered: masked until unmasked */
+        CHECK(xenevtchn_notify(c, (uint32_t)pc) == 0); /* pending on the link, no wake-up */
+        CHECK(xenevtchn_unbind(c, (uint32_t)pc) == 0);
+        CHECK(xenevtchn_notify(s, (uint32_t)ps) == 0); /* learns the peer is gone */
+        xenevtchn_unmask(s, (uint32_t)ps);
+        while (next_event(s, 50) >= 0) /* a spurious event is allowed, no more */
+            ;
+        CHECK(xenevtchn_unbind(s, (uint32_t)ps) == 0);
+        int ps2 = xenevtchn_bind_unbound_port(s, 5);
+        int pc2 = xenevtchn_bind_interdomain(c, 0, (uint32_t)ps2);
+        CHECK(ps2 > 0 && pc2 > 0);
+        CHECK(next_event(c, 1000) == pc2);
+        xenevtchn_unmask(c, (uint32_t)pc2);
+        CHECK(xenevtchn_notify(c, (uint32_t)pc2) == 0);
+        CHECK(next_event(s, 1000) == ps2);
+        xenevtchn_close(s);
+        xenevtchn_close(c);
+    }
 }
 
 static void test_grants(void)
