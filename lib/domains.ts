@@ -9,13 +9,18 @@
  * domain) serves every stream; it exists only while some stream needs it, and never keeps the
  * process alive.
  */
+import { leaseShared, type SharedLease } from './lease';
 import type { Binding } from './native';
-import { Xenstore } from './xenstore';
+import type { Xenstore, XenstoreWatch } from './xenstore';
 
 type Listener = () => void;
 
 interface Monitor {
+  /** On the process's shared connection (lib/lease.ts), which it never keeps alive. */
+  lease: SharedLease;
   xs: Xenstore;
+  /** The @releaseDomain watch once set (undefined if it could not be). */
+  watch: Promise<XenstoreWatch | undefined>;
   subs: Map<number, Set<Listener>>;
   checking: boolean;
   again: boolean;
@@ -60,7 +65,13 @@ async function check(key: string, m: Monitor): Promise<void> {
 
 function stop(key: string, m: Monitor): void {
   monitors.delete(key);
-  m.xs.close();
+  // The connection lives on: the watch is removed (once set), then the lease given back.
+  void m.watch
+    .then((w) => w?.close())
+    .then(
+      () => m.lease.release(),
+      () => m.lease.release(true),
+    );
 }
 
 /**
@@ -71,21 +82,23 @@ export function onDomainGone(b: Binding, mockDomid: number | undefined, domid: n
   const key = `${b.backend}/${mockDomid ?? ''}`;
   let m = monitors.get(key);
   if (!m) {
-    let xs: Xenstore;
+    let lease: SharedLease;
     try {
-      xs = new Xenstore({ backend: b.backend, mockDomid }).unref();
+      lease = leaseShared(b, mockDomid, { ref: false });
     } catch {
       return () => undefined; // no xenstore: nothing to learn from
     }
-    const mon: Monitor = { xs, subs: new Map(), checking: false, again: false };
+    // The watch fires once when set, so a domain that died before this is caught too.
+    const watch = lease.xs.watch('@releaseDomain').then(
+      (w) => {
+        w.on('change', () => void check(key, mon));
+        return w;
+      },
+      () => undefined, // unprivileged domains may not watch @releaseDomain: the ring's signals remain
+    );
+    const mon: Monitor = { lease, xs: lease.xs, watch, subs: new Map(), checking: false, again: false };
     m = mon;
     monitors.set(key, mon);
-    // The watch fires once when set, so a domain that died before this is caught too.
-    xs.watch('@releaseDomain')
-      .then((w) => w.on('change', () => void check(key, mon)))
-      .catch(() => {
-        // Unprivileged domains may not watch @releaseDomain: the ring's signals remain.
-      });
   }
   const mon = m;
   let set = mon.subs.get(domid);

@@ -51,7 +51,9 @@ import {
   type OfferOptions,
   type ServerOptions,
   type VchanStream,
+  xenstoreFailed,
 } from './vchan';
+import { leaseShared } from './lease';
 import { Xenstore, type XenstoreWatch } from './xenstore';
 
 const debug = debuglog('xen-vchan');
@@ -683,7 +685,9 @@ export async function connectMulti(options: ConnectOptions): Promise<VchanStream
   if (signal?.aborted) throw abortError(signal);
   const base = o.path;
   const queue = `${base}/requests`;
-  const xs = new Xenstore({ backend: b.backend, mockDomid });
+  const lease = leaseShared(b, mockDomid);
+  const xs = lease.xs;
+  let broken = false;
   let refused = 0;
   let timer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
@@ -732,12 +736,13 @@ export async function connectMulti(options: ConnectOptions): Promise<VchanStream
     }
   } catch (e) {
     debug('connectMulti %s: %s', base, (e as Error).message);
+    broken = xenstoreFailed(e);
     if (node !== undefined) await takeBack(xs, node);
     throw e;
   } finally {
     if (timer) clearTimeout(timer);
     if (onAbort) signal?.removeEventListener('abort', onAbort);
-    xs.close();
+    lease.release(broken);
   }
 }
 

@@ -24,6 +24,7 @@ export type EvtchnHandle = NativeHandle<'evtchn'>;
 export type GrantHandle = NativeHandle<'grants'>;
 export type XenstoreHandle = NativeHandle<'xenstore'>;
 export type VchanHandle = NativeHandle<'vchan'>;
+export type HubHoldHandle = NativeHandle<'hubhold'>;
 
 /** What vchan.arm() returns: live + 4 * readable + 2^23 * writable (each count below 2^21). */
 export function unpackArm(n: number): { live: LiveState; readable: number; writable: number } {
@@ -161,6 +162,12 @@ export interface VchanBinding {
    */
   poll(h: VchanHandle, callback: (() => void) | null): boolean;
   ref(h: VchanHandle, ref: boolean): void;
+  /**
+   * Keeps the environment's shared channel resources (event-channel handle, grant devices, the
+   * xenstore connection set-up uses) for the domain acted as open, channels or not, until unhold().
+   */
+  hold(): HubHoldHandle;
+  unhold(h: HubHoldHandle): void;
 }
 
 /** Live resources of one domain in the mock. */
@@ -270,6 +277,8 @@ export const NATIVE_FUNCTIONS = {
     'info',
     'poll',
     'ref',
+    'hold',
+    'unhold',
   ],
   ctrl: ['allocUnbound'],
   mock: ['stats', 'setThreadDomid', 'staticAdd', 'raiseVirq', 'reset', 'introduce', 'destroy', 'dir'],

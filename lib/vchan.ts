@@ -27,7 +27,8 @@ import {
 import { onDomainGone } from './domains';
 import { DEFAULT_RING_SIZE, LiveState, MAX_RING_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX } from './constants';
 import { asDomain, Backend, Binding, binding, unpackArm, type VchanHandle } from './native';
-import { Xenstore } from './xenstore';
+import { leaseShared, type SharedLease } from './lease';
+import { Xenstore, type XenstoreWatch } from './xenstore';
 
 /** NODE_DEBUG=xen-vchan: what servers offer, who connects, how streams end. */
 const debug = debuglog('xen-vchan');
@@ -1139,11 +1140,14 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
   const b = binding(o.backend as Backend | undefined);
   if (signal?.aborted) throw abortError(signal);
 
-  const xs = new Xenstore({ backend: b.backend, mockDomid });
+  const lease = leaseShared(b, mockDomid);
+  const xs = lease.xs;
+  let watch: XenstoreWatch | undefined;
+  let broken = false;
   let timer: NodeJS.Timeout | undefined;
   let onAbort: (() => void) | undefined;
   try {
-    const watch = await xs.watch(`${path}/event-channel`);
+    watch = await xs.watch(`${path}/event-channel`);
     const stop = new Promise<never>((_, reject) => {
       if (timeout !== undefined)
         timer = setTimeout(
@@ -1213,9 +1217,37 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
         throw e;
       }
     }
+  } catch (e) {
+    broken = xenstoreFailed(e);
+    throw e;
   } finally {
     if (timer) clearTimeout(timer);
     if (onAbort) signal?.removeEventListener('abort', onAbort);
-    xs.close();
+    releaseWithWatch(lease, watch, broken);
   }
+}
+
+/**
+ * Whether E came from the xenstore connection itself (a request that failed, or the connection
+ * closed): a shared connection that produced it is not leased again.
+ *
+ * @internal
+ */
+export function xenstoreFailed(e: unknown): boolean {
+  const { code, syscall } = (e ?? {}) as { code?: unknown; syscall?: unknown };
+  return code === 'ERR_XEN_CLOSED' || (typeof syscall === 'string' && syscall.startsWith('xs_'));
+}
+
+/**
+ * Removes WATCH (if set) from the leased connection, which outlives this use, then gives the lease
+ * back.
+ *
+ * @internal
+ */
+export function releaseWithWatch(lease: SharedLease, watch: XenstoreWatch | undefined, broken: boolean): void {
+  if (watch === undefined) return lease.release(broken);
+  watch.close().then(
+    () => lease.release(broken),
+    () => lease.release(true),
+  );
 }

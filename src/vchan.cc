@@ -60,6 +60,24 @@ class Vchan : public Handle {
   std::shared_ptr<PortHub> hub_;
 };
 
+// Keeps the environment's hub (its event-channel handle and grant devices) open while no channel
+// uses it: a process that connects again soon need not open them again.
+class HubHold : public Handle {
+ public:
+  static constexpr napi_type_tag kTag = {0x5b7d9f1e3a2c4e6aULL, 0x1f3e5d7c9b0a2e4cULL};
+  static constexpr const char* kName = "HubHold";
+  HubHold(std::shared_ptr<Registry> reg, std::shared_ptr<PortHub> hub)
+      : Handle(std::move(reg), &kTag), hub_(std::move(hub)) {}
+  ~HubHold() override { Close(); }
+  void Close() override {
+    closed_ = true;
+    hub_.reset();
+  }
+
+ private:
+  std::shared_ptr<PortHub> hub_;
+};
+
 // The (buffer, offset, length) arguments at 1..3, checked: a pointer and a length inside the buffer.
 std::pair<uint8_t*, uint32_t> BufferRange(const Napi::CallbackInfo& info) {
   Napi::Uint8Array buf = ArgBytes(info, 1, "buffer");
@@ -121,6 +139,18 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
         ThrowErrno(env, e, "libxenvchan_client_init", "the channel at " + path + " was offered again while connecting");
       ThrowErrno(env, e, "libxenvchan_client_init", path);
   }
+}
+
+// hold() -> a handle that keeps the hub of the domain acted as open until unhold(handle).
+Napi::Value Hold(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto reg = RegistryOf(info);
+  return WrapHandle(env, new HubHold(reg, PortHub::Of(env, reg)));
+}
+
+Napi::Value Unhold(const Napi::CallbackInfo& info) {
+  Unwrap<HubHold>(info, true)->Close();
+  return info.Env().Undefined();
 }
 
 Napi::Value Close(const Napi::CallbackInfo& info) {
@@ -325,7 +355,9 @@ void InitVchan(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
                    {"peek", Peek},
                    {"info", Info},
                    {"poll", Poll},
-                   {"ref", Ref}});
+                   {"ref", Ref},
+                   {"hold", Hold},
+                   {"unhold", Unhold}});
 }
 
 }  // namespace xv

@@ -358,6 +358,86 @@ describe('one event-channel handle and one grant device per process', () => {
     );
   }, 120_000);
 
+  it('connects share one xenstore connection and channel handles, kept XEN_VCHAN_LINGER_MS after the last, which never hold the process', async () => {
+    const linger = process.env.XEN_VCHAN_LINGER_MS;
+    process.env.XEN_VCHAN_LINGER_MS = '500';
+    try {
+      // On the mock the client acts as domain 5, so the server's channels do not keep the client's
+      // event-channel handle and grant device open: only the lingering does.
+      const asOther = config === 'mock';
+      const clientDom = asOther ? 5 : selfDomid;
+      const path = uniquePath('xsshare');
+      let accepted: VchanStream | undefined;
+      const server = createServer({ domid: clientDom, path }, (st) => {
+        accepted = st;
+        st.on('data', (d) => st.write(d));
+      });
+      servers.push(server);
+      await once(server.listen(), 'listening');
+      const cycle = async () => {
+        const c = await connect({
+          domid: selfDomid,
+          path: `/local/domain/${selfDomid}/${path}`,
+          timeout: 5000,
+          mockDomid: asOther ? clientDom : undefined,
+        });
+        const n = fdCount();
+        c.write('x');
+        await once(c, 'data');
+        c.destroy();
+        await closed(c).catch(() => undefined);
+        await closed(accepted!).catch(() => undefined);
+        return n;
+      };
+      // What the server opens for good with its first channels (lazily) is open from here on.
+      await cycle();
+      await sleep(800);
+      const f0 = fdCount();
+      const handles = () => (asOther ? (snapshot()[clientDom]?.handles ?? 0) : 0);
+      const h0 = handles();
+      const after: number[] = [];
+      const between: number[] = [];
+      for (let i = 0; i < 20; i++) {
+        after.push((await cycle()) - f0);
+        between.push(fdCount() - f0);
+      }
+      // At the broker (the mock, the client another domain): the client's domain holds its xenstore
+      // connection, its event-channel handle and its grant device between connects, nothing more.
+      if (asOther) expect(handles() - h0).toBe(3);
+      // Opened by the first connect and held between connects, the same ones throughout (opened
+      // and closed with each connect they would leave 0 between; opened each time, a growing
+      // count). Only an event link's two descriptors may come and go (the mock drops a link lazily).
+      expect(Math.min(...between)).toBeGreaterThan(0);
+      expect(Math.max(...between) - Math.min(...between)).toBeLessThanOrEqual(2);
+      expect(Math.max(...after) - Math.min(...after)).toBeLessThanOrEqual(2);
+      // Closed 500 ms after the last use: all of it when the client is another domain; else what
+      // the server's channels do not hold themselves (the xenstore connection).
+      await sleep(800);
+      if (asOther) expect([fdCount() - f0, handles() - h0]).toEqual([0, 0]);
+      else expect(fdCount() - f0).toBeLessThan(between[0]);
+    } finally {
+      if (linger === undefined) delete process.env.XEN_VCHAN_LINGER_MS;
+      else process.env.XEN_VCHAN_LINGER_MS = linger;
+    }
+    // A process whose only handle left is the lingering connection exits at once.
+    const path = uniquePath('xsexit');
+    const code = `
+      const x = require(${JSON.stringify(root)});
+      const server = x.createServer({ domid: ${selfDomid}, path: ${JSON.stringify(path)} }, (s) => { s.destroy(); server.close(); });
+      server.listen(async () => {
+        const c = await x.connect({ domid: ${selfDomid}, path: '/local/domain/${selfDomid}/${path}', timeout: 5000 });
+        c.destroy();
+        console.log(Date.now());
+      });`;
+    const r = spawnSync(process.execPath, ['-e', code], {
+      env: { ...process.env, XEN_VCHAN_LINGER_MS: '60000' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(r.status).toBe(0);
+    expect(Date.now() - Number(r.stdout.trim())).toBeLessThan(10_000);
+  });
+
   it('streams closing and opening (their ports reused) never disturb another stream: its round trips all complete', async () => {
     const { s: ls, c: lc } = await pair(1024, 2048);
     ls.on('data', (d: Buffer) => ls.write(d)); // echo

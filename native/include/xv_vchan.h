@@ -82,7 +82,7 @@ struct xengntdev_handle;
 struct xv_vchan_handles {
     struct xenevtchn_handle *event;
     struct xengntdev_handle *gntshr; /* a server's (xengntshr_handle) */
-    struct xengntdev_handle *gnttab; /* a client's (xengnttab_handle) */
+    struct xengntdev_handle *gnttab; /* a client's (xengnttab_handle); a claim maps through it too */
 };
 struct libxenvchan *xv_vchan_server_init_on(const struct xv_vchan_handles *h, int domain, const char *xs_path,
                                             size_t left_min, size_t right_min);

@@ -735,6 +735,7 @@ VCHAN_EXPORT void xv_vchan_set_single_use(struct libxenvchan *c)
 struct claim {
     uint32_t dom, port;
     xengnttab_handle *gt;
+    int own_gt; /* gt is ours to close (the caller lent none) */
     struct vchan_interface *page;
     int claimed;    /* cli_live is ours to give back */
     int restore;    /* give it back as it was (see claim_give_back) */
@@ -744,9 +745,15 @@ struct claim {
 /* 0, or an errno: of the mapping (the entry is stale or not ours), EPROTO (the page is not a
  * vchan), EBUSY (another client holds it, or its client has gone and the server has not offered
  * it again); *SEEN is the cli_live found. */
-static int claim_take(struct claim *k, uint32_t ref, uint8_t *seen)
+static int claim_take(struct claim *k, const struct xv_vchan_handles *shared, uint32_t ref, uint8_t *seen)
 {
-    k->gt = xengnttab_open(NULL, 0);
+    /* The caller's grant device when it lends one: the claim's mapping is a second map of the
+     * ring page beside libxenvchan's, unmapped before we return. */
+    k->gt = shared && shared->gnttab ? (xengnttab_handle *)shared->gnttab : NULL;
+    if (!k->gt) {
+        k->gt = xengnttab_open(NULL, 0);
+        k->own_gt = 1;
+    }
     if (!k->gt)
         return errno ? errno : EIO;
     k->page = xengnttab_map_grant_ref(k->gt, k->dom, ref, PROT_READ | PROT_WRITE);
@@ -817,7 +824,7 @@ static void claim_end(struct claim *k)
         claim_give_back(k);
     if (k->page)
         xengnttab_unmap(k->gt, k->page, 1);
-    if (k->gt)
+    if (k->gt && k->own_gt)
         xengnttab_close(k->gt);
 }
 
@@ -851,7 +858,7 @@ static struct libxenvchan *client_claim(const struct xv_vchan_handles *shared, i
     }
     struct claim k = {.dom = (uint32_t)domain, .port = port, .before = XV_LIVE_WAITING};
     struct libxenvchan *c = NULL;
-    int e = claim_take(&k, ring_ref, &w.seen);
+    int e = claim_take(&k, shared, ring_ref, &w.seen);
     if (e) {
         w.step = k.page ? XV_VCHAN_STEP_CLAIM : XV_VCHAN_STEP_MAP;
         goto out;
