@@ -198,6 +198,12 @@ PortHub::~PortHub() {
   if (xce_) xenevtchn_close(xce_);
   if (gntshr_) xengntshr_close(gntshr_);
   if (gnttab_) xengnttab_close(gnttab_);
+  if (xs_) xs_close(xs_);
+}
+
+::xs_handle* PortHub::Xs() {
+  if (!xs_) xs_ = xs_open(0);
+  return xs_;
 }
 
 ::xengntdev_handle* PortHub::Gntshr(Napi::Env env) {

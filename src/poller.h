@@ -13,6 +13,8 @@
 
 #include "handles.h"
 
+struct xs_handle;
+
 struct xenevtchn_handle;  // xenevtchn.h
 struct xengntdev_handle;  // xengnttab.h: xengnttab_handle and xengntshr_handle
 
@@ -70,6 +72,10 @@ class PortHub : public std::enable_shared_from_this<PortHub> {
   // server's pages are shared through the one, a client's mapped through the other.
   ::xengntdev_handle* Gntshr(Napi::Env env);
   ::xengntdev_handle* Gnttab(Napi::Env env);
+  // The environment's xenstore connection for its channels' set-up and tear-down (publishing and
+  // removing a server's entry, a client's look at it), on this thread only: opened on first use,
+  // null when it cannot be (the channel then opens its own, and reports why that failed).
+  ::xs_handle* Xs();
   int fd() const { return fd_; }
   // CB is called after each wake-up of PORT (replacing any callback it had). True when an event
   // for PORT came before anyone listened: call CB soon.
@@ -101,6 +107,7 @@ class PortHub : public std::enable_shared_from_this<PortHub> {
   ::xenevtchn_handle* xce_;
   ::xengntdev_handle* gntshr_ = nullptr;
   ::xengntdev_handle* gnttab_ = nullptr;
+  ::xs_handle* xs_ = nullptr;
   int fd_;
   uv_poll_t* poll_ = nullptr;
   bool polling_ = false;

@@ -60,8 +60,8 @@ class Vchan : public Handle {
   std::shared_ptr<PortHub> hub_;
 };
 
-// Keeps the environment's hub (its event-channel handle and grant devices) open while no channel
-// uses it: a process that connects again soon need not open them again.
+// Keeps the environment's hub (its event-channel handle, grant devices and xenstore connection)
+// open while no channel uses it: a process that connects again soon need not open them again.
 class HubHold : public Handle {
  public:
   static constexpr napi_type_tag kTag = {0x5b7d9f1e3a2c4e6aULL, 0x1f3e5d7c9b0a2e4cULL};
@@ -97,7 +97,7 @@ Napi::Value ServerInit(const Napi::CallbackInfo& info) {
   auto reg = RegistryOf(info);
   auto hub = PortHub::Of(env, reg);
   errno = 0;
-  struct xv_vchan_handles shared = {hub->handle(), hub->Gntshr(env), nullptr};
+  struct xv_vchan_handles shared = {hub->handle(), hub->Gntshr(env), nullptr, hub->Xs()};
   errno = 0;
   struct libxenvchan* c = xv_vchan_server_init_on(&shared, static_cast<int>(dom), path.c_str(), rmin, wmin);
   if (!c) ThrowErrno(env, errno ? errno : EIO, "libxenvchan_server_init", path);
@@ -120,7 +120,7 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
   auto hub = PortHub::Of(env, reg);
   struct xv_vchan_claim_error why = {0, 0};
   errno = 0;
-  struct xv_vchan_handles shared = {hub->handle(), nullptr, hub->Gnttab(env)};
+  struct xv_vchan_handles shared = {hub->handle(), nullptr, hub->Gnttab(env), hub->Xs()};
   errno = 0;
   struct libxenvchan* c = xv_vchan_client_claim_on(&shared, static_cast<int>(dom), path.c_str(), ref, port, &why);
   if (c) return WrapHandle(env, new Vchan(reg, c, std::move(hub)));

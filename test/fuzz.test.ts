@@ -318,7 +318,7 @@ describe.skipIf(!onMock)('fuzz', () => {
           // released already
         }
       }
-      for (const h of closeLater.splice(0))
+      for (const h of closeLater.splice(0)) {
         for (const ns of ['evtchn', 'grants', 'xenstore', 'vchan'] as const) {
           try {
             (b[ns].close as Fn)(h);
@@ -326,6 +326,12 @@ describe.skipIf(!onMock)('fuzz', () => {
             // not a handle of this kind
           }
         }
+        try {
+          b.vchan.unhold(h as never); // vchan.hold()'s
+        } catch {
+          // not a hold
+        }
+      }
       await w.destroy();
     }
     expect(calls).toBe(CALLS);

@@ -79,10 +79,12 @@ struct libxenvchan *xv_vchan_client_claim(struct xentoollog_logger *logger, int 
  */
 struct xenevtchn_handle;
 struct xengntdev_handle;
+struct xs_handle;
 struct xv_vchan_handles {
     struct xenevtchn_handle *event;
     struct xengntdev_handle *gntshr; /* a server's (xengntshr_handle) */
     struct xengntdev_handle *gnttab; /* a client's (xengnttab_handle); a claim maps through it too */
+    struct xs_handle *xs;            /* set-up and tear-down's xenstore requests; NULL: one each time */
 };
 struct libxenvchan *xv_vchan_server_init_on(const struct xv_vchan_handles *h, int domain, const char *xs_path,
                                             size_t left_min, size_t right_min);

@@ -53,12 +53,13 @@
 #define SRV_LIVE_OFF offsetof(struct vchan_interface, srv_live)
 
 struct vchan {
-    struct libxenvchan pub; /* first: callers only ever see this part */
-    struct xs_handle *xs;   /* server: while it sets up (publish); opened again to remove the entry */
-    int shared_event;       /* pub.event is the caller's (xv_vchan_*_on): unbind our port, never close it */
-    int shared_gnt;         /* pub.gntshr / pub.gnttab is the caller's: unshare or unmap, never close it */
-    int bound;              /* pub.event_port is bound on pub.event */
-    uint32_t rd_cons;       /* our private copies of our own indices */
+    struct libxenvchan pub;      /* first: callers only ever see this part */
+    struct xs_handle *xs;        /* server: while it sets up (publish), when not the caller's */
+    struct xs_handle *shared_xs; /* the caller's (xv_vchan_*_on), kept to remove the entry; never closed */
+    int shared_event;            /* pub.event is the caller's (xv_vchan_*_on): unbind our port, never close it */
+    int shared_gnt;              /* pub.gntshr / pub.gnttab is the caller's: unshare or unmap, never close it */
+    int bound;                   /* pub.event_port is bound on pub.event */
+    uint32_t rd_cons;            /* our private copies of our own indices */
     uint32_t wr_prod;
     int broken;
 };
@@ -363,11 +364,12 @@ static void release(struct vchan *v)
      * gone looks again and sees no entry (or the next offer's), never the same entry naming a page
      * that no longer exists, which is what a dead server's stale entry looks like. */
     if (c->xs_path) {
-        /* Opened again for this: a channel holds no xenstore connection while it lives. */
-        struct xs_handle *xs = v->xs ? v->xs : xs_open(0);
+        /* The caller's connection, or one opened again for this: a channel holds no xenstore
+         * connection of its own while it lives. */
+        struct xs_handle *xs = v->xs ? v->xs : v->shared_xs ? v->shared_xs : xs_open(0);
         if (xs)
             xs_rm(xs, XBT_NULL, c->xs_path);
-        if (xs && xs != v->xs)
+        if (xs && xs != v->xs && xs != v->shared_xs)
             xs_close(xs);
         free(c->xs_path);
         c->xs_path = NULL;
@@ -401,7 +403,7 @@ static void release(struct vchan *v)
     } else if (c->event) {
         xenevtchn_close(c->event);
     }
-    if (v->xs)
+    if (v->xs && v->xs != v->shared_xs)
         xs_close(v->xs);
     free(c->xs_path);
     free(v);
@@ -542,7 +544,8 @@ static struct libxenvchan *server_init(int domain, const char *xs_path, size_t l
     v->shared_gnt = shared && shared->gntshr;
     c->event = v->shared_event ? shared->event : xenevtchn_open(NULL, 0);
     c->gntshr = v->shared_gnt ? shared->gntshr : xengntshr_open(NULL, 0);
-    v->xs = xs_open(0);
+    v->shared_xs = shared ? shared->xs : NULL;
+    v->xs = v->shared_xs ? v->shared_xs : xs_open(0);
     if (!c->xs_path || !c->event || !c->gntshr || !v->xs)
         goto fail;
     int port = xenevtchn_bind_unbound_port(c->event, (uint32_t)domain);
@@ -585,7 +588,8 @@ static struct libxenvchan *server_init(int domain, const char *xs_path, size_t l
     if (publish(v, domain, ring_ref) < 0)
         goto fail;
     /* Not kept: a process with many channels would hold a xenstore connection (an fd) for each. */
-    xs_close(v->xs);
+    if (v->xs != v->shared_xs)
+        xs_close(v->xs);
     v->xs = NULL;
     return c;
 fail : {
@@ -639,13 +643,14 @@ static struct libxenvchan *client_init(int domain, const char *xs_path, const st
         return NULL;
     struct libxenvchan *c = &v->pub;
     uint32_t ring_ref, remote_port;
-    struct xs_handle *xs = xs_open(0);
+    struct xs_handle *xs = shared && shared->xs ? shared->xs : xs_open(0);
     if (!xs)
         goto fail;
     int ok = read_number(xs, xs_path, "ring-ref", &ring_ref) == 0 &&
              read_number(xs, xs_path, "event-channel", &remote_port) == 0;
     int e0 = errno;
-    xs_close(xs);
+    if (!shared || xs != shared->xs)
+        xs_close(xs);
     errno = e0;
     if (!ok)
         goto fail;
