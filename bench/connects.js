@@ -18,20 +18,14 @@ const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 
-const { brokerCpu, fmt, median } = require('./stats');
+const { benchOptions, brokerCpu, fmt, median } = require('./stats');
 
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
 const CLIENT_DOMID = process.env.XEN_VCHAN_BACKEND === 'real' ? 0 : 5;
 const x = require(path.join(__dirname, '..'));
 
 const argv = process.argv.slice(2);
-const opt = (name, def) => {
-  const i = argv.indexOf(name);
-  return i >= 0 ? Number(argv[i + 1]) : def;
-};
-const QUICK = argv.includes('--quick');
-const RUNS = opt('--runs', QUICK ? 3 : 5);
-const SECONDS = opt('--seconds', QUICK ? 0.5 : 2);
+const { runs: RUNS, seconds: SECONDS } = benchOptions(argv);
 const KINDS = ['single', 'multi', 'uds'];
 
 // --- the child: the clients -------------------------------------------------------------------

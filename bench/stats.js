@@ -37,4 +37,19 @@ function brokerCpu(backend) {
   return found.length === 1 ? found[0] : undefined;
 }
 
-module.exports = { brokerCpu, fmt, median };
+/**
+ * The options every protocol bench takes from ARGV: `--quick`, `--runs N` (default 5, quick 3),
+ * `--seconds S` (default 2, quick 0.5), and opt(name, default) for the bench's own numbers.
+ * @param {string[]} argv
+ */
+function benchOptions(argv) {
+  /** @param {string} name @param {number} def */
+  const opt = (name, def) => {
+    const i = argv.indexOf(name);
+    return i >= 0 ? Number(argv[i + 1]) : def;
+  };
+  const quick = argv.includes('--quick');
+  return { opt, quick, runs: opt('--runs', quick ? 3 : 5), seconds: opt('--seconds', quick ? 0.5 : 2) };
+}
+
+module.exports = { benchOptions, brokerCpu, fmt, median };
