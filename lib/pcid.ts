@@ -341,7 +341,7 @@ export interface PcidServerOptions {
   /**
    * Minimum ring sizes of each client's channel, bytes. Default 0 and 0, as v4: libxenvchan's
    * smallest rings (1 KiB in, 2 KiB out), inside the shared page, so a client costs one granted
-   * page (Linux's gntalloc grants 1024 pages per process by default; 64 KiB rings would cost 33).
+   * page (Linux's gntalloc grants 1024 pages to the whole domain by default; 64 KiB rings would cost 33).
    */
   readMin?: number;
   writeMin?: number;
