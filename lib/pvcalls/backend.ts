@@ -565,20 +565,19 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
             wrote = true;
           } else if (!a.ended) sock.resume();
         }
-        // out -> socket.
-        let read = false;
-        while (!draining && ring.readable > 0) {
-          const chunk = ring.read();
-          read = true;
-          if (!sock.write(chunk)) {
+        // out -> socket. The ring's room is given back (and the frontend told) before the socket
+        // write, so the frontend refills the ring while this process writes to the socket.
+        const chunks: Uint8Array[] = [];
+        while (!draining && ring.readable > 0) chunks.push(ring.read());
+        if (wrote || chunks.length) this.#notify(port);
+        for (const chunk of chunks)
+          if (!sock.write(chunk) && !draining) {
             draining = true;
             sock.once('drain', () => {
               draining = false;
               pump();
             });
           }
-        }
-        if (wrote || read) this.#notify(port);
       } catch (e) {
         if (e instanceof RingCorruptError) return this.#fail(f, e);
         throw e;

@@ -85,11 +85,11 @@ export class DataRing {
   }
 
   /** Copies up to MAX waiting bytes out of the ring and frees their room (advances cons). */
-  read(max = Infinity): Uint8Array {
+  read(max = Infinity): Buffer {
     const r = this.#rx();
     const cons = this.#load(r.cons);
     const n = Math.min(max, this.#queued(this.#load(r.prod), cons, r.name));
-    const out = new Uint8Array(n);
+    const out = Buffer.allocUnsafe(n); // every byte written below
     const at = cons & (this.size - 1);
     const first = Math.min(n, this.size - at);
     out.set(r.ring.subarray(at, at + first), 0);
