@@ -6,11 +6,16 @@
 //   throughput  MiB/s of BYTES sent one way on one socket (PVCalls: frontend -> backend -> a TCP
 //               sink in the backend's process; vchan: connectMulti client -> multi-server), and
 //               on 8 sockets at once
+//   paths       pvcalls-4: data rings of order 4 (32 KiB each way, Linux's pvcalls-front's size);
+//               pvcalls-5: order 5 (64 KiB each way, the same ring memory as the vchan's);
+//               vchan: 64 KiB rings, the server counting the bytes itself;
+//               vchan-tcp: the same, each channel piped into a TCP connection to the same sink, as
+//               `xen-vchan proxy` does: the job PVCalls does, done over a plain vchan
 //   connect     the time from asking to a usable socket (PVCalls: SOCKET + CONNECT through the
 //               backend; vchan: connectMulti to a listening multi-server), p50 over CONNECTS connects
 // Every figure is the median of RUNS runs with the spread (min-max); the ratios are the result.
 //
-//   node bench/pvcalls.js [--quick] [--runs N] [--mib M]
+//   node bench/pvcalls.js [--quick] [--runs N] [--mib M] [--paths pvcalls-4,vchan,...]
 const { fork } = require('node:child_process');
 const { once } = require('node:events');
 const net = require('node:net');
@@ -28,12 +33,22 @@ const QUICK = argv.includes('--quick');
 const RUNS = opt('--runs', QUICK ? 3 : 5);
 const MIB = opt('--mib', QUICK ? 32 : 128);
 const CONNECTS = QUICK ? 50 : 200;
+const PATHS = ['pvcalls-4', 'pvcalls-5', 'vchan', 'vchan-tcp'];
+const paths = argv.includes('--paths') ? argv[argv.indexOf('--paths') + 1].split(',') : PATHS;
+for (const p of paths) if (!PATHS.includes(p)) throw new RangeError(`--paths: ${p} is not one of ${PATHS.join(', ')}`);
+/** PVCalls device number, ring order. */
+const DEVICES = [
+  { dev: 0, order: 4 },
+  { dev: 1, order: 5 },
+];
 const DOMU = 5;
 
 // --- the child: domain 5, the frontend and the vchan client ------------------------------------
 
 async function childMain() {
-  const fe = await x.connectPvcalls({ timeout: 20000 });
+  const fes = await Promise.all(
+    DEVICES.map((d) => x.connectPvcalls({ timeout: 20000, dev: d.dev, ringOrder: d.order })),
+  );
   const block = Buffer.alloc(1 << 20, 7);
   /** Sends MIB MiB on S, then waits for the sink's one-byte acknowledgement. */
   const blast = (s) =>
@@ -51,7 +66,7 @@ async function childMain() {
     });
   const open = async (m) => {
     if (m.kind === 'pvcalls') {
-      const s = fe.createConnection({ host: '127.0.0.1', port: m.port });
+      const s = fes[m.dev].createConnection({ host: '127.0.0.1', port: m.port });
       await once(s, 'connect');
       return s;
     }
@@ -81,7 +96,7 @@ async function childMain() {
       lat.sort((a, b) => a - b);
       process.send({ p50: lat[Math.floor(lat.length / 2)] });
     } else if (m.op === 'end') {
-      await fe.close();
+      for (const fe of fes) await fe.close();
       process.exit(0);
     }
   });
@@ -103,8 +118,8 @@ function sink(s) {
 async function main() {
   const xs = new x.Xenstore();
   if (x.currentBackend() === 'mock') x.mockIntroduceDomain(DOMU);
-  await x.createPvcallsDevice(xs, { frontend: DOMU, backend: 0 });
-  const be = await x.createPvcallsBackend();
+  for (const d of DEVICES) await x.createPvcallsDevice(xs, { frontend: DOMU, backend: 0, dev: d.dev });
+  const be = await x.createPvcallsBackend({ maxRingOrder: 5 });
   const tcp = net.createServer(sink).listen(0, '127.0.0.1');
   await once(tcp, 'listening');
   const port = /** @type {net.AddressInfo} */ (tcp.address()).port;
@@ -112,6 +127,15 @@ async function main() {
   // A multi-server: one channel per client, as many at once as PVCalls has sockets.
   const vserver = x.createMultiServer({ domid: DOMU, path: vpath, readMin: 65536, writeMin: 65536 }, sink);
   await once(vserver.listen(), 'listening');
+  // The same, each channel piped into a TCP connection to the sink (and the sink's answer back).
+  const vtcp = x.createMultiServer({ domid: DOMU, path: `${vpath}-tcp`, readMin: 65536, writeMin: 65536 }, (v) => {
+    const c = net.connect(port, '127.0.0.1');
+    v.pipe(c).pipe(v);
+    const end = () => (v.destroy(), c.destroy());
+    v.on('error', end).on('close', end);
+    c.on('error', end).on('close', end);
+  });
+  await once(vtcp.listen(), 'listening');
 
   // The child takes the same options (--mib, --quick): the sink counts what the parent expects.
   const child = fork(__filename, ['--child', ...argv], {
@@ -125,21 +149,24 @@ async function main() {
     return r;
   };
   const kinds = {
-    pvcalls: { kind: 'pvcalls', port },
+    'pvcalls-4': { kind: 'pvcalls', port, dev: 0 },
+    'pvcalls-5': { kind: 'pvcalls', port, dev: 1 },
     vchan: { kind: 'vchan', path: `/local/domain/0/${vpath}` },
+    'vchan-tcp': { kind: 'vchan', path: `/local/domain/0/${vpath}-tcp` },
   };
   const res = {};
   for (let run = 0; run < RUNS; run++)
-    for (const k of run % 2 ? ['vchan', 'pvcalls'] : ['pvcalls', 'vchan']) {
+    for (const k of run % 2 ? [...paths].reverse() : paths) {
       for (const n of [1, 8]) (res[`${k}-tp${n}`] ??= []).push((await ask({ op: 'throughput', n, ...kinds[k] })).mibps);
       (res[`${k}-connect`] ??= []).push((await ask({ op: 'connect', ...kinds[k] })).p50);
     }
   child.send({ op: 'end' });
   await once(child, 'exit');
   vserver.close();
+  vtcp.close();
   tcp.close();
   await be.close();
-  await x.removePvcallsDevice(xs, { frontend: DOMU, backend: 0 });
+  for (const d of DEVICES) await x.removePvcallsDevice(xs, { frontend: DOMU, backend: 0, dev: d.dev });
   xs.close();
 
   const L = [];
@@ -150,16 +177,22 @@ async function main() {
   L.push('');
   L.push('| path | 1 socket MiB/s | 8 sockets MiB/s (total) | connect p50 µs |');
   L.push('|---|---|---|---|');
-  for (const k of ['pvcalls', 'vchan'])
-    L.push(
-      `| ${k === 'pvcalls' ? 'PVCalls (Node frontend, Node backend, TCP sink)' : 'VchanStream (multi-server, 64 KiB rings)'} | ${fmt(res[`${k}-tp1`])} | ${fmt(res[`${k}-tp8`])} | ${fmt(res[`${k}-connect`])} |`,
-    );
+  const names = {
+    'pvcalls-4': 'PVCalls, ring order 4 (32 KiB each way), Node backend, TCP sink',
+    'pvcalls-5': 'PVCalls, ring order 5 (64 KiB each way), Node backend, TCP sink',
+    vchan: 'VchanStream (multi-server, 64 KiB rings)',
+    'vchan-tcp': 'VchanStream (64 KiB rings) piped to the TCP sink',
+  };
+  for (const k of paths)
+    L.push(`| ${names[k]} | ${fmt(res[`${k}-tp1`])} | ${fmt(res[`${k}-tp8`])} | ${fmt(res[`${k}-connect`])} |`);
   L.push('');
   const ratio = (a, b) => a.map((v, i) => v / b[i]);
-  L.push(
-    `PVCalls/VchanStream: throughput 1 socket ${fmt(ratio(res['pvcalls-tp1'], res['vchan-tp1']), 2)}x, ` +
-      `8 sockets ${fmt(ratio(res['pvcalls-tp8'], res['vchan-tp8']), 2)}x; connect time ${fmt(ratio(res['pvcalls-connect'], res['vchan-connect']), 2)}x`,
-  );
+  for (const k of paths.filter((p) => p.startsWith('pvcalls')))
+    for (const base of paths.filter((p) => p.startsWith('vchan')))
+      L.push(
+        `${k} / ${base}: throughput 1 socket ${fmt(ratio(res[`${k}-tp1`], res[`${base}-tp1`]), 2)}x, ` +
+          `8 sockets ${fmt(ratio(res[`${k}-tp8`], res[`${base}-tp8`]), 2)}x; connect time ${fmt(ratio(res[`${k}-connect`], res[`${base}-connect`]), 2)}x`,
+      );
   console.log(L.join('\n'));
 }
 
