@@ -12,7 +12,7 @@
   },
   "target_defaults": {
     "sources": ["src/addon.cc", "src/async.cc", "src/errors.cc", "src/handles.cc", "src/poller.cc", "src/evtchn.cc", "src/gnttab.cc",
-                "src/xenstore.cc", "src/vchan.cc", "src/xenctrl.cc"],
+                "src/xenstore.cc", "src/vchan.cc", "src/xenctrl.cc", "src/pump.cc"],
     "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
     # SWALLOW_UNTHROWABLE: an error raised while a worker is being torn down cannot be thrown; drop it
     # rather than abort the process.

@@ -33,6 +33,12 @@ export interface AllocUnboundOptions {
  */
 const staticPorts = new Map<string, EventChannel>();
 
+/**
+ * Within the package only (lib/pvcalls/backend.ts hands a handle's ports to a native pump): the
+ * binding and native handle behind EV (ERR_XEN_CLOSED once it is closed). Not exported by index.ts.
+ */
+export let nativeHandleOf: (ev: EventChannel) => { b: Binding; h: EvtchnHandle };
+
 /** Emitted by EventChannel. */
 export interface EventChannelEvents {
   event: [port: number];
@@ -55,6 +61,10 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
   readonly #autoUnmask: boolean;
   #polling = false;
   #refed = true;
+
+  static {
+    nativeHandleOf = (ev) => ({ b: ev.#b, h: ev.#handle() });
+  }
 
   constructor(options: EventChannelOptions = {}) {
     super();

@@ -25,6 +25,7 @@ export type GrantHandle = NativeHandle<'grants'>;
 export type XenstoreHandle = NativeHandle<'xenstore'>;
 export type VchanHandle = NativeHandle<'vchan'>;
 export type HubHoldHandle = NativeHandle<'hubhold'>;
+export type PumpHandle = NativeHandle<'pump'>;
 
 /** What vchan.arm() returns: live + 4 * readable + 2^23 * writable (each count below 2^21). */
 export function unpackArm(n: number): { live: LiveState; readable: number; writable: number } {
@@ -196,6 +197,51 @@ export interface CtrlBinding {
   allocUnbound(domid: number, remoteDomid: number): number;
 }
 
+/** What a pump has done (diagnostics and tests). */
+export interface NativePumpStats {
+  /** Bytes read from the socket into the `in` half, and sent from the `out` half. */
+  bytesIn: number;
+  bytesOut: number;
+  /** Notifications sent to the frontend, and steps run (fd wake-ups and run() calls). */
+  notifies: number;
+  steps: number;
+  /** The socket's remote end closed (in_error is -ENOTCONN); the socket failed (both errors set). */
+  eof: boolean;
+  failed: boolean;
+  open: boolean;
+}
+
+/**
+ * src/pump.cc: the PVCalls backend's data pump, a socket's data ring <-> the socket's fd in C++
+ * (read straight into the ring, sent straight from it; the fd's wake-ups never reach JS).
+ */
+export interface PumpBinding {
+  /**
+   * A pump over the data ring of ORDER (INDEXES: the indexes page, DATA: its data pages, as mapped)
+   * and a duplicate of the socket FD; notifies PORT through EV. ON_CORRUPT runs when a step the fd
+   * woke found the frontend's indexes corrupt: call run() to learn how.
+   */
+  open(
+    ev: EvtchnHandle,
+    port: number,
+    indexes: ArrayBuffer,
+    data: ArrayBuffer,
+    order: number,
+    fd: number,
+    onCorrupt: () => void,
+  ): PumpHandle;
+  /** One step both ways (call it on the frontend's event): what the frontend corrupted, or undefined. */
+  run(h: PumpHandle): string | undefined;
+  /**
+   * Closes the pump; REST: what the frontend wrote that was not sent (empty if its indexes are
+   * corrupt); FD: the socket, now the caller's, or -1 if it failed (closed).
+   */
+  detach(h: PumpHandle): { rest: Buffer; fd: number };
+  /** Closes the pump and its socket. */
+  close(h: PumpHandle): void;
+  stats(h: PumpHandle): NativePumpStats;
+}
+
 /** src/mock.cc: the mock's introspection and configuration (mock addon only). */
 export interface MockBinding {
   stats(domid?: number): MockDomainStats[];
@@ -217,6 +263,7 @@ export interface Binding {
   xenstore: XenstoreBinding;
   vchan: VchanBinding;
   ctrl: CtrlBinding;
+  pump: PumpBinding;
   mock?: MockBinding;
 }
 
@@ -281,6 +328,7 @@ export const NATIVE_FUNCTIONS = {
     'unhold',
   ],
   ctrl: ['allocUnbound'],
+  pump: ['open', 'run', 'detach', 'close', 'stats'],
   mock: ['stats', 'setThreadDomid', 'staticAdd', 'raiseVirq', 'reset', 'introduce', 'destroy', 'dir'],
 } as const satisfies { [K in keyof Required<Binding>]?: readonly (keyof NonNullable<Binding[K]>)[] };
 
@@ -295,8 +343,9 @@ const everyFunctionListed: [
   Unlisted<'xenstore'>,
   Unlisted<'vchan'>,
   Unlisted<'ctrl'>,
+  Unlisted<'pump'>,
   Unlisted<'mock'>,
-] extends [never, never, never, never, never, never]
+] extends [never, never, never, never, never, never, never]
   ? true
   : never = true;
 void everyFunctionListed;

@@ -48,6 +48,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitXenstore(env, exports, &data->reg);
   InitVchan(env, exports, &data->reg);
   InitXenctrl(env, exports, &data->reg);
+  InitPump(env, exports, &data->reg);
   return exports;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common.h"
+#include "evtchn.h"
 
 namespace xv {
 
@@ -149,6 +150,10 @@ Napi::Value Fd(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+Handle* UnwrapEvtchn(const Napi::CallbackInfo& info) { return Unwrap<Evtchn>(info); }
+
+xenevtchn_handle* EvtchnOf(Handle* h) { return h->closed() ? nullptr : static_cast<Evtchn*>(h)->h_; }
 
 void InitEvtchn(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
   ExportFunctions(env, exports, "evtchn", data,

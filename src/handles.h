@@ -67,6 +67,7 @@ void InitGrants(Napi::Env env, Napi::Object exports, RegistryPtr* data);
 void InitXenstore(Napi::Env env, Napi::Object exports, RegistryPtr* data);
 void InitVchan(Napi::Env env, Napi::Object exports, RegistryPtr* data);
 void InitXenctrl(Napi::Env env, Napi::Object exports, RegistryPtr* data);
+void InitPump(Napi::Env env, Napi::Object exports, RegistryPtr* data);
 // Mock addon only (src/mock.cc).
 void InitMock(Napi::Env env, Napi::Object exports);
 

@@ -50,6 +50,21 @@ void Poller::Start(int events) {
   int rc = uv_poll_start(&poll_, events, OnPoll);
   if (rc != 0) ThrowErrno(env_, -rc, "uv_poll_start");
   active_ = true;
+  events_ = events;
+}
+
+int Poller::SetEvents(int events) {
+  if (!init_ok_) return UV_EBADF;
+  if (events == 0) {
+    Stop();
+    return 0;
+  }
+  if (active_ && events == events_) return 0;
+  int rc = uv_poll_start(&poll_, events, OnPoll);  // on a live poll: changes its events
+  if (rc != 0) return rc;
+  active_ = true;
+  events_ = events;
+  return 0;
 }
 
 void Poller::Stop() {
@@ -93,10 +108,11 @@ void Poller::OnPoll(uv_poll_t* p, int status, int events) {
     // libuv has stopped this poll (POLLERR on the fd): start it again, or no wake-up would
     // ever come again while we believe we are polling.
     self->active_ = false;
-    if (self->cb_) self->Start(UV_READABLE);
+    if (self->cb_) self->SetEvents(self->events_ ? self->events_ : UV_READABLE);
   }
   if (!self->cb_) return;
   self->wakes_++;
+  if (self->native && !self->native(status, events)) return;
   if (self->before) self->before();
   napi_env env = self->env_;
   napi_handle_scope scope;

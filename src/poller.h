@@ -33,6 +33,12 @@ class Poller {
   void Destroy();  // stops, closes and eventually frees this poller
   // Native work to do on each wake-up before JS is called (e.g. draining an event channel).
   std::function<void()> before;
+  // Native work done on each wake-up in place of the JS call: the JS callback runs only when it
+  // returns true (a poller that moves data in C++ and calls JS only for what JS must decide).
+  std::function<bool(int status, int events)> native;
+  // Watches EVENTS (UV_READABLE | UV_WRITABLE), changing a live poll's events in place; 0 stops.
+  // Never throws (it runs from libuv callbacks): returns 0 or a negative libuv error.
+  int SetEvents(int events);
   bool active() const { return active_; }
   uint64_t wakes() const { return wakes_; }  // callbacks run (diagnostics)
 
@@ -47,6 +53,7 @@ class Poller {
   napi_async_context ctx_ = nullptr;
   Registry* reg_;
   bool active_ = false;
+  int events_ = 0;
   bool referenced_ = true;
   bool init_ok_ = false;
   uint64_t wakes_ = 0;

@@ -526,6 +526,130 @@ describe.runIf(mockAddon)('PVCalls: a hostile frontend against the Node backend 
     }
   });
 
+  it.each(['native', 'js'] as const)(
+    'a data ring written by hand (%s pump): bytes both ways across the wrap, -ENOTCONN after the last byte, RELEASE flushes, a corrupt in_cons drops only that frontend',
+    async (dataPump) => {
+      const xs = new Xenstore();
+      await createPvcallsDevice(xs, { frontend: 7, backend: 0 });
+      const be = await createPvcallsBackend({ dataPump });
+      const errors: string[] = [];
+      be.on('frontendError', (e) => errors.push(e.message));
+      const remotes: net.Socket[] = [];
+      const got: Buffer[][] = [];
+      const { server, port } = await tcpServer((c) => {
+        const mine: Buffer[] = [];
+        got.push(mine);
+        remotes.push(c);
+        c.on('data', (d) => mine.push(d));
+      });
+      const h = await rawFrontend(xs, 7);
+      const ev = new EventChannel({ mockDomid: 7 });
+      const addr = w.encodeInetAddress({ family: w.AF_INET, port, address: '127.0.0.1' });
+      const HALF = 4096; // order 1: 2^(1 + 11) bytes each way
+      /** A socket with a data ring of order 1 whose indexes all start at START (near 2^32: both wraps). */
+      const open = async (id: bigint, start: number) => {
+        const pages = h.gs.share(0, 3);
+        const idx = new DataView(pages.buffer, 0, 4096);
+        idx.setUint32(w.DATA_INTF.ringOrder, 1, true);
+        pages.refs.slice(1).forEach((r, i) => idx.setUint32(w.DATA_INTF.ref + 4 * i, r, true));
+        for (const f of [w.DATA_INTF.inCons, w.DATA_INTF.inProd, w.DATA_INTF.outCons, w.DATA_INTF.outProd])
+          idx.setUint32(f, start, true);
+        const port = ev.bindUnbound(0);
+        const n = remotes.length;
+        const r = await h.send([
+          h.req({ cmd: 'SOCKET', id, domain: 2, type: 1, protocol: 0 }),
+          h.req({ cmd: 'CONNECT', id, addr, len: 16, flags: 0, ref: pages.refs[0], evtchn: port }),
+        ]);
+        expect(r.map((x) => x.ret)).toEqual([0, 0]);
+        while (remotes.length === n) await sleep(5);
+        const inHalf = new Uint8Array(pages.buffer, 4096, HALF);
+        const outHalf = new Uint8Array(pages.buffer, 4096 + HALF, HALF);
+        return {
+          pages,
+          idx,
+          remote: remotes[n],
+          got: got[n],
+          /** Writes BYTES into `out` as a frontend does, then signals. */
+          write(bytes: Uint8Array) {
+            const prod = idx.getUint32(w.DATA_INTF.outProd, true);
+            bytes.forEach((b, i) => (outHalf[(prod + i) % HALF] = b));
+            idx.setUint32(w.DATA_INTF.outProd, (prod + bytes.length) >>> 0, true);
+            ev.notify(port);
+          },
+          /** Takes what `in` holds, as a frontend does, then signals. */
+          read(): Buffer {
+            const prod = idx.getUint32(w.DATA_INTF.inProd, true);
+            const cons = idx.getUint32(w.DATA_INTF.inCons, true);
+            const n = (prod - cons) >>> 0;
+            const out = Buffer.alloc(n);
+            for (let i = 0; i < n; i++) out[i] = inHalf[(cons + i) % HALF];
+            idx.setUint32(w.DATA_INTF.inCons, prod, true);
+            ev.notify(port);
+            return out;
+          },
+          queuedIn: () => (idx.getUint32(w.DATA_INTF.inProd, true) - idx.getUint32(w.DATA_INTF.inCons, true)) >>> 0,
+        };
+      };
+      const until = async (what: () => boolean) => {
+        for (let i = 0; i < 500 && !what(); i++) await sleep(10);
+        expect(what()).toBe(true);
+      };
+      try {
+        const start = 2 ** 32 - 16; // 16 bytes before both the u32 wrap and the half's end
+        const a = await open(1n, start);
+        // out: 100 bytes across both wraps reach the remote end as written.
+        const sent = randomBytes(100);
+        a.write(sent);
+        await until(() => Buffer.concat(a.got).length === 100);
+        expect(Buffer.concat(a.got)).toEqual(sent);
+        expect(a.idx.getUint32(w.DATA_INTF.outCons, true)).toBe((start + 100) >>> 0);
+        expect(be.dataPumps).toEqual(dataPump === 'native' ? { native: 1, js: 0 } : { native: 0, js: 1 });
+        // in: 5000 bytes, more than the half holds: the backend fills it, waits, then the rest.
+        const back = randomBytes(5000);
+        a.remote.write(back);
+        await until(() => a.queuedIn() === HALF);
+        await sleep(50);
+        expect(a.queuedIn()).toBe(HALF); // never past a full half
+        const first = a.read();
+        await until(() => a.queuedIn() === 5000 - HALF);
+        expect(Buffer.concat([first, a.read()])).toEqual(back);
+        // The remote end's FIN: in_error -ENOTCONN, with nothing left behind it.
+        a.remote.end();
+        await until(() => a.idx.getInt32(w.DATA_INTF.inError, true) !== 0);
+        expect(a.idx.getInt32(w.DATA_INTF.inError, true)).toBe(E('ENOTCONN'));
+        expect(a.queuedIn()).toBe(0);
+        // Bytes written just before RELEASE (no signal for them) go out before the FIN.
+        const last = randomBytes(10);
+        const prod = a.idx.getUint32(w.DATA_INTF.outProd, true);
+        last.forEach((b, i) => (new Uint8Array(a.pages.buffer, 4096 + HALF, HALF)[(prod + i) % HALF] = b));
+        a.idx.setUint32(w.DATA_INTF.outProd, (prod + 10) >>> 0, true);
+        const ended = once(a.remote, 'end');
+        expect((await h.send([h.req({ cmd: 'RELEASE', id: 1n, reuse: 0 })]))[0].ret).toBe(0);
+        await ended;
+        expect(Buffer.concat(a.got)).toEqual(Buffer.concat([sent, last]));
+        a.pages.unshare();
+        // A frontend that claims to have read more than was written, seen when the socket's bytes
+        // come (no signal from the frontend): that frontend is dropped, with the reason.
+        const b = await open(2n, 0);
+        b.idx.setUint32(w.DATA_INTF.inCons, 0xffff0000, true); // 65536 bytes "queued"
+        const gone = once(be, 'disconnect');
+        b.remote.write('x');
+        expect(await gone).toEqual([7, 0]);
+        expect(errors).toEqual([expect.stringMatching(/the in ring claims \d+ bytes queued/)]);
+        await once(b.remote, 'close');
+        b.pages.unshare();
+        expect(x.mockStats(0)[0].mappedPages).toBe(0);
+      } finally {
+        ev.close();
+        h.close();
+        await be.close();
+        server.close();
+        await removeDevices(xs, [7]);
+        xs.close();
+      }
+    },
+  );
+
   it('answers every bad request with an errno, drops a frontend that corrupts its ring, and serves another throughout', async () => {
     const xs = new Xenstore();
     await createPvcallsDevice(xs, { frontend: 7, backend: 0 });

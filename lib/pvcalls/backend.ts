@@ -21,11 +21,12 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { constants } from 'node:os';
+import * as tls from 'node:tls';
 
 import { checkDomid, checkInt, checkObject, invalidArgType } from '../errors';
-import { EventChannel } from '../evtchn';
+import { EventChannel, nativeHandleOf } from '../evtchn';
 import { GrantMapper, type MappedPages } from '../grants';
-import type { Backend } from '../native';
+import type { Backend, PumpHandle } from '../native';
 import { Xenstore, type XenstoreWatch } from '../xenstore';
 import { DataRing } from './data';
 import { BackRing, RingCorruptError } from './ring';
@@ -74,6 +75,14 @@ export interface PvcallsBackendOptions {
    * a frontend's addresses onto its own, or refuse some, by throwing (the errno goes back).
    */
   connect?: (address: { host: string; port: number }) => net.Socket;
+  /**
+   * What moves a connected socket's bytes between its data ring and the socket (default
+   * 'native'): 'native' reads from the socket straight into the ring and sends straight from it,
+   * in C++, with no JavaScript per chunk (a socket without a file descriptor of its own, such as
+   * a TLS socket a connect hook returned, falls back to 'js'); 'js' pumps through the
+   * net.Socket's streams.
+   */
+  dataPump?: 'native' | 'js';
 }
 
 interface Frontend {
@@ -115,9 +124,12 @@ interface PassiveSocket {
 interface ActiveSocket {
   kind: 'active';
   ring: DataRing;
+  order: number;
   maps: MappedPages[];
   port: number;
+  /** The socket; let go (destroyed, its fd duplicated) once a native pump moves its bytes. */
   sock: net.Socket;
+  pump?: PumpHandle;
   pending: Buffer[];
   ended: boolean;
   released: boolean;
@@ -161,6 +173,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
           ? 4
           : checkInt('options.maxRingOrder', o.maxRingOrder, MIN_RING_ORDER, MAX_RING_ORDER),
       connect: options.connect,
+      dataPump: o.dataPump === undefined ? 'native' : checkPumpKind(o.dataPump),
     };
     if (o.frontends !== undefined && !Array.isArray(o.frontends))
       throw invalidArgType('options.frontends', 'an array of domain ids', o.frontends);
@@ -182,6 +195,18 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
     this.#rescan();
     await this.#scanning;
     return this;
+  }
+
+  /**
+   * The connected sockets by what pumps their bytes: 'native' (src/pump.cc) or 'js' (options.dataPump
+   * 'js', or a socket with no file descriptor of its own, such as a TLS socket from a connect hook).
+   */
+  get dataPumps(): { native: number; js: number } {
+    const n = { native: 0, js: 0 };
+    for (const f of this.#frontends.values())
+      for (const s of f.sockets.values())
+        if (s.kind === 'active' && !s.connecting && !s.released) n[s.pump ? 'native' : 'js']++;
+    return n;
   }
 
   /** The frontends connected now, as "domid/dev". */
@@ -494,7 +519,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
   }
 
   /** Maps the data ring a frontend offers: its indexes page, then the pages it names. */
-  #mapRing(f: Frontend, ref: number, evtchn: number): { ring: DataRing; maps: MappedPages[]; port: number } {
+  #mapRing(f: Frontend, ref: number, evtchn: number): MappedRing {
     const maps: MappedPages[] = [];
     try {
       const idx = this.#gm.map(f.domid, [ref]);
@@ -508,14 +533,14 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
       maps.push(data);
       const ring = new DataRing(new Uint8Array(idx.buffer), new Uint8Array(data.buffer), order, 'back');
       const port = this.#ev.bindInterdomain(f.domid, evtchn);
-      return { ring, maps, port };
+      return { ring, order, maps, port };
     } catch (e) {
       for (const m of maps) m.unmap();
       throw e;
     }
   }
 
-  #unmapRing(r: { maps: MappedPages[]; port: number }): void {
+  #unmapRing(r: MappedRing): void {
     this.#ports.delete(r.port);
     try {
       this.#ev.unbind(r.port);
@@ -525,12 +550,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
     for (const m of r.maps) m.unmap();
   }
 
-  #activate(
-    f: Frontend,
-    id: bigint,
-    r: { ring: DataRing; maps: MappedPages[]; port: number },
-    sock: net.Socket,
-  ): ActiveSocket {
+  #activate(f: Frontend, id: bigint, r: MappedRing, sock: net.Socket): ActiveSocket {
     const a: ActiveSocket = {
       kind: 'active',
       ...r,
@@ -545,6 +565,35 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
 
   /** Moves bytes between the socket and the data ring, both ways, with backpressure. */
   #wire(f: Frontend, a: ActiveSocket): void {
+    const fd = this.#o.dataPump === 'native' ? socketFd(a.sock) : -1;
+    if (fd >= 0) {
+      try {
+        return this.#wireNative(f, a, fd);
+      } catch {
+        // No pump (out of file descriptors for its duplicate, say): the socket is still whole.
+      }
+    }
+    this.#wireJs(f, a);
+  }
+
+  /**
+   * The pump in C++ (src/pump.cc) over a duplicate of the socket's fd; the net.Socket is let go.
+   * The frontend's events run one step; the socket's wake-ups never reach JavaScript.
+   */
+  #wireNative(f: Frontend, a: ActiveSocket, fd: number): void {
+    const { b, h } = nativeHandleOf(this.#ev);
+    const step = () => {
+      const pump = a.pump;
+      const corrupt = pump && b.pump.run(pump);
+      if (corrupt) this.#fail(f, new RingCorruptError(corrupt));
+    };
+    a.pump = b.pump.open(h, a.port, a.maps[0].buffer, a.maps[1].buffer, a.order, fd, step);
+    a.sock.destroy(); // closes its own fd; the pump's duplicate keeps the connection
+    this.#ports.set(a.port, step);
+  }
+
+  /** The pump in JavaScript, through the net.Socket's streams. */
+  #wireJs(f: Frontend, a: ActiveSocket): void {
     const { ring, sock, port } = a;
     let draining = false;
     const pump = () => {
@@ -612,25 +661,21 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
         // Released before it connected: the CONNECT still gets its one answer.
         s.connecting(-E.ECONNABORTED);
         s.sock.destroy();
+      } else if (s.pump) {
+        const { b } = nativeHandleOf(this.#ev);
+        const { rest, fd } = b.pump.detach(s.pump);
+        s.pump = undefined;
+        // The socket failed (-1): nothing more goes out.
+        if (fd >= 0) linger(new net.Socket({ fd, readable: false, writable: true, allowHalfOpen: true }), [rest]);
       } else {
-        // What the frontend wrote before RELEASE goes out, then the FIN; a remote end that reads
-        // nothing more does not keep the socket past RELEASE_LINGER_MS.
         let rest: Buffer[] = [];
         try {
-          while (s.ring.readable > 0) rest.push(Buffer.from(s.ring.read()));
+          while (s.ring.readable > 0) rest.push(s.ring.read());
         } catch {
           rest = []; // corrupt indexes: nothing of it is trusted
         }
-        const sock = s.sock;
-        if (sock.destroyed || !sock.writable) sock.destroy();
-        else {
-          for (const b of rest) sock.write(b);
-          const t = setTimeout(() => sock.destroy(), RELEASE_LINGER_MS).unref();
-          sock.end(() => {
-            clearTimeout(t);
-            sock.destroy();
-          });
-        }
+        if (s.sock.destroyed || !s.sock.writable) s.sock.destroy();
+        else linger(s.sock, rest);
       }
       this.#unmapRing(s);
     } else if (s.kind === 'passive') {
@@ -657,6 +702,43 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
     this.#gm.close();
     this.#xs.close();
   }
+}
+
+/** A data ring mapped from a frontend, and its event channel. */
+interface MappedRing {
+  ring: DataRing;
+  order: number;
+  maps: MappedPages[];
+  port: number;
+}
+
+function checkPumpKind(v: unknown): 'native' | 'js' {
+  if (v === 'native' || v === 'js') return v;
+  throw invalidArgType('options.dataPump', "'native' or 'js'", v);
+}
+
+/**
+ * The fd a native pump may take over from SOCK: its own connection's, with nothing buffered in
+ * Node yet; -1 for a socket whose bytes are not the connection's (TLS) or that has no fd.
+ */
+function socketFd(sock: net.Socket): number {
+  if (sock instanceof tls.TLSSocket || sock.readableLength > 0 || sock.writableLength > 0) return -1;
+  const fd = (sock as unknown as { _handle?: { fd?: unknown } })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : -1;
+}
+
+/**
+ * A released socket: what the frontend wrote before RELEASE goes out, then the FIN; a remote end
+ * that reads nothing more does not keep it past RELEASE_LINGER_MS.
+ */
+function linger(sock: net.Socket, rest: Uint8Array[]): void {
+  sock.on('error', () => undefined);
+  for (const b of rest) if (b.length) sock.write(b);
+  const t = setTimeout(() => sock.destroy(), RELEASE_LINGER_MS).unref();
+  sock.end(() => {
+    clearTimeout(t);
+    sock.destroy();
+  });
 }
 
 /** Starts a PVCalls backend (see PvcallsBackend). */
