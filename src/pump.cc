@@ -66,9 +66,7 @@ class Pump : public Handle {
   uint64_t bytes_in_ = 0, bytes_out_ = 0, notifies_ = 0, steps_ = 0;
 
  private:
-  uint32_t Load(size_t off) const {
-    return __atomic_load_n(reinterpret_cast<uint32_t*>(idx_ + off), __ATOMIC_ACQUIRE);
-  }
+  uint32_t Load(size_t off) const { return __atomic_load_n(reinterpret_cast<uint32_t*>(idx_ + off), __ATOMIC_ACQUIRE); }
   void Store(size_t off, uint32_t v) { __atomic_store_n(reinterpret_cast<uint32_t*>(idx_ + off), v, __ATOMIC_RELEASE); }
   bool Mapped();
   bool Corrupt(const char* half, uint32_t prod, uint32_t cons);
