@@ -76,8 +76,8 @@ export interface PvcallsBackendOptions {
    */
   connect?: (address: { host: string; port: number }) => net.Socket;
   /**
-   * What moves a connected socket's bytes between its data ring and the socket (default
-   * 'native'): 'native' reads from the socket straight into the ring and sends straight from it,
+   * What moves a connected socket's bytes between its data ring and the socket (default 'js'
+   * until the native pump has passed the real-Xen rig): 'native' reads from the socket straight into the ring and sends straight from it,
    * in C++, with no JavaScript per chunk (a socket without a file descriptor of its own, such as
    * a TLS socket a connect hook returned, falls back to 'js'); 'js' pumps through the
    * net.Socket's streams.
@@ -173,7 +173,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
           ? 4
           : checkInt('options.maxRingOrder', o.maxRingOrder, MIN_RING_ORDER, MAX_RING_ORDER),
       connect: options.connect,
-      dataPump: o.dataPump === undefined ? 'native' : checkPumpKind(o.dataPump),
+      dataPump: o.dataPump === undefined ? 'js' : checkPumpKind(o.dataPump),
     };
     if (o.frontends !== undefined && !Array.isArray(o.frontends))
       throw invalidArgType('options.frontends', 'an array of domain ids', o.frontends);
