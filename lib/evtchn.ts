@@ -31,7 +31,43 @@ export interface AllocUnboundOptions {
  * another handle, with a kernel warning, and then hits a BUG when the process exits; the kernel
  * cannot tell, so the library refuses it (EBUSY).
  */
-const staticPorts = new Map<string, EventChannel>();
+const staticPorts = new Map<string, EventChannel | StaticPortHold>();
+
+/**
+ * A static port held for a vchan of this process (lib/vchan.ts): its channels bind it on the
+ * addon's shared handle, so an EventChannel may not bind it meanwhile (EBUSY), except `ev`, the
+ * handle its connect() waits on between two attempts.
+ *
+ * @internal
+ */
+export class StaticPortHold {
+  open = true;
+  ev: EventChannel | undefined;
+  readonly #key: string;
+  constructor(key: string) {
+    this.#key = key;
+  }
+  release(): void {
+    if (!this.open) return;
+    this.open = false;
+    if (staticPorts.get(this.#key) === this) staticPorts.delete(this.#key);
+  }
+}
+
+/**
+ * Holds static PORT of the domain acted as (MOCKDOMID on the mock) for a vchan: EBUSY while an
+ * EventChannel or another vchan of this process holds it.
+ *
+ * @internal
+ */
+export function holdStaticPort(b: Binding, mockDomid: number | undefined, port: number): StaticPortHold {
+  const key = `${b.backend} ${mockDomid ?? 'self'} ${port}`;
+  if (staticPorts.get(key)?.open)
+    throw systemError('EBUSY', 'ioctl(IOCTL_EVTCHN_BIND_STATIC)', `static port ${port} is in use in this process`);
+  const hold = new StaticPortHold(key);
+  staticPorts.set(key, hold);
+  return hold;
+}
 
 /**
  * Within the package only (lib/pvcalls/backend.ts hands a handle's ports to a native pump): the
@@ -158,13 +194,21 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     const key = `${this.#domKey} ${port}`;
     const holder = staticPorts.get(key);
     const syscall = 'ioctl(IOCTL_EVTCHN_BIND_STATIC)';
-    if (holder === this)
+    if (holder === this || this.#static.has(port))
       throw systemError('EISCONN', syscall, `static port ${port} is bound through this handle already`);
+    if (holder instanceof StaticPortHold && holder.open && holder.ev === this) {
+      // A vchan's connect() waiting on its own port: the hold stays the registry's entry.
+      const p = this.#bound(this.#b.evtchn.bindStatic(h, port));
+      this.#static.set(port, key);
+      return p;
+    }
     if (holder?.open)
       throw systemError(
         'EBUSY',
         syscall,
-        `static port ${port} is bound through another EventChannel of this process (Linux would take a second bind and then crash when the process exits)`,
+        holder instanceof StaticPortHold
+          ? `static port ${port} is held by a static vchan of this process`
+          : `static port ${port} is bound through another EventChannel of this process (Linux would take a second bind and then crash when the process exits)`,
       );
     const p = this.#bound(this.#b.evtchn.bindStatic(h, port));
     staticPorts.set(key, this);

@@ -51,6 +51,7 @@ export {
   VchanStream,
   type ConnectOptions,
   type ServerOptions,
+  type StaticChannel,
   type VchanInfo,
   type VchanOnread,
   type VchanOnreadBuffer,

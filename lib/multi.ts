@@ -158,6 +158,12 @@ export class VchanMultiServer extends EventEmitter<{
     super();
     this.#opts = checkServerOptions(options);
     const o = this.#opts;
+    if (o.static !== undefined)
+      throw coded(
+        'A multi-server publishes its channels in xenstore: serve a static channel with createServer()',
+        'ERR_INVALID_ARG_VALUE',
+        TypeError,
+      );
     this.#max = o.maxConnections === undefined ? 256 : checkInt('options.maxConnections', o.maxConnections, 1, 65536);
     this.#backlog = o.backlog === undefined ? MULTI_QUEUE_MAX : checkInt('options.backlog', o.backlog, 1, 65536);
     this.#acceptTimeout =

@@ -132,6 +132,13 @@ export interface VchanBinding {
   serverInit(domid: number, path: string, readMin: number, writeMin: number): VchanHandle;
   /** RINGREF and PORT as the caller read them from the server's xenstore entry. */
   clientInit(domid: number, path: string, ringRef: number, port: number): VchanHandle;
+  /**
+   * A channel with no xenstore: its control page at the agreed RINGREF (EADDRNOTAVAIL when the
+   * grant table gives another), the static PORT bound on the environment's handle; PORT is notified.
+   */
+  serverInitStatic(domid: number, ringRef: number, port: number, readMin: number, writeMin: number): VchanHandle;
+  /** Attaches to DOMID's channel at RINGREF, binding the static PORT once the page is claimed. */
+  clientInitStatic(domid: number, ringRef: number, port: number): VchanHandle;
   close(h: VchanHandle): void;
   /** Bytes read; 0: nothing yet; -1: the peer is gone and the ring is empty. */
   read(h: VchanHandle, target: Uint8Array, offset: number, length: number): number;
@@ -313,6 +320,8 @@ export const NATIVE_FUNCTIONS = {
   vchan: [
     'serverInit',
     'clientInit',
+    'serverInitStatic',
+    'clientInitStatic',
     'close',
     'read',
     'view',

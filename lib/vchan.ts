@@ -18,6 +18,7 @@ import {
   checkDomid,
   checkInt,
   checkObject,
+  checkPort,
   checkXsPath,
   coded,
   invalidArgType,
@@ -25,6 +26,8 @@ import {
   systemError,
 } from './errors';
 import { onDomainGone } from './domains';
+import { holdStaticPort } from './evtchn';
+import { connectStatic } from './static';
 import { DEFAULT_RING_SIZE, LiveState, MAX_RING_SIZE, XENSTORE_ABS_PATH_MAX, XENSTORE_REL_PATH_MAX } from './constants';
 import { asDomain, Backend, Binding, binding, unpackArm, type VchanHandle } from './native';
 import { leaseShared, type SharedLease } from './lease';
@@ -139,6 +142,9 @@ const ENTRY_STILL_MS = 1000;
 /** Only this module makes streams: a VchanStream wraps a native handle it was given. */
 const kInternal = Symbol('xen-vchan internal');
 
+/** A stream option: the channel is static (no xenstore anywhere near it). */
+const kStatic = Symbol('xen-vchan: a static channel');
+
 interface PendingWrite {
   chunks: Uint8Array[];
   offset: number; // into chunks[0]
@@ -184,7 +190,7 @@ export class VchanStream extends Duplex {
     handle: VchanHandle,
     domid: number,
     path: string,
-    options: VchanStreamOptions = {},
+    options: VchanStreamOptions & { [kStatic]?: boolean } = {},
   ) {
     if (token !== kInternal) {
       throw coded(
@@ -204,8 +210,9 @@ export class VchanStream extends Duplex {
     // With onread, reading starts at once (as net.Socket's does) and only pause() stops it.
     if (this.#onread) this.#wantRead = true;
     if (b.vchan.poll(handle, () => this.#onWake())) process.nextTick(() => this.#onWake());
-    // Dom0 is never destroyed; any other peer domain may be, and would say nothing.
-    if (domid !== 0) {
+    // Dom0 is never destroyed; any other peer domain may be, and would say nothing. A static
+    // channel's system may have no xenstore to say it either.
+    if (domid !== 0 && !options[kStatic]) {
       const mockDomid = (options as { mockDomid?: number }).mockDomid;
       this.#unwatchDomain = onDomainGone(b, mockDomid, domid, () => this.#onPeerDomainGone());
     }
@@ -630,8 +637,16 @@ export class VchanStream extends Duplex {
 export interface ServerOptions extends VchanStreamOptions {
   /** The client's domain. */
   domid: number;
-  /** Xenstore path of the channel, e.g. `data/vchan/<client>/<name>` (relative to this domain). */
-  path: string;
+  /**
+   * Xenstore path of the channel, e.g. `data/vchan/<client>/<name>` (relative to this domain).
+   * Required unless `static` is given.
+   */
+  path?: string;
+  /**
+   * A channel with no xenstore (dom0less): the static event channel port and the grant
+   * reference of the control page that both ends agreed on (see {@link StaticChannel}).
+   */
+  static?: StaticChannel;
   /** Minimum size of the ring the server reads (client -> server), bytes. Default 64 KiB. */
   readMin?: number;
   /** Minimum size of the ring the server writes (server -> client), bytes. Default 64 KiB. */
@@ -642,11 +657,26 @@ export interface ServerOptions extends VchanStreamOptions {
 }
 
 /**
+ * What the two ends of a static (xenstore-less) channel agree on in advance, each from its own
+ * side: PORT is this domain's end of a static event channel (from the device tree, or bound by
+ * dom0 for both domains), REF the grant reference of the server's control page. A domain's grants
+ * are numbered from 8 upward in the order it makes them (Linux reserves 0-7), so in a dom0less
+ * domain whose first grant is the server's page, REF is 8.
+ */
+export interface StaticChannel {
+  port: number;
+  ref: number;
+}
+
+/**
  * The longest vchan path, in bytes: what xenstore itself takes for an absolute path (3072 bytes)
  * less the "/event-channel" the channel's entry adds. A relative path (resolved against the
  * domain's home, /local/domain/<domid>) may be up to 2048 - 14 = 2034 bytes. Our vchan, built into
  * both addons, never truncates a path.
  */
+/** How long a static server waits for its agreed grant reference to be free before 'error'. */
+const STATIC_REF_WAIT_MS = 5000;
+
 export const MAX_VCHAN_PATH = XENSTORE_ABS_PATH_MAX - '/event-channel'.length;
 const MAX_RELATIVE_VCHAN_PATH = XENSTORE_REL_PATH_MAX - '/event-channel'.length;
 
@@ -688,6 +718,7 @@ export interface Offer {
 export interface OfferOptions extends VchanStreamOptions {
   domid: number;
   path: string;
+  static?: StaticChannel;
   readMin: number;
   writeMin: number;
   mockDomid?: number;
@@ -700,8 +731,11 @@ export function offerChannel(
   onStream: (s: VchanStream) => void,
   onBroken: (e: Error) => void,
 ): Offer {
+  const st = o.static;
   let h: VchanHandle | null = asDomain(b, o.mockDomid, () =>
-    b.vchan.serverInit(o.domid, o.path, o.readMin, o.writeMin),
+    st
+      ? b.vchan.serverInitStatic(o.domid, st.ref, st.port, o.readMin, o.writeMin)
+      : b.vchan.serverInit(o.domid, o.path, o.readMin, o.writeMin),
   );
   debug('server %s: offered to domain %d', o.path, o.domid);
   const wake = (): void => {
@@ -723,7 +757,7 @@ export function offerChannel(
     // restart of the poll on this fd between the two owners.
     h = null;
     debug('server %s: domain %d connected', o.path, o.domid);
-    onStream(new VchanStream(kInternal, b, handle, o.domid, o.path, o));
+    onStream(new VchanStream(kInternal, b, handle, o.domid, o.path, st ? { ...o, [kStatic]: true } : o));
   };
   if (b.vchan.poll(h, wake)) process.nextTick(wake);
   return {
@@ -763,20 +797,51 @@ export async function claimPath(b: Binding, mockDomid: number | undefined, path:
       xs.close();
     }
   }
+  const release = await lockName(b, abs, `another vchan server of this domain serves ${abs}`, path);
+  debug('server %s: claimed (%s)', path, abs);
+  return release;
+}
+
+/**
+ * Makes static PORT of this domain (MOCKDOMID on the mock) a server's, as claimPath does a path:
+ * EADDRINUSE while another server of this domain has it, EBUSY while an EventChannel or a client
+ * of this process has it bound. No xenstore is asked.
+ *
+ * @internal
+ */
+export async function claimStatic(b: Binding, mockDomid: number | undefined, port: number): Promise<() => void> {
+  const hold = holdStaticPort(b, mockDomid, port);
+  try {
+    const release = await lockName(
+      b,
+      `static port ${mockDomid ?? 'self'} ${port}`,
+      `another vchan server of this domain serves static port ${port}`,
+    );
+    return () => {
+      release();
+      hold.release();
+    };
+  } catch (e) {
+    hold.release();
+    throw e;
+  }
+}
+
+/** Holds the abstract Unix socket named after KEY while this process lives (EADDRINUSE: MESSAGE). */
+async function lockName(b: Binding, key: string, message: string, path?: string): Promise<() => void> {
   const scope = b.mock ? `mock ${b.mock.dir()}` : 'xen';
-  const name = `\0xen-vchan/${createHash('sha256').update(`${scope}\n${abs}`).digest('hex').slice(0, 40)}`;
+  const name = `\0xen-vchan/${createHash('sha256').update(`${scope}\n${key}`).digest('hex').slice(0, 40)}`;
   const lock = createNetServer((c) => c.destroy());
   await new Promise<void>((resolve, reject) => {
     lock.once('error', (e: NodeJS.ErrnoException) => {
       if (e.code !== 'EADDRINUSE') return reject(e);
-      const err = systemError('EADDRINUSE', 'listen', `another vchan server of this domain serves ${abs}`);
-      (err as Error & { path?: string }).path = path;
+      const err = systemError('EADDRINUSE', 'listen', message);
+      if (path !== undefined) (err as Error & { path?: string }).path = path;
       reject(err);
     });
     lock.listen(name, () => resolve());
   });
   lock.unref();
-  debug('server %s: claimed (%s)', path, abs);
   return () => lock.close();
 }
 
@@ -810,6 +875,8 @@ export class VchanServer extends EventEmitter<{
   /** Out of resources for the next offer: when it is tried again, and the back-off (ms). */
   #retry: NodeJS.Timeout | null = null;
   #retryMs = 0;
+  /** When a static channel's offer first found its grant reference taken (0: it did not). */
+  #refWaitSince = 0;
   #listening = false;
   #starting = false;
   #closed = false;
@@ -847,7 +914,10 @@ export class VchanServer extends EventEmitter<{
   async #start(): Promise<void> {
     let release: () => void;
     try {
-      release = await claimPath(this.#b, this.#opts.mockDomid, this.#opts.path);
+      const st = this.#opts.static;
+      release = st
+        ? await claimStatic(this.#b, this.#opts.mockDomid, st.port)
+        : await claimPath(this.#b, this.#opts.mockDomid, this.#opts.path);
     } catch (e) {
       this.#starting = false;
       if (!this.#closed) this.emit('error', e as Error);
@@ -856,21 +926,15 @@ export class VchanServer extends EventEmitter<{
     this.#starting = false;
     if (this.#closed) return release();
     this.#release = release;
-    try {
-      this.#offerNext();
-    } catch (e) {
-      this.#stop();
-      this.emit('error', e as Error);
-      return;
-    }
     this.#listening = true;
-    this.emit('listening');
+    this.#reoffer(true);
   }
 
   /** The options the server was made with (domid, path, ring sizes). */
-  address(): { domid: number; path: string; readMin: number; writeMin: number } {
+  address(): { domid: number; path: string; readMin: number; writeMin: number; static?: StaticChannel } {
     const { domid, path, readMin, writeMin } = this.#opts;
-    return { domid, path, readMin, writeMin };
+    const st = this.#opts.static;
+    return { domid, path, readMin, writeMin, ...(st ? { static: { ...st } } : {}) };
   }
 
   #offerNext(): void {
@@ -902,19 +966,31 @@ export class VchanServer extends EventEmitter<{
    * every process of the domain, fds): it looks again after a back-off (50 ms, doubling to 1 s)
    * while it listens. Any other failure ends the server with 'error'.
    */
-  #reoffer(): void {
+  #reoffer(first = false): void {
     if (this.#closed || !this.#listening) return;
     try {
       this.#offerNext();
       this.#retryMs = 0;
+      this.#refWaitSince = 0;
+      if (first) this.emit('listening');
     } catch (e) {
       const code = (e as { code?: string }).code;
-      if (code === 'ENOSPC' || code === 'ENOMEM' || code === 'EMFILE' || code === 'ENFILE' || code === 'EAGAIN') {
+      // A static channel's agreed grant reference still held: Linux gives the reference of a page
+      // the previous client mapped back only once it is unmapped (up to a second later).
+      const refBusy = code === 'EADDRNOTAVAIL' && this.#opts.static !== undefined;
+      if (refBusy) this.#refWaitSince ||= Date.now();
+      if (refBusy && Date.now() - this.#refWaitSince > STATIC_REF_WAIT_MS) {
+        // Held for good (another grant of this domain has it): say so.
+      } else if (
+        refBusy ||
+        (!first &&
+          (code === 'ENOSPC' || code === 'ENOMEM' || code === 'EMFILE' || code === 'ENFILE' || code === 'EAGAIN'))
+      ) {
         this.#retryMs = Math.min(1000, this.#retryMs ? this.#retryMs * 2 : 50);
         debug('server %s: no channel to offer (%s); again in %d ms', this.#opts.path, code, this.#retryMs);
         this.#retry = setTimeout(() => {
           this.#retry = null;
-          this.#reoffer();
+          this.#reoffer(first);
         }, this.#retryMs);
         if (!this.#refed) this.#retry.unref();
         return;
@@ -931,7 +1007,10 @@ export class VchanServer extends EventEmitter<{
     this.#retry = null;
     this.#offer?.cancel();
     this.#offer = null;
-    this.#release?.();
+    // A static port stays held while a stream still uses it (it is bound on the addon's handle).
+    const release = this.#release;
+    if (release && this.#current && this.#opts.static) this.#current.once('close', release);
+    else release?.();
     this.#release = null;
   }
 
@@ -986,14 +1065,27 @@ export class VchanServer extends EventEmitter<{
 export function checkServerOptions<O extends ServerOptions>(options: O): OfferOptions & O {
   const o = checkObject('options', options);
   const domid = checkDomid('options.domid', o.domid);
-  const path = checkVchanPath('options.path', o.path);
+  const st = o.static === undefined ? undefined : checkStaticChannel('options.static', o.static);
+  if (st && o.path !== undefined)
+    throw coded(
+      'options.path and options.static cannot be used together: a static channel has no xenstore path',
+      'ERR_INCOMPATIBLE_OPTION_PAIR',
+      TypeError,
+    );
+  const path = st ? '' : checkVchanPath('options.path', o.path);
   const readMin =
     o.readMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
   const writeMin =
     o.writeMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.writeMin', o.writeMin, 0, MAX_RING_SIZE);
   if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
   checkOnread(o.onread);
-  return { ...options, domid, path, readMin, writeMin };
+  return { ...options, domid, path, readMin, writeMin, ...(st ? { static: st } : {}) };
+}
+
+/** @internal A checked StaticChannel (a copy: later changes to the caller's object do nothing). */
+export function checkStaticChannel(name: string, v: unknown): StaticChannel {
+  const o = checkObject(name, v);
+  return { port: checkPort(`${name}.port`, o.port), ref: checkInt(`${name}.ref`, o.ref, 0, 0xffffffff) };
 }
 
 /**
@@ -1043,8 +1135,18 @@ export function createServer(options: ServerOptions, onConnection?: (s: VchanStr
 export interface ConnectOptions extends VchanStreamOptions {
   /** The server's domain. */
   domid: number;
-  /** Full xenstore path of the channel, e.g. `/local/domain/0/data/vchan/5/name`. */
-  path: string;
+  /**
+   * Full xenstore path of the channel, e.g. `/local/domain/0/data/vchan/5/name`. Required unless
+   * `static` is given.
+   */
+  path?: string;
+  /**
+   * A channel with no xenstore: this domain's static event channel port and the grant reference
+   * of the server's control page, as agreed (see {@link StaticChannel}). connect() waits for the
+   * server's event on the port (not polling); an event that finds no channel (the spurious one
+   * Xen leaves pending on a static channel at boot) is looked past.
+   */
+  static?: StaticChannel;
   /** Give up after this many milliseconds (ETIMEDOUT). Default: wait forever. */
   timeout?: number;
   /** Abort the wait. */
@@ -1130,7 +1232,14 @@ export function attachEntry(
 export async function connect(options: ConnectOptions): Promise<VchanStream> {
   const o = checkObject('options', options);
   const domid = checkDomid('options.domid', o.domid);
-  const path = checkVchanPath('options.path', o.path);
+  const st = o.static === undefined ? undefined : checkStaticChannel('options.static', o.static);
+  if (st && o.path !== undefined)
+    throw coded(
+      'options.path and options.static cannot be used together: a static channel has no xenstore path',
+      'ERR_INCOMPATIBLE_OPTION_PAIR',
+      TypeError,
+    );
+  const path = st ? '' : checkVchanPath('options.path', o.path);
   const timeout = o.timeout === undefined ? undefined : checkInt('options.timeout', o.timeout, 0, 2 ** 31 - 1);
   const signal = o.signal as AbortSignal | undefined;
   if (signal !== undefined && !(signal instanceof AbortSignal))
@@ -1139,6 +1248,12 @@ export async function connect(options: ConnectOptions): Promise<VchanStream> {
   checkOnread(o.onread);
   const b = binding(o.backend as Backend | undefined);
   if (signal?.aborted) throw abortError(signal);
+  if (st)
+    return connectStatic(
+      b,
+      { domid, static: st, timeout, signal, mockDomid },
+      (h) => new VchanStream(kInternal, b, h, domid, '', { ...options, [kStatic]: true }),
+    );
 
   const lease = leaseShared(b, mockDomid);
   const xs = lease.xs;

@@ -19,6 +19,9 @@ struct ioctl_evtchn_bind_static {
   unsigned int port;
 };
 #define XV_IOCTL_EVTCHN_BIND_STATIC _IOC(_IOC_NONE, 'E', 7, sizeof(struct ioctl_evtchn_bind_static))
+constexpr const char* kBindStaticCall = "ioctl(IOCTL_EVTCHN_BIND_STATIC)";
+#else
+constexpr const char* kBindStaticCall = "xenevtchn_bind_static";
 #endif
 
 class Evtchn : public Handle {
@@ -78,16 +81,10 @@ Napi::Value BindVirq(const Napi::CallbackInfo& info) {
 Napi::Value BindStatic(const Napi::CallbackInfo& info) {
   Evtchn* e = Unwrap<Evtchn>(info);
   uint32_t port = ArgUint32(info, 1, "port");
-#ifdef XEN_VCHAN_MOCK
-  return Result(info.Env(), xenevtchn_bind_static(e->h_, port), "xenevtchn_bind_static");
-#else
-  struct ioctl_evtchn_bind_static b = {port};
-  int rc = ioctl(xenevtchn_fd(e->h_), XV_IOCTL_EVTCHN_BIND_STATIC, &b);
-  // Kernels before 6.5 do not know the ioctl: the evtchn driver answers ENOSYS, other files ENOTTY.
-  if (rc < 0 && (errno == ENOTTY || errno == ENOSYS))
-    ThrowErrno(info.Env(), ENOTSUP, "ioctl(IOCTL_EVTCHN_BIND_STATIC)", "static event channels need Linux 6.5 or later");
-  return Result(info.Env(), rc < 0 ? rc : static_cast<int>(port), "ioctl(IOCTL_EVTCHN_BIND_STATIC)");
-#endif
+  int rc = BindStaticPort(e->h_, port);
+  if (rc < 0 && errno == ENOTSUP)
+    ThrowErrno(info.Env(), ENOTSUP, kBindStaticCall, "static event channels need Linux 6.5 or later");
+  return Result(info.Env(), rc, kBindStaticCall);
 }
 
 Napi::Value Unbind(const Napi::CallbackInfo& info) {
@@ -152,6 +149,18 @@ Napi::Value Fd(const Napi::CallbackInfo& info) {
 }  // namespace
 
 Handle* UnwrapEvtchn(const Napi::CallbackInfo& info) { return Unwrap<Evtchn>(info); }
+
+int BindStaticPort(xenevtchn_handle* h, uint32_t port) {
+#ifdef XEN_VCHAN_MOCK
+  return xenevtchn_bind_static(h, port);
+#else
+  struct ioctl_evtchn_bind_static b = {port};
+  int rc = ioctl(xenevtchn_fd(h), XV_IOCTL_EVTCHN_BIND_STATIC, &b);
+  // Kernels before 6.5 do not know the ioctl: the evtchn driver answers ENOSYS, other files ENOTTY.
+  if (rc < 0 && (errno == ENOTTY || errno == ENOSYS)) errno = ENOTSUP;
+  return rc < 0 ? -1 : static_cast<int>(port);
+#endif
+}
 
 xenevtchn_handle* EvtchnOf(Handle* h) { return h->closed() ? nullptr : static_cast<Evtchn*>(h)->h_; }
 

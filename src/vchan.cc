@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common.h"
+#include "evtchn.h"
 
 namespace xv {
 
@@ -138,6 +139,68 @@ Napi::Value ClientInit(const Napi::CallbackInfo& info) {
       if (e == EAGAIN)
         ThrowErrno(env, e, "libxenvchan_client_init", "the channel at " + path + " was offered again while connecting");
       ThrowErrno(env, e, "libxenvchan_client_init", path);
+  }
+}
+
+// serverInitStatic(domid, ringRef, port, readMin, writeMin): a channel with no xenstore, on the
+// static PORT (bound here on the hub's handle) with its control page at the agreed RINGREF.
+// EADDRNOTAVAIL when the page got another reference (the message says which).
+Napi::Value ServerInitStatic(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t dom = ArgUint32(info, 0, "domid", kMaxDomid);
+  uint32_t ref = ArgUint32(info, 1, "ringRef"), port = ArgUint32(info, 2, "port");
+  constexpr uint32_t kMaxRing = 1u << XV_RING_MAX_ORDER;
+  uint32_t rmin = ArgUint32(info, 3, "readMin", kMaxRing), wmin = ArgUint32(info, 4, "writeMin", kMaxRing);
+  auto reg = RegistryOf(info);
+  auto hub = PortHub::Of(env, reg);
+  struct xv_vchan_handles shared = {hub->handle(), hub->Gntshr(env), nullptr, nullptr};
+  uint32_t got = 0;
+  errno = 0;
+  struct libxenvchan* c =
+      xv_vchan_server_init_static(&shared, static_cast<int>(dom), ref, port, BindStaticPort, rmin, wmin, &got);
+  if (!c) {
+    int e = errno ? errno : EIO;
+    if (e == EADDRNOTAVAIL)
+      ThrowErrno(env, e, "xengntshr_share_page_notify",
+                 "the control page was granted as ref " + std::to_string(got) + ", not the agreed ref " +
+                     std::to_string(ref) + " (a grant of this domain holds it)");
+    if (e == ENOTSUP)
+      ThrowErrno(env, e, "ioctl(IOCTL_EVTCHN_BIND_STATIC)", "static event channels need Linux 6.5 or later");
+    ThrowErrno(env, e, "libxenvchan_server_init", "static port " + std::to_string(port));
+  }
+  xv_vchan_set_single_use(c);
+  return WrapHandle(env, new Vchan(reg, c, std::move(hub)));
+}
+
+// clientInitStatic(domid, ringRef, port): attaches to the channel at the agreed RINGREF of DOMID,
+// binding the static PORT only once the page is mapped and claimed. Errors by step as clientInit's:
+// "xengnttab_map_grant_ref" (no such page granted to us yet), "vchan_claim" (EBUSY: not offered;
+// EPROTO: not a vchan page), then the attach's own.
+Napi::Value ClientInitStatic(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  uint32_t dom = ArgUint32(info, 0, "domid", kMaxDomid);
+  uint32_t ref = ArgUint32(info, 1, "ringRef"), port = ArgUint32(info, 2, "port");
+  auto reg = RegistryOf(info);
+  auto hub = PortHub::Of(env, reg);
+  struct xv_vchan_handles shared = {hub->handle(), nullptr, hub->Gnttab(env), nullptr};
+  struct xv_vchan_claim_error why = {0, 0};
+  errno = 0;
+  struct libxenvchan* c = xv_vchan_client_claim_static(&shared, static_cast<int>(dom), ref, port, BindStaticPort, &why);
+  if (c) return WrapHandle(env, new Vchan(reg, c, std::move(hub)));
+  int e = errno ? errno : EIO;
+  std::string what = "ref " + std::to_string(ref) + " of domain " + std::to_string(dom);
+  switch (why.step) {
+    case XV_VCHAN_STEP_CLAIM:
+      if (e == EBUSY)
+        ThrowErrno(env, e, "vchan_claim",
+                   "the channel at " + what + " is not offered (cli_live=" + std::to_string(why.seen) + ")");
+      ThrowErrno(env, e, "vchan_claim", "the page at " + what + " is not a vchan control page");
+    case XV_VCHAN_STEP_MAP:
+      ThrowErrno(env, e, "xengnttab_map_grant_ref", what);
+    default:
+      if (e == ENOTSUP)
+        ThrowErrno(env, e, "ioctl(IOCTL_EVTCHN_BIND_STATIC)", "static event channels need Linux 6.5 or later");
+      ThrowErrno(env, e, "libxenvchan_client_init", what + ", static port " + std::to_string(port));
   }
 }
 
@@ -345,6 +408,8 @@ void InitVchan(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
   ExportFunctions(env, exports, "vchan", data,
                   {{"serverInit", ServerInit},
                    {"clientInit", ClientInit},
+                   {"serverInitStatic", ServerInitStatic},
+                   {"clientInitStatic", ClientInitStatic},
                    {"close", Close},
                    {"read", Read},
                    {"view", View},

@@ -92,6 +92,36 @@ struct libxenvchan *xv_vchan_client_claim_on(const struct xv_vchan_handles *h, i
                                              uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why);
 
 /*
+ * Channels with no xenstore (dom0less systems, where there may be none). The two ends agree in
+ * advance on RING_REF, the grant reference of the server's control page, and on PORT, a static
+ * event channel (one a device tree declares, or one dom0 bound on both domains' behalf) that BIND
+ * attaches to h->event: Linux's IOCTL_EVTCHN_BIND_STATIC, returning the port or -1 with errno.
+ * BIND NULL: PORT is bound on h->event already. From the call on, PORT's binding is the
+ * channel's: libxenvchan_close (or a failed init) unbinds it from h->event, and a static port
+ * stays bound in Xen for the next channel. H's event member is required. Nothing is read from or
+ * written to xenstore; once attached, the ring layout and the protocol are libxenvchan's.
+ *
+ * xv_vchan_server_init_static shares the pages as libxenvchan_server_init does, then checks that
+ * the control page got RING_REF: if not, nothing stays shared, *GOT_REF (if not NULL) says which
+ * reference it got, and errno is EADDRNOTAVAIL (a grant of this domain holds RING_REF; Linux frees
+ * the reference of a page its peer still maps only once the peer unmaps it, up to a second
+ * later). Then it notifies PORT: a client waiting on it looks now (one not yet bound finds the
+ * event pending when it binds).
+ *
+ * xv_vchan_client_claim_static maps RING_REF of DOMAIN, claims the channel as xv_vchan_client_claim
+ * does (errors by step alike: XV_VCHAN_STEP_MAP when the page is not granted yet), and only then
+ * binds PORT and attaches, so that a look that finds no channel leaves the port and any event
+ * pending on it alone. A claim that fails after it was taken is put back as it was found.
+ */
+typedef int xv_vchan_bind_fn(struct xenevtchn_handle *event, uint32_t port);
+struct libxenvchan *xv_vchan_server_init_static(const struct xv_vchan_handles *h, int domain, uint32_t ring_ref,
+                                                uint32_t port, xv_vchan_bind_fn *bind, size_t left_min,
+                                                size_t right_min, uint32_t *got_ref);
+struct libxenvchan *xv_vchan_client_claim_static(const struct xv_vchan_handles *h, int domain, uint32_t ring_ref,
+                                                 uint32_t port, xv_vchan_bind_fn *bind,
+                                                 struct xv_vchan_claim_error *why);
+
+/*
  * 1 when the shared page says something no peer keeping the protocol says: a live byte other than
  * 0, 1 or 2, or a ring index pair claiming more than the ring holds. Xen's libxenvchan would take
  * the first for a close and hang on the second.

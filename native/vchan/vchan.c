@@ -491,26 +491,43 @@ static int publish(struct vchan *v, int domain, uint32_t ring_ref)
     return rc;
 }
 
+/* A static channel's agreement (xv_vchan_*_static): no xenstore; the port, bound by BIND (or
+ * already bound when BIND is NULL), and the control page's grant reference. */
+struct static_channel {
+    uint32_t port;
+    uint32_t ring_ref;
+    xv_vchan_bind_fn *bind;
+    uint32_t *got_ref; /* server: the reference the control page got */
+};
+
 static struct libxenvchan *server_init(int domain, const char *xs_path, size_t left_min, size_t right_min,
-                                       const struct xv_vchan_handles *shared);
+                                       const struct xv_vchan_handles *shared, const struct static_channel *st);
 
 VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logger *logger, int domain,
                                                          const char *xs_path, size_t left_min, size_t right_min)
 {
     (void)logger;
-    return server_init(domain, xs_path, left_min, right_min, NULL);
+    return server_init(domain, xs_path, left_min, right_min, NULL, NULL);
 }
 
 VCHAN_EXPORT struct libxenvchan *xv_vchan_server_init_on(const struct xv_vchan_handles *h, int domain,
                                                          const char *xs_path, size_t left_min, size_t right_min)
 {
-    return server_init(domain, xs_path, left_min, right_min, h);
+    return server_init(domain, xs_path, left_min, right_min, h, NULL);
+}
+
+VCHAN_EXPORT struct libxenvchan *xv_vchan_server_init_static(const struct xv_vchan_handles *h, int domain,
+                                                             uint32_t ring_ref, uint32_t port, xv_vchan_bind_fn *bind,
+                                                             size_t left_min, size_t right_min, uint32_t *got_ref)
+{
+    struct static_channel st = {port, ring_ref, bind, got_ref};
+    return server_init(domain, NULL, left_min, right_min, h, &st);
 }
 
 static struct libxenvchan *server_init(int domain, const char *xs_path, size_t left_min, size_t right_min,
-                                       const struct xv_vchan_handles *shared)
+                                       const struct xv_vchan_handles *shared, const struct static_channel *st)
 {
-    if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
+    if (!xs_path == !st || domain < 0 || (unsigned)domain > XV_MAX_DOMID || (st && !(shared && shared->event))) {
         errno = EINVAL;
         return NULL;
     }
@@ -539,24 +556,47 @@ static struct libxenvchan *server_init(int domain, const char *xs_path, size_t l
         return NULL;
     struct libxenvchan *c = &v->pub;
     c->is_server = 1;
-    c->xs_path = strdup(xs_path);
     v->shared_event = shared && shared->event;
     v->shared_gnt = shared && shared->gntshr;
     c->event = v->shared_event ? shared->event : xenevtchn_open(NULL, 0);
     c->gntshr = v->shared_gnt ? shared->gntshr : xengntshr_open(NULL, 0);
-    v->shared_xs = shared ? shared->xs : NULL;
-    v->xs = v->shared_xs ? v->shared_xs : xs_open(0);
-    if (!c->xs_path || !c->event || !c->gntshr || !v->xs)
+    if (!c->event || !c->gntshr)
         goto fail;
-    int port = xenevtchn_bind_unbound_port(c->event, (uint32_t)domain);
-    if (port < 0)
-        goto fail;
-    c->event_port = (uint32_t)port;
-    v->bound = 1;
+    if (st) {
+        /* The port is the channel's from here on, bound or not: release() unbinds it. */
+        c->event_port = st->port;
+        v->bound = 1;
+        if (st->bind && st->bind(c->event, st->port) < 0) {
+            v->bound = 0;
+            goto fail;
+        }
+    } else {
+        c->xs_path = strdup(xs_path);
+        v->shared_xs = shared ? shared->xs : NULL;
+        v->xs = v->shared_xs ? v->shared_xs : xs_open(0);
+        if (!c->xs_path || !v->xs)
+            goto fail;
+        int port = xenevtchn_bind_unbound_port(c->event, (uint32_t)domain);
+        if (port < 0)
+            goto fail;
+        c->event_port = (uint32_t)port;
+        v->bound = 1;
+    }
     uint32_t ring_ref;
     c->ring = xengntshr_share_page_notify(c->gntshr, (uint32_t)domain, &ring_ref, 1, SRV_LIVE_OFF, c->event_port);
     if (!c->ring)
         goto fail;
+    if (st) {
+        if (st->got_ref)
+            *st->got_ref = ring_ref;
+        if (ring_ref != st->ring_ref) {
+            /* Not the page the client will map: give it back at once (nobody has seen it). */
+            xengntshr_unshare(c->gntshr, c->ring, 1);
+            c->ring = NULL;
+            errno = EADDRNOTAVAIL;
+            goto fail;
+        }
+    }
     struct vchan_interface *ring = c->ring;
     memset(ring, 0, 24);
     ring->left_order = (uint16_t)lo;
@@ -585,6 +625,12 @@ static struct libxenvchan *server_init(int domain, const char *xs_path, size_t l
         c->write.buffer = in_page(ring, ro);
     }
     memcpy(ring->grants, refs, (lp + rp) * sizeof(uint32_t));
+    if (st) {
+        /* No entry to publish: the event tells a client waiting on the port to look now (one that
+         * is not bound yet finds it pending when it binds). */
+        xenevtchn_notify(c->event, c->event_port);
+        return c;
+    }
     if (publish(v, domain, ring_ref) < 0)
         goto fail;
     /* Not kept: a process with many channels would hold a xenstore connection (an fd) for each. */
@@ -632,20 +678,19 @@ VCHAN_EXPORT struct libxenvchan *libxenvchan_client_init(struct xentoollog_logge
     return client_init(domain, xs_path, NULL);
 }
 
+static struct libxenvchan *client_attach(int domain, uint32_t ring_ref, uint32_t remote_port,
+                                         const struct xv_vchan_handles *shared, const struct static_channel *st);
+
 static struct libxenvchan *client_init(int domain, const char *xs_path, const struct xv_vchan_handles *shared)
 {
     if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
         errno = EINVAL;
         return NULL;
     }
-    struct vchan *v = calloc(1, sizeof(*v));
-    if (!v)
-        return NULL;
-    struct libxenvchan *c = &v->pub;
     uint32_t ring_ref, remote_port;
     struct xs_handle *xs = shared && shared->xs ? shared->xs : xs_open(0);
     if (!xs)
-        goto fail;
+        return NULL;
     int ok = read_number(xs, xs_path, "ring-ref", &ring_ref) == 0 &&
              read_number(xs, xs_path, "event-channel", &remote_port) == 0;
     int e0 = errno;
@@ -653,18 +698,39 @@ static struct libxenvchan *client_init(int domain, const char *xs_path, const st
         xs_close(xs);
     errno = e0;
     if (!ok)
-        goto fail;
+        return NULL;
+    return client_attach(domain, ring_ref, remote_port, shared, NULL);
+}
+
+/* Attaches to the control page RING_REF of DOMAIN: through REMOTE_PORT (bound interdomain here),
+ * or through the static port of ST. */
+static struct libxenvchan *client_attach(int domain, uint32_t ring_ref, uint32_t remote_port,
+                                         const struct xv_vchan_handles *shared, const struct static_channel *st)
+{
+    struct vchan *v = calloc(1, sizeof(*v));
+    if (!v)
+        return NULL;
+    struct libxenvchan *c = &v->pub;
     v->shared_event = shared && shared->event;
     v->shared_gnt = shared && shared->gnttab;
     c->event = v->shared_event ? shared->event : xenevtchn_open(NULL, 0);
     c->gnttab = v->shared_gnt ? shared->gnttab : xengnttab_open(NULL, 0);
     if (!c->event || !c->gnttab)
         goto fail;
-    int port = xenevtchn_bind_interdomain(c->event, (uint32_t)domain, remote_port);
-    if (port < 0)
-        goto fail;
-    c->event_port = (uint32_t)port;
-    v->bound = 1;
+    if (st) {
+        c->event_port = st->port;
+        v->bound = 1;
+        if (st->bind && st->bind(c->event, st->port) < 0) {
+            v->bound = 0;
+            goto fail;
+        }
+    } else {
+        int port = xenevtchn_bind_interdomain(c->event, (uint32_t)domain, remote_port);
+        if (port < 0)
+            goto fail;
+        c->event_port = (uint32_t)port;
+        v->bound = 1;
+    }
     c->ring = xengnttab_map_grant_ref_notify(c->gnttab, (uint32_t)domain, ring_ref, PROT_READ | PROT_WRITE, LIVE_OFF,
                                              c->event_port);
     if (!c->ring)
@@ -745,6 +811,7 @@ struct claim {
     int claimed;    /* cli_live is ours to give back */
     int restore;    /* give it back as it was (see claim_give_back) */
     uint8_t before; /* cli_live as we found it */
+    int quiet;      /* a static channel's: no port of the server's to bind, the claim goes back as found */
 };
 
 /* 0, or an errno: of the mapping (the entry is stale or not ours), EPROTO (the page is not a
@@ -812,6 +879,8 @@ static void claim_give_back(struct claim *k)
     if (k->restore ? (now == XV_LIVE_OPEN || now == XV_LIVE_CLOSED) : now == XV_LIVE_OPEN)
         __atomic_compare_exchange_n(&k->page->cli_live, &now, k->restore ? k->before : XV_LIVE_CLOSED, 0,
                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    if (k->quiet)
+        return; /* the server was never told of the claim: nothing to look at again */
     xenevtchn_handle *ev = xenevtchn_open(NULL, 0);
     if (!ev)
         return;
@@ -834,34 +903,50 @@ static void claim_end(struct claim *k)
 }
 
 static struct libxenvchan *client_claim(const struct xv_vchan_handles *shared, int domain, const char *xs_path,
-                                        uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why);
+                                        uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why,
+                                        const struct static_channel *st);
 
 VCHAN_EXPORT struct libxenvchan *xv_vchan_client_claim(struct xentoollog_logger *logger, int domain,
                                                        const char *xs_path, uint32_t ring_ref, uint32_t port,
                                                        struct xv_vchan_claim_error *why)
 {
     (void)logger;
-    return client_claim(NULL, domain, xs_path, ring_ref, port, why);
+    return client_claim(NULL, domain, xs_path, ring_ref, port, why, NULL);
 }
 
 VCHAN_EXPORT struct libxenvchan *xv_vchan_client_claim_on(const struct xv_vchan_handles *h, int domain,
                                                           const char *xs_path, uint32_t ring_ref, uint32_t port,
                                                           struct xv_vchan_claim_error *why)
 {
-    return client_claim(h, domain, xs_path, ring_ref, port, why);
+    return client_claim(h, domain, xs_path, ring_ref, port, why, NULL);
+}
+
+VCHAN_EXPORT struct libxenvchan *xv_vchan_client_claim_static(const struct xv_vchan_handles *h, int domain,
+                                                              uint32_t ring_ref, uint32_t port, xv_vchan_bind_fn *bind,
+                                                              struct xv_vchan_claim_error *why)
+{
+    struct static_channel st = {port, ring_ref, bind, NULL};
+    if (!h || !h->event) {
+        if (why)
+            why->step = 0;
+        errno = EINVAL;
+        return NULL;
+    }
+    return client_claim(h, domain, NULL, ring_ref, port, why, &st);
 }
 
 static struct libxenvchan *client_claim(const struct xv_vchan_handles *shared, int domain, const char *xs_path,
-                                        uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why)
+                                        uint32_t ring_ref, uint32_t port, struct xv_vchan_claim_error *why,
+                                        const struct static_channel *st)
 {
     struct xv_vchan_claim_error w = {0, 0};
-    if (!xs_path || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
+    if (!xs_path == !st || domain < 0 || (unsigned)domain > XV_MAX_DOMID) {
         if (why)
             *why = w;
         errno = EINVAL;
         return NULL;
     }
-    struct claim k = {.dom = (uint32_t)domain, .port = port, .before = XV_LIVE_WAITING};
+    struct claim k = {.dom = (uint32_t)domain, .port = port, .before = XV_LIVE_WAITING, .quiet = st != NULL};
     struct libxenvchan *c = NULL;
     int e = claim_take(&k, shared, ring_ref, &w.seen);
     if (e) {
@@ -869,11 +954,13 @@ static struct libxenvchan *client_claim(const struct xv_vchan_handles *shared, i
         goto out;
     }
     errno = 0;
-    c = client_init(domain, xs_path, shared);
+    /* A static channel's port is bound only now, with the page in hand: an attempt that finds no
+     * page leaves the port alone, and an event for it pending for whoever waits on it. */
+    c = st ? client_attach(domain, ring_ref, 0, shared, st) : client_init(domain, xs_path, shared);
     w.step = XV_VCHAN_STEP_ATTACH;
     if (!c) {
         e = errno ? errno : EIO;
-        if (e == ENOENT || e == EACCES)
+        if (st || e == ENOENT || e == EACCES)
             k.restore = 1; /* the entry went: the page we claimed may be another client's now */
         goto out;
     }

@@ -30,6 +30,11 @@
 //                                              told 'release'
 //   reoffer-starved MS                         a VchanServer whose re-offer finds no grant pages for MS ms
 //                                              (see the role); reports {served, starved, error, listening}
+//   static-serve PEER PORT REF BYTES           a static vchan server (no xenstore): each client, an exchange
+//                                              of BYTES; reports {listening}, then {done} or {lost} per client
+//   static-connect SERVER PORT REF BYTES       a static vchan client: {connected}, then an exchange of BYTES
+//   static-hold SERVER PORT REF                a static vchan client that reads until killed; {ended} when its
+//                                              server goes
 //   map DOMID REF                              try to map a grant (permission tests)
 //   bind DOMID PORT                            try to bind an interdomain port (permission tests)
 const { createHash, randomBytes } = require('node:crypto');
@@ -56,6 +61,8 @@ function exchange(stream, bytes) {
       finish();
     });
     stream.on('error', reject);
+    // A peer that leaves early ends the stream as a close would: what is missing is the loss.
+    stream.on('close', () => reject(Object.assign(new Error(`closed after ${got} bytes`), { code: 'ECLOSED' })));
     const pump = () => {
       while (left > 0) {
         const n = Math.min(left, 1 + Math.floor(Math.random() * 100_000));
@@ -471,6 +478,49 @@ async function main() {
       }
       e.close();
       process.exit(0);
+      break;
+    }
+    case 'static-serve': {
+      const [peer, port, ref, bytes] = args;
+      const srv = x.createServer({ domid: +peer, static: { port: +port, ref: +ref } });
+      srv.on('connection', async (s) => {
+        try {
+          const r = await exchange(s, +bytes);
+          send({ done: true, ...r });
+          s.end();
+        } catch (e) {
+          send({ lost: e.code || e.message });
+        }
+      });
+      srv.on('error', (e) => send({ error: e.code || e.message }));
+      // What this domain's xenstore says (XEN_MOCK_NO_XENSTORE: there is none).
+      let xenstore = 'reachable';
+      try {
+        const xs = new x.Xenstore();
+        await xs.read('domid');
+        xs.close();
+      } catch (e) {
+        xenstore = e.code;
+      }
+      srv.listen(() => send({ listening: true, xenstore }));
+      break;
+    }
+    case 'static-connect': {
+      const [server, port, ref, bytes] = args;
+      const s = await x.connect({ domid: +server, static: { port: +port, ref: +ref }, timeout: 20000 });
+      send({ connected: true });
+      const r = await exchange(s, +bytes);
+      send({ done: true, ...r });
+      s.end();
+      break;
+    }
+    case 'static-hold': {
+      const [server, port, ref] = args;
+      const s = await x.connect({ domid: +server, static: { port: +port, ref: +ref }, timeout: 20000 });
+      send({ connected: true });
+      s.on('error', (e) => send({ ended: e.code }));
+      s.on('end', () => send({ ended: 'end' }));
+      s.resume(); // reads only: a server's exchange with it never completes
       break;
     }
     case 'static': {

@@ -24,6 +24,14 @@ struct xs_handle {
 XM_EXPORT struct xs_handle *xs_open(unsigned long flags)
 {
     (void)flags;
+    /* A domain with no xenstore at all (a dom0less domU built without one): XEN_MOCK_NO_XENSTORE
+     * set to anything but "" or "0" makes every connection fail, as opening a missing
+     * /dev/xen/xenbus and socket would. */
+    const char *none = getenv("XEN_MOCK_NO_XENSTORE");
+    if (none && *none && strcmp(none, "0") != 0) {
+        errno = ENOENT;
+        return NULL;
+    }
     int s = xm_open(XM_KIND_XS, -1);
     if (s < 0)
         return NULL;
