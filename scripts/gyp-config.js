@@ -19,7 +19,8 @@ switch (process.argv[2]) {
     process.stdout.write(sanitize ? '1' : '0');
     break;
   case 'mock-lib':
-    process.stdout.write(sanitize ? 'native/mock/build-san/lib' : 'native/mock/build/lib');
+    // XEN_VCHAN_MOCK_OUT: another build of the mock (scripts/prebuild.sh's arm64 one).
+    process.stdout.write(`native/mock/${process.env.XEN_VCHAN_MOCK_OUT || (sanitize ? 'build-san' : 'build')}/lib`);
     break;
   default:
     throw new Error(`unknown gyp-config query ${process.argv[2]}`);

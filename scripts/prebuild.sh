@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# npm run prebuild: the prebuilt binaries the package ships, in prebuilds/linux-x64/:
+# npm run prebuild: the prebuilt binaries the package ships, in prebuilds/linux-x64/ and
+# prebuilds/linux-arm64/ (cross-compiled):
 #   xen_vchan_mock.glibc.node, xen_vchan_real.glibc.node   the addons (prebuildify, N-API)
 #   mock/lib/*.so.*, mock/bin/xenmockd                      the mock's libraries and broker
 # As root they are compiled in a Debian bullseye root (scripts/build-sysroot.sh: glibc 2.31, gcc 10),
@@ -55,6 +56,44 @@ mkdir -p "$out/mock/lib" "$out/mock/bin"
 cp -P native/mock/build/lib/*.so.* "$out/mock/lib/"
 cp native/mock/build/bin/xenmockd "$out/mock/bin/"
 strip --strip-unneeded "$out"/mock/lib/*.so.* "$out/mock/bin/xenmockd"
+# linux-arm64: the same sources, cross-compiled (in the bullseye root: its aarch64 gcc and arm64
+# glibc 2.31, the same floor as x64's). node-gyp builds for --arch arm64 with the cross compilers;
+# the addons link against the arm64 build of the mock's libraries (native/mock/build-arm64).
+arm=prebuilds/linux-arm64
+cross=aarch64-linux-gnu
+if [ -n "${sysroot:-}" ]; then
+  for tool in gcc g++; do
+    printf '#!/bin/sh\nexec chroot %q /usr/bin/env -C "$PWD" %s "$@"\n' "$sysroot" "$cross-$tool" >"$tmp/bin/$cross-$tool"
+    chmod +x "$tmp/bin/$cross-$tool"
+  done
+fi
+if command -v "$cross-gcc" >/dev/null && command -v "$cross-strip" >/dev/null; then
+  # Full paths: prebuildify puts node's own directory (often /usr/bin, which may hold this
+  # machine's newer cross compiler) first on node-gyp's PATH.
+  xcc=$(command -v "$cross-gcc") xcxx=$(command -v "$cross-g++")
+  rm -rf "$arm" native/mock/build-arm64 build
+  make -s -C native/mock OUT=build-arm64 CC="$xcc" all
+  for name in xen_vchan_mock xen_vchan_real; do
+    XEN_VCHAN_ONLY=${name#xen_vchan_} XEN_VCHAN_MOCK_OUT=build-arm64 CC="$xcc" CXX="$xcxx" \
+      PREBUILD_STRIP_BIN="$cross-strip" npx prebuildify --napi --strip --tag-libc --arch arm64 --name "$name"
+  done
+  mkdir -p "$arm/mock/lib" "$arm/mock/bin"
+  cp -P native/mock/build-arm64/lib/*.so.* "$arm/mock/lib/"
+  cp native/mock/build-arm64/bin/xenmockd "$arm/mock/bin/"
+  "$cross-strip" --strip-unneeded "$arm"/mock/lib/*.so.* "$arm/mock/bin/xenmockd"
+  file "$arm"/*.node "$arm/mock/bin/xenmockd" | grep -v 'ARM aarch64' && { echo "prebuild: $arm has a binary that is not arm64" >&2; exit 1; }
+  floor_arm=$("$cross-objdump" -T "$arm"/*.node "$arm"/mock/lib/*.so.* "$arm/mock/bin/xenmockd" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
+  echo "prebuild: linux-arm64 built; needs $floor_arm or later"
+  if [ -n "${sysroot:-}" ] && [ "$(printf '%s\n' "$floor_arm" GLIBC_2.31 | sort -V | tail -1)" != GLIBC_2.31 ]; then
+    echo "prebuild: linux-arm64 needs $floor_arm, above bullseye's glibc 2.31: not built in the bullseye root?" >&2
+    exit 1
+  fi
+else
+  echo "prebuild: no $cross-gcc (apt-get install gcc-aarch64-linux-gnu g++-aarch64-linux-gnu binutils-aarch64-linux-gnu): linux-arm64 not built" >&2
+  [ "${CI:-}" = true ] && exit 1
+fi
+rm -rf build
+
 mkdir -p build/Release
 cp "$out/xen_vchan_mock.glibc.node" build/Release/xen_vchan_mock.node
 cp "$out/xen_vchan_real.glibc.node" build/Release/xen_vchan_real.node

@@ -27,6 +27,9 @@ for (const need of ['LICENSE', 'README.md', 'package.json', 'dist/cjs/index.js',
   'prebuilds/linux-x64/xen_vchan_mock.glibc.node', 'prebuilds/linux-x64/xen_vchan_real.glibc.node',
   'prebuilds/linux-x64/mock/bin/xenmockd', 'prebuilds/linux-x64/mock/lib/libxenmock.so.1', 'binding.gyp', 'native/vchan/vchan.c'])
   if (!names.has(need)) bad.push(`${need} is missing`);
+if (require('node:fs').existsSync('prebuilds/linux-arm64'))
+  for (const need of ['xen_vchan_mock.glibc.node', 'xen_vchan_real.glibc.node', 'mock/bin/xenmockd', 'mock/lib/libxenmock.so.1'])
+    if (!names.has(`prebuilds/linux-arm64/${need}`)) bad.push(`prebuilds/linux-arm64/${need} is missing`);
 // Every source map's sources must be in the package.
 const path = require('node:path');
 for (const f of files) {
@@ -86,4 +89,31 @@ t=$(install "$tmp/source" "$PATH" --build-from-source)
 grep -q 'building from source' "$tmp/source.log" || { cat "$tmp/source.log"; fail "--build-from-source did not build"; }
 echo "install --build-from-source: ${t}s"
 consumers "$tmp/source"
+
+# 3. linux-arm64 (scripts/prebuild.sh cross-compiles it): the tarball in an arm64 root that has Node
+#    20 and nothing else (scripts/arm64-root.sh), run under qemu-user. The package's install step,
+#    run by the arm64 node as npm would run it, must take the arm64 prebuilds (there is no compiler
+#    to fall back to); then the consumers and the demo run on the arm64 mock.
+if [ -f prebuilds/linux-arm64/xen_vchan_mock.glibc.node ]; then
+  aroot=$(bash scripts/arm64-root.sh)
+  app=/tmp/xen-vchan-arm64-app
+  rm -rf "${aroot:?}$app" && mkdir -p "$aroot$app/node_modules/xen-vchan" "$aroot/proc" "$aroot/dev"
+  tar -xzf "$tarball" -C "$aroot$app/node_modules/xen-vchan" --strip-components=1
+  cp test/pack/consumer.cjs test/pack/consumer.mjs "$aroot$app/"
+  mountpoint -q "$aroot/proc" || mount -t proc proc "$aroot/proc"
+  mountpoint -q "$aroot/dev" || mount --bind /dev "$aroot/dev"
+  trap 'umount -l "$aroot/proc" "$aroot/dev" 2>/dev/null || true; rm -rf "$tmp"' EXIT
+  chroot=$(command -v chroot)
+  arun() { env -u NODE_EXTRA_CA_CERTS -u LD_LIBRARY_PATH XEN_MOCK_DIR="$app/mock" PATH=/usr/bin "$chroot" "$aroot" /usr/bin/node "$@"; }
+  for t in cc gcc g++ make python3 sh; do [ ! -e "$aroot/usr/bin/$t" ] || fail "the arm64 root has $t"; done
+  t0=$(date +%s)
+  got=$(arun "$app/node_modules/xen-vchan/scripts/install.js" 2>&1) || { echo "$got"; fail "the arm64 install step failed"; }
+  case $got in *'using the prebuilt binaries'*) ;; *) echo "$got"; fail "the arm64 install did not use the prebuilds" ;; esac
+  arun "$app/consumer.cjs"
+  arun "$app/consumer.mjs"
+  arun "$app/node_modules/xen-vchan/bin/xen-vchan.js" demo --bytes 2000000 | tail -1
+  echo "linux-arm64 under qemu-user ($(arun -p 'process.version + " " + process.arch')): install and consumers in $(( $(date +%s) - t0 )) s"
+  umount -l "$aroot/proc" "$aroot/dev" # the broker (an arm64 daemon) may linger for 2 s
+  rm -rf "${aroot:?}$app"
+fi
 echo "test:pack: passed"
