@@ -32,7 +32,7 @@ mkdir -p "$ap/lists/partial" "$ap/cache/archives/partial" "$work/debs"
 touch "$ap/status"
 echo "deb [arch=arm64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$ap/sources.list"
 opts=(-o "Dir::Etc::sourcelist=$ap/sources.list" -o Dir::Etc::sourceparts=/nonexistent -o "Dir::State::lists=$ap/lists"
-  -o "Dir::Cache=$ap/cache" -o "Dir::State::status=$ap/status" -o APT::Architecture=arm64)
+  -o "Dir::Cache=$ap/cache" -o "Dir::State::status=$ap/status" -o APT::Architecture=arm64 -o APT::Sandbox::User=root)
 apt-get "${opts[@]}" update >"$work/update.log" 2>&1 || { tail "$work/update.log" >&2; exit 1; }
 ( cd "$work/debs"
   for p in $pkgs; do apt-get "${opts[@]}" download "$p:arm64" >/dev/null 2>&1 || apt-get "${opts[@]}" download "$p" >/dev/null; done )
