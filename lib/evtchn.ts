@@ -187,6 +187,12 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
    * behalf. Linux checks nothing with Xen: a port Xen never allocated binds too, and never fires.
    * Throws EISCONN when this handle has the port already, EBUSY when another EventChannel of this
    * process has it (Linux would take that and crash at exit), ENOTSUP on older kernels.
+   *
+   * One end of each channel Xen binds at boot starts with its event pending (Xen sets it as it
+   * binds the pair), and an event sent while no handle had the port waits for the next bind: an
+   * 'event' may come at once after binding, before the peer is up. Treat events as hints to look
+   * at shared state (as the static vchan does: `createServer`/`connect` with `static`), or knock
+   * until the peer answers.
    */
   bindStatic(port: number): number {
     checkPort('port', port);

@@ -30,7 +30,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { debuglog } from 'node:util';
 
-import { MAX_RING_SIZE } from './constants';
+import { MAX_DOMID, MAX_RING_SIZE } from './constants';
 import { checkDomid, checkInt, checkObject, checkString, invalidArgType, invalidArgValue, systemError } from './errors';
 import { JSON_MAX_MESSAGE, JsonClient, serveJson, type RequestOptions } from './jsonrpc';
 import type { Backend } from './native';
@@ -296,7 +296,7 @@ export function handlePcidRequest(
       case 'resource_list': {
         const sbdf = parseSbdf(req.sbdf);
         if (req.domid === undefined) throw new CommandError("No mandatory parameter 'domid'");
-        if (typeof req.domid !== 'number' || !Number.isInteger(req.domid) || req.domid < 0 || req.domid > 0x7fef)
+        if (typeof req.domid !== 'number' || !Number.isInteger(req.domid) || req.domid < 0 || req.domid > MAX_DOMID)
           throw new CommandError("Parameter 'domid' must be a domain id");
         return ok({ resources: sysfs.resources(sbdf) });
       }
@@ -726,8 +726,15 @@ export class PcidClient extends EventEmitter<{ close: [] }> {
     this.#rpc.on('close', () => this.emit('close'));
   }
 
-  /** Sends CMD with ARGS; resolves with the whole reply, rejects with PcidError when it failed. */
-  async call(cmd: string, args: Record<string, unknown> = {}, options?: RequestOptions): Promise<PcidReply> {
+  /**
+   * Sends CMD (one of pcid v4's commands, or any other name a server may know) with ARGS; resolves
+   * with the whole reply, rejects with PcidError when it failed.
+   */
+  async call(
+    cmd: PcidCommand | (string & Record<never, never>),
+    args: Record<string, unknown> = {},
+    options?: RequestOptions,
+  ): Promise<PcidReply> {
     if (typeof cmd !== 'string') throw invalidArgType('cmd', 'of type string', cmd);
     const reply = (await this.#rpc.request({ cmd, ...args }, options)) as PcidReply;
     if (reply.error !== 'okay') throw new PcidError(reply);
