@@ -22,6 +22,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import { constants } from 'node:os';
 import * as tls from 'node:tls';
+import { debuglog } from 'node:util';
 
 import { checkDomid, checkInt, checkObject, invalidArgType } from '../errors';
 import { EventChannel, nativeHandleOf } from '../evtchn';
@@ -43,6 +44,8 @@ import {
   SOCK_STREAM,
 } from './wire';
 import { readState, XenbusState } from './xenbus';
+
+const debug = debuglog('xen-vchan');
 
 const E = constants.errno;
 /** Linux's kernel-internal ENOTSUPP, what pvcalls-back answers to a command it does not know. */
@@ -359,6 +362,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
   }
 
   #respond(f: Frontend, reqId: number, cmd: string | number, ret: number, id: bigint): void {
+    debug('pvcalls backend %d/%d: %s id %s (req %d) -> %d', f.domid, f.dev, cmd, id, reqId, ret);
     if (!f.ring || !this.#frontends.has(`${f.domid}/${f.dev}`)) return;
     const code = typeof cmd === 'number' ? cmd : PvcallsCmd[cmd as keyof typeof PvcallsCmd];
     encodeResponse(f.ring.nextResponse(), { reqId, cmd: code, ret, id });
@@ -506,6 +510,12 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
   }
 
   #incoming(s: PassiveSocket, c: net.Socket): void {
+    debug(
+      'pvcalls backend: incoming connection (listening %s, queued %d, accept %s)',
+      s.listening,
+      s.queue.length,
+      !!s.accept,
+    );
     c.on('error', () => undefined);
     if (!s.listening || s.queue.length >= s.backlog) {
       c.resetAndDestroy();
@@ -566,6 +576,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
   /** Moves bytes between the socket and the data ring, both ways, with backpressure. */
   #wire(f: Frontend, a: ActiveSocket): void {
     const fd = this.#o.dataPump === 'native' ? socketFd(a.sock) : -1;
+    debug('pvcalls backend %d/%d: socket on port %d, %s pump', f.domid, f.dev, a.port, fd >= 0 ? 'native' : 'js');
     if (fd >= 0) {
       try {
         return this.#wireNative(f, a, fd);
