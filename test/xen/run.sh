@@ -40,7 +40,7 @@ cc -O2 -Wall -o "$repo/.rig/bin/vchan_echo" "$repo/test/releases/vchan_echo.c" $
 rm -f "$repo/.rig/suite.json"
 # Test switches for the job (see test/xen/domu.test.ts).
 : > "$repo/.rig/env.sh"
-for v in XEN_RIG_REPEAT XEN_RIG_KERNEL XEN_RIG_TESTS; do
+for v in XEN_RIG_REPEAT XEN_RIG_KERNEL XEN_RIG_TESTS NODE_DEBUG; do
   [ -n "${!v:-}" ] && echo "export $v='${!v}'" >> "$repo/.rig/env.sh"
 done
 cp "$(command -v node)" "$repo/.rig/bin/node"
