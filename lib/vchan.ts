@@ -1065,14 +1065,7 @@ export class VchanServer extends EventEmitter<{
 export function checkServerOptions<O extends ServerOptions>(options: O): OfferOptions & O {
   const o = checkObject('options', options);
   const domid = checkDomid('options.domid', o.domid);
-  const st = o.static === undefined ? undefined : checkStaticChannel('options.static', o.static);
-  if (st && o.path !== undefined)
-    throw coded(
-      'options.path and options.static cannot be used together: a static channel has no xenstore path',
-      'ERR_INCOMPATIBLE_OPTION_PAIR',
-      TypeError,
-    );
-  const path = st ? '' : checkVchanPath('options.path', o.path);
+  const { path, st } = checkPathOrStatic(o);
   const readMin =
     o.readMin === undefined ? DEFAULT_RING_SIZE : checkInt('options.readMin', o.readMin, 0, MAX_RING_SIZE);
   const writeMin =
@@ -1080,6 +1073,18 @@ export function checkServerOptions<O extends ServerOptions>(options: O): OfferOp
   if (o.mockDomid !== undefined) checkDomid('options.mockDomid', o.mockDomid);
   checkOnread(o.onread);
   return { ...options, domid, path, readMin, writeMin, ...(st ? { static: st } : {}) };
+}
+
+/** A channel's options.path, or its options.static (then path is ''): one of the two, checked. */
+function checkPathOrStatic(o: Record<string, unknown>): { path: string; st: StaticChannel | undefined } {
+  const st = o.static === undefined ? undefined : checkStaticChannel('options.static', o.static);
+  if (st && o.path !== undefined)
+    throw coded(
+      'options.path and options.static cannot be used together: a static channel has no xenstore path',
+      'ERR_INCOMPATIBLE_OPTION_PAIR',
+      TypeError,
+    );
+  return { path: st ? '' : checkVchanPath('options.path', o.path), st };
 }
 
 /** @internal A checked StaticChannel (a copy: later changes to the caller's object do nothing). */
@@ -1232,14 +1237,7 @@ export function attachEntry(
 export async function connect(options: ConnectOptions): Promise<VchanStream> {
   const o = checkObject('options', options);
   const domid = checkDomid('options.domid', o.domid);
-  const st = o.static === undefined ? undefined : checkStaticChannel('options.static', o.static);
-  if (st && o.path !== undefined)
-    throw coded(
-      'options.path and options.static cannot be used together: a static channel has no xenstore path',
-      'ERR_INCOMPATIBLE_OPTION_PAIR',
-      TypeError,
-    );
-  const path = st ? '' : checkVchanPath('options.path', o.path);
+  const { path, st } = checkPathOrStatic(o);
   const timeout = o.timeout === undefined ? undefined : checkInt('options.timeout', o.timeout, 0, 2 ** 31 - 1);
   const signal = o.signal as AbortSignal | undefined;
   if (signal !== undefined && !(signal instanceof AbortSignal))

@@ -503,6 +503,20 @@ struct static_channel {
 static struct libxenvchan *server_init(int domain, const char *xs_path, size_t left_min, size_t right_min,
                                        const struct xv_vchan_handles *shared, const struct static_channel *st);
 
+/* ST's port becomes V's, bound by ST's bind (if any) on V's event handle. From here on the port is
+ * the channel's, bound or not: release() unbinds it. -1 with errno when the bind fails. */
+static int take_static_port(struct vchan *v, const struct static_channel *st)
+{
+    struct libxenvchan *c = &v->pub;
+    c->event_port = st->port;
+    v->bound = 1;
+    if (st->bind && st->bind(c->event, st->port) < 0) {
+        v->bound = 0;
+        return -1;
+    }
+    return 0;
+}
+
 VCHAN_EXPORT struct libxenvchan *libxenvchan_server_init(struct xentoollog_logger *logger, int domain,
                                                          const char *xs_path, size_t left_min, size_t right_min)
 {
@@ -563,13 +577,8 @@ static struct libxenvchan *server_init(int domain, const char *xs_path, size_t l
     if (!c->event || !c->gntshr)
         goto fail;
     if (st) {
-        /* The port is the channel's from here on, bound or not: release() unbinds it. */
-        c->event_port = st->port;
-        v->bound = 1;
-        if (st->bind && st->bind(c->event, st->port) < 0) {
-            v->bound = 0;
+        if (take_static_port(v, st) < 0)
             goto fail;
-        }
     } else {
         c->xs_path = strdup(xs_path);
         v->shared_xs = shared ? shared->xs : NULL;
@@ -718,12 +727,8 @@ static struct libxenvchan *client_attach(int domain, uint32_t ring_ref, uint32_t
     if (!c->event || !c->gnttab)
         goto fail;
     if (st) {
-        c->event_port = st->port;
-        v->bound = 1;
-        if (st->bind && st->bind(c->event, st->port) < 0) {
-            v->bound = 0;
+        if (take_static_port(v, st) < 0)
             goto fail;
-        }
     } else {
         int port = xenevtchn_bind_interdomain(c->event, (uint32_t)domain, remote_port);
         if (port < 0)
