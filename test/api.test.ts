@@ -31,6 +31,39 @@ describe('module formats', () => {
   });
 });
 
+/** The package's runtime exports, by name: a change to this list is a change to the public API. */
+const EXPORTS = [
+  'BackRing', 'DEFAULT_RING_SIZE', 'DOMID_FIRST_RESERVED', 'DataRing', 'EventChannel', 'FrameParser', 'FrameType',
+  'FramedStream', 'FrontRing', 'GrantMapper', 'GrantSharer', 'GrantStatus', 'JSON_MAX_MESSAGE', 'JsonClient',
+  'LiveState', 'MAX_DATA', 'MAX_DOMID', 'MAX_RING_SIZE', 'MAX_VCHAN_PATH', 'MULTI_QUEUE_MAX', 'MappedPages',
+  'MessageSplitter', 'PAGE_SIZE', 'PCIBACK_FILES', 'PCID_COMMANDS', 'PROXY_CONNECT_TIMEOUT', 'PROXY_VERSION',
+  'PciSysfs', 'PcidClient', 'PcidError', 'PcidServer', 'PvcallsBackend', 'PvcallsFrontend', 'PvcallsServer',
+  'PvcallsSocket', 'RingCorruptError', 'SharedPages', 'VchanMultiServer', 'VchanProxy', 'VchanServer', 'VchanStream',
+  'XENSTORE_ABS_PATH_MAX', 'XENSTORE_REL_PATH_MAX', 'XEN_LIBXENVCHAN_MAX_PATH', 'XenbusState', 'Xenstore',
+  'XenstoreTransaction', 'XenstoreWatch', 'connect', 'connectMulti', 'connectPcid', 'connectPvcalls',
+  'createMultiServer', 'createPcidServer', 'createPvcallsBackend', 'createPvcallsDevice', 'createServer',
+  'currentBackend', 'encodeFrame', 'encodeMessage', 'handlePcidRequest', 'mockAddStaticChannel', 'mockDestroyDomain',
+  'mockDir', 'mockEnv', 'mockIntroduceDomain', 'mockLibDir', 'mockRaiseVirq', 'mockReset', 'mockStats', 'proxyListen',
+  'proxyServe', 'pvcallsPaths', 'pvcallsWire', 'removePvcallsDevice', 'serveJson', 'useBackend',
+]; // prettier-ignore
+
+describe('the public API', () => {
+  it('the package exports exactly these names, in CommonJS and as an ES module', () => {
+    const code = `
+      import * as esm from 'xen-vchan';
+      import { createRequire } from 'node:module';
+      const cjs = createRequire(import.meta.url)('xen-vchan');
+      const names = (m) => Object.keys(m).filter((k) => k !== 'default').sort();
+      console.log(JSON.stringify({ esm: names(esm), cjs: names(cjs) }));
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', code], { cwd: root, encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    const { esm, cjs } = JSON.parse(r.stdout);
+    expect(cjs).toEqual([...EXPORTS].sort());
+    expect(esm).toEqual([...EXPORTS].sort());
+  });
+});
+
 describe('lifecycle', () => {
   it('a worker thread that exits with open handles releases them all', async () => {
     const script = `
