@@ -34,7 +34,7 @@ export interface AllocUnboundOptions {
 const staticPorts = new Map<string, EventChannel | StaticPortHold>();
 
 /**
- * A static port held for a vchan of this process (lib/vchan.ts): its channels bind it on the
+ * A static port held for a vchan of this process (lib/vchan/): its channels bind it on the
  * addon's shared handle, so an EventChannel may not bind it meanwhile (EBUSY), except `ev`, the
  * handle its connect() waits on between two attempts.
  *

@@ -44,21 +44,28 @@ export {
 } from './xenstore';
 export {
   connect,
-  MAX_VCHAN_PATH,
-  XEN_LIBXENVCHAN_MAX_PATH,
+  connectMulti,
+  createMultiServer,
   createServer,
+  MAX_VCHAN_PATH,
+  MULTI_QUEUE_MAX,
+  VchanMultiServer,
   VchanServer,
   VchanStream,
+  XEN_LIBXENVCHAN_MAX_PATH,
   type ConnectOptions,
+  type MultiServerOptions,
   type ServerOptions,
   type StaticChannel,
   type VchanInfo,
   type VchanOnread,
   type VchanOnreadBuffer,
   type VchanOnreadView,
+  type VchanRingState,
+  type VchanServerBase,
+  type VchanServerEvents,
   type VchanStreamOptions,
 } from './vchan';
-export { connectMulti, createMultiServer, MULTI_QUEUE_MAX, VchanMultiServer, type MultiServerOptions } from './multi';
 export {
   mockAddStaticChannel,
   mockDestroyDomain,

@@ -17,7 +17,7 @@ import { debuglog } from 'node:util';
 
 import { checkInt, checkObject, invalidArgType, invalidArgValue, systemError } from './errors';
 import { FramedStream } from './framed';
-import { connectMulti, createMultiServer, type VchanMultiServer } from './multi';
+import { connectMulti, createMultiServer, type VchanMultiServer } from './vchan';
 import { connect, createServer, type VchanServer, type VchanStream } from './vchan';
 import type { Backend } from './native';
 

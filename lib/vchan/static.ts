@@ -1,14 +1,14 @@
 /**
  * The client side of a static vchan: a channel with no xenstore (a dom0less system may have none),
  * found at a grant reference and a static event channel port that both ends agreed on in advance.
- * The server side is VchanServer's, with `static` in its options (lib/vchan.ts); once attached,
+ * The server side is VchanServer's, with `static` in its options (lib/vchan/server.ts); once attached,
  * the ring layout and the protocol are libxenvchan's.
  */
 import { once } from 'node:events';
 
-import { abortError, systemError } from './errors';
-import { EventChannel, holdStaticPort } from './evtchn';
-import { asDomain, type Binding, type VchanHandle } from './native';
+import { abortError, systemError } from '../errors';
+import { EventChannel, holdStaticPort } from '../evtchn';
+import { asDomain, type Binding, type VchanHandle } from '../native';
 
 /** connect()'s checked options for a static channel. @internal */
 export interface StaticConnect {
