@@ -7,7 +7,8 @@
  *
  * XEN_VCHAN_FUZZ_SEED picks the sequence (printed on failure); XEN_VCHAN_FUZZ_CALLS how many calls.
  */
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
+import { Duplex } from 'node:stream';
 
 import { afterAll, describe, expect, it } from 'vitest';
 
@@ -15,6 +16,9 @@ import * as x from '../dist/cjs/index.js';
 import { binding } from '../dist/cjs/native.js';
 import { onMock } from './helpers/env';
 import { sleep } from './helpers/util';
+
+/** Where the fuzzer stops walking a target's prototype chain: Node's own classes. */
+const NODE_PROTOS = new Set<object>([EventEmitter.prototype, Duplex.prototype, Object.prototype]);
 
 const SEED = Number(process.env.XEN_VCHAN_FUZZ_SEED ?? 0x5eed) >>> 0;
 const CALLS = Number(process.env.XEN_VCHAN_FUZZ_CALLS ?? 4000);
@@ -77,6 +81,7 @@ class World {
     this.servers.push(srv);
     srv.on('error', () => {});
     const accepted = once(srv, 'connection');
+    accepted.catch(() => undefined); // a failed listen fails connect() below: that is the report
     srv.listen();
     const c = await x.connect({ domid: 0, path: `/local/domain/0/${path}`, timeout: 5000 });
     const [s] = (await accepted) as [x.VchanStream];
@@ -255,6 +260,32 @@ function checkError(e: unknown, where: string): void {
   if (typeof code !== 'string') throw new Error(`${where} threw an Error without a code: ${e.name}: ${e.message}`);
 }
 
+/** Every node under PATH, with its value (PATH itself included). */
+async function saveTree(xs: x.Xenstore, path: string, out = new Map<string, string>()): Promise<Map<string, string>> {
+  const v = await xs.tryRead(path);
+  if (v === undefined) return out;
+  out.set(path, v);
+  for (const child of await xs.directory(path)) await saveTree(xs, `${path}/${child}`, out);
+  return out;
+}
+
+/**
+ * Puts dom0's home back as SAVED had it after a round of hostile calls through the public API:
+ * Xenstore's write, mkdir and rm are among them, with 'x', FUZZ_DIR/a, '@releaseDomain' (a name
+ * like any other to write) and dom0's home itself for paths. What they made goes; what they
+ * removed comes back.
+ */
+async function resetHome(saved: Map<string, string>): Promise<void> {
+  const xs = new x.Xenstore();
+  try {
+    for (const p of (await saveTree(xs, '/local/domain/0')).keys())
+      if (!saved.has(p)) await xs.rm(p).catch(() => undefined);
+    for (const [p, v] of saved) if ((await xs.tryRead(p)) === undefined) await xs.write(p, v);
+  } finally {
+    xs.close();
+  }
+}
+
 const closeLater: object[] = [];
 const regionsLater: [object, ArrayBuffer][] = [];
 
@@ -340,6 +371,9 @@ describe.skipIf(!onMock)('fuzz', () => {
 
   it(`the public API survives hostile calls (seed ${SEED})`, async () => {
     const rnd = prng(SEED ^ 0xa5a5);
+    const keeper = new x.Xenstore();
+    const home = await saveTree(keeper, '/local/domain/0');
+    keeper.close();
     let calls = 0;
     for (let round = 0; calls < CALLS / 4; round++) {
       const w = new World();
@@ -355,13 +389,22 @@ describe.skipIf(!onMock)('fuzz', () => {
       ];
       for (let i = 0; i < ROUND; i++, calls++) {
         const [tname, obj] = targets[Math.floor(rnd() * targets.length)];
-        const proto = Object.getPrototypeOf(obj) as object;
-        const methods = Object.getOwnPropertyNames(proto).filter(
-          (m) =>
-            m !== 'constructor' &&
-            !m.startsWith('_') &&
-            typeof Object.getOwnPropertyDescriptor(proto, m)?.value === 'function',
-        );
+        // Our classes' methods, inherited ones included (a server's lifecycle lives in its base
+        // class), but not Node's own (EventEmitter's, the stream's).
+        const methods: string[] = [];
+        for (
+          let p = Object.getPrototypeOf(obj) as object | null;
+          p && !NODE_PROTOS.has(p);
+          p = Object.getPrototypeOf(p)
+        )
+          for (const m of Object.getOwnPropertyNames(p))
+            if (
+              m !== 'constructor' &&
+              !m.startsWith('_') &&
+              !methods.includes(m) &&
+              typeof Object.getOwnPropertyDescriptor(p, m)?.value === 'function'
+            )
+              methods.push(m);
         if (!methods.length) continue;
         const m = methods[Math.floor(rnd() * methods.length)];
         const args = Array.from({ length: Math.floor(rnd() * 4) }, arg);
@@ -376,6 +419,7 @@ describe.skipIf(!onMock)('fuzz', () => {
         }
       }
       await w.destroy();
+      await resetHome(home);
     }
     // Errors a tick later (an uncaught exception) fail the run through vitest's own handler.
     await sleep(20);

@@ -5,13 +5,25 @@
 import { debuglog } from 'node:util';
 
 import { systemError } from '../errors';
+import { type Binding, binding } from '../native';
 import { Xenstore, type XenstoreWatch } from '../xenstore';
 import { checkMultiOptions, type MultiOptions, type MultiServerOptions } from './options';
 import { claimPath, type Offer, offerChannel } from './offer';
 import { Backoff } from './backoff';
 import { OfferSet } from './offers';
 import { makeQueue, publishQueue, RequestQueue } from './requests';
-import { VchanServerBase } from './server-base';
+import {
+  kClosed,
+  kConnected,
+  kFinish,
+  kRefed,
+  kServe,
+  kSetRef,
+  kStart,
+  kStop,
+  kTeardown,
+  VchanServerBase,
+} from './server-base';
 import type { VchanStream } from './stream';
 
 const debug = debuglog('xen-vchan');
@@ -22,7 +34,9 @@ const debug = debuglog('xen-vchan');
  * {@link connectMulti}. Emits 'listening', 'connection' (VchanStream), 'clientError', 'error' and
  * 'close', as {@link VchanServer} does.
  */
-export class VchanMultiServer extends VchanServerBase<MultiOptions> {
+export class VchanMultiServer extends VchanServerBase {
+  readonly #opts: MultiOptions;
+  readonly #b: Binding;
   readonly #offers: OfferSet;
   readonly #streams = new Set<VchanStream>();
   /** The ids connected: a repeated request for one of them (or one offered) is refused. */
@@ -47,9 +61,13 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
   readonly #queueRetry = new Backoff(20);
 
   constructor(options: MultiServerOptions, onConnection?: (s: VchanStream) => void) {
-    super(checkMultiOptions(options), options.backend, onConnection);
-    this.#requests = new RequestQueue(this.opts.backlog);
-    this.#offers = new OfferSet(this.opts.acceptTimeout, this.opts.path);
+    const opts = checkMultiOptions(options);
+    const b = binding(options.backend);
+    super(onConnection);
+    this.#opts = opts;
+    this.#b = b;
+    this.#requests = new RequestQueue(this.#opts.backlog);
+    this.#offers = new OfferSet(this.#opts.acceptTimeout, this.#opts.path);
   }
 
   /** Connections now: offered to a client that asked, or connected. */
@@ -76,21 +94,21 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
     maxConnections: number;
     backlog: number;
   } {
-    const { domid, path, readMin, writeMin, maxConnections, backlog } = this.opts;
+    const { domid, path, readMin, writeMin, maxConnections, backlog } = this.#opts;
     return { domid, path, readMin, writeMin, maxConnections, backlog };
   }
 
   /** @internal Claims the path and publishes the request queue (a dead server's nodes go). */
-  protected async start(): Promise<void> {
-    const o = this.opts;
-    this.#release = await claimPath(this.b, o.mockDomid, o.path);
-    if (this.closed) return;
-    const xs = new Xenstore({ backend: this.b.backend, mockDomid: o.mockDomid });
+  protected async [kStart](): Promise<void> {
+    const o = this.#opts;
+    this.#release = await claimPath(this.#b, o.mockDomid, o.path);
+    if (this[kClosed]) return;
+    const xs = new Xenstore({ backend: this.#b.backend, mockDomid: o.mockDomid });
     this.#xs = xs;
-    if (!this.refed) xs.unref();
+    if (!this[kRefed]) xs.unref();
     this.#self = Number(await xs.read('domid'));
     await publishQueue(xs, o.path, this.#self, o.domid);
-    if (this.closed) return;
+    if (this[kClosed]) return;
     const w = await xs.watch(this.#queue);
     this.#watch = w;
     void (async () => {
@@ -100,13 +118,13 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
   }
 
   /** @internal */
-  protected serve(): void {
+  protected [kServe](): void {
     this.emit('listening');
     this.#take();
   }
 
   get #queue(): string {
-    return `${this.opts.path}/requests`;
+    return `${this.#opts.path}/requests`;
   }
 
   /**
@@ -146,7 +164,7 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
       if ((e as { code?: string }).code !== 'ENOENT') throw e;
       // The client domain removed the queue (it may: it can write there), and with it every
       // request in it (their clients hear that as a refusal and ask again): make it again.
-      await xs.transaction((tx) => makeQueue(tx, this.opts.path, this.#self, this.opts.domid));
+      await xs.transaction((tx) => makeQueue(tx, this.#opts.path, this.#self, this.#opts.domid));
       this.#clientError(systemError('ENOENT', 'accept', `the client domain removed ${queue}; it is there again`));
       names = [];
     }
@@ -159,10 +177,10 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
       (name) =>
         this.#clientError(systemError('EPROTO', 'accept', `a malformed or repeated request ${JSON.stringify(name)}`)),
     );
-    if (refuse.length > 0) debug('multi-server %s: refusing %d requests', this.opts.path, refuse.length);
+    if (refuse.length > 0) debug('multi-server %s: refusing %d requests', this.#opts.path, refuse.length);
     const offered: string[] = [];
     const waiting = this.#requests.waiting;
-    while (waiting.size > 0 && this.connections < this.opts.maxConnections && !this.#starved && this.listening) {
+    while (waiting.size > 0 && this.connections < this.#opts.maxConnections && !this.#starved && this.listening) {
       const id = this.#requests.next(now);
       const r = this.#offerTo(id);
       if (r === 'failed') break;
@@ -189,13 +207,13 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
     } catch (e) {
       // Not ours to remove (a node whose maker did not let us): answered all the same. A refusal
       // is tried again on the next pass, as the only way its client can hear it.
-      debug('multi-server %s: cannot remove request %s: %s', this.opts.path, id, (e as Error).message);
+      debug('multi-server %s: cannot remove request %s: %s', this.#opts.path, id, (e as Error).message);
       this.#requests.answered(id, refused, false);
     }
   }
 
   #clientError(e: Error): void {
-    debug('multi-server %s: %s', this.opts.path, e.message);
+    debug('multi-server %s: %s', this.#opts.path, e.message);
     if (this.listenerCount('clientError') > 0) this.emit('clientError', e);
   }
 
@@ -206,11 +224,11 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
    * server with 'error'.
    */
   #failed(e: Error): void {
-    if (this.closed || !this.listening) return;
+    if (this[kClosed] || !this.listening) return;
     const code = (e as { code?: string }).code;
     if (code !== 'EAGAIN' && code !== 'ENOSPC' && code !== 'EDQUOT' && code !== 'E2BIG' && code !== 'EINVAL')
       return this.#fatal(e);
-    const ms = this.#queueRetry.schedule(() => this.#take(), this.refed);
+    const ms = this.#queueRetry.schedule(() => this.#take(), this[kRefed]);
     this.#clientError(systemError(code, 'accept', `the request queue: ${e.message}; trying again in ${ms} ms`));
   }
 
@@ -236,12 +254,12 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
     this.#starved = true;
     debug(
       'multi-server %s: out of resources at %d connections; %d requests wait',
-      this.opts.path,
+      this.#opts.path,
       this.connections,
       this.#requests.waiting.size,
     );
-    if (this.connections > 0 || this.#starveRetry.pending || this.closed) return;
-    this.#starveRetry.schedule(() => this.#unstarve(), this.refed);
+    if (this.connections > 0 || this.#starveRetry.pending || this[kClosed]) return;
+    this.#starveRetry.schedule(() => this.#unstarve(), this[kRefed]);
   }
 
   /**
@@ -250,10 +268,10 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
    * no listener throws as any EventEmitter's does, rather than vanish in the pass's promise).
    */
   #fatal(e: Error): void {
-    if (this.closed || !this.listening) return;
-    this.stop();
+    if (this[kClosed] || !this.listening) return;
+    this[kStop]();
     process.nextTick(() => {
-      if (!this.closed) this.emit('error', e);
+      if (!this[kClosed]) this.emit('error', e);
     });
   }
 
@@ -266,13 +284,13 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
   }
 
   #offerTo(id: string): 'ok' | 'starved' | 'failed' {
-    if (this.closed) return 'failed';
-    const path = `${this.opts.path}/${id}`;
+    if (this[kClosed]) return 'failed';
+    const path = `${this.#opts.path}/${id}`;
     let offer: Offer;
     try {
       offer = offerChannel(
-        this.b,
-        { ...this.opts, path },
+        this.#b,
+        { ...this.#opts, path },
         (s) => this.#connected(id, s),
         (e) => {
           this.#offers.withdraw(id);
@@ -287,7 +305,7 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
       this.#fatal(e as Error);
       return 'failed';
     }
-    offer.ref(this.refed);
+    offer.ref(this[kRefed]);
     this.#offers.add(id, offer, () => this.#unstarve());
     this.#starveRetry.reset();
     return 'ok';
@@ -297,7 +315,7 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
     this.#offers.take(id);
     this.#connectedIds.add(id);
     this.#streams.add(s);
-    if (!this.refed) s.unref();
+    if (!this[kRefed]) s.unref();
     s.once('close', () => {
       this.#streams.delete(s);
       this.#connectedIds.delete(id);
@@ -308,7 +326,7 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
   }
 
   /** @internal Withdraws every offer and the queue, and gives the path up. */
-  protected teardown(): void {
+  protected [kTeardown](): void {
     this.#queueRetry.cancel();
     this.#starveRetry.cancel();
     this.#offers.withdrawAll();
@@ -333,7 +351,7 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
       if (this.#streams.size > 0) await new Promise<void>((resolve) => (this.#onDrained = resolve));
       this.#onDrained = null;
       if (xs) {
-        await xs.rm(this.opts.path).catch(() => undefined);
+        await xs.rm(this.#opts.path).catch(() => undefined);
         xs.close();
       }
       release?.();
@@ -341,17 +359,17 @@ export class VchanMultiServer extends VchanServerBase<MultiOptions> {
   }
 
   /** @internal */
-  protected connected(): boolean {
+  protected [kConnected](): boolean {
     return this.#streams.size > 0;
   }
 
   /** @internal 'close', once the connections have ended and the path is given up. */
-  protected finish(emitClose: () => void): void {
+  protected [kFinish](emitClose: () => void): void {
     void this.#stopped.then(emitClose);
   }
 
   /** @internal */
-  protected setRef(on: boolean): void {
+  protected [kSetRef](on: boolean): void {
     if (on) this.#xs?.ref();
     else this.#xs?.unref();
     this.#queueRetry.ref(on);

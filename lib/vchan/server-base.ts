@@ -6,7 +6,6 @@
 import { EventEmitter } from 'node:events';
 
 import { checkObject, coded, invalidArgType } from '../errors';
-import { type Backend, type Binding, binding } from '../native';
 import type { VchanStream } from './stream';
 
 /** The events of a vchan server: 'listening', 'connection', 'clientError', 'error', 'close'. */
@@ -18,27 +17,35 @@ export interface VchanServerEvents {
   close: [];
 }
 
+/*
+ * The hooks a server implements, and what it reads of the base: keyed by symbols this package does
+ * not export, so none of them is a method or property a user can reach (or a fuzzer call).
+ */
+/** @internal */ export const kStart = Symbol('start');
+/** @internal */ export const kServe = Symbol('serve');
+/** @internal */ export const kTeardown = Symbol('teardown');
+/** @internal */ export const kConnected = Symbol('connected');
+/** @internal */ export const kFinish = Symbol('finish');
+/** @internal */ export const kSetRef = Symbol('setRef');
+/** @internal */ export const kStop = Symbol('stop');
+/** @internal */ export const kClosed = Symbol('closed');
+/** @internal */ export const kRefed = Symbol('refed');
+
 /**
  * The lifecycle both vchan servers share. A subclass says how it starts (claims its path and
  * readies itself: start), what it does once listening (serve), how it gives everything up
  * (teardown), whether it has connections, when it may emit 'close' (finish) and what ref/unref
  * reach (setRef).
  */
-export abstract class VchanServerBase<O extends object> extends EventEmitter<VchanServerEvents> {
-  /** @internal */
-  protected readonly b: Binding;
-  /** @internal The checked options. */
-  protected readonly opts: O;
+export abstract class VchanServerBase extends EventEmitter<VchanServerEvents> {
   #listening = false;
   #starting = false;
   #closed = false;
   #refed = true;
 
   /** @internal */
-  constructor(opts: O, backend: Backend | undefined, onConnection?: (s: VchanStream) => void) {
+  constructor(onConnection?: (s: VchanStream) => void) {
     super();
-    this.opts = opts;
-    this.b = binding(backend);
     if (onConnection !== undefined) {
       if (typeof onConnection !== 'function') throw invalidArgType('onConnection', 'of type function', onConnection);
       this.on('connection', onConnection);
@@ -51,12 +58,12 @@ export abstract class VchanServerBase<O extends object> extends EventEmitter<Vch
   }
 
   /** @internal close() has been called. */
-  protected get closed(): boolean {
+  protected get [kClosed](): boolean {
     return this.#closed;
   }
 
   /** @internal What ref()/unref() said last (the default: ref). */
-  protected get refed(): boolean {
+  protected get [kRefed](): boolean {
     return this.#refed;
   }
 
@@ -72,16 +79,16 @@ export abstract class VchanServerBase<O extends object> extends EventEmitter<Vch
     if (!beginListen(this, { closed: this.#closed, busy: this.#listening || this.#starting }, optionsOrCb, cb))
       return this;
     this.#starting = true;
-    this.start().then(
+    this[kStart]().then(
       () => {
         this.#starting = false;
         if (this.#closed) return;
         this.#listening = true;
-        this.serve();
+        this[kServe]();
       },
       (e: Error) => {
         this.#starting = false;
-        this.stop();
+        this[kStop]();
         if (!this.#closed) this.emit('error', e);
       },
     );
@@ -89,22 +96,22 @@ export abstract class VchanServerBase<O extends object> extends EventEmitter<Vch
   }
 
   /** @internal Claims the path and readies the server (after close(), gives back what it got). */
-  protected abstract start(): Promise<void>;
+  protected abstract [kStart](): Promise<void>;
   /** @internal Listening now: offer, and emit 'listening' (or 'error'). */
-  protected abstract serve(): void;
+  protected abstract [kServe](): void;
   /** @internal Withdraws the offers and gives the path up; connected streams go on. */
-  protected abstract teardown(): void;
+  protected abstract [kTeardown](): void;
   /** @internal Whether a client is connected. */
-  protected abstract connected(): boolean;
+  protected abstract [kConnected](): boolean;
   /** @internal Calls EMITCLOSE once the connections have ended and the path is free. */
-  protected abstract finish(emitClose: () => void): void;
+  protected abstract [kFinish](emitClose: () => void): void;
   /** @internal Makes what the server holds keep the process alive (ON) or not. */
-  protected abstract setRef(on: boolean): void;
+  protected abstract [kSetRef](on: boolean): void;
 
   /** @internal Stops serving (close(), or an error the server cannot go on after). */
-  protected stop(): void {
+  protected [kStop](): void {
     this.#listening = false;
-    this.teardown();
+    this[kTeardown]();
   }
 
   /**
@@ -118,12 +125,12 @@ export abstract class VchanServerBase<O extends object> extends EventEmitter<Vch
       if (cb) process.nextTick(cb, coded('The server is not running', 'ERR_SERVER_NOT_RUNNING'));
       return this;
     }
-    const running = this.#listening || this.#starting || this.connected();
+    const running = this.#listening || this.#starting || this[kConnected]();
     if (cb)
       this.once('close', running ? () => cb() : () => cb(coded('The server is not running', 'ERR_SERVER_NOT_RUNNING')));
     this.#closed = true;
-    this.stop();
-    this.finish(() => this.emit('close'));
+    this[kStop]();
+    this[kFinish](() => this.emit('close'));
     return this;
   }
 
@@ -136,14 +143,14 @@ export abstract class VchanServerBase<O extends object> extends EventEmitter<Vch
   /** Keep the process alive while the server listens or has connections (the default). */
   ref(): this {
     this.#refed = true;
-    this.setRef(true);
+    this[kSetRef](true);
     return this;
   }
 
   /** Let the process exit while the server listens or has connections. */
   unref(): this {
     this.#refed = false;
-    this.setRef(false);
+    this[kSetRef](false);
     return this;
   }
 }

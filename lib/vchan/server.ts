@@ -3,10 +3,23 @@
  */
 import { debuglog } from 'node:util';
 
+import { type Binding, binding } from '../native';
+
 import { type OfferOptions, type ServerOptions, type StaticChannel, checkServerOptions } from './options';
 import { claimPath, claimStatic, type Offer, offerChannel } from './offer';
 import { Backoff } from './backoff';
-import { VchanServerBase } from './server-base';
+import {
+  kClosed,
+  kConnected,
+  kFinish,
+  kRefed,
+  kServe,
+  kSetRef,
+  kStart,
+  kStop,
+  kTeardown,
+  VchanServerBase,
+} from './server-base';
 import type { VchanStream } from './stream';
 
 const debug = debuglog('xen-vchan');
@@ -29,7 +42,9 @@ const STATIC_REF_WAIT_MS = 5000;
  * http.Server does) and a new channel is offered. 'error' is for the server itself (a path already
  * served, a channel that cannot be offered), after which it stops listening.
  */
-export class VchanServer extends VchanServerBase<OfferOptions & ServerOptions> {
+export class VchanServer extends VchanServerBase {
+  readonly #opts: OfferOptions & ServerOptions;
+  readonly #b: Binding;
   #offer: Offer | null = null;
   #current: VchanStream | null = null;
   #release: (() => void) | null = null;
@@ -39,38 +54,42 @@ export class VchanServer extends VchanServerBase<OfferOptions & ServerOptions> {
   #refWaitSince = 0;
 
   constructor(options: ServerOptions, onConnection?: (s: VchanStream) => void) {
-    super(checkServerOptions(options), options.backend, onConnection);
+    const opts = checkServerOptions(options);
+    const b = binding(options.backend);
+    super(onConnection);
+    this.#opts = opts;
+    this.#b = b;
   }
 
   /** @internal Claims the path (or the static port) for this server alone. */
-  protected async start(): Promise<void> {
-    const st = this.opts.static;
+  protected async [kStart](): Promise<void> {
+    const st = this.#opts.static;
     const release = st
-      ? await claimStatic(this.b, this.opts.mockDomid, st.port)
-      : await claimPath(this.b, this.opts.mockDomid, this.opts.path);
-    if (this.closed) return release();
+      ? await claimStatic(this.#b, this.#opts.mockDomid, st.port)
+      : await claimPath(this.#b, this.#opts.mockDomid, this.#opts.path);
+    if (this[kClosed]) return release();
     this.#release = release;
   }
 
   /** @internal */
-  protected serve(): void {
+  protected [kServe](): void {
     this.#reoffer(true);
   }
 
   /** The options the server was made with (domid, path, ring sizes). */
   address(): { domid: number; path: string; readMin: number; writeMin: number; static?: StaticChannel } {
-    const { domid, path, readMin, writeMin } = this.opts;
-    const st = this.opts.static;
+    const { domid, path, readMin, writeMin } = this.#opts;
+    const st = this.#opts.static;
     return { domid, path, readMin, writeMin, ...(st ? { static: { ...st } } : {}) };
   }
 
   #offerNext(): void {
     const offer = offerChannel(
-      this.b,
-      this.opts,
+      this.#b,
+      this.#opts,
       (s) => {
         this.#offer = null;
-        if (!this.refed) s.unref();
+        if (!this[kRefed]) s.unref();
         this.#current = s;
         s.once('close', () => {
           this.#current = null;
@@ -85,7 +104,7 @@ export class VchanServer extends VchanServerBase<OfferOptions & ServerOptions> {
       },
     );
     this.#offer = offer;
-    offer.ref(this.refed);
+    offer.ref(this[kRefed]);
   }
 
   /**
@@ -94,7 +113,7 @@ export class VchanServer extends VchanServerBase<OfferOptions & ServerOptions> {
    * while it listens. Any other failure ends the server with 'error'.
    */
   #reoffer(first = false): void {
-    if (this.closed || !this.listening) return;
+    if (this[kClosed] || !this.listening) return;
     try {
       this.#offerNext();
       this.#retry.reset();
@@ -104,7 +123,7 @@ export class VchanServer extends VchanServerBase<OfferOptions & ServerOptions> {
       const code = (e as { code?: string }).code;
       // A static channel's agreed grant reference still held: Linux gives the reference of a page
       // the previous client mapped back only once it is unmapped (up to a second later).
-      const refBusy = code === 'EADDRNOTAVAIL' && this.opts.static !== undefined;
+      const refBusy = code === 'EADDRNOTAVAIL' && this.#opts.static !== undefined;
       if (refBusy) this.#refWaitSince ||= Date.now();
       if (refBusy && Date.now() - this.#refWaitSince > STATIC_REF_WAIT_MS) {
         // Held for good (another grant of this domain has it): say so.
@@ -113,41 +132,41 @@ export class VchanServer extends VchanServerBase<OfferOptions & ServerOptions> {
         (!first &&
           (code === 'ENOSPC' || code === 'ENOMEM' || code === 'EMFILE' || code === 'ENFILE' || code === 'EAGAIN'))
       ) {
-        const ms = this.#retry.schedule(() => this.#reoffer(first), this.refed);
-        debug('server %s: no channel to offer (%s); again in %d ms', this.opts.path, code, ms);
+        const ms = this.#retry.schedule(() => this.#reoffer(first), this[kRefed]);
+        debug('server %s: no channel to offer (%s); again in %d ms', this.#opts.path, code, ms);
         return;
       }
-      this.stop();
+      this[kStop]();
       this.emit('error', e as Error);
     }
   }
 
   /** @internal Withdraws the offer and gives the path up. */
-  protected teardown(): void {
+  protected [kTeardown](): void {
     this.#retry.cancel();
     this.#offer?.cancel();
     this.#offer = null;
     // A static port stays held while a stream still uses it (it is bound on the addon's handle).
     const release = this.#release;
-    if (release && this.#current && this.opts.static) this.#current.once('close', release);
+    if (release && this.#current && this.#opts.static) this.#current.once('close', release);
     else release?.();
     this.#release = null;
   }
 
   /** @internal */
-  protected connected(): boolean {
+  protected [kConnected](): boolean {
     return this.#current !== null;
   }
 
   /** @internal 'close' once the connected stream (if any) has closed. */
-  protected finish(emitClose: () => void): void {
+  protected [kFinish](emitClose: () => void): void {
     const finish = () => process.nextTick(emitClose);
     if (this.#current) this.#current.once('close', finish);
     else finish();
   }
 
   /** @internal */
-  protected setRef(on: boolean): void {
+  protected [kSetRef](on: boolean): void {
     this.#offer?.ref(on);
     this.#retry.ref(on);
     if (on) this.#current?.ref();
