@@ -7,6 +7,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 
+import bindings from 'bindings';
+
 import { LiveState } from './constants';
 import { coded } from './errors';
 
@@ -365,20 +367,26 @@ let loaded: Binding | undefined;
 const backendError = coded;
 
 /**
- * Where addon NAME is found, as node-gyp-build (prebuildify's loader) looks, for one addon of
- * several: a local build (build/Release, then build/Debug) wins, so a rebuilt addon is never
- * shadowed; then prebuilds/<platform>-<arch>/<name>[.<tag>...].node whose tags fit this process
- * (napi, glibc or musl), the most specific first. Undefined if there is neither.
+ * Where addon NAME is found: a local build first, found by `bindings` (node-gyp's build/Release
+ * and build/Debug, and the other places `bindings` knows), so a rebuilt addon is never shadowed;
+ * then the prebuilt one that fits this process (see {@link prebuildPath}). Undefined if neither.
  */
 export function addonPath(name: string): string | undefined {
-  for (const dir of ['Release', 'Debug']) {
-    const p = path.join(root, 'build', dir, `${name}.node`);
-    if (fs.existsSync(p)) return p;
+  // path: the file's path rather than the loaded module (an option @types/bindings leaves out).
+  const options = { bindings: name, module_root: root, path: true };
+  try {
+    return bindings(options) as string;
+  } catch {
+    return prebuildPath(name);
   }
-  return prebuildPath(name);
 }
 
-/** The prebuilt addon NAME for this platform, libc and N-API (see {@link addonPath}), if shipped. */
+/**
+ * The prebuilt addon NAME for this platform, libc and N-API, if shipped, as node-gyp-build
+ * (prebuildify's loader) looks for one addon of several:
+ * prebuilds/<platform>-<arch>/<name>[.<tag>...].node whose tags fit this process (napi, glibc or
+ * musl), the most specific first.
+ */
 export function prebuildPath(name: string): string | undefined {
   const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
   let files: string[];

@@ -99,6 +99,10 @@ if [ -f prebuilds/linux-arm64/xen_vchan_mock.glibc.node ]; then
   app=/tmp/xen-vchan-arm64-app
   rm -rf "${aroot:?}$app" && mkdir -p "$aroot$app/node_modules/xen-vchan" "$aroot/proc" "$aroot/dev"
   tar -xzf "$tarball" -C "$aroot$app/node_modules/xen-vchan" --strip-components=1
+  # Its dependencies, as npm installed them for the x64 consumer above (pure JavaScript and headers).
+  for d in "$tmp/prebuilt/node_modules"/*; do
+    case ${d##*/} in xen-vchan | .bin) ;; *) cp -a "$d" "$aroot$app/node_modules/" ;; esac
+  done
   cp test/pack/consumer.cjs test/pack/consumer.mjs "$aroot$app/"
   mountpoint -q "$aroot/proc" || mount -t proc proc "$aroot/proc"
   mountpoint -q "$aroot/dev" || mount --bind /dev "$aroot/dev"

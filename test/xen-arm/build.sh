@@ -56,6 +56,12 @@ install -m755 "$here/init" "$r/init"
 ( cd "$repo" && npm pack --silent --pack-destination "$r/tmp" >/dev/null )
 tar -xzf "$r"/tmp/xen-vchan-*.tgz -C "$r/app/node_modules/xen-vchan" --strip-components=1
 rm -f "$r"/tmp/xen-vchan-*.tgz
+# The package's runtime dependencies (pure JavaScript), as npm would install them beside it.
+( cd "$repo" && npm ls --omit=dev --all --parseable ) | tail -n +2 | while read -r d; do
+  rel=${d#"$repo/node_modules/"}
+  mkdir -p "$r/app/node_modules/$(dirname "$rel")" && cp -a "$d" "$r/app/node_modules/$rel"
+done
+rm -rf "$r/app/node_modules/node-addon-api" # headers, for building only
 rm -rf "$r/app/node_modules/xen-vchan/prebuilds/linux-x64" "$r/app/node_modules/xen-vchan/src" "$r/app/node_modules/xen-vchan/native"
 [ -f "$r/app/node_modules/xen-vchan/prebuilds/linux-arm64/xen_vchan_real.glibc.node" ] ||
   { echo "rig-arm: no linux-arm64 prebuilds (npm run prebuild)" >&2; exit 1; }

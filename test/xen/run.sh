@@ -94,6 +94,11 @@ done
 mkdir -p "$img/app/build/Release" "$img/app/node_modules" "$img/app/test/xen" "$img/tmp" "$img/proc" "$img/sys" "$img/dev"
 cp "$repo/package.json" "$img/app/"
 cp -a "$repo/dist" "$img/app/"
+# dist's runtime dependencies (pure JavaScript; node-addon-api is headers, for building only).
+( cd "$repo" && npm ls --omit=dev --all --parseable ) | tail -n +2 | grep -v '/node-addon-api$' | while read -r d; do
+  rel=${d#"$repo/node_modules/"}
+  mkdir -p "$img/app/node_modules/$(dirname "$rel")" && cp -a "$d" "$img/app/node_modules/$rel"
+done
 cp "$addon" "$img/app/build/Release/"
 cp "$here/domu-peer.js" "$img/app/test/xen/"
 [ -f "$repo/.rig/pvcalls/pvcalls-front.ko" ] && cp "$repo/.rig/pvcalls/pvcalls-front.ko" "$img/lib/"
