@@ -56,7 +56,8 @@ function run(domid: number, args: string[], stdin: Stdin, name: string): Run {
   }
   const err: Buffer[] = [];
   p.stderr!.on('data', (d: Buffer) => err.push(d));
-  const done = once(p, 'exit').then(([code]) => ({
+  // 'close', not 'exit': stderr may still hold the last words when the process has exited.
+  const done = once(p, 'close').then(([code]) => ({
     code: code as number | null,
     stderr: Buffer.concat(err).toString(),
     out: fs.readFileSync(out),
@@ -178,7 +179,7 @@ describe.runIf(onMock)('xen-vchan listen/connect: nothing lost, or exit 1', () =
     );
     const err: Buffer[] = [];
     c.stderr!.on('data', (d: Buffer) => err.push(d));
-    await once(c, 'exit');
+    await once(c, 'close'); // not 'exit': the shell's last line may still be in its stderr pipe then
     const lr = await l.done;
     const text = Buffer.concat(err).toString();
     expect(text).toMatch(/stdout: write EPIPE: what the peer sent was not all written/);
