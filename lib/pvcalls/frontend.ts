@@ -12,19 +12,20 @@
  * the end of the readable side (in_error -ENOTCONN after the last byte).
  */
 import { EventEmitter } from 'node:events';
-import { Duplex } from 'node:stream';
 import { constants } from 'node:os';
-import { getSystemErrorName } from 'node:util';
 
-import { checkDomid, checkInt, checkObject, coded, invalidArgType } from '../errors';
+import { checkDomid, checkInt, checkObject, coded } from '../errors';
 import { EventChannel } from '../evtchn';
 import { GrantSharer, type SharedPages } from '../grants';
 import type { Backend } from '../native';
 import { Xenstore } from '../xenstore';
 import { DataRing } from './data';
 import { FrontRing } from './ring';
+import { PvcallsServer } from './server';
+import { PvcallsSocket } from './socket';
 import {
   AF_INET,
+  backendError,
   DATA_INTF,
   decodeResponse,
   encodeInetAddress,
@@ -38,27 +39,7 @@ import { readState, waitState, XenbusState } from './xenbus';
 
 const E = constants.errno;
 
-/** An errno error as net gives them, from a backend's negative errno. */
-function backendError(ret: number, syscall: string, detail = ''): Error {
-  let code: string;
-  try {
-    // Linux's kernel-internal ENOTSUPP (524), which pvcalls-back answers to an unknown command, is
-    // what the spec calls ENOTSUP.
-    code = ret === -524 ? 'ENOTSUP' : getSystemErrorName(ret);
-    if (!/^E[A-Z0-9]+$/.test(code)) code = 'EIO';
-  } catch {
-    code = 'EIO';
-  }
-  const e = new Error(`${syscall} ${code}${detail ? ` ${detail}` : ''}`) as Error & {
-    code: string;
-    errno: number;
-    syscall: string;
-  };
-  e.code = code;
-  e.errno = ret;
-  e.syscall = syscall;
-  return e;
-}
+export { PvcallsServer, PvcallsSocket };
 
 export interface PvcallsFrontendOptions {
   backend?: Backend;
@@ -72,7 +53,8 @@ export interface PvcallsFrontendOptions {
   ringOrder?: number;
 }
 
-type Request = {
+/** @internal A request as call() takes it: any but its request id. */
+export type Request = {
   [K in PvcallsRequest['cmd']]: Omit<Extract<PvcallsRequest, { cmd: K }>, 'reqId'>;
 }[PvcallsRequest['cmd']];
 
@@ -288,217 +270,6 @@ export class PvcallsFrontend extends EventEmitter<{ close: []; error: [Error] }>
     this.#gs.close();
     this.#xs.close();
     this.emit('close');
-  }
-}
-
-/** A connected PVCalls socket: a Duplex over its data ring. */
-export class PvcallsSocket extends Duplex {
-  readonly id: bigint;
-  /** @internal the backend knows the id (SOCKET succeeded): RELEASE it */
-  created = false;
-  readonly #fe: PvcallsFrontend;
-  #d?: ReturnType<PvcallsFrontend['newDataRing']>;
-  #out: Buffer[] = [];
-  #outCb: ((e?: Error | null) => void) | null = null;
-  #finalCb: ((e?: Error | null) => void) | null = null;
-  #reading = false;
-  #releasedResolve!: () => void;
-  /** @internal resolves once the backend has released the socket (or it never had it) */
-  readonly released = new Promise<void>((r) => (this.#releasedResolve = r));
-
-  /** @internal */
-  constructor(fe: PvcallsFrontend, id: bigint) {
-    // 'close' is emitted here, with hadError as net.Socket's.
-    super({ allowHalfOpen: true, emitClose: false });
-    this.#fe = fe;
-    this.id = id;
-    fe.sockets.add(this);
-  }
-
-  /** @internal */
-  attach(d: ReturnType<PvcallsFrontend['newDataRing']>): void {
-    this.#d = d;
-    this.#fe.onPort(d.port, () => this.#pump());
-    this.#pump();
-  }
-
-  #pump(): void {
-    const d = this.#d;
-    if (!d || this.destroyed) return;
-    try {
-      let notify = false;
-      while (this.#out.length && d.ring.writable > 0) {
-        const b = this.#out[0];
-        const n = d.ring.write(b);
-        notify = notify || n > 0;
-        if (n === b.length) this.#out.shift();
-        else this.#out[0] = b.subarray(n);
-      }
-      if (d.ring.outError < 0) throw backendError(d.ring.outError, 'pvcalls.write');
-      if (this.#out.length === 0 && this.#outCb) {
-        const cb = this.#outCb;
-        this.#outCb = null;
-        cb();
-      }
-      if (this.#finalCb && d.ring.writable === d.ring.size) {
-        const cb = this.#finalCb;
-        this.#finalCb = null;
-        cb();
-      }
-      while (this.#reading && d.ring.readable > 0) {
-        const u = d.ring.read(); // a copy already: no second one
-        const chunk = Buffer.from(u.buffer, u.byteOffset, u.byteLength);
-        notify = true;
-        if (!this.push(chunk)) this.#reading = false;
-      }
-      if (this.#reading && d.ring.readable === 0 && d.ring.inError < 0) {
-        this.#reading = false;
-        if (d.ring.inError === -E.ENOTCONN) this.push(null);
-        else throw backendError(d.ring.inError, 'pvcalls.read');
-      }
-      if (notify) this.#fe.notify(d.port);
-    } catch (e) {
-      this.destroy(e as Error);
-    }
-  }
-
-  override _read(): void {
-    this.#reading = true;
-    this.#pump();
-  }
-
-  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
-    this.#out.push(chunk);
-    this.#outCb = cb;
-    if (this.#d) this.#pump();
-    else this.once('connect', () => this.#pump());
-  }
-
-  override _final(cb: (e?: Error | null) => void): void {
-    // No shutdown in version 1: done once the backend has taken every byte.
-    this.#finalCb = cb;
-    if (this.#d) this.#pump();
-    else this.once('connect', () => this.#pump());
-  }
-
-  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
-    this.#fe.sockets.delete(this);
-    const d = this.#d;
-    this.#d = undefined;
-    const closed = () => process.nextTick(() => this.emit('close', err !== null && err !== undefined));
-    if (!this.created) {
-      d?.unref();
-      this.#releasedResolve();
-      cb(err);
-      closed();
-      return;
-    }
-    void this.#fe.call({ cmd: 'RELEASE', id: this.id, reuse: 0 }).then(() => {
-      d?.unref(); // after the backend has unmapped it
-      this.#releasedResolve();
-    });
-    cb(err);
-    closed();
-  }
-}
-
-/** A listening PVCalls socket: accepts through the backend, one ACCEPT at a time. */
-export class PvcallsServer extends EventEmitter<{
-  listening: [];
-  connection: [PvcallsSocket];
-  error: [Error];
-  close: [];
-}> {
-  readonly #fe: PvcallsFrontend;
-  readonly #id: bigint;
-  #closed = false;
-  #listening = false;
-  #starting = false;
-
-  /** @internal */
-  constructor(fe: PvcallsFrontend) {
-    super();
-    this.#fe = fe;
-    this.#id = fe.newId();
-  }
-
-  get listening(): boolean {
-    return this.#listening;
-  }
-
-  /** Binds and listens on the backend's side (HOST default 0.0.0.0), then accepts. */
-  listen(options: { host?: string; port: number; backlog?: number }, cb?: () => void): this {
-    const o = checkObject('options', options);
-    const port = checkInt('options.port', o.port, 0, 65535);
-    const backlog = o.backlog === undefined ? 32 : checkInt('options.backlog', o.backlog, 1, 65535);
-    const host = o.host === undefined ? '0.0.0.0' : String(o.host);
-    const addr = encodeInetAddress({ family: AF_INET, port, address: host });
-    if (cb) this.once('listening', cb);
-    this.#starting = true;
-    void (async () => {
-      const steps: [string, Request][] = [
-        ['pvcalls.socket', { cmd: 'SOCKET', id: this.#id, domain: AF_INET, type: SOCK_STREAM, protocol: 0 }],
-        ['pvcalls.bind', { cmd: 'BIND', id: this.#id, addr, len: 16 }],
-        ['pvcalls.listen', { cmd: 'LISTEN', id: this.#id, backlog }],
-      ];
-      for (const [syscall, req] of steps) {
-        const ret = await this.#fe.call(req);
-        if (ret < 0) {
-          if (req.cmd !== 'SOCKET') await this.#fe.call({ cmd: 'RELEASE', id: this.#id, reuse: 0 });
-          this.#starting = false;
-          this.emit('error', backendError(ret, syscall, `${host}:${port}`));
-          return;
-        }
-      }
-      this.#starting = false;
-      this.#listening = true;
-      this.emit('listening');
-      this.#acceptLoop();
-    })();
-    return this;
-  }
-
-  async #acceptLoop(): Promise<void> {
-    while (!this.#closed) {
-      const d = this.#fe.newDataRing();
-      const s = new PvcallsSocket(this.#fe, this.#fe.newId());
-      const ret = await this.#fe.call({ cmd: 'ACCEPT', id: this.#id, idNew: s.id, ref: d.ref, evtchn: d.port });
-      if (ret < 0) {
-        d.unref();
-        s.destroy();
-        if (!this.#closed && ret !== -E.EINTR) this.emit('error', backendError(ret, 'pvcalls.accept'));
-        return;
-      }
-      s.created = true;
-      s.attach(d);
-      this.emit('connection', s);
-    }
-  }
-
-  /**
-   * Stops listening (RELEASE); sockets already accepted stay open. As net.Server's: a server that
-   * is not running (never listened, its listen() failed, or closed already) passes
-   * ERR_SERVER_NOT_RUNNING to CB.
-   */
-  close(cb?: (err?: Error) => void): this {
-    if (cb !== undefined && typeof cb !== 'function') throw invalidArgType('cb', 'of type function', cb);
-    const notRunning = () => coded('The server is not running', 'ERR_SERVER_NOT_RUNNING');
-    if (this.#closed) {
-      if (cb) process.nextTick(cb, notRunning());
-      return this;
-    }
-    const running = this.#listening || this.#starting;
-    if (cb) this.once('close', running ? () => cb() : () => cb(notRunning()));
-    this.#closed = true;
-    if (!running) {
-      process.nextTick(() => this.emit('close'));
-      return this;
-    }
-    void this.#fe.call({ cmd: 'RELEASE', id: this.#id, reuse: 0 }).then(() => {
-      this.#listening = false;
-      this.emit('close');
-    });
-    return this;
   }
 }
 

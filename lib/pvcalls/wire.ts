@@ -9,6 +9,8 @@
  * address in network order. Errors in responses and in the data rings are negative Linux errnos.
  */
 
+import { getSystemErrorName } from 'node:util';
+
 import { invalidArgValue } from '../errors';
 
 /** The one protocol version ("version" of the frontend, "versions" of the backend). */
@@ -258,4 +260,26 @@ export function decodeInetAddress(addr: Uint8Array, len: number): InetAddress | 
   const family = v.getUint16(0, true);
   if (family !== AF_INET) return null;
   return { family, port: v.getUint16(2, false), address: `${addr[4]}.${addr[5]}.${addr[6]}.${addr[7]}` };
+}
+
+/** An errno error as net gives them, from a backend's negative errno. */
+export function backendError(ret: number, syscall: string, detail = ''): Error {
+  let code: string;
+  try {
+    // Linux's kernel-internal ENOTSUPP (524), which pvcalls-back answers to an unknown command, is
+    // what the spec calls ENOTSUP.
+    code = ret === -524 ? 'ENOTSUP' : getSystemErrorName(ret);
+    if (!/^E[A-Z0-9]+$/.test(code)) code = 'EIO';
+  } catch {
+    code = 'EIO';
+  }
+  const e = new Error(`${syscall} ${code}${detail ? ` ${detail}` : ''}`) as Error & {
+    code: string;
+    errno: number;
+    syscall: string;
+  };
+  e.code = code;
+  e.errno = ret;
+  e.syscall = syscall;
+  return e;
 }

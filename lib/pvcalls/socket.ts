@@ -1,0 +1,119 @@
+/** PvcallsSocket: a connected PVCalls socket, a Duplex over its data ring. */
+import { constants } from 'node:os';
+import { Duplex } from 'node:stream';
+
+import type { PvcallsFrontend } from './frontend';
+import { backendError } from './wire';
+
+const E = constants.errno;
+
+/** A connected PVCalls socket: a Duplex over its data ring. */
+export class PvcallsSocket extends Duplex {
+  readonly id: bigint;
+  /** @internal the backend knows the id (SOCKET succeeded): RELEASE it */
+  created = false;
+  readonly #fe: PvcallsFrontend;
+  #d?: ReturnType<PvcallsFrontend['newDataRing']>;
+  #out: Buffer[] = [];
+  #outCb: ((e?: Error | null) => void) | null = null;
+  #finalCb: ((e?: Error | null) => void) | null = null;
+  #reading = false;
+  #releasedResolve!: () => void;
+  /** @internal resolves once the backend has released the socket (or it never had it) */
+  readonly released = new Promise<void>((r) => (this.#releasedResolve = r));
+
+  /** @internal */
+  constructor(fe: PvcallsFrontend, id: bigint) {
+    // 'close' is emitted here, with hadError as net.Socket's.
+    super({ allowHalfOpen: true, emitClose: false });
+    this.#fe = fe;
+    this.id = id;
+    fe.sockets.add(this);
+  }
+
+  /** @internal */
+  attach(d: ReturnType<PvcallsFrontend['newDataRing']>): void {
+    this.#d = d;
+    this.#fe.onPort(d.port, () => this.#pump());
+    this.#pump();
+  }
+
+  #pump(): void {
+    const d = this.#d;
+    if (!d || this.destroyed) return;
+    try {
+      let notify = false;
+      while (this.#out.length && d.ring.writable > 0) {
+        const b = this.#out[0];
+        const n = d.ring.write(b);
+        notify = notify || n > 0;
+        if (n === b.length) this.#out.shift();
+        else this.#out[0] = b.subarray(n);
+      }
+      if (d.ring.outError < 0) throw backendError(d.ring.outError, 'pvcalls.write');
+      if (this.#out.length === 0 && this.#outCb) {
+        const cb = this.#outCb;
+        this.#outCb = null;
+        cb();
+      }
+      if (this.#finalCb && d.ring.writable === d.ring.size) {
+        const cb = this.#finalCb;
+        this.#finalCb = null;
+        cb();
+      }
+      while (this.#reading && d.ring.readable > 0) {
+        const u = d.ring.read(); // a copy already: no second one
+        const chunk = Buffer.from(u.buffer, u.byteOffset, u.byteLength);
+        notify = true;
+        if (!this.push(chunk)) this.#reading = false;
+      }
+      if (this.#reading && d.ring.readable === 0 && d.ring.inError < 0) {
+        this.#reading = false;
+        if (d.ring.inError === -E.ENOTCONN) this.push(null);
+        else throw backendError(d.ring.inError, 'pvcalls.read');
+      }
+      if (notify) this.#fe.notify(d.port);
+    } catch (e) {
+      this.destroy(e as Error);
+    }
+  }
+
+  override _read(): void {
+    this.#reading = true;
+    this.#pump();
+  }
+
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+    this.#out.push(chunk);
+    this.#outCb = cb;
+    if (this.#d) this.#pump();
+    else this.once('connect', () => this.#pump());
+  }
+
+  override _final(cb: (e?: Error | null) => void): void {
+    // No shutdown in version 1: done once the backend has taken every byte.
+    this.#finalCb = cb;
+    if (this.#d) this.#pump();
+    else this.once('connect', () => this.#pump());
+  }
+
+  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
+    this.#fe.sockets.delete(this);
+    const d = this.#d;
+    this.#d = undefined;
+    const closed = () => process.nextTick(() => this.emit('close', err !== null && err !== undefined));
+    if (!this.created) {
+      d?.unref();
+      this.#releasedResolve();
+      cb(err);
+      closed();
+      return;
+    }
+    void this.#fe.call({ cmd: 'RELEASE', id: this.id, reuse: 0 }).then(() => {
+      d?.unref(); // after the backend has unmapped it
+      this.#releasedResolve();
+    });
+    cb(err);
+    closed();
+  }
+}
