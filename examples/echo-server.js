@@ -13,6 +13,7 @@ if (role === 'server') {
     s.on('close', () => console.log('client left; offering the channel again'));
   });
   server.listen(() => console.log(`echo server for domain ${peer} at ${path}-${peer}`));
+  process.once('SIGTERM', () => server.close()); // withdraws the channel and its xenstore entry
 } else {
   (async () => {
     const me = process.env.XEN_MOCK_DOMID ?? '?';

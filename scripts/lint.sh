@@ -10,6 +10,7 @@ npx prettier --check --log-level warn .
 npx tsc -p tsconfig.json --noEmit
 npx tsc -p tsconfig.check.json
 npx tsc -p tsconfig.checkjs.json
+npx tsc -p examples --noEmit
 command -v clang-format >/dev/null || { echo "lint: clang-format is missing (apt-get install clang-format)" >&2; exit 1; }
 git ls-files -z '*.c' '*.h' '*.cc' | xargs -0 clang-format --dry-run -Werror
-echo "lint: clean (eslint, prettier, tsc x3, clang-format)"
+echo "lint: clean (eslint, prettier, tsc x4, clang-format)"
