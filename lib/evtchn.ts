@@ -5,6 +5,7 @@ import { checkBoolean, checkDomid, checkInt, checkObject, checkPort, coded, syst
 import { DOMID_FIRST_RESERVED } from './constants';
 import { asDomain, Backend, Binding, binding, type EvtchnHandle } from './native';
 
+/** How an event channel handle is opened. */
 export interface EventChannelOptions {
   /** Process backend ('mock' or 'real'); see useBackend(). */
   backend?: Backend;
@@ -77,8 +78,11 @@ export let nativeHandleOf: (ev: EventChannel) => { b: Binding; h: EvtchnHandle }
 
 /** Emitted by EventChannel. */
 export interface EventChannelEvents {
+  /** A port of this handle fired (a hint: events coalesce; look at what the port guards). */
   event: [port: number];
+  /** The handle failed (reading the device); it is closed after. */
   error: [err: Error];
+  /** The handle closed. */
   close: [];
 }
 
@@ -312,6 +316,7 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     }
   }
 
+  /** `using ev = new EventChannel()`: closes the handle (its ports unbound). */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -6,6 +6,7 @@
 import { checkBoolean, checkDomid, checkInt, checkObject, coded, invalidArgType, outOfRange } from './errors';
 import { asDomain, Backend, Binding, binding, type GrantHandle } from './native';
 
+/** The size of one grant page, bytes (Xen's, on x86 and arm64). */
 export const PAGE_SIZE = 4096;
 
 /** Clear a byte and/or signal a port when the region goes away, even if the process dies. */
@@ -16,7 +17,9 @@ export interface UnmapNotify {
   port: number;
 }
 
+/** How a grant device handle is opened. */
 export interface GrantOptions {
+  /** 'real' (Xen's libxengnttab) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: open the handle as this domain. */
   mockDomid?: number;
@@ -47,10 +50,12 @@ abstract class Region {
     return this.#buffer;
   }
 
+  /** Whether the pages have been released (unshared or unmapped). */
   get released(): boolean {
     return this.#buffer === null;
   }
 
+  /** The pages' size in bytes (0 once released). */
   get byteLength(): number {
     return this.#buffer ? this.#buffer.byteLength : 0;
   }
@@ -73,6 +78,7 @@ abstract class Region {
     checkInt('length', length, 0, this.byteLength - offset);
   }
 
+  /** @internal Gives the pages back and detaches the buffer. */
   protected releaseRegion(): void {
     if (!this.#buffer) return;
     const b = this.#buffer;
@@ -94,6 +100,7 @@ export class SharedPages extends Region {
   unshare(): void {
     this.releaseRegion();
   }
+  /** `using shared = sharer.share(...)`: unshares the pages. */
   [Symbol.dispose](): void {
     this.unshare();
   }
@@ -109,6 +116,7 @@ export class MappedPages extends Region {
   unmap(): void {
     this.releaseRegion();
   }
+  /** `using mapped = mapper.map(...)`: unmaps the pages. */
   [Symbol.dispose](): void {
     this.unmap();
   }
@@ -154,6 +162,7 @@ abstract class GrantDevice implements RegionOwner {
     this.h = null;
     this.b.grants.close(this.hClosed);
   }
+  /** `using`: closes the handle, as close() does. */
   [Symbol.dispose](): void {
     this.close();
   }
@@ -187,9 +196,22 @@ export class GrantSharer extends GrantDevice {
 
 /** One segment of a grant copy: each side is local bytes or another domain's grant. */
 export interface CopySegment {
-  source: Uint8Array | { domid: number; ref: number; offset?: number };
-  dest: Uint8Array | { domid: number; ref: number; offset?: number };
+  /** Where the bytes come from: local memory, or a page DOMID granted (REF), from OFFSET (default 0). */
+  source: Uint8Array | GrantedBytes;
+  /** Where they go: local memory, or a page DOMID granted (REF), from OFFSET (default 0). */
+  dest: Uint8Array | GrantedBytes;
+  /** Bytes to copy; the segment stays within one page. */
   length: number;
+}
+
+/** Bytes in a page another domain granted: its DOMID, the grant's REF, OFFSET into the page. */
+export interface GrantedBytes {
+  /** The granting domain. */
+  domid: number;
+  /** The grant reference. */
+  ref: number;
+  /** Bytes into the page (default 0). */
+  offset?: number;
 }
 
 function copySide(name: string, v: unknown, length: number): CopySegment['source'] {
@@ -207,13 +229,21 @@ function copySide(name: string, v: unknown, length: number): CopySegment['source
 
 /** Grant status codes returned per copy segment (0 is success). */
 export const GrantStatus = Object.freeze({
+  /** The segment was copied. */
   okay: 0,
+  /** Xen failed it for a reason it does not name (GNTST_general_error). */
   generalError: -1,
+  /** No such domain (GNTST_bad_domain). */
   badDomain: -2,
+  /** No such grant, or not granted to us (GNTST_bad_gntref). */
   badGntref: -3,
+  /** A bad handle (GNTST_bad_handle). */
   badHandle: -4,
+  /** A bad address (GNTST_bad_virt_addr). */
   badVirtAddr: -5,
+  /** The grant is read-only, or not ours to use (GNTST_permission_denied). */
   permissionDenied: -8,
+  /** An offset or length outside the page (GNTST_bad_copy_arg). */
   badCopyArg: -10,
 });
 

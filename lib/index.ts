@@ -30,6 +30,7 @@ export {
   PAGE_SIZE,
   SharedPages,
   type CopySegment,
+  type GrantedBytes,
   type GrantOptions,
   type UnmapNotify,
 } from './grants';
@@ -40,6 +41,7 @@ export {
   type WatchEvent,
   type XenstoreOps,
   type XenstoreOptions,
+  type XenstoreWatchEvents,
   type XsPermission,
 } from './xenstore';
 export {
@@ -62,6 +64,8 @@ export {
   type VchanOnreadBuffer,
   type VchanOnreadView,
   type VchanRingState,
+  type VchanMultiServerAddress,
+  type VchanServerAddress,
   type VchanServerBase,
   type VchanServerEvents,
   type VchanStreamOptions,

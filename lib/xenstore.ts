@@ -4,7 +4,9 @@ import { EventEmitter } from 'node:events';
 import { checkDomid, checkInt, checkObject, checkString, checkXsPath, coded, invalidArgType } from './errors';
 import { asDomain, Backend, Binding, binding, type XenstoreHandle } from './native';
 
+/** How a Xenstore connection is opened. */
 export interface XenstoreOptions {
+  /** 'real' (Xen's libxenstore) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: open the connection as this domain. */
   mockDomid?: number;
@@ -12,28 +14,41 @@ export interface XenstoreOptions {
 
 /** One entry of a node's permissions. The first names the owner and what every other domain may do. */
 export interface XsPermission {
+  /** The domain this entry is for (the first entry: the node's owner). */
   domid: number;
+  /** It may read the node (the first entry: every domain not listed may). */
   read: boolean;
+  /** It may write the node (the first entry: every domain not listed may). */
   write: boolean;
 }
 
+/** One firing of a watch. */
 export interface WatchEvent {
   /** The path that changed (relative if the watch was set on a relative path). */
   path: string;
+  /** The watch's token (unique per watch of this connection). */
   token: string;
 }
 
 /** Reads and writes, either directly or inside a transaction. */
 export interface XenstoreOps {
+  /** The value at PATH as UTF-8 text; ENOENT if there is no such node, EACCES if not ours to read. */
   read(path: string): Promise<string>;
+  /** The value at PATH as bytes (a value may hold any bytes, up to 4096). */
   readBuffer(path: string): Promise<Buffer>;
   /** Like read(), but undefined instead of ENOENT. */
   tryRead(path: string): Promise<string | undefined>;
+  /** Sets PATH to VALUE (at most 4096 bytes), making the node and its missing parents. */
   write(path: string, value: string | Uint8Array): Promise<void>;
+  /** Makes PATH (and its missing parents) with an empty value; an existing node is left as it is. */
   mkdir(path: string): Promise<void>;
+  /** Removes PATH and everything below it; ENOENT if it is not there. */
   rm(path: string): Promise<void>;
+  /** The names of PATH's children. */
   directory(path: string): Promise<string[]>;
+  /** PATH's permissions: the owner's entry first (see XsPermission). */
   getPermissions(path: string): Promise<XsPermission[]>;
+  /** Sets PATH's permissions (the owner's entry first); EACCES unless we own the node or are dom0. */
   setPermissions(path: string, perms: readonly XsPermission[]): Promise<void>;
 }
 
@@ -47,15 +62,19 @@ class Ops implements XenstoreOps {
     protected readonly b: Binding,
     /** @internal */
     protected readonly handleOf: () => XenstoreHandle,
+    /** @internal */
     protected readonly tx: () => number,
   ) {}
+  /** The value at PATH as bytes (a value may hold any bytes, up to 4096). */
   async readBuffer(path: string): Promise<Buffer> {
     checkXsPath('path', path);
     return this.b.xenstore.read(this.handleOf(), this.tx(), path);
   }
+  /** The value at PATH as UTF-8 text; ENOENT if there is no such node, EACCES if not ours to read. */
   async read(path: string): Promise<string> {
     return (await this.readBuffer(path)).toString('utf8');
   }
+  /** Like read(), but undefined instead of ENOENT. */
   async tryRead(path: string): Promise<string | undefined> {
     try {
       return await this.read(path);
@@ -64,6 +83,7 @@ class Ops implements XenstoreOps {
       throw e;
     }
   }
+  /** Sets PATH to VALUE (at most 4096 bytes), making the node and its missing parents. */
   async write(path: string, value: string | Uint8Array): Promise<void> {
     checkXsPath('path', path);
     if (typeof value !== 'string' && !(value instanceof Uint8Array))
@@ -72,22 +92,27 @@ class Ops implements XenstoreOps {
     if (data.byteLength > 4096) throw coded('A xenstore value holds at most 4096 bytes', 'ERR_OUT_OF_RANGE');
     return this.b.xenstore.write(this.handleOf(), this.tx(), path, data);
   }
+  /** Makes PATH (and its missing parents) with an empty value; an existing node is left as it is. */
   async mkdir(path: string): Promise<void> {
     checkXsPath('path', path);
     return this.b.xenstore.mkdir(this.handleOf(), this.tx(), path);
   }
+  /** Removes PATH and everything below it; ENOENT if it is not there. */
   async rm(path: string): Promise<void> {
     checkXsPath('path', path);
     return this.b.xenstore.rm(this.handleOf(), this.tx(), path);
   }
+  /** The names of PATH's children. */
   async directory(path: string): Promise<string[]> {
     checkXsPath('path', path);
     return this.b.xenstore.directory(this.handleOf(), this.tx(), path);
   }
+  /** PATH's permissions: the owner's entry first (see XsPermission). */
   async getPermissions(path: string): Promise<XsPermission[]> {
     checkXsPath('path', path);
     return this.b.xenstore.getPermissions(this.handleOf(), this.tx(), path);
   }
+  /** Sets PATH's permissions (the owner's entry first); EACCES unless we own the node or are dom0. */
   async setPermissions(path: string, perms: readonly XsPermission[]): Promise<void> {
     checkXsPath('path', path);
     if (!Array.isArray(perms) || perms.length === 0)
@@ -107,20 +132,26 @@ export class XenstoreTransaction extends Ops {
   constructor(
     b: Binding,
     handleOf: () => XenstoreHandle,
+    /** The transaction's id, as xenstored numbers it. */
     readonly id: number,
   ) {
     super(b, handleOf, () => id);
   }
 }
 
+/** A watch's events. */
+export interface XenstoreWatchEvents {
+  /** The node at or below the watch's path changed (or the watch was just set). */
+  change: [WatchEvent];
+  /** The connection failed: no more events come. */
+  error: [Error];
+}
+
 /**
  * Watch events for one path, as an async iterator and as 'change' events. A watch fires once
  * when set, then on every change at or below its path.
  */
-export class XenstoreWatch
-  extends EventEmitter<{ change: [WatchEvent]; error: [Error] }>
-  implements AsyncIterable<WatchEvent>
-{
+export class XenstoreWatch extends EventEmitter<XenstoreWatchEvents> implements AsyncIterable<WatchEvent> {
   readonly #queue: WatchEvent[] = [];
   #waiter: ((v: IteratorResult<WatchEvent>) => void) | null = null;
   #closed = false;
@@ -131,7 +162,9 @@ export class XenstoreWatch
 
   /** @internal */
   constructor(
+    /** The path watched, as given to watch(). */
     readonly path: string,
+    /** The token xenstored sends with each of its events. */
     readonly token: string,
     stop: () => Promise<void>,
   ) {
@@ -179,6 +212,7 @@ export class XenstoreWatch
     await this.#stop();
   }
 
+  /** `for await (const ev of watch)`: the events as they come (at most 10,000 kept while unread). */
   [Symbol.asyncIterator](): AsyncIterator<WatchEvent> {
     return {
       next: () => {
@@ -344,6 +378,7 @@ export class Xenstore extends Ops {
     this.b.xenstore.close(h);
   }
 
+  /** `using xs = new Xenstore()`: closes the connection. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -13,11 +13,11 @@
  * requests.ts (VchanMultiServer); connect.ts, multi-connect.ts and static.ts (the clients).
  */
 export { VchanStream } from './stream';
-export { createServer, VchanServer } from './server';
+export { createServer, VchanServer, type VchanServerAddress } from './server';
 export { VchanServerBase, type VchanServerEvents } from './server-base';
 export { connect } from './connect';
 export { connectMulti } from './multi-connect';
-export { createMultiServer, VchanMultiServer } from './multi-server';
+export { createMultiServer, VchanMultiServer, type VchanMultiServerAddress } from './multi-server';
 export {
   MAX_VCHAN_PATH,
   MULTI_QUEUE_MAX,

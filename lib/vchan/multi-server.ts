@@ -24,6 +24,7 @@ import {
   kTeardown,
   VchanServerBase,
 } from './server-base';
+import type { VchanServerAddress } from './server';
 import type { VchanStream } from './stream';
 
 const debug = debuglog('xen-vchan');
@@ -86,14 +87,7 @@ export class VchanMultiServer extends VchanServerBase {
   }
 
   /** The options the server was made with (domid, path, ring sizes, limits). */
-  address(): {
-    domid: number;
-    path: string;
-    readMin: number;
-    writeMin: number;
-    maxConnections: number;
-    backlog: number;
-  } {
+  address(): VchanMultiServerAddress {
     const { domid, path, readMin, writeMin, maxConnections, backlog } = this.#opts;
     return { domid, path, readMin, writeMin, maxConnections, backlog };
   }
@@ -387,4 +381,12 @@ export function createMultiServer(
   onConnection?: (s: VchanStream) => void,
 ): VchanMultiServer {
   return new VchanMultiServer(options, onConnection);
+}
+
+/** What VchanMultiServer.address() gives: the options the server was made with. */
+export interface VchanMultiServerAddress extends Omit<VchanServerAddress, 'static'> {
+  /** The most connections at once. */
+  maxConnections: number;
+  /** The most requests waiting for room. */
+  backlog: number;
 }

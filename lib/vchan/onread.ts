@@ -21,6 +21,7 @@ import type { Binding, VchanHandle } from '../native';
  */
 export type VchanOnread = VchanOnreadBuffer | VchanOnreadView;
 
+/** onread with a buffer: each chunk is copied into it (see VchanOnread). */
 export interface VchanOnreadBuffer {
   /** Copies into `buffer` (the default). */
   view?: false;
@@ -30,6 +31,7 @@ export interface VchanOnreadBuffer {
   callback: (nread: number, buffer: Uint8Array) => boolean | void;
 }
 
+/** onread with views: the callback reads the ring in place (see VchanOnread). */
 export interface VchanOnreadView {
   /** Zero copy: the callback reads the ring's own pages (see {@link VchanOnread}). */
   view: true;

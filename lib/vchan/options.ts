@@ -8,6 +8,7 @@ import type { DuplexOptions } from 'node:stream';
 
 import { checkOnread, type VchanOnread } from './onread';
 
+/** What every stream takes: Node's buffering limits, and how data is handed over. */
 export interface VchanStreamOptions extends Pick<
   DuplexOptions,
   'highWaterMark' | 'readableHighWaterMark' | 'writableHighWaterMark'
@@ -16,38 +17,47 @@ export interface VchanStreamOptions extends Pick<
   onread?: VchanOnread;
 }
 
-/**
- * A stream's ring as it is now (VchanStream.ringState(), for diagnostics): OPEN is the channel's
- * live state (see LiveState); READABLE and WRITABLE the bytes that can be read and written;
- * WEASKED and PEERASKED the notifications each side has asked the other for (1: "tell me when you
- * write", 2: "when you read"); WANTREAD whether the stream wants data; WRITEWAITING the bytes of a
- * write that wait for ring space; EVENTPENDING whether an event waits to be read; POLLING whether
- * the stream watches its port; WAKEUPS and EVENTS the poll callbacks run and events taken so far;
- * PORT this end's event-channel port.
- */
+/** A stream's ring as it is now (VchanStream.ringState(), for diagnostics). */
 export interface VchanRingState {
+  /** The channel's live state (see LiveState). */
   open: number;
+  /** Bytes waiting to be read. */
   readable: number;
+  /** Bytes that can be written now. */
   writable: number;
+  /** The notifications this end asked the peer for (1: on write, 2: on read). */
   weAsked: number;
+  /** The notifications the peer asked this end for. */
   peerAsked: number;
+  /** Whether the stream wants data. */
   wantRead: boolean;
+  /** Bytes of a write waiting for ring space. */
   writeWaiting: number;
+  /** Whether an event waits to be read. */
   eventPending: boolean;
+  /** Whether the stream watches its port. */
   polling: boolean;
+  /** Poll callbacks run so far. */
   wakeups: number;
+  /** Events taken so far. */
   events: number;
+  /** This end's event-channel port. */
   port: number;
 }
 
 /** Ring sizes and the event channel port of an open stream. */
 export interface VchanInfo {
+  /** The ring this end reads, bytes. */
   readSize: number;
+  /** The ring this end writes, bytes. */
   writeSize: number;
+  /** This end's event-channel port. */
   port: number;
+  /** Whether this end is the server's. */
   server: boolean;
 }
 
+/** createServer()'s options. */
 export interface ServerOptions extends VchanStreamOptions {
   /** The client's domain. */
   domid: number;
@@ -65,6 +75,7 @@ export interface ServerOptions extends VchanStreamOptions {
   readMin?: number;
   /** Minimum size of the ring the server writes (server -> client), bytes. Default 64 KiB. */
   writeMin?: number;
+  /** 'real' (Xen) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: act as this domain. */
   mockDomid?: number;
@@ -78,10 +89,13 @@ export interface ServerOptions extends VchanStreamOptions {
  * domain whose first grant is the server's page, REF is 8.
  */
 export interface StaticChannel {
+  /** This domain's end of the static event channel. */
   port: number;
+  /** The grant reference of the server's control page. */
   ref: number;
 }
 
+/** connect()'s options. */
 export interface ConnectOptions extends VchanStreamOptions {
   /** The server's domain. */
   domid: number;
@@ -101,6 +115,7 @@ export interface ConnectOptions extends VchanStreamOptions {
   timeout?: number;
   /** Abort the wait. */
   signal?: AbortSignal;
+  /** 'real' (Xen) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: act as this domain. */
   mockDomid?: number;
@@ -178,6 +193,7 @@ export function checkStaticChannel(name: string, v: unknown): StaticChannel {
 /** The default backlog: the most requests that wait for room before the oldest are refused. */
 export const MULTI_QUEUE_MAX = 128;
 
+/** createMultiServer()'s options: a server's, and its limits. */
 export interface MultiServerOptions extends ServerOptions {
   /**
    * The most connections at once (offered or connected). Requests beyond it wait (see `backlog`)

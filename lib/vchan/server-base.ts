@@ -10,10 +10,15 @@ import type { VchanStream } from './stream';
 
 /** The events of a vchan server: 'listening', 'connection', 'clientError', 'error', 'close'. */
 export interface VchanServerEvents {
+  /** The server is serving. */
   listening: [];
+  /** A client attached: its stream. */
   connection: [VchanStream];
+  /** A client broke the protocol as it connected; that connection is dropped, serving goes on. */
   clientError: [Error];
+  /** The server cannot serve (the path held, xenstore gone); it stops listening. */
   error: [Error];
+  /** The server has closed and its connections have ended. */
   close: [];
 }
 

@@ -77,7 +77,7 @@ export class VchanServer extends VchanServerBase {
   }
 
   /** The options the server was made with (domid, path, ring sizes). */
-  address(): { domid: number; path: string; readMin: number; writeMin: number; static?: StaticChannel } {
+  address(): VchanServerAddress {
     const { domid, path, readMin, writeMin } = this.#opts;
     const st = this.#opts.static;
     return { domid, path, readMin, writeMin, ...(st ? { static: { ...st } } : {}) };
@@ -177,4 +177,18 @@ export class VchanServer extends VchanServerBase {
 /** Like net.createServer: a VchanServer, with an optional 'connection' listener. Call listen(). */
 export function createServer(options: ServerOptions, onConnection?: (s: VchanStream) => void): VchanServer {
   return new VchanServer(options, onConnection);
+}
+
+/** What VchanServer.address() gives: the options the server was made with. */
+export interface VchanServerAddress {
+  /** The client's domain. */
+  domid: number;
+  /** The channel's xenstore path ('' for a static channel). */
+  path: string;
+  /** The least size of the ring the server reads, bytes. */
+  readMin: number;
+  /** The least size of the ring the server writes, bytes. */
+  writeMin: number;
+  /** The static channel, if it is one. */
+  static?: StaticChannel;
 }

@@ -194,6 +194,7 @@ export class VchanStream extends Duplex {
     return this;
   }
 
+  /** @internal Node's stream hook. */
   override _read(): void {
     this.#wantRead = true;
     if (this.#sleeping) return; // the peer's next write wakes us (#onWake)
@@ -204,11 +205,13 @@ export class VchanStream extends Duplex {
     }
   }
 
+  /** @internal Node's stream hook. */
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: gather(chunks), offset: 0, cb };
     this.#pumpWriteSafe(true);
   }
 
+  /** @internal Node's stream hook. */
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     this.#pending = { chunks: [chunk], offset: 0, cb };
     this.#pumpWriteSafe(true);
@@ -238,6 +241,7 @@ export class VchanStream extends Duplex {
     this.once('end', () => this.#failDeferred());
   }
 
+  /** @internal Node's stream hook. */
   override _final(cb: (err?: Error | null) => void): void {
     // Everything queued is in the ring now (Node calls _final after the last write callback).
     // Hand over what we can still read, then close: the peer keeps the data we wrote.
@@ -251,6 +255,7 @@ export class VchanStream extends Duplex {
     cb();
   }
 
+  /** @internal Node's stream hook. */
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     debug(
       'stream %s: closed (%d bytes read, %d written)%s',
