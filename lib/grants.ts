@@ -241,11 +241,26 @@ export const GrantStatus = Object.freeze({
   badHandle: -4,
   /** A bad address (GNTST_bad_virt_addr). */
   badVirtAddr: -5,
+  /** A bad device address (GNTST_bad_dev_addr). */
+  badDevAddr: -6,
+  /** No room in the I/O MMU (GNTST_no_device_space). */
+  noDeviceSpace: -7,
   /** The grant is read-only, or not ours to use (GNTST_permission_denied). */
   permissionDenied: -8,
+  /** The page cannot be used for this (GNTST_bad_page). */
+  badPage: -9,
   /** An offset or length outside the page (GNTST_bad_copy_arg). */
   badCopyArg: -10,
+  /** The page's address is too large (GNTST_address_too_big). */
+  addressTooBig: -11,
+  /** Not done now; try again (GNTST_eagain: the page is being paged in, say). */
+  eagain: -12,
+  /** Xen is out of space for it (GNTST_no_space). */
+  noSpace: -13,
 });
+
+/** One of the statuses Xen gives a grant operation (see GrantStatus). */
+export type GrantStatusCode = (typeof GrantStatus)[keyof typeof GrantStatus];
 
 /** Maps pages other domains shared with this one (/dev/xen/gntdev). */
 export class GrantMapper extends GrantDevice {
@@ -279,7 +294,7 @@ export class GrantMapper extends GrantDevice {
   }
 
   /** Copies between local buffers and grants without mapping; returns a status per segment. */
-  copy(segments: readonly CopySegment[]): number[] {
+  copy(segments: readonly CopySegment[]): GrantStatusCode[] {
     if (!Array.isArray(segments)) throw invalidArgType('segments', 'an array', segments);
     // Every property is read once, here, into plain values (a getter runs now or never); the
     // addon then checks the handle and the buffers again after the last of them ran.
@@ -292,6 +307,7 @@ export class GrantMapper extends GrantDevice {
         length,
       };
     });
-    return this.b.grants.copy(this.handle(), plain) as number[];
+    // The addon hands Xen's per-segment status through as it came: one of GrantStatus's codes.
+    return this.b.grants.copy(this.handle(), plain) as GrantStatusCode[];
   }
 }

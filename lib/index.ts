@@ -31,6 +31,7 @@ export {
   SharedPages,
   type CopySegment,
   type GrantedBytes,
+  type GrantStatusCode,
   type GrantOptions,
   type UnmapNotify,
 } from './grants';
