@@ -113,6 +113,7 @@ export {
   PcidClient,
   PcidError,
   PcidServer,
+  type PciResources,
   type PcidCommand,
   type PcidConnectOptions,
   type PcidReply,

@@ -1,6 +1,8 @@
 /** The package as a whole: module formats, lifecycle (workers, cleanup hooks) and argument errors across every module. */
 import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -61,6 +63,22 @@ describe('the public API', () => {
     const { esm, cjs } = JSON.parse(r.stdout);
     expect(cjs).toEqual([...EXPORTS].sort());
     expect(esm).toEqual([...EXPORTS].sort());
+  });
+});
+
+describe('the source', () => {
+  it('no file in lib/ is over 400 lines (lib/ is laid out by protocol, a file per part)', () => {
+    const long: string[] = [];
+    const walk = (dir: string): void => {
+      for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+        const p = path.join(dir, e.name);
+        if (e.isDirectory()) walk(p);
+        else if (e.name.endsWith('.ts') && fs.readFileSync(p, 'utf8').split('\n').length - 1 > 400)
+          long.push(path.relative(root, p));
+      }
+    };
+    walk(path.join(root, 'lib'));
+    expect(long).toEqual([]);
   });
 });
 

@@ -8,16 +8,22 @@ import type { Backend } from '../native';
 import { connect, type VchanStream } from '../vchan';
 import { Xenstore } from '../xenstore';
 import type { PcidCommand, PcidReply } from './handler';
+import type { PciResources } from './sysfs';
 
 /** A reply with `error: "failed"`: code ERR_PCID_FAILED, the reply as `.reply`. */
 export class PcidError extends Error {
+  /** Always ERR_PCID_FAILED. */
   readonly code = 'ERR_PCID_FAILED';
-  constructor(readonly reply: PcidReply) {
+  constructor(
+    /** The server's reply, as it came (its error_desc says why). */
+    readonly reply: PcidReply,
+  ) {
     super(`pcid ${reply.resp}: ${reply.error_desc ?? reply.error}`);
     this.name = 'PcidError';
   }
 }
 
+/** connectPcid()'s options. */
 export interface PcidConnectOptions {
   /** The server's domain. Default 0. */
   domid?: number;
@@ -25,12 +31,15 @@ export interface PcidConnectOptions {
   path?: string;
   /** Give up connecting after this many ms. Default 10000. */
   timeout?: number;
+  /** Abort the connect (an AbortError). */
   signal?: AbortSignal;
   /** Default timeout of each request, ms. Default none. */
   requestTimeout?: number;
+  /** Largest message either way, bytes. Default 1 MiB (JSON_MAX_MESSAGE). */
   maxMessage?: number;
   /** Requests on the wire at once. Default 64. */
   maxInFlight?: number;
+  /** 'real' (Xen) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: act as this domain. */
   mockDomid?: number;
@@ -72,37 +81,37 @@ export class PcidClient extends EventEmitter<{ close: [] }> {
     return reply;
   }
 
+  /** The sbdfs of the devices pciback holds (list_assignable). */
   async listAssignable(options?: RequestOptions): Promise<string[]> {
     return (await this.call('list_assignable', {}, options)).devices as string[];
   }
 
+  /** Unbinds SBDF from its driver and gives it to pciback; REBIND: remember the driver to give it back to. */
   async makeAssignable(sbdf: string, rebind = true, options?: RequestOptions): Promise<void> {
     await this.call('make_assignable', { sbdf, rebind }, options);
   }
 
+  /** Takes SBDF from pciback; REBIND: binds it to the driver it had before. */
   async revertAssignable(sbdf: string, rebind = true, options?: RequestOptions): Promise<void> {
     await this.call('revert_assignable', { sbdf, rebind }, options);
   }
 
+  /** Whether pciback holds SBDF (is_device_assigned). */
   async isDeviceAssigned(sbdf: string, options?: RequestOptions): Promise<boolean> {
     return (await this.call('is_device_assigned', { sbdf }, options)).result as boolean;
   }
 
-  async resourceList(
-    sbdf: string,
-    domid: number,
-    options?: RequestOptions,
-  ): Promise<{ iomem: string[]; irqs: number[] }> {
-    return (await this.call('resource_list', { sbdf, domid }, options)).resources as {
-      iomem: string[];
-      irqs: number[];
-    };
+  /** SBDF's memory ranges ("start end flags", as sysfs's resource file) and IRQs, for domain DOMID. */
+  async resourceList(sbdf: string, domid: number, options?: RequestOptions): Promise<PciResources> {
+    return (await this.call('resource_list', { sbdf, domid }, options)).resources as PciResources;
   }
 
+  /** Resets SBDF through sysfs (its reset file; failed when the kernel has none). */
   async resetDevice(sbdf: string, options?: RequestOptions): Promise<void> {
     await this.call('reset_device', { sbdf }, options);
   }
 
+  /** Writes SBDF to pciback's file NAME (one of PCIBACK_FILES). */
   async writeBdf(sbdf: string, name: string, options?: RequestOptions): Promise<void> {
     await this.call('write_bdf', { sbdf, name }, options);
   }
@@ -112,6 +121,7 @@ export class PcidClient extends EventEmitter<{ close: [] }> {
     this.#stream.end();
   }
 
+  /** `await using c = await connectPcid()`: ends the channel and waits until it has closed. */
   async [Symbol.asyncDispose](): Promise<void> {
     if (this.#stream.destroyed) return;
     const closed = new Promise((r) => this.#stream.once('close', r));

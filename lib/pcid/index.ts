@@ -27,7 +27,7 @@
  * The files: sysfs.ts (PciSysfs), handler.ts (the commands), server.ts (PcidServer), client.ts
  * (PcidClient, connectPcid).
  */
-export { PciSysfs } from './sysfs';
+export { PciSysfs, type PciResources } from './sysfs';
 export { handlePcidRequest, PCIBACK_FILES, PCID_COMMANDS, type PcidCommand, type PcidReply } from './handler';
 export { createPcidServer, PcidServer, type PcidServerOptions } from './server';
 export { connectPcid, PcidClient, PcidError, type PcidConnectOptions } from './client';

@@ -24,11 +24,20 @@ export function parseBool(v: unknown, name: string): boolean {
   return v;
 }
 
+/** A device's resources, as resource_list answers. */
+export interface PciResources {
+  /** Memory and I/O ranges, `0x<start> 0x<end> 0x<flags>` each (as v4). */
+  iomem: string[];
+  /** Its legacy IRQ (none if it has none). */
+  irqs: number[];
+}
+
 /**
  * Linux's PCI sysfs under ROOT, confined to it: every path is resolved (symlinks followed) and used
  * only if it stays inside the root; files are written, never created.
  */
 export class PciSysfs {
+  /** The sysfs root, resolved (default /sys). */
   readonly root: string;
   readonly #real: string;
 
@@ -99,6 +108,7 @@ export class PciSysfs {
       .sort();
   }
 
+  /** Whether pciback holds SBDF. */
   isAssigned(sbdf: string): boolean {
     this.#needPciback();
     try {
@@ -176,7 +186,7 @@ export class PciSysfs {
   }
 
   /** The memory and I/O ranges (`0x<start> 0x<end> 0x<flags>`, as v4) and the legacy IRQ. */
-  resources(sbdf: string): { iomem: string[]; irqs: number[] } {
+  resources(sbdf: string): PciResources {
     const dev = this.#device(sbdf);
     const iomem: string[] = [];
     for (const line of this.#read(`${dev}/resource`).split('\n')) {

@@ -65,13 +65,8 @@ export class VchanStream extends Duplex {
     path: string,
     options: VchanStreamOptions & { [kStatic]?: boolean } = {},
   ) {
-    if (token !== kInternal) {
-      throw coded(
-        'Illegal constructor: a VchanStream comes from createServer() or connect()',
-        'ERR_ILLEGAL_CONSTRUCTOR',
-        TypeError,
-      );
-    }
+    const illegal = 'Illegal constructor: a VchanStream comes from createServer() or connect()';
+    if (token !== kInternal) throw coded(illegal, 'ERR_ILLEGAL_CONSTRUCTOR', TypeError);
     // 'close' is emitted by _destroy, with hadError as net.Socket's.
     super({ ...options, allowHalfOpen: false, decodeStrings: true, emitClose: false, autoDestroy: true });
     this.#b = b;
