@@ -310,6 +310,15 @@ void evtchn_port_put(struct domain *d, uint32_t p)
         free_port(d, p);
 }
 
+/* Unbinds every port handle C holds (XM_EVTCHN_CLOSE, or its connection's end). */
+static void release_ports(struct conn *c)
+{
+    struct domain *d = domain_get(c->dom);
+    for (uint32_t p = 1; d && p < d->ports_cap; p++)
+        if (d->ports[p].state != PORT_FREE && d->ports[p].owner == c)
+            close_port(d, p);
+}
+
 static int bind_new(struct conn *c, struct domain *d, enum port_state st, uint32_t rdom, uint32_t rport, int virq,
                     struct xm_msg *r)
 {
@@ -496,6 +505,7 @@ int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rb
     case XM_EVTCHN_UNMASK: return 0; /* the handle's own business since protocol 2 */
     case XM_EVTCHN_PEER: return peer_of(c, d, a0, r, out_fds, n_out);
     case XM_EVTCHN_LINKS: return links_of(c, a0, r, rbuf, out_fds, n_out);
+    case XM_EVTCHN_CLOSE: release_ports(c); return 0;
     case XM_EVTCHN_RESTRICT:
         /* Linux: once only, and never to dom0 or a reserved id. */
         if (c->restrict_dom != XM_NONE)
@@ -510,10 +520,7 @@ int evtchn_dispatch(struct conn *c, struct xm_msg *m, struct xm_msg *r, char *rb
 
 void evtchn_conn_closed(struct conn *c)
 {
-    struct domain *d = domain_get(c->dom);
-    for (uint32_t p = 1; d && p < d->ports_cap; p++)
-        if (d->ports[p].state != PORT_FREE && d->ports[p].owner == c)
-            close_port(d, p);
+    release_ports(c);
     /* Its links go: the other ends' ports were touched above, and they drop the link when they
      * next fetch their list (links_epoch). */
     for (struct link **pp = &links; *pp;) {

@@ -50,6 +50,9 @@ enum xm_op {
                                     payload {u32 id, u32 end, u32 their end}[count] (every live link of the handle),
                                     fds: the memfds of those with id > a0, in order (at most XM_MAX_FDS;
                                     r2 = 1: more to fetch) */
+    XM_EVTCHN_CLOSE,             /* releases every port of the handle now, as closing Linux's evtchn fd does,
+                                    so that the next notify of a peer sees them gone (the connection's end
+                                    comes later, when the broker reads it) */
 
     /* grants */
     XM_GNT_SHARE = 30, /* a0 grantee, a1 count, a2 writable, a3 notify off (-1), a4 notify port (-1);

@@ -53,6 +53,7 @@ struct slot {
 
 struct xenevtchn_handle {
     int sock;
+    pid_t pid;      /* the process that opened it (a forked child's close releases nothing) */
     int ep;         /* xenevtchn_fd() */
     int wake;       /* our own eventfd: the broker's events, links to fetch, ports queued by unmask */
     bool woke_self; /* we wrote WAKE ourselves (ports left queued) since it was last drained */
@@ -462,6 +463,7 @@ XM_EXPORT xenevtchn_handle *xenevtchn_open(struct xentoollog_logger *logger, uns
         return NULL;
     }
     h->ep = -1;
+    h->pid = getpid();
     int fds[3], nfds = 3, e = EPROTO;
     h->sock = xm_open_fds(XM_KIND_EVTCHN, fds, &nfds);
     if (h->sock < 0) {
@@ -509,6 +511,14 @@ XM_EXPORT int xenevtchn_close(xenevtchn_handle *h)
 {
     if (!h)
         return 0;
+    /* Closing Linux's evtchn fd unbinds its ports before close() returns: a peer's notify right
+     * after must find them unbound (kept pending, for a static port). The broker would only learn of
+     * it when it next reads the socket, so ask it now. A child that inherited the handle through
+     * fork() holds a reference only, as with Linux's fd: its close releases nothing. */
+    if (h->pid == getpid()) {
+        struct xm_msg m = {.op = XM_EVTCHN_CLOSE}, r;
+        (void)xm_call(h->sock, &m, NULL, 0, -1, &r, NULL, 0, NULL, NULL);
+    }
     for (struct link *l = h->links, *n; l; l = n) {
         n = l->next;
         if (l->mem)
