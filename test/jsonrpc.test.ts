@@ -209,6 +209,33 @@ describe('JsonClient and serveJson over vchan', () => {
     c.resume();
   });
 
+  it("close() ends the server's side; a reply still being made is dropped, not a write after end", async () => {
+    // A half-closable stream (a socket): the channel stays readable after this side has ended.
+    const written: Buffer[] = [];
+    const d = new Duplex({
+      allowHalfOpen: true,
+      read() {},
+      write(c: Buffer, _e, cb) {
+        written.push(c);
+        cb();
+      },
+    });
+    const errors: Error[] = [];
+    let release!: () => void;
+    const held = new Promise<void>((r) => (release = r));
+    const service = serveJson(d, async (req) => (await held, { n: req.n }), { onError: (e) => errors.push(e) });
+    d.push(encodeMessage({ id: 1, n: 1 }));
+    await sleep(20);
+    service.close();
+    await once(d, 'finish');
+    release();
+    await sleep(20);
+    expect(errors).toEqual([]);
+    expect(d.errored).toBe(null);
+    expect(Buffer.concat(written).toString()).toBe('');
+    d.destroy();
+  });
+
   it('rejects bad arguments with Node codes', async () => {
     const d = new Duplex({
       read() {},

@@ -15,6 +15,7 @@ import {
 
 const debug = debuglog('xen-vchan');
 
+/** Options of {@link serveJson}. */
 export interface JsonServeOptions {
   /** Largest message either way, bytes: a longer request closes the channel. Default 1 MiB. */
   maxMessage?: number;
@@ -29,6 +30,12 @@ export interface JsonServeOptions {
   onError?: (e: Error) => void;
 }
 
+/** What {@link serveJson} returns. */
+export interface JsonService {
+  /** Ends the stream (this side writes no more); replies still being made are dropped. */
+  close(): void;
+}
+
 /**
  * Serves JSON requests on STREAM: HANDLER gets each request object and returns (or resolves with)
  * the reply object; the request's `id`, if any, is echoed in it. A handler that throws gets the
@@ -38,7 +45,7 @@ export function serveJson(
   stream: Duplex,
   handler: (request: Record<string, unknown>) => Record<string, unknown> | Promise<Record<string, unknown>>,
   options: JsonServeOptions = {},
-): { close(): void } {
+): JsonService {
   if (typeof handler !== 'function') throw invalidArgType('handler', 'of type function', handler);
   const o = checkObject('options', options);
   const max = o.maxMessage === undefined ? JSON_MAX_MESSAGE : checkInt('options.maxMessage', o.maxMessage, 64, 2 ** 30);
@@ -66,7 +73,7 @@ export function serveJson(
   };
   /** Sends REPLY; RAWID, the request's id as its sender wrote it, goes back in it unchanged. */
   const send = (reply: Record<string, unknown>, rawId?: string) => {
-    if (failed || stream.destroyed) return;
+    if (failed || stream.destroyed || stream.writableEnded) return; // after close(): dropped
     const encode = (r: Record<string, unknown>) =>
       rawId === undefined ? encodeMessage(r, max) : encodeReply(r, rawId, max);
     let bytes: Buffer;
