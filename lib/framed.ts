@@ -24,7 +24,16 @@ import { systemError } from './errors';
 import type { VchanStream } from './vchan';
 
 /** The frame types of the framing protocol. */
-export const FrameType = { HELLO: 1, DATA: 2, EOF: 3, ERROR: 4 } as const;
+export const FrameType = {
+  /** `{"v":1}`: the first frame each side sends. */
+  HELLO: 1,
+  /** 1 to MAX_DATA bytes of the connection. */
+  DATA: 2,
+  /** No payload: this direction has ended (the socket's FIN). */
+  EOF: 3,
+  /** `{"code","message"}`: the connection failed. */
+  ERROR: 4,
+} as const;
 /** The protocol version HELLO carries. */
 export const PROXY_VERSION = 1;
 /** The largest DATA payload, bytes. */
@@ -244,6 +253,7 @@ export class FramedStream extends Duplex {
     if (this.#sentEof && this.#gotEof && !this.#v.writableEnded) this.#v.end();
   }
 
+  /** @internal Node's stream hook. */
   override _read(): void {
     if (this.#peerFull) {
       this.#peerFull = false;
@@ -251,6 +261,7 @@ export class FramedStream extends Duplex {
     }
   }
 
+  /** @internal Node's stream hook. */
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (err?: Error | null) => void): void {
     let ok = true;
     for (let off = 0; off < chunk.length; off += MAX_DATA)
@@ -259,6 +270,7 @@ export class FramedStream extends Duplex {
     else this.#v.once('drain', () => cb());
   }
 
+  /** @internal Node's stream hook. */
   override _final(cb: (err?: Error | null) => void): void {
     this.#sentEof = true;
     this.#v.write(encodeFrame(FrameType.EOF));
@@ -266,6 +278,7 @@ export class FramedStream extends Duplex {
     cb();
   }
 
+  /** @internal Node's stream hook. */
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     const v = this.#v;
     if (!err) {

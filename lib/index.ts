@@ -92,6 +92,10 @@ export {
   type ProxyListenOptions,
   type ProxyServeOptions,
   type SocketAddress,
+  type TcpSocketAddress,
+  type UnixSocketAddress,
+  type VchanProxyEvents,
+  type VchanProxyWaiting,
 } from './proxy';
 export {
   encodeMessage,
@@ -99,8 +103,11 @@ export {
   JsonClient,
   MessageSplitter,
   serveJson,
+  type JsonClientEvents,
   type JsonClientOptions,
+  type JsonClientPending,
   type JsonServeOptions,
+  type JsonService,
   type RequestOptions,
 } from './jsonrpc';
 export {
@@ -114,9 +121,12 @@ export {
   PcidError,
   PcidServer,
   type PciResources,
+  type PcidClientEvents,
   type PcidCommand,
+  type PcidConnection,
   type PcidConnectOptions,
   type PcidReply,
+  type PcidServerEvents,
   type PcidServerOptions,
 } from './pcid';
 export {
@@ -124,15 +134,26 @@ export {
   PvcallsFrontend,
   PvcallsServer,
   PvcallsSocket,
+  type PvcallsFrontendEvents,
   type PvcallsFrontendOptions,
+  type PvcallsListenOptions,
+  type PvcallsServerEvents,
 } from './pvcalls/frontend';
 export {
   createPvcallsBackend,
   PvcallsBackend,
   type PvcallsBackendEvents,
   type PvcallsBackendOptions,
+  type PvcallsDataPumps,
 } from './pvcalls/backend';
-export { createPvcallsDevice, pvcallsPaths, removePvcallsDevice, XenbusState } from './pvcalls/xenbus';
+export {
+  createPvcallsDevice,
+  pvcallsPaths,
+  removePvcallsDevice,
+  XenbusState,
+  type PvcallsDeviceIds,
+  type PvcallsDevicePaths,
+} from './pvcalls/xenbus';
 export { BackRing, FrontRing, RingCorruptError } from './pvcalls/ring';
 export { DataRing, type DataRingSide } from './pvcalls/data';
 export * as pvcallsWire from './pvcalls/wire';

@@ -186,6 +186,7 @@ export interface VchanBinding {
 
 /** Live resources of one domain in the mock. */
 export interface MockDomainStats {
+  /** The domain. */
   domid: number;
   /** Open handles (event channel, grant, xenstore connections). */
   handles: number;
@@ -195,9 +196,11 @@ export interface MockDomainStats {
   mappedPages: number;
   /** Event channel ports in use. */
   ports: number;
+  /** Xenstore watches the domain has set. */
   watches: number;
   /** Xenstore nodes the domain owns. */
   nodes: number;
+  /** Xenstore transactions the domain has open. */
   transactions: number;
 }
 

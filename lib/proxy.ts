@@ -79,7 +79,21 @@ function splice(sock: net.Socket, v: VchanStream, onError: (e: Error) => void): 
 }
 
 /** A socket address: `{ path }` for a Unix socket, `{ host, port }` for TCP. */
-export type SocketAddress = { path: string } | { host?: string; port: number };
+export type SocketAddress = UnixSocketAddress | TcpSocketAddress;
+
+/** A Unix socket's address. */
+export interface UnixSocketAddress {
+  /** The socket's path. */
+  path: string;
+}
+
+/** A TCP address. */
+export interface TcpSocketAddress {
+  /** The host name or address; default localhost. */
+  host?: string;
+  /** The port, 0-65535 (0: any, where listening). */
+  port: number;
+}
 
 function checkAddress(name: string, a: unknown): SocketAddress {
   const o = checkObject(name, a) as { path?: unknown; host?: unknown; port?: unknown };
@@ -104,21 +118,25 @@ interface CommonOptions {
   path: string;
   /** Bytes as they are, for a plain vchan peer (no half-close). Default false. */
   raw?: boolean;
+  /** 'real' (Xen) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: act as this domain. */
   mockDomid?: number;
 }
 
+/** Options of {@link proxyServe}. */
 export interface ProxyServeOptions extends CommonOptions {
   /** Where each client's connection goes: `{ path }` (Unix) or `{ host, port }` (TCP). */
   target: SocketAddress;
   /** Connections at once; clients beyond it wait (framed mode). Default 256. */
   maxConnections?: number;
-  /** Minimum ring sizes of each channel, bytes. Default 64 KiB. */
+  /** Minimum size of each channel's ring toward the serving half, bytes. Default 64 KiB. */
   readMin?: number;
+  /** Minimum size of each channel's ring toward the listening half, bytes. Default 64 KiB. */
   writeMin?: number;
 }
 
+/** Options of {@link proxyListen}. */
 export interface ProxyListenOptions extends CommonOptions {
   /** Where to accept connections: `{ path }` (Unix) or `{ host, port }` (TCP, port 0 for any). */
   listen: SocketAddress;
@@ -134,21 +152,32 @@ export const PROXY_CONNECT_TIMEOUT = 120_000;
 /** A connection still waiting for a channel after this long is reported ('waiting'), ms. */
 const WAIT_REPORT_MS = 1000;
 
-/**
- * One half of a vchan proxy. Emits 'listening', 'connection' (a new connection is being carried),
- * 'waiting' (the listening half: a connection has waited a second for a channel; the serving half
- * may be gone), 'connectionError' (one connection failed: the other side was told; the proxy goes
- * on), 'error' (the proxy itself cannot serve: a socket address in use, a vchan path another
- * server holds) and 'close'.
- */
-export class VchanProxy extends EventEmitter<{
+/** The events of a {@link VchanProxy}. */
+export interface VchanProxyEvents {
+  /** The proxy is serving. */
   listening: [];
+  /** A new connection is being carried. */
   connection: [];
-  waiting: [{ waiting: number; timeout: number }];
+  /** The listening half: a connection has waited a second for a channel (the serving half may be gone). */
+  waiting: [VchanProxyWaiting];
+  /** One connection failed: the other side was told; the proxy goes on. */
   connectionError: [Error];
+  /** The proxy itself cannot serve: a socket address in use, a vchan path another server holds. */
   error: [Error];
+  /** The proxy has closed and its connections have ended. */
   close: [];
-}> {
+}
+
+/** What 'waiting' reports. */
+export interface VchanProxyWaiting {
+  /** Connections waiting for a channel now. */
+  waiting: number;
+  /** How long each may wait in all, ms (0: as long as it takes). */
+  timeout: number;
+}
+
+/** One half of a vchan proxy: see {@link VchanProxyEvents} for what it emits. */
+export class VchanProxy extends EventEmitter<VchanProxyEvents> {
   #close: (cb: () => void) => void;
   #address: () => unknown;
   /** Connections being carried now. */

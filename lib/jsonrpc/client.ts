@@ -8,6 +8,7 @@ import { encodeMessage, isObject, JSON_MAX_MESSAGE, MessageSplitter } from './fr
 
 const debug = debuglog('xen-vchan');
 
+/** Options of {@link JsonClient}. */
 export interface JsonClientOptions {
   /** Largest message either way, bytes. Default 1 MiB. */
   maxMessage?: number;
@@ -17,10 +18,30 @@ export interface JsonClientOptions {
   timeout?: number;
 }
 
+/** Options of one {@link JsonClient.request}. */
 export interface RequestOptions {
   /** Give up on this request after this many ms (ETIMEDOUT); its reply is dropped if it comes. */
   timeout?: number;
+  /** Give up on this request when it aborts (AbortError); its reply is dropped if it comes. */
   signal?: AbortSignal;
+}
+
+/** The events of a {@link JsonClient}. */
+export interface JsonClientEvents {
+  /** The channel failed; every request in flight was rejected with this error first. */
+  error: [Error];
+  /** A reply that answers no request (its id unknown, or nothing outstanding). */
+  unmatched: [unknown];
+  /** The channel has closed. */
+  close: [];
+}
+
+/** What {@link JsonClient.pending} counts. */
+export interface JsonClientPending {
+  /** Requests written and not yet answered. */
+  inFlight: number;
+  /** Requests waiting to be written (maxInFlight reached). */
+  queued: number;
 }
 
 interface Pending {
@@ -35,11 +56,8 @@ interface Pending {
   written: boolean;
 }
 
-/**
- * The requesting side. Emits 'error' when the channel fails (every request in flight is rejected
- * with that error first), 'unmatched' for a reply that answers nothing, and 'close'.
- */
-export class JsonClient extends EventEmitter<{ error: [Error]; unmatched: [unknown]; close: [] }> {
+/** The requesting side; see {@link JsonClientEvents} for what it emits. */
+export class JsonClient extends EventEmitter<JsonClientEvents> {
   readonly #stream: Duplex;
   readonly #max: number;
   readonly #maxInFlight: number;
@@ -81,7 +99,7 @@ export class JsonClient extends EventEmitter<{ error: [Error]; unmatched: [unkno
   }
 
   /** Requests written and not yet answered, and requests waiting to be written. */
-  get pending(): { inFlight: number; queued: number } {
+  get pending(): JsonClientPending {
     return { inFlight: this.#inFlight, queued: this.#queue.length };
   }
 

@@ -17,5 +17,11 @@
  * The files: framing.ts (the messages), client.ts (JsonClient), serve.ts (serveJson).
  */
 export { encodeMessage, JSON_MAX_MESSAGE, MessageSplitter, rawIdText } from './framing';
-export { JsonClient, type JsonClientOptions, type RequestOptions } from './client';
-export { serveJson, type JsonServeOptions } from './serve';
+export {
+  JsonClient,
+  type JsonClientEvents,
+  type JsonClientOptions,
+  type JsonClientPending,
+  type RequestOptions,
+} from './client';
+export { serveJson, type JsonServeOptions, type JsonService } from './serve';

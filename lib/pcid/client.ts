@@ -45,8 +45,14 @@ export interface PcidConnectOptions {
   mockDomid?: number;
 }
 
+/** The events of a {@link PcidClient}. */
+export interface PcidClientEvents {
+  /** The channel has closed (close(), the server gone, or an error: every pending request was rejected). */
+  close: [];
+}
+
 /** A pcid client: one channel of its own, many requests at once on it. */
-export class PcidClient extends EventEmitter<{ close: [] }> {
+export class PcidClient extends EventEmitter<PcidClientEvents> {
   readonly #rpc: JsonClient;
   readonly #stream: VchanStream;
   /** The client's node (full xenstore path). */

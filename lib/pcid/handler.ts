@@ -16,6 +16,7 @@ export const PCID_COMMANDS = [
   'reset_device',
   'write_bdf',
 ] as const;
+/** A command pcid v4 defines: one of {@link PCID_COMMANDS}. */
 export type PcidCommand = (typeof PCID_COMMANDS)[number];
 
 /** The pciback files write_bdf may write (what libxl writes a BDF to). */
@@ -23,9 +24,13 @@ export const PCIBACK_FILES = ['permissive', 'new_slot', 'remove_slot', 'bind', '
 
 /** What a pcid reply looks like. */
 export interface PcidReply {
+  /** The request's cmd, echoed ('NA' when it had none). */
   resp: string;
+  /** 'okay', or 'failed' with error_desc saying why. */
   error: 'okay' | 'failed';
+  /** Why a request failed (v4's words: an errno's text, or what was wrong with the request). */
   error_desc?: string;
+  /** The request's id, echoed byte for byte where it had one. */
   id?: unknown;
   [k: string]: unknown;
 }

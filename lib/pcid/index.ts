@@ -29,5 +29,11 @@
  */
 export { PciSysfs, type PciResources } from './sysfs';
 export { handlePcidRequest, PCIBACK_FILES, PCID_COMMANDS, type PcidCommand, type PcidReply } from './handler';
-export { createPcidServer, PcidServer, type PcidServerOptions } from './server';
-export { connectPcid, PcidClient, PcidError, type PcidConnectOptions } from './client';
+export {
+  createPcidServer,
+  PcidServer,
+  type PcidConnection,
+  type PcidServerEvents,
+  type PcidServerOptions,
+} from './server';
+export { connectPcid, PcidClient, PcidError, type PcidClientEvents, type PcidConnectOptions } from './client';

@@ -23,6 +23,7 @@ const debug = debuglog('xen-vchan');
 
 const CLIENT_NODE = /^[A-Za-z0-9_-]{1,64}$/;
 
+/** Options of {@link createPcidServer}. */
 export interface PcidServerOptions {
   /** The sysfs to act on. Default `/sys`. */
   sysfsRoot?: string;
@@ -46,7 +47,9 @@ export interface PcidServerOptions {
    * page (Linux's gntalloc grants 1024 pages to the whole domain by default; 64 KiB rings would cost 33).
    */
   readMin?: number;
+  /** Minimum size of each client's ring toward the client, bytes. Default 0 (see readMin). */
   writeMin?: number;
+  /** 'real' (Xen) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: act as this domain. */
   mockDomid?: number;
@@ -56,18 +59,31 @@ export interface PcidServerOptions {
 type Shortage = 'ENOSPC' | 'ENOMEM' | 'EMFILE' | 'ENFILE' | 'EAGAIN';
 const SHORTAGE = new Set<string>(['ENOSPC', 'ENOMEM', 'EMFILE', 'ENFILE', 'EAGAIN'] satisfies Shortage[]);
 
-/**
- * The pcid server. Emits 'listening', 'connection' ({domid, node}), 'clientError' (a node from a
- * domain not served, a malformed node name, an oversize message: that client only), 'error' and
- * 'close'.
- */
-export class PcidServer extends EventEmitter<{
+/** The events of a {@link PcidServer}. */
+export interface PcidServerEvents {
+  /** The server is serving. */
   listening: [];
-  connection: [{ domid: number; node: string }];
+  /** A client took its channel. */
+  connection: [PcidConnection];
+  /** A node from a domain not served, a malformed node name, an oversize message: that client only. */
   clientError: [Error];
+  /** The server cannot serve (xenstore gone, its directory not writable); it stops. */
   error: [Error];
+  /** The server has closed and its clients' channels have ended. */
   close: [];
-}> {
+}
+
+/** The client 'connection' reports. */
+export interface PcidConnection {
+  /** The client's domain. */
+  domid: number;
+  /** The client's node (full xenstore path). */
+  node: string;
+}
+
+/** The pcid server; see {@link PcidServerEvents} for what it emits. */
+export class PcidServer extends EventEmitter<PcidServerEvents> {
+  /** The sysfs the server acts on (options.sysfsRoot). */
   readonly sysfs: PciSysfs;
   readonly #clients: Set<number>;
   readonly #rel: string;

@@ -19,13 +19,11 @@
  * still goes to it; RELEASE delivers what the frontend wrote before it, then closes the socket.
  */
 import { EventEmitter } from 'node:events';
-import * as net from 'node:net';
 import { debuglog } from 'node:util';
 
 import { checkDomid, checkInt, checkObject, invalidArgType } from '../errors';
 import { EventChannel } from '../evtchn';
 import { GrantMapper, type MappedPages } from '../grants';
-import type { Backend } from '../native';
 import { Xenstore, type XenstoreWatch } from '../xenstore';
 import {
   type BackSocket,
@@ -49,37 +47,14 @@ import {
   type PvcallsRequest,
 } from './wire';
 import { readState, XenbusState } from './xenbus';
+import type { PvcallsBackendEvents, PvcallsBackendOptions, PvcallsDataPumps } from './back-options';
+
+export type { PvcallsBackendEvents, PvcallsBackendOptions, PvcallsDataPumps } from './back-options';
 
 const debug = debuglog('xen-vchan');
 
 /** Linux's kernel-internal ENOTSUPP, what pvcalls-back answers to a command it does not know. */
 export const ENOTSUPP = 524;
-export interface PvcallsBackendOptions {
-  backend?: Backend;
-  /** Mock only: serve as this domain. */
-  mockDomid?: number;
-  /** Sockets one frontend may hold at once (default 128). */
-  maxSockets?: number;
-  /** Connections waiting for ACCEPT on one listening socket (default 32; LISTEN's backlog is capped to it). */
-  maxPendingAccepts?: number;
-  /** The largest data ring a frontend may offer, as max-page-order (default 4, as Linux's backend). */
-  maxRingOrder?: number;
-  /** Serve only the devices of these frontend domains (default: every device under backend/pvcalls). */
-  frontends?: number[];
-  /**
-   * Where a CONNECT goes (default: the address as given, from this process). Lets a backend map
-   * a frontend's addresses onto its own, or refuse some, by throwing (the errno goes back).
-   */
-  connect?: (address: { host: string; port: number }) => net.Socket;
-  /**
-   * What moves a connected socket's bytes between its data ring and the socket (default 'js'
-   * until the native pump has passed the real-Xen rig): 'native' reads from the socket straight into the ring and sends straight from it,
-   * in C++, with no JavaScript per chunk (a socket without a file descriptor of its own, such as
-   * a TLS socket a connect hook returned, falls back to 'js'); 'js' pumps through the
-   * net.Socket's streams.
-   */
-  dataPump?: 'native' | 'js';
-}
 
 interface Frontend {
   domid: number;
@@ -98,16 +73,10 @@ interface Frontend {
   changes: Promise<void>;
 }
 
-export interface PvcallsBackendEvents {
-  /** A frontend completed the handshake. */
-  connect: [domid: number, dev: number];
-  /** A frontend's connection ended (it closed, or broke the protocol). */
-  disconnect: [domid: number, dev: number];
-  /** A frontend broke the protocol; its connection was closed. */
-  frontendError: [err: Error, domid: number, dev: number];
-  error: [err: Error];
-}
-
+/**
+ * A PVCalls backend: serves the socket calls of frontends in other domains (as Linux's
+ * pvcalls-back does); made by {@link createPvcallsBackend}. See {@link PvcallsBackendEvents}.
+ */
 export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
   readonly #o: Required<Omit<PvcallsBackendOptions, 'backend' | 'mockDomid' | 'connect' | 'frontends'>> &
     Pick<PvcallsBackendOptions, 'connect'>;
@@ -162,7 +131,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
    * The connected sockets by what pumps their bytes: 'native' (src/pump.cc) or 'js' (options.dataPump
    * 'js', or a socket with no file descriptor of its own, such as a TLS socket from a connect hook).
    */
-  get dataPumps(): { native: number; js: number } {
+  get dataPumps(): PvcallsDataPumps {
     const n = { native: 0, js: 0 };
     for (const f of this.#frontends.values())
       for (const s of f.sockets.values())

@@ -13,8 +13,10 @@ import { DATA_INTF, MAX_RING_ORDER } from './wire';
 
 const u32 = (n: number) => n >>> 0;
 
+/** Which end of a data ring a process is: the frontend writes `out` and reads `in`, the backend the reverse. */
 export type DataRingSide = 'front' | 'back';
 
+/** One socket's data ring, as either end sees it: bytes in and out, with the peer's indexes checked. */
 export class DataRing {
   readonly #idx: Int32Array;
   readonly #in: Uint8Array;
@@ -116,6 +118,7 @@ export class DataRing {
     return Atomics.load(this.#idx, DATA_INTF.inError / 4);
   }
 
+  /** Sets in_error (the backend does, to report the end of the frontend's reads). */
   set inError(e: number) {
     Atomics.store(this.#idx, DATA_INTF.inError / 4, e);
   }
@@ -125,6 +128,7 @@ export class DataRing {
     return Atomics.load(this.#idx, DATA_INTF.outError / 4);
   }
 
+  /** Sets out_error (the backend does, to report a failed send). */
   set outError(e: number) {
     Atomics.store(this.#idx, DATA_INTF.outError / 4, e);
   }

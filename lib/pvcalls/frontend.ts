@@ -21,7 +21,7 @@ import type { Backend } from '../native';
 import { Xenstore } from '../xenstore';
 import { DataRing } from './data';
 import { FrontRing } from './ring';
-import { PvcallsServer } from './server';
+import { PvcallsServer, type PvcallsListenOptions, type PvcallsServerEvents } from './server';
 import { PvcallsSocket } from './socket';
 import {
   AF_INET,
@@ -39,9 +39,11 @@ import { readState, waitState, XenbusState } from './xenbus';
 
 const E = constants.errno;
 
-export { PvcallsServer, PvcallsSocket };
+export { PvcallsServer, PvcallsSocket, type PvcallsListenOptions, type PvcallsServerEvents };
 
+/** Options of {@link connectPvcalls}. */
 export interface PvcallsFrontendOptions {
+  /** 'real' (Xen) or 'mock'; default: the process's backend (see useBackend). */
   backend?: Backend;
   /** Mock only: act as this domain. */
   mockDomid?: number;
@@ -58,8 +60,23 @@ export type Request = {
   [K in PvcallsRequest['cmd']]: Omit<Extract<PvcallsRequest, { cmd: K }>, 'reqId'>;
 }[PvcallsRequest['cmd']];
 
-export class PvcallsFrontend extends EventEmitter<{ close: []; error: [Error] }> {
+/** The events of a {@link PvcallsFrontend}. */
+export interface PvcallsFrontendEvents {
+  /**
+   * The device has closed: close() was called, or the backend left Connected (its sockets were
+   * destroyed first, with ECONNRESET).
+   */
+  close: [];
+}
+
+/**
+ * A connected PVCalls frontend (from {@link connectPvcalls}): its sockets are made by
+ * createConnection() and createServer(); see {@link PvcallsFrontendEvents} for what it emits.
+ */
+export class PvcallsFrontend extends EventEmitter<PvcallsFrontendEvents> {
+  /** The backend's domain. */
   readonly backendDomid: number;
+  /** Each socket's data ring is 2^ringOrder pages. */
   readonly ringOrder: number;
   readonly #xs: Xenstore;
   readonly #ev: EventChannel;
@@ -74,6 +91,7 @@ export class PvcallsFrontend extends EventEmitter<{ close: []; error: [Error] }>
   readonly #pending = new Map<number, (ret: number) => void>();
   readonly #queue: (() => void)[] = [];
   readonly #ports = new Map<number, () => void>();
+  /** The sockets open now (connected and accepted; not the servers). */
   readonly sockets = new Set<PvcallsSocket>();
   #closed = false;
   #closing?: Promise<void>;

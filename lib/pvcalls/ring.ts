@@ -18,7 +18,9 @@ import { RING_SLOTS, SLOT_SIZE, SRING } from './wire';
 
 /** The peer broke the ring protocol (an index out of range): the connection cannot go on. */
 export class RingCorruptError extends Error {
+  /** Always ERR_XEN_RING_CORRUPT. */
   readonly code = 'ERR_XEN_RING_CORRUPT';
+  /** MESSAGE says which index was out of range, and by how much. */
   constructor(message: string) {
     super(message);
     this.name = 'RingCorruptError';
@@ -28,8 +30,11 @@ export class RingCorruptError extends Error {
 const u32 = (n: number) => n >>> 0;
 
 abstract class RingEnd {
+  /** The page's four indexes (req_prod, req_event, rsp_prod, rsp_event). */
   protected readonly idx: Uint32Array;
+  /** The whole shared page. */
   protected readonly bytes: Uint8Array;
+  /** Slots in the ring (a power of two). */
   readonly size: number;
 
   /** PAGE: the shared page (at least 64 + SIZE * SLOT_SIZE bytes); SIZE: the slots (a power of two). */
@@ -43,14 +48,17 @@ abstract class RingEnd {
     this.size = size;
   }
 
+  /** The index at byte offset FIELD (an SRING member), read atomically. */
   protected load(field: number): number {
     return Atomics.load(this.idx, field / 4);
   }
 
+  /** Writes V (mod 2^32) to the index at FIELD, atomically. */
   protected store(field: number, v: number): void {
     Atomics.store(this.idx, field / 4, u32(v));
   }
 
+  /** Slot I (a free-running index: taken mod size), a view of its SLOT_SIZE bytes. */
   protected slot(i: number): Uint8Array {
     const at = SRING.ring + (i & (this.size - 1)) * SLOT_SIZE;
     return this.bytes.subarray(at, at + SLOT_SIZE);

@@ -9,13 +9,30 @@ import { AF_INET, backendError, encodeInetAddress, SOCK_STREAM } from './wire';
 
 const E = constants.errno;
 
-/** A listening PVCalls socket: accepts through the backend, one ACCEPT at a time. */
-export class PvcallsServer extends EventEmitter<{
+/** The events of a {@link PvcallsServer}. */
+export interface PvcallsServerEvents {
+  /** The backend's socket is bound and listening. */
   listening: [];
+  /** A connection was accepted: its socket. */
   connection: [PvcallsSocket];
+  /** SOCKET, BIND or LISTEN failed (the backend's errno, as net's: EADDRINUSE…), or an ACCEPT did: no more are accepted (close() releases the socket). */
   error: [Error];
+  /** The server has stopped listening (RELEASE answered). */
   close: [];
-}> {
+}
+
+/** Where {@link PvcallsServer.listen} listens. */
+export interface PvcallsListenOptions {
+  /** The backend's IPv4 address to bind; default 0.0.0.0. */
+  host?: string;
+  /** The TCP port, 0-65535. */
+  port: number;
+  /** listen(2)'s backlog; default 32. */
+  backlog?: number;
+}
+
+/** A listening PVCalls socket: accepts through the backend, one ACCEPT at a time. */
+export class PvcallsServer extends EventEmitter<PvcallsServerEvents> {
   readonly #fe: PvcallsFrontend;
   readonly #id: bigint;
   #closed = false;
@@ -29,12 +46,13 @@ export class PvcallsServer extends EventEmitter<{
     this.#id = fe.newId();
   }
 
+  /** Whether the backend's socket is listening: from 'listening' until close() has released it. */
   get listening(): boolean {
     return this.#listening;
   }
 
   /** Binds and listens on the backend's side (HOST default 0.0.0.0), then accepts. */
-  listen(options: { host?: string; port: number; backlog?: number }, cb?: () => void): this {
+  listen(options: PvcallsListenOptions, cb?: () => void): this {
     const o = checkObject('options', options);
     const port = checkInt('options.port', o.port, 0, 65535);
     const backlog = o.backlog === undefined ? 32 : checkInt('options.backlog', o.backlog, 1, 65535);

@@ -9,6 +9,7 @@ const E = constants.errno;
 
 /** A connected PVCalls socket: a Duplex over its data ring. */
 export class PvcallsSocket extends Duplex {
+  /** The socket's id on the commands ring (named by this frontend). */
   readonly id: bigint;
   /** @internal the backend knows the id (SOCKET succeeded): RELEASE it */
   created = false;
@@ -78,11 +79,13 @@ export class PvcallsSocket extends Duplex {
     }
   }
 
+  /** @internal Node's stream hook. */
   override _read(): void {
     this.#reading = true;
     this.#pump();
   }
 
+  /** @internal Node's stream hook. */
   override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
     this.#out.push(chunk);
     this.#outCb = cb;
@@ -90,6 +93,7 @@ export class PvcallsSocket extends Duplex {
     else this.once('connect', () => this.#pump());
   }
 
+  /** @internal Node's stream hook. */
   override _final(cb: (e?: Error | null) => void): void {
     // No shutdown in version 1: done once the backend has taken every byte.
     this.#finalCb = cb;
@@ -97,6 +101,7 @@ export class PvcallsSocket extends Duplex {
     else this.once('connect', () => this.#pump());
   }
 
+  /** @internal Node's stream hook. */
   override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
     this.#fe.sockets.delete(this);
     const d = this.#d;

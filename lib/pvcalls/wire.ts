@@ -9,40 +9,69 @@
  * address in network order. Errors in responses and in the data rings are negative Linux errnos.
  */
 
-import { getSystemErrorName } from 'node:util';
-
 import { invalidArgValue } from '../errors';
+import type { PvcallsRequest, PvcallsResponse, UnknownRequest } from './messages';
+
+export { backendError } from './errno';
+export type {
+  PvcallsAcceptRequest,
+  PvcallsBindRequest,
+  PvcallsConnectRequest,
+  PvcallsListenRequest,
+  PvcallsPollRequest,
+  PvcallsReleaseRequest,
+  PvcallsRequest,
+  PvcallsRequestBase,
+  PvcallsResponse,
+  PvcallsSocketRequest,
+  UnknownRequest,
+} from './messages';
 
 /** The one protocol version ("version" of the frontend, "versions" of the backend). */
 export const PVCALLS_VERSION = '1';
 
 /** Commands (the header's PVCALLS_*; the pandoc's per-command lines are off by one). */
 export const PvcallsCmd = {
+  /** socket(2): a new socket, named by the frontend's id. */
   SOCKET: 0,
+  /** connect(2), with the data ring the frontend granted for it. */
   CONNECT: 1,
+  /** close(2): the socket and its data ring go. */
   RELEASE: 2,
+  /** bind(2). */
   BIND: 3,
+  /** listen(2). */
   LISTEN: 4,
+  /** accept(2): the accepted socket gets the frontend's idNew and data ring. */
   ACCEPT: 5,
+  /** poll(2) for POLLIN on a listening socket: answered when a connection waits. */
   POLL: 6,
 } as const;
+/** A command's name: `'SOCKET'` … `'POLL'`. */
 export type PvcallsCmdName = keyof typeof PvcallsCmd;
 const CMD_NAMES = Object.keys(PvcallsCmd) as PvcallsCmdName[];
 
-/** Linux's AF_INET, SOCK_STREAM: the only family and type version 1 serves. */
+/** Linux's AF_INET: the only family version 1 serves. */
 export const AF_INET = 2;
+/** Linux's SOCK_STREAM: the only socket type version 1 serves. */
 export const SOCK_STREAM = 1;
 
 /** The commands ring: Xen's standard shared ring (io/ring.h) of 64-byte slots in one page. */
 export const SRING = {
+  /** req_prod: requests the frontend has produced (a free-running u32). */
   reqProd: 0,
+  /** req_event: the backend wants an event when req_prod passes this. */
   reqEvent: 4,
+  /** rsp_prod: responses the backend has produced. */
   rspProd: 8,
+  /** rsp_event: the frontend wants an event when rsp_prod passes this. */
   rspEvent: 12,
   /** The slots start after 16 bytes of indexes and 48 of padding. */
   ring: 64,
 } as const;
+/** Bytes of a request (struct xen_pvcalls_request). */
 export const REQUEST_SIZE = 64;
+/** Bytes of a response (struct xen_pvcalls_response). */
 export const RESPONSE_SIZE = 24;
 /** A slot holds a request or a response: the larger of the two. */
 export const SLOT_SIZE = 64;
@@ -51,30 +80,91 @@ export const RING_SLOTS = 32;
 
 /** Request fields: req_id@0, cmd@4, then the command's union member at 8. */
 export const REQ = {
+  /** req_id (u32): echoed in the response. */
   reqId: 0,
+  /** cmd (u32): a PvcallsCmd. */
   cmd: 4,
+  /** id (u64): the socket, named by the frontend. */
   id: 8,
-  socket: { domain: 16, type: 20, protocol: 24 },
-  connect: { addr: 16, len: 44, flags: 48, ref: 52, evtchn: 56 },
-  release: { reuse: 16 },
-  bind: { addr: 16, len: 44 },
-  listen: { backlog: 16 },
-  accept: { idNew: 16, ref: 24, evtchn: 28 },
+  /** SOCKET's fields. */
+  socket: {
+    /** domain (u32): AF_INET. */
+    domain: 16,
+    /** type (u32): SOCK_STREAM. */
+    type: 20,
+    /** protocol (u32): 0. */
+    protocol: 24,
+  },
+  /** CONNECT's fields. */
+  connect: {
+    /** addr: ADDR_SIZE bytes of struct sockaddr. */
+    addr: 16,
+    /** len (u32): the valid bytes of addr. */
+    len: 44,
+    /** flags (u32): 0. */
+    flags: 48,
+    /** ref (u32): the grant ref of the data ring's indexes page. */
+    ref: 52,
+    /** evtchn (u32): the frontend's port for the data ring. */
+    evtchn: 56,
+  },
+  /** RELEASE's fields. */
+  release: {
+    /** reuse (u8): 1, the frontend reuses the id at once. */
+    reuse: 16,
+  },
+  /** BIND's fields. */
+  bind: {
+    /** addr: ADDR_SIZE bytes of struct sockaddr. */
+    addr: 16,
+    /** len (u32): the valid bytes of addr. */
+    len: 44,
+  },
+  /** LISTEN's fields. */
+  listen: {
+    /** backlog (u32). */
+    backlog: 16,
+  },
+  /** ACCEPT's fields. */
+  accept: {
+    /** id_new (u64): the accepted socket's id. */
+    idNew: 16,
+    /** ref (u32): the grant ref of its data ring's indexes page. */
+    ref: 24,
+    /** evtchn (u32): the frontend's port for that data ring. */
+    evtchn: 28,
+  },
 } as const;
 /** The size of the addr member of CONNECT and BIND (a struct sockaddr_storage would not fit). */
 export const ADDR_SIZE = 28;
 
 /** Response fields: req_id@0, cmd@4, ret@8 (0 or a negative errno), pad, the socket id at 16. */
-export const RSP = { reqId: 0, cmd: 4, ret: 8, id: 16 } as const;
+export const RSP = {
+  /** req_id (u32): the request's, echoed. */
+  reqId: 0,
+  /** cmd (u32): the request's, echoed. */
+  cmd: 4,
+  /** ret (i32): 0, or a negative errno. */
+  ret: 8,
+  /** The request's socket id (u64), echoed. */
+  id: 16,
+} as const;
 
 /** The indexes page of a socket's data ring (struct pvcalls_data_intf). */
 export const DATA_INTF = {
+  /** in_cons (u32): bytes of `in` the frontend has consumed. */
   inCons: 0,
+  /** in_prod (u32): bytes the backend has put into `in`. */
   inProd: 4,
+  /** in_error (i32): the backend's read error, a negative errno (0: none). */
   inError: 8,
+  /** out_cons (u32): bytes of `out` the backend has consumed. */
   outCons: 64,
+  /** out_prod (u32): bytes the frontend has put into `out`. */
   outProd: 68,
+  /** out_error (i32): the backend's write error, a negative errno (0: none). */
   outError: 72,
+  /** ring_order (u32): the data ring is 2^ring_order pages. */
   ringOrder: 128,
   /** Grant refs of the data pages, one u32 each. */
   ref: 132,
@@ -88,43 +178,12 @@ export const MAX_RING_ORDER = 9;
 
 /** An IPv4 socket address. */
 export interface InetAddress {
+  /** AF_INET (2). */
   family: number;
+  /** The TCP port, 0-65535. */
   port: number;
   /** Dotted quad. */
   address: string;
-}
-
-export type PvcallsRequest =
-  | { reqId: number; cmd: 'SOCKET'; id: bigint; domain: number; type: number; protocol: number }
-  | {
-      reqId: number;
-      cmd: 'CONNECT';
-      id: bigint;
-      addr: Uint8Array;
-      len: number;
-      flags: number;
-      ref: number;
-      evtchn: number;
-    }
-  | { reqId: number; cmd: 'RELEASE'; id: bigint; reuse: number }
-  | { reqId: number; cmd: 'BIND'; id: bigint; addr: Uint8Array; len: number }
-  | { reqId: number; cmd: 'LISTEN'; id: bigint; backlog: number }
-  | { reqId: number; cmd: 'ACCEPT'; id: bigint; idNew: bigint; ref: number; evtchn: number }
-  | { reqId: number; cmd: 'POLL'; id: bigint };
-
-/** A request whose cmd is not one of version 1's: answered with -ENOTSUP by a backend. */
-export interface UnknownRequest {
-  reqId: number;
-  cmd: number;
-}
-
-export interface PvcallsResponse {
-  reqId: number;
-  cmd: number;
-  /** 0, or a negative Linux errno. */
-  ret: number;
-  /** The socket the command was about (its id, echoed). */
-  id: bigint;
 }
 
 function view(b: Uint8Array): DataView {
@@ -221,6 +280,7 @@ export function encodeRequest(slot: Uint8Array, req: PvcallsRequest): void {
   }
 }
 
+/** Decodes the response in SLOT. Never throws. */
 export function decodeResponse(slot: Uint8Array): PvcallsResponse {
   const v = view(slot);
   return {
@@ -231,6 +291,7 @@ export function decodeResponse(slot: Uint8Array): PvcallsResponse {
   };
 }
 
+/** Writes RSP into SLOT (the bytes it does not use are zeroed). */
 export function encodeResponse(slot: Uint8Array, rsp: PvcallsResponse): void {
   slot.fill(0, 0, RESPONSE_SIZE);
   const v = view(slot);
@@ -260,26 +321,4 @@ export function decodeInetAddress(addr: Uint8Array, len: number): InetAddress | 
   const family = v.getUint16(0, true);
   if (family !== AF_INET) return null;
   return { family, port: v.getUint16(2, false), address: `${addr[4]}.${addr[5]}.${addr[6]}.${addr[7]}` };
-}
-
-/** An errno error as net gives them, from a backend's negative errno. */
-export function backendError(ret: number, syscall: string, detail = ''): Error {
-  let code: string;
-  try {
-    // Linux's kernel-internal ENOTSUPP (524), which pvcalls-back answers to an unknown command, is
-    // what the spec calls ENOTSUP.
-    code = ret === -524 ? 'ENOTSUP' : getSystemErrorName(ret);
-    if (!/^E[A-Z0-9]+$/.test(code)) code = 'EIO';
-  } catch {
-    code = 'EIO';
-  }
-  const e = new Error(`${syscall} ${code}${detail ? ` ${detail}` : ''}`) as Error & {
-    code: string;
-    errno: number;
-    syscall: string;
-  };
-  e.code = code;
-  e.errno = ret;
-  e.syscall = syscall;
-  return e;
 }

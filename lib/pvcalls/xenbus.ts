@@ -7,14 +7,23 @@ import { systemError } from '../errors';
 
 /** xenbus states (xen/include/public/io/xenbus.h). */
 export const XenbusState = {
+  /** No state (the node is missing or not a number). */
   Unknown: 0,
+  /** The device is being set up. */
   Initialising: 1,
+  /** The end waits for the other's details (a backend, for the frontend's ring). */
   InitWait: 2,
+  /** The frontend has published its ring and event channel. */
   Initialised: 3,
+  /** Both ends are talking. */
   Connected: 4,
+  /** The end is shutting the device down. */
   Closing: 5,
+  /** The end has let go of the device. */
   Closed: 6,
+  /** The device is being reconfigured (unused by PVCalls). */
   Reconfiguring: 7,
+  /** Reconfiguration done (unused by PVCalls). */
   Reconfigured: 8,
 } as const;
 
@@ -65,8 +74,26 @@ export async function waitState(
   }
 }
 
+/** The xenstore directories of a PVCalls device's two halves. */
+export interface PvcallsDevicePaths {
+  /** The frontend's: /local/domain/FRONTEND/device/pvcalls/DEV. */
+  front: string;
+  /** The backend's: /local/domain/BACKEND/backend/pvcalls/FRONTEND/DEV. */
+  back: string;
+}
+
+/** Which device: the frontend's and backend's domains, and the device number (default 0). */
+export interface PvcallsDeviceIds {
+  /** The frontend's domain. */
+  frontend: number;
+  /** The backend's domain. */
+  backend: number;
+  /** The device number under device/pvcalls; default 0. */
+  dev?: number;
+}
+
 /** Where the two halves of a PVCalls device live in xenstore. */
-export function pvcallsPaths(frontend: number, backend: number, dev = 0): { front: string; back: string } {
+export function pvcallsPaths(frontend: number, backend: number, dev = 0): PvcallsDevicePaths {
   return {
     front: `/local/domain/${frontend}/device/pvcalls/${dev}`,
     back: `/local/domain/${backend}/backend/pvcalls/${frontend}/${dev}`,
@@ -79,10 +106,7 @@ export function pvcallsPaths(frontend: number, backend: number, dev = 0): { fron
  * and the backend's, owned by the backend and readable by the frontend, both in Initialising.
  * Run it in dom0 (or the toolstack's domain).
  */
-export async function createPvcallsDevice(
-  xs: Xenstore,
-  o: { frontend: number; backend: number; dev?: number },
-): Promise<{ front: string; back: string }> {
+export async function createPvcallsDevice(xs: Xenstore, o: PvcallsDeviceIds): Promise<PvcallsDevicePaths> {
   const { front, back } = pvcallsPaths(o.frontend, o.backend, o.dev ?? 0);
   await xs.transaction(async (tx) => {
     await tx.write(`${front}/backend`, back);
@@ -109,10 +133,7 @@ export async function createPvcallsDevice(
 }
 
 /** Removes the device as `xl destroy` does. */
-export async function removePvcallsDevice(
-  xs: Xenstore,
-  o: { frontend: number; backend: number; dev?: number },
-): Promise<void> {
+export async function removePvcallsDevice(xs: Xenstore, o: PvcallsDeviceIds): Promise<void> {
   const { front, back } = pvcallsPaths(o.frontend, o.backend, o.dev ?? 0);
   await xs.rm(back).catch(() => undefined);
   await xs.rm(front).catch(() => undefined);
