@@ -1,0 +1,31 @@
+/** `xen-vchan mock`: the mock hypervisor's broker, and the environment that runs Xen's programs on it. */
+import { spawnSync } from 'node:child_process';
+
+import { mockBrokerPath } from '../addon';
+import { fail, lib, opts, parseDomid } from './args';
+import { commandUsage, USAGE } from './usage';
+
+/** `xen-vchan mock`. */
+export function cmdMock(args: string[]): void {
+  process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
+  // The broker that belongs with the mock addon this package loads (prebuilt or built here).
+  const broker = mockBrokerPath();
+  const [sub, ...rest] = args;
+  if (sub === 'env') {
+    const o = opts(rest, { domid: { type: 'string' } });
+    const env: Record<string, string> = lib().mockEnv(o.domid === undefined ? undefined : parseDomid(o.domid));
+    env.XEN_MOCK_DIR = env.XEN_MOCK_DIR || spawnSync(broker, ['dir']).stdout?.toString().trim() || '';
+    if (!env.XEN_MOCK_DIR) delete env.XEN_MOCK_DIR;
+    for (const [k, v] of Object.entries(env)) process.stdout.write(`export ${k}=${JSON.stringify(v)}\n`);
+    return;
+  }
+  if (sub === 'introduce' || sub === 'destroy') {
+    if (rest.length === 0 || (sub === 'destroy' && rest.length !== 1)) fail(commandUsage('mock'));
+    rest.forEach((d) => parseDomid(d, `mock ${sub}: the domain`));
+  }
+  if (['status', 'reset', 'introduce', 'destroy', 'shutdown'].includes(sub)) {
+    const r = spawnSync(broker, [sub, ...rest], { stdio: 'inherit' });
+    process.exit(r.status ?? 1);
+  }
+  fail(USAGE);
+}
