@@ -16,6 +16,7 @@ export default tseslint.config(
       '.rig/',
       'coverage/',
       'bench/build/',
+      'bench/dist/',
       'examples/dist/',
     ],
   },

@@ -1,7 +1,7 @@
 'use strict';
 // Boots the rig's PV domU (its kernel and the initramfs test/xen/run.sh builds, which starts
 // test/xen/domu-peer.js) and drives the peer inside it through xenstore. Runs in the rig's dom0;
-// test/xen/domu.test.ts and bench/pvcalls-rig.js use it, each with its own Xenstore handle (this
+// test/xen/domu.test.ts and bench/pvcalls-rig.ts use it, each with its own Xenstore handle (this
 // module does not load the library: a vitest suite and a plain script load it differently).
 //   dom0 writes  /local/domain/<D>/data/peer/cmd/<N>  {"id":N,"op":...,...}
 //   the peer     /local/domain/<D>/data/peer/result/<N>/<phase>  {...}  ("-" for its last result)

@@ -21,7 +21,7 @@
 //                           remote absent, bindStatic(port) (the port is in this domain's table);
 //                           with remote (0), bindInterdomain(0, port) (dom0 took its port with
 //                           bindStatic). Answers every event until 'static-stop'
-//   bench   {via, port|path, mib, sockets, connects}  bench/pvcalls-rig.js's measurements from
+//   bench   {via, port|path, mib, sockets, connects}  bench/pvcalls-rig.ts's measurements from
 //                           this side: VIA 'pvcalls' (device/pvcalls/0, dom0's TCP sink at
 //                           127.0.0.1:PORT) or 'vchan' (connectMulti to dom0's PATH); MIB MiB sent
 //                           on one socket, then on SOCKETS at once (the sink acknowledges each with

@@ -1,5 +1,3 @@
-#!/usr/bin/env node
-'use strict';
 // npm run bench:pvcalls:rig (inside the rig's dom0, through bench/pvcalls-rig-job.sh): PVCalls on
 // real Xen with the Node frontend in the PV domU, measured side by side in one run against
 //   node    the Node backend (a process of its own in dom0, as a daemon would run)
@@ -11,20 +9,39 @@
 // paths run in a rotating order, RUNS times; every figure is the median with the spread (min-max),
 // and the ratios are taken per run.
 //
-//   node bench/pvcalls-rig.js [--runs N] [--mib M] [--sockets S] [--connects C] [--out FILE]
-const { execFileSync, fork } = require('node:child_process');
-const { once } = require('node:events');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+//   node bench/dist/pvcalls-rig.js [--runs N] [--mib M] [--sockets S] [--connects C] [--out FILE]
+import { type ChildProcess, execFileSync, fork } from 'node:child_process';
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
-const { fmt } = require('./stats');
+import type { Xenstore } from '../dist/cjs/index';
+import { ackAfter, lib, root } from './common';
+import { fmtSpread as fmt } from './stats';
 
-const x = require(path.join(__dirname, '..'));
+const x = lib();
+
+/** test/xen/domu-driver.js: the PV domU and the peer in it (test/xen/domu-peer.js). */
+interface DomU {
+  domid: number;
+  command(
+    op: string,
+    args?: Record<string, unknown>,
+  ): Promise<(phase?: string, timeoutMs?: number) => Promise<BenchResult>>;
+  destroy(): void;
+}
+/** What the peer's 'bench' op reports. */
+interface BenchResult {
+  tp1: number;
+  tpN: number;
+  connectP50: number;
+  ringOrder?: number;
+}
 
 const argv = process.argv.slice(2);
-const opt = (name, def) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : def);
+const opt = (name: string, def: string | number) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : def);
 const RUNS = Number(opt('--runs', 5));
 const MIB = Number(opt('--mib', 4));
 const SOCKETS = Number(opt('--sockets', 4));
@@ -35,31 +52,24 @@ const LINUX_BACK = `${RIG}/pvcalls/pvcalls-back.ko`;
 
 // --- the Node backend's own process ----------------------------------------------------------------
 
-async function backendMain() {
+async function backendMain(): Promise<void> {
   const be = await x.createPvcallsBackend();
   be.on('frontendError', (e) => console.error(`pvcalls-rig: backend: ${e.message}`));
   process.on('message', async () => {
     await be.close();
     process.exit(0);
   });
-  process.send({ ready: true });
+  process.send!({ ready: true });
 }
 
 // --- dom0: the sinks, the backends, the domU ---------------------------------------------------------
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-/** Counts MIB MiB per connection, then answers one byte: the sender's clock stops there. */
-function sink(s) {
-  let got = 0;
-  s.on('data', (d) => {
-    got += d.length;
-    if (got === MIB << 20) s.write('k');
-  });
-  s.on('error', () => undefined);
-}
+/** Each connection counts MIB MiB, then answers one byte: the sender's clock stops there. */
+const sink = ackAfter(MIB << 20);
 
-function rmmod() {
+function rmmod(): void {
   for (let i = 0; i < 100; i++) {
     try {
       execFileSync('rmmod', ['pvcalls_back'], { stdio: 'ignore' });
@@ -71,8 +81,11 @@ function rmmod() {
   throw new Error('pvcalls_back would not unload');
 }
 
-async function main() {
-  const { bootDomU } = require('../test/xen/domu-driver.js');
+async function main(): Promise<void> {
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { bootDomU } = require(path.join(root, 'test', 'xen', 'domu-driver.js')) as {
+    bootDomU(o: { rig: string; xs: Xenstore; name: string }): Promise<DomU>;
+  };
   const haveLinux = fs.existsSync(LINUX_BACK);
   const t0 = Date.now();
   const xs = new x.Xenstore();
@@ -81,17 +94,17 @@ async function main() {
   console.log(`pvcalls-rig: domU ${domid} ready in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   const tcp = net.createServer(sink).listen(0, '127.0.0.1');
   await once(tcp, 'listening');
-  const port = /** @type {net.AddressInfo} */ (tcp.address()).port;
+  const port = (tcp.address() as net.AddressInfo).port;
   const vpath = `data/pvcalls-bench-${process.pid}`;
   const vserver = x.createMultiServer({ domid, path: vpath, readMin: 65536, writeMin: 65536 }, sink);
   await once(vserver.listen(), 'listening');
 
-  const ask = async (args) => {
+  const ask = async (args: Record<string, unknown>) => {
     const result = await domu.command('bench', { mib: MIB, sockets: SOCKETS, connects: CONNECTS, ...args });
     return result('-', 600_000);
   };
   /** One measurement through a PVCalls backend that UP starts and DOWN stops. */
-  const viaPvcalls = async (up, down) => {
+  const viaPvcalls = async (up: () => Promise<void>, down: () => Promise<void>) => {
     await up();
     try {
       await x.createPvcallsDevice(xs, { frontend: domid, backend: 0 });
@@ -101,8 +114,8 @@ async function main() {
       await down();
     }
   };
-  let child = null;
-  const paths = {
+  let child: ChildProcess | null = null;
+  const paths: Record<string, () => Promise<BenchResult>> = {
     node: () =>
       viaPvcalls(
         async () => {
@@ -110,8 +123,8 @@ async function main() {
           await once(child, 'message');
         },
         async () => {
-          child.send('end');
-          await once(child, 'exit');
+          child!.send('end');
+          await once(child!, 'exit');
         },
       ),
     linux: () =>
@@ -126,13 +139,13 @@ async function main() {
     vchan: () => ask({ via: 'vchan', path: `/local/domain/0/${vpath}` }),
   };
   const names = haveLinux ? ['node', 'linux', 'vchan'] : ['node', 'vchan'];
-  const res = {};
-  const ringOrder = {};
+  const res: Record<string, number[]> = {};
+  const ringOrder: Record<string, number> = {};
   for (let run = 0; run < RUNS; run++) {
     const order = names.map((_, i) => names[(i + run) % names.length]);
     for (const k of order) {
       const r = await paths[k]();
-      for (const m of ['tp1', 'tpN', 'connectP50']) (res[`${k}-${m}`] ??= []).push(r[m]);
+      for (const m of ['tp1', 'tpN', 'connectP50'] as const) (res[`${k}-${m}`] ??= []).push(r[m]);
       if (r.ringOrder !== undefined) ringOrder[k] = r.ringOrder;
       console.log(`pvcalls-rig: run ${run + 1} ${k}: ${JSON.stringify(r)}`);
     }
@@ -142,12 +155,12 @@ async function main() {
   domu.destroy();
   xs.close();
 
-  const label = {
+  const label: Record<string, string> = {
     node: `PVCalls, Node backend (ring order ${ringOrder.node})`,
     linux: `PVCalls, Linux's pvcalls-back.ko (ring order ${ringOrder.linux})`,
     vchan: 'VchanStream (multi-server, 64 KiB rings)',
   };
-  const L = [];
+  const L: string[] = [];
   L.push(
     `pvcalls rig bench: Node frontend in a PV domU, dom0 serving; ${MIB} MiB one way per socket, ${SOCKETS} sockets, ` +
       `${CONNECTS} connects; median of ${RUNS} runs (spread min-max); Linux ${os.release()}, Node ${process.version}`,
@@ -160,7 +173,7 @@ async function main() {
       `| ${label[k]} | ${fmt(res[`${k}-tp1`], 1)} | ${fmt(res[`${k}-tpN`], 1)} | ${fmt(res[`${k}-connectP50`])} |`,
     );
   L.push('');
-  const ratio = (a, b) =>
+  const ratio = (a: string, b: string) =>
     `throughput 1 socket ${fmt(
       res[`${a}-tp1`].map((v, i) => v / res[`${b}-tp1`][i]),
       2,

@@ -1,5 +1,3 @@
-#!/usr/bin/env node
-'use strict';
 // npm run bench:pcid: the PCI daemon's requests per second and latency (p50, p99), with 1 and 50
 // clients, over vchan (createPcidServer / connectPcid: on the mock, server in dom0 and clients in a
 // domain-5 process; on real Xen, npm run bench:pcid:rig, both in the rig's dom0) and, side by side in the same run, the same server code and JSON layer over a
@@ -9,29 +7,58 @@
 // CPU time per request is reported for the clients' process, the server's and (on the mock) the
 // broker's, which carries every event and unmask: it shows where a gap comes from.
 //
-//   node bench/pcid.js [--quick] [--runs N] [--seconds S] [--ring BYTES]
+//   npm run bench:pcid -- [--quick] [--runs N] [--seconds S] [--ring BYTES]
 //     --ring  the minimum ring sizes of each client's channel (default 0: v4's in-page rings)
-const { fork } = require('node:child_process');
-const { once } = require('node:events');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+import { fork } from 'node:child_process';
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
-const { benchOptions, brokerCpu, fmt, median } = require('./stats');
+import { lib } from './common';
+import { benchOptions, brokerCpu, fmtSpread as fmt, median } from './stats';
 
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
 // On real Xen (the rig's dom0: npm run bench:pcid:rig) both processes are in dom0; on the mock the
 // clients' process acts as domain 5.
 const CLIENT_DOMID = process.env.XEN_VCHAN_BACKEND === 'real' ? 0 : 5;
-const x = require(path.join(__dirname, '..'));
+const x = lib();
 
 const argv = process.argv.slice(2);
 const { opt, runs: RUNS, seconds: SECONDS } = benchOptions(argv);
 const SBDF = '0000:00:04.0';
 
+type Kind = 'vchan' | 'uds';
+
+/** What the parent asks: N clients over KIND for SECONDS. */
+interface Job {
+  kind: Kind;
+  n: number;
+  path: string;
+  sock: string;
+  seconds: number;
+}
+
+/** What one job measured (the parent adds its own CPU and the broker's), µs where a time. */
+interface JobResult {
+  rps: number;
+  p50: number;
+  p99: number;
+  n: number;
+  clientCpu: number;
+  serverCpu?: number;
+  brokerCpu?: number;
+}
+
+/** A client as the timed loop uses it. */
+interface Client {
+  isDeviceAssigned(sbdf: string): Promise<unknown>;
+  close(): void;
+}
+
 /** A fake PCI sysfs: pciback with one device bound to it. */
-function fakeSysfs() {
+function fakeSysfs(): string {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'xv-bench-sysfs-'));
   const dev = path.join(root, 'devices', 'pci0000:00', SBDF);
   fs.mkdirSync(dev, { recursive: true });
@@ -48,9 +75,9 @@ function fakeSysfs() {
 // ---------------------------------------------------------------------------------------------
 // The child (domain 5): N clients, each one request at a time for SECONDS; reports latencies.
 
-async function childMain() {
-  process.on('message', async (/** @type {any} */ m) => {
-    const clients = [];
+function childMain(): void {
+  process.on('message', async (m: Job) => {
+    const clients: Client[] = [];
     if (m.kind === 'vchan') {
       for (let i = 0; i < m.n; i++) clients.push(await x.connectPcid({ domid: 0, path: m.path, timeout: 20000 }));
     } else {
@@ -59,13 +86,13 @@ async function childMain() {
         await once(s, 'connect');
         const c = new x.JsonClient(s);
         clients.push({
-          isDeviceAssigned: (sbdf) => c.request({ cmd: 'is_device_assigned', sbdf }),
+          isDeviceAssigned: (sbdf: string) => c.request({ cmd: 'is_device_assigned', sbdf }),
           close: () => s.destroy(),
         });
       }
     }
-    const lat = [];
-    process.send({ start: true });
+    const lat: number[] = [];
+    process.send!({ start: true });
     const cpu0 = process.cpuUsage();
     const until = process.hrtime.bigint() + BigInt(Math.round(m.seconds * 1e9));
     const t0 = process.hrtime.bigint();
@@ -82,8 +109,8 @@ async function childMain() {
     const cpu = process.cpuUsage(cpu0);
     for (const c of clients) c.close();
     lat.sort((p, q) => p - q);
-    const pct = (p) => lat[Math.min(lat.length - 1, Math.floor((lat.length * p) / 100))];
-    process.send({
+    const pct = (p: number) => lat[Math.min(lat.length - 1, Math.floor((lat.length * p) / 100))];
+    process.send!({
       rps: lat.length / elapsed,
       p50: pct(50),
       p99: pct(99),
@@ -91,12 +118,12 @@ async function childMain() {
       clientCpu: (cpu.user + cpu.system) / lat.length,
     });
   });
-  process.send({ ready: true });
+  process.send!({ ready: true });
 }
 
 // ---------------------------------------------------------------------------------------------
 
-async function main() {
+async function main(): Promise<void> {
   const sysfs = fakeSysfs();
   const rel = `data/pcid-bench-${process.pid}`;
   const ring = opt('--ring', 0);
@@ -111,7 +138,7 @@ async function main() {
   // The same protocol code over a Unix socket.
   const sock = path.join(os.tmpdir(), `xv-pcid-bench-${process.pid}.sock`);
   fs.rmSync(sock, { force: true });
-  const drivers = new Map();
+  const drivers = new Map<string, string>();
   const sysfsApi = new x.PciSysfs(sysfs);
   const uds = net.createServer((s) => {
     s.on('error', () => undefined);
@@ -124,12 +151,12 @@ async function main() {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   await once(child, 'message');
-  const ask = async (m) => {
+  const ask = async (m: Job): Promise<JobResult> => {
     child.send(m);
     await once(child, 'message'); // the clients are connected; the timed loop starts
     const cpu0 = process.cpuUsage();
     const broker0 = brokerCpu(x.currentBackend());
-    const [r] = await once(child, 'message');
+    const [r] = (await once(child, 'message')) as [JobResult];
     const cpu = process.cpuUsage(cpu0);
     r.serverCpu = (cpu.user + cpu.system) / r.n;
     const broker1 = brokerCpu(x.currentBackend());
@@ -137,21 +164,21 @@ async function main() {
     return r;
   };
 
-  const results = {};
+  const results: Record<string, JobResult[]> = {};
   for (const n of [1, 50]) {
-    for (const kind of ['vchan', 'uds']) results[`${kind}-${n}`] = [];
+    for (const kind of ['vchan', 'uds'] as const) results[`${kind}-${n}`] = [];
     for (let run = 0; run < RUNS; run++)
-      for (const kind of run % 2 ? ['uds', 'vchan'] : ['vchan', 'uds'])
+      for (const kind of (run % 2 ? ['uds', 'vchan'] : ['vchan', 'uds']) as Kind[])
         // alternate who goes first
         results[`${kind}-${n}`].push(await ask({ kind, n, path: rel, sock, seconds: SECONDS }));
   }
   child.kill();
   uds.close();
-  await new Promise((r) => server.close(r));
+  await new Promise<void>((r) => server.close(() => r()));
   fs.rmSync(sysfs, { recursive: true, force: true });
   fs.rmSync(sock, { force: true });
 
-  const L = [];
+  const L: string[] = [];
   L.push(
     `pcid bench: is_device_assigned, one request at a time per client, ${SECONDS} s per run, median of ${RUNS} runs (spread min-max)`,
   );
@@ -162,14 +189,14 @@ async function main() {
   L.push('| clients | path | requests/s | p50 µs | p99 µs | CPU µs/request: clients | server | broker |');
   L.push('|---|---|---|---|---|---|---|---|');
   for (const n of [1, 50])
-    for (const kind of ['vchan', 'uds']) {
+    for (const kind of ['vchan', 'uds'] as const) {
       const r = results[`${kind}-${n}`];
       // A figure this backend does not have (the broker's on real Xen) is '-'.
-      const col = (k, d = 0) =>
+      const col = (k: keyof JobResult, d = 0) =>
         r.some((v) => v[k] === undefined)
           ? '-'
           : fmt(
-              r.map((v) => v[k]),
+              r.map((v) => v[k] as number),
               d,
             );
       L.push(
@@ -183,7 +210,8 @@ async function main() {
     // Ratios per run (the two measured back to back), then their median and spread.
     const rps = v.map((r, i) => r.rps / u[i].rps);
     const p50 = v.map((r, i) => u[i].p50 / r.p50);
-    const times = (a) => `${median(a).toFixed(2)}x (${Math.min(...a).toFixed(2)}-${Math.max(...a).toFixed(2)})`;
+    const times = (a: number[]) =>
+      `${median(a).toFixed(2)}x (${Math.min(...a).toFixed(2)}-${Math.max(...a).toFixed(2)})`;
     L.push(
       `${n} client${n > 1 ? 's' : ''}: vchan/Unix socket requests/s ${times(rps)}, p50 latency ratio (uds/vchan) ${times(p50)}`,
     );

@@ -1,5 +1,3 @@
-#!/usr/bin/env node
-'use strict';
 // npm run bench:pvcalls: PVCalls sockets (the Node frontend in one process, acting as domain 5 on
 // the mock, and the Node backend in another, dom0) against a plain VchanStream between the same two
 // domains, side by side in one run:
@@ -15,26 +13,27 @@
 //               backend; vchan: connectMulti to a listening multi-server), p50 over CONNECTS connects
 // Every figure is the median of RUNS runs with the spread (min-max); the ratios are the result.
 //
-//   node bench/pvcalls.js [--quick] [--runs N] [--mib M] [--paths pvcalls-4,vchan,...]
-const { fork } = require('node:child_process');
-const { once } = require('node:events');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+//   npm run bench:pvcalls -- [--quick] [--runs N] [--mib M] [--paths pvcalls-4,vchan,...]
+import { fork } from 'node:child_process';
+import { once } from 'node:events';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import type { Duplex } from 'node:stream';
 
-const { fmt } = require('./stats');
+import { ackAfter, lib } from './common';
+import { fmtSpread as fmt } from './stats';
 
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
-const x = require(path.join(__dirname, '..'));
+const x = lib();
 
 const argv = process.argv.slice(2);
-const opt = (name, def) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : def);
+const opt = (name: string, def: number) => (argv.includes(name) ? Number(argv[argv.indexOf(name) + 1]) : def);
 const QUICK = argv.includes('--quick');
 const RUNS = opt('--runs', QUICK ? 3 : 5);
 const MIB = opt('--mib', QUICK ? 32 : 128);
 const CONNECTS = QUICK ? 50 : 200;
 const PATHS = ['pvcalls-4', 'pvcalls-5', 'vchan', 'vchan-tcp'];
-const paths = argv.includes('--paths') ? argv[argv.indexOf('--paths') + 1].split(',') : PATHS;
+const paths = argv.includes('--paths') ? (argv[argv.indexOf('--paths') + 1] ?? '').split(',') : PATHS;
 for (const p of paths) if (!PATHS.includes(p)) throw new RangeError(`--paths: ${p} is not one of ${PATHS.join(', ')}`);
 /** PVCalls device number, ring order. */
 const DEVICES = [
@@ -43,19 +42,24 @@ const DEVICES = [
 ];
 const DOMU = 5;
 
+/** Where the child's sockets go: a PVCalls device's frontend to PORT, or a vchan multi-server at PATH. */
+type Target = { kind: 'pvcalls'; port: number; dev: number } | { kind: 'vchan'; path: string };
+/** What the parent asks. */
+type Job = ({ op: 'throughput'; n: number } & Target) | ({ op: 'connect' } & Target) | { op: 'end' };
+
 // --- the child: domain 5, the frontend and the vchan client ------------------------------------
 
-async function childMain() {
+async function childMain(): Promise<void> {
   const fes = await Promise.all(
     DEVICES.map((d) => x.connectPvcalls({ timeout: 20000, dev: d.dev, ringOrder: d.order })),
   );
   const block = Buffer.alloc(1 << 20, 7);
   /** Sends MIB MiB on S, then waits for the sink's one-byte acknowledgement. */
-  const blast = (s) =>
-    new Promise((resolve, reject) => {
+  const blast = (s: Duplex) =>
+    new Promise<void>((resolve, reject) => {
       let left = MIB;
       s.once('error', reject);
-      s.once('data', () => resolve(undefined));
+      s.once('data', () => resolve());
       const pump = () => {
         while (left > 0) {
           left--;
@@ -64,7 +68,7 @@ async function childMain() {
       };
       pump();
     });
-  const open = async (m) => {
+  const open = async (m: Target): Promise<Duplex> => {
     if (m.kind === 'pvcalls') {
       const s = fes[m.dev].createConnection({ host: '127.0.0.1', port: m.port });
       await once(s, 'connect');
@@ -72,21 +76,22 @@ async function childMain() {
     }
     return x.connectMulti({ domid: 0, path: m.path, timeout: 20000 });
   };
-  const close = async (s) => {
+  const close = async (s: Duplex) => {
     s.destroy();
-    if (s.released) await s.released;
+    // A PVCalls socket is gone once the backend has released it; a vchan once it has closed.
+    if (s instanceof x.PvcallsSocket) await s.released;
     else if (!s.closed) await once(s, 'close');
   };
-  process.on('message', async (/** @type {any} */ m) => {
+  process.on('message', async (m: Job) => {
     if (m.op === 'throughput') {
       const socks = await Promise.all(Array.from({ length: m.n }, () => open(m)));
       const t0 = process.hrtime.bigint();
       await Promise.all(socks.map(blast));
       const secs = Number(process.hrtime.bigint() - t0) / 1e9;
       await Promise.all(socks.map(close));
-      process.send({ mibps: (MIB * m.n) / secs });
+      process.send!({ mibps: (MIB * m.n) / secs });
     } else if (m.op === 'connect') {
-      const lat = [];
+      const lat: number[] = [];
       for (let i = 0; i < CONNECTS; i++) {
         const t0 = process.hrtime.bigint();
         const s = await open(m);
@@ -94,35 +99,28 @@ async function childMain() {
         await close(s);
       }
       lat.sort((a, b) => a - b);
-      process.send({ p50: lat[Math.floor(lat.length / 2)] });
+      process.send!({ p50: lat[Math.floor(lat.length / 2)] });
     } else if (m.op === 'end') {
       for (const fe of fes) await fe.close();
       process.exit(0);
     }
   });
-  process.send({ ready: true });
+  process.send!({ ready: true });
 }
 
 // --- the parent: dom0, the backend, the TCP sink and the vchan server -----------------------------
 
-/** Counts MIB * n MiB per connection, then answers one byte: the sender's clock stops there. */
-function sink(s) {
-  let got = 0;
-  s.on('data', (d) => {
-    got += d.length;
-    if (got === MIB << 20) s.write('k');
-  });
-  s.on('error', () => undefined);
-}
+/** Each connection counts MIB MiB, then answers one byte: the sender's clock stops there. */
+const sink = ackAfter(MIB << 20);
 
-async function main() {
+async function main(): Promise<void> {
   const xs = new x.Xenstore();
   if (x.currentBackend() === 'mock') x.mockIntroduceDomain(DOMU);
   for (const d of DEVICES) await x.createPvcallsDevice(xs, { frontend: DOMU, backend: 0, dev: d.dev });
   const be = await x.createPvcallsBackend({ maxRingOrder: 5 });
   const tcp = net.createServer(sink).listen(0, '127.0.0.1');
   await once(tcp, 'listening');
-  const port = /** @type {net.AddressInfo} */ (tcp.address()).port;
+  const port = (tcp.address() as net.AddressInfo).port;
   const vpath = `data/pvcalls-bench-${process.pid}`;
   // A multi-server: one channel per client, as many at once as PVCalls has sockets.
   const vserver = x.createMultiServer({ domid: DOMU, path: vpath, readMin: 65536, writeMin: 65536 }, sink);
@@ -143,18 +141,18 @@ async function main() {
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
   await once(child, 'message');
-  const ask = async (m) => {
+  const ask = async (m: Job) => {
     child.send(m);
-    const [r] = await once(child, 'message');
+    const [r] = (await once(child, 'message')) as [{ mibps: number; p50: number }];
     return r;
   };
-  const kinds = {
+  const kinds: Record<string, Target> = {
     'pvcalls-4': { kind: 'pvcalls', port, dev: 0 },
     'pvcalls-5': { kind: 'pvcalls', port, dev: 1 },
     vchan: { kind: 'vchan', path: `/local/domain/0/${vpath}` },
     'vchan-tcp': { kind: 'vchan', path: `/local/domain/0/${vpath}-tcp` },
   };
-  const res = {};
+  const res: Record<string, number[]> = {};
   for (let run = 0; run < RUNS; run++)
     for (const k of run % 2 ? [...paths].reverse() : paths) {
       for (const n of [1, 8]) (res[`${k}-tp${n}`] ??= []).push((await ask({ op: 'throughput', n, ...kinds[k] })).mibps);
@@ -169,7 +167,7 @@ async function main() {
   for (const d of DEVICES) await x.removePvcallsDevice(xs, { frontend: DOMU, backend: 0, dev: d.dev });
   xs.close();
 
-  const L = [];
+  const L: string[] = [];
   L.push(
     `pvcalls bench: ${MIB} MiB one way per socket, ${CONNECTS} connects; median of ${RUNS} runs (spread min-max); ` +
       `backend ${x.currentBackend()}, ${os.cpus().length} cpus, Node ${process.version}`,
@@ -177,7 +175,7 @@ async function main() {
   L.push('');
   L.push('| path | 1 socket MiB/s | 8 sockets MiB/s (total) | connect p50 µs |');
   L.push('|---|---|---|---|');
-  const names = {
+  const names: Record<string, string> = {
     'pvcalls-4': 'PVCalls, ring order 4 (32 KiB each way), Node backend, TCP sink',
     'pvcalls-5': 'PVCalls, ring order 5 (64 KiB each way), Node backend, TCP sink',
     vchan: 'VchanStream (multi-server, 64 KiB rings)',
@@ -186,7 +184,7 @@ async function main() {
   for (const k of paths)
     L.push(`| ${names[k]} | ${fmt(res[`${k}-tp1`])} | ${fmt(res[`${k}-tp8`])} | ${fmt(res[`${k}-connect`])} |`);
   L.push('');
-  const ratio = (a, b) => a.map((v, i) => v / b[i]);
+  const ratio = (a: number[], b: number[]) => a.map((v, i) => v / b[i]);
   for (const k of paths.filter((p) => p.startsWith('pvcalls')))
     for (const base of paths.filter((p) => p.startsWith('vchan')))
       L.push(

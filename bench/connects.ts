@@ -1,5 +1,3 @@
-#!/usr/bin/env node
-'use strict';
 // npm run bench:connects: how many connections a second a client can open, use and close, each
 // cycle being connect, one byte echoed, destroy, 'close'. One client in a loop, and 8 at once:
 //   single  createServer / connect(): one channel at a time, offered again after each client
@@ -10,30 +8,52 @@
 // interleaved run by run. CPU per connect is reported for the clients' process, the server's and,
 // on the mock, the broker's (which binds the channels, maps the grants and serves xenstore).
 //
-//   node bench/connects.js [--quick] [--runs N] [--seconds S] [--json]
-const { fork } = require('node:child_process');
-const { once } = require('node:events');
-const fs = require('node:fs');
-const net = require('node:net');
-const os = require('node:os');
-const path = require('node:path');
+//   npm run bench:connects -- [--quick] [--runs N] [--seconds S] [--json]
+import { fork } from 'node:child_process';
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
 
-const { benchOptions, brokerCpu, fmt, median } = require('./stats');
+import { lib } from './common';
+import { benchOptions, brokerCpu, fmtSpread as fmt, median } from './stats';
 
 process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
 const CLIENT_DOMID = process.env.XEN_VCHAN_BACKEND === 'real' ? 0 : 5;
-const x = require(path.join(__dirname, '..'));
+const x = lib();
 
 const argv = process.argv.slice(2);
 const { runs: RUNS, seconds: SECONDS } = benchOptions(argv);
-const KINDS = ['single', 'multi', 'uds'];
+type Kind = 'single' | 'multi' | 'uds';
+const KINDS: Kind[] = ['single', 'multi', 'uds'];
+
+/** What the parent asks: N clients of KIND cycling for SECONDS. */
+interface Job {
+  kind: Kind;
+  n: number;
+  path: string;
+  sock: string;
+  seconds: number;
+}
+
+/** What one job measured (the parent adds its own CPU and the broker's). */
+interface JobResult {
+  n: number;
+  rate: number;
+  p50: number;
+  clientCpu: number;
+  serverCpu?: number;
+  brokerCpu?: number;
+}
 
 // --- the child: the clients -------------------------------------------------------------------
 
 /** One cycle: open, one byte there and back, destroy, closed. Resolves with its time in µs. */
-async function cycle(m) {
+async function cycle(m: Job): Promise<number> {
   const t0 = process.hrtime.bigint();
-  let s;
+  let s: Duplex;
   if (m.kind === 'uds') {
     s = net.connect(m.sock);
     await once(s, 'connect');
@@ -48,12 +68,12 @@ async function cycle(m) {
   return Number(process.hrtime.bigint() - t0) / 1e3;
 }
 
-async function childMain() {
-  process.on('message', async (/** @type {any} */ m) => {
+function childMain(): void {
+  process.on('message', async (m: Job) => {
     // Warm up outside the timed loop, then say "go".
     for (let i = 0; i < 20; i++) await cycle(m);
-    process.send({ started: true });
-    const times = [];
+    process.send!({ started: true });
+    const times: number[] = [];
     const cpu0 = process.cpuUsage();
     const t0 = Date.now();
     const end = t0 + m.seconds * 1000;
@@ -64,22 +84,22 @@ async function childMain() {
     );
     const wall = (Date.now() - t0) / 1000;
     const cpu = process.cpuUsage(cpu0);
-    process.send({
+    process.send!({
       n: times.length,
       rate: times.length / wall,
       p50: median(times),
       clientCpu: (cpu.user + cpu.system) / times.length,
     });
   });
-  process.send({ ready: true });
+  process.send!({ ready: true });
 }
 
 // --- the parent: the servers ------------------------------------------------------------------
 
-async function main() {
-  const echo = (s) => {
+async function main(): Promise<void> {
+  const echo = (s: Duplex) => {
     s.on('error', () => undefined);
-    s.on('data', (d) => s.write(d));
+    s.on('data', (d: Buffer) => s.write(d));
     s.on('end', () => s.end());
   };
   const single = `data/conn-bench-s${process.pid}`;
@@ -103,21 +123,25 @@ async function main() {
   });
   await once(child, 'message');
   const backend = x.currentBackend();
-  const ask = async (m) => {
+  const ask = async (m: Job): Promise<JobResult> => {
     child.send(m);
     await once(child, 'message'); // warmed up; the timed loop starts
     const cpu0 = process.cpuUsage();
     const broker0 = brokerCpu(backend);
-    const [r] = await once(child, 'message');
+    const [r] = (await once(child, 'message')) as [JobResult];
     const cpu = process.cpuUsage(cpu0);
     const broker1 = brokerCpu(backend);
     r.serverCpu = (cpu.user + cpu.system) / r.n;
     if (broker0 !== undefined && broker1 !== undefined) r.brokerCpu = (broker1 - broker0) / r.n;
     return r;
   };
-  const pathOf = { single: `/local/domain/0/${single}`, multi: `/local/domain/0/${multi}`, uds: '' };
+  const pathOf: Record<Kind, string> = {
+    single: `/local/domain/0/${single}`,
+    multi: `/local/domain/0/${multi}`,
+    uds: '',
+  };
 
-  const results = {};
+  const results: Record<string, JobResult[]> = {};
   for (const n of [1, 8]) {
     for (const kind of KINDS) results[`${kind}-${n}`] = [];
     for (let run = 0; run < RUNS; run++) {
@@ -129,14 +153,14 @@ async function main() {
   }
   child.kill();
   uds.close();
-  for (const s of servers) await new Promise((r) => s.close(r));
+  for (const s of servers) await new Promise<void>((r) => s.close(() => r()));
   fs.rmSync(sock, { force: true });
 
   if (argv.includes('--json')) {
     console.log(JSON.stringify({ runs: RUNS, seconds: SECONDS, backend, results }));
     return;
   }
-  const L = [];
+  const L: string[] = [];
   L.push(
     `connects bench: connect, 1 byte echoed, destroy, 'close'; ${SECONDS} s per run, median of ${RUNS} runs (spread min-max)`,
   );
@@ -144,15 +168,19 @@ async function main() {
   L.push('');
   L.push('| clients | kind | connects/s | p50 µs | CPU µs/connect: clients | server | broker |');
   L.push('|---|---|---|---|---|---|---|');
-  const name = { single: 'vchan createServer/connect', multi: 'vchan multi-server/connectMulti', uds: 'Unix socket' };
+  const name: Record<Kind, string> = {
+    single: 'vchan createServer/connect',
+    multi: 'vchan multi-server/connectMulti',
+    uds: 'Unix socket',
+  };
   for (const n of [1, 8])
     for (const kind of KINDS) {
       const r = results[`${kind}-${n}`];
-      const col = (k, d = 0) =>
+      const col = (k: keyof JobResult, d = 0) =>
         r.some((v) => v[k] === undefined)
           ? '-'
           : fmt(
-              r.map((v) => v[k]),
+              r.map((v) => v[k] as number),
               d,
             );
       L.push(
@@ -161,7 +189,7 @@ async function main() {
     }
   L.push('');
   for (const n of [1, 8])
-    for (const kind of ['single', 'multi']) {
+    for (const kind of ['single', 'multi'] as const) {
       const ratios = results[`${kind}-${n}`].map((v, i) => v.rate / results[`uds-${n}`][i].rate);
       L.push(`${n} client${n > 1 ? 's' : ''}: ${name[kind]} / Unix socket connects/s ${fmt(ratios, 3)}x (run by run)`);
     }
