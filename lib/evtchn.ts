@@ -36,22 +36,24 @@ const staticPorts = new Map<string, EventChannel | StaticPortHold>();
 
 /**
  * A static port held for a vchan of this process (lib/vchan/): its channels bind it on the
- * addon's shared handle, so an EventChannel may not bind it meanwhile (EBUSY), except `ev`, the
- * handle its connect() waits on between two attempts.
+ * addon's shared handle, so an EventChannel may not bind it meanwhile (EBUSY). The vchan itself
+ * may, through bindHeldStatic(): its connect() waits on the port between two attempts.
  *
  * @internal
  */
 export class StaticPortHold {
   open = true;
-  ev: EventChannel | undefined;
-  readonly #key: string;
-  constructor(key: string) {
-    this.#key = key;
+  /** The port's key in staticPorts: backend, domain acted as, port. */
+  readonly key: string;
+  readonly port: number;
+  constructor(key: string, port: number) {
+    this.key = key;
+    this.port = port;
   }
   release(): void {
     if (!this.open) return;
     this.open = false;
-    if (staticPorts.get(this.#key) === this) staticPorts.delete(this.#key);
+    if (staticPorts.get(this.key) === this) staticPorts.delete(this.key);
   }
 }
 
@@ -65,7 +67,7 @@ export function holdStaticPort(b: Binding, mockDomid: number | undefined, port: 
   const key = `${b.backend} ${mockDomid ?? 'self'} ${port}`;
   if (staticPorts.get(key)?.open)
     throw systemError('EBUSY', 'ioctl(IOCTL_EVTCHN_BIND_STATIC)', `static port ${port} is in use in this process`);
-  const hold = new StaticPortHold(key);
+  const hold = new StaticPortHold(key, port);
   staticPorts.set(key, hold);
   return hold;
 }
@@ -75,6 +77,13 @@ export function holdStaticPort(b: Binding, mockDomid: number | undefined, port: 
  * binding and native handle behind EV (ERR_XEN_CLOSED once it is closed). Not exported by index.ts.
  */
 export let nativeHandleOf: (ev: EventChannel) => { b: Binding; h: EvtchnHandle };
+
+/**
+ * Within the package only (lib/vchan/static.ts): binds HOLD's port through EV, which must act as
+ * the same domain; the hold stays the port's entry in the registry (EV's unbind() or close() does
+ * not free the port for others: the hold's release() does). Not exported by index.ts.
+ */
+export let bindHeldStatic: (ev: EventChannel, hold: StaticPortHold) => number;
 
 /** Emitted by EventChannel. */
 export interface EventChannelEvents {
@@ -104,6 +113,7 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
 
   static {
     nativeHandleOf = (ev) => ({ b: ev.#b, h: ev.#handle() });
+    bindHeldStatic = (ev, hold) => ev.#bindHeld(hold);
   }
 
   constructor(options: EventChannelOptions = {}) {
@@ -206,12 +216,6 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     const syscall = 'ioctl(IOCTL_EVTCHN_BIND_STATIC)';
     if (holder === this || this.#static.has(port))
       throw systemError('EISCONN', syscall, `static port ${port} is bound through this handle already`);
-    if (holder instanceof StaticPortHold && holder.open && holder.ev === this) {
-      // A vchan's connect() waiting on its own port: the hold stays the registry's entry.
-      const p = this.#bound(this.#b.evtchn.bindStatic(h, port));
-      this.#static.set(port, key);
-      return p;
-    }
     if (holder?.open)
       throw systemError(
         'EBUSY',
@@ -223,6 +227,21 @@ export class EventChannel extends EventEmitter<EventChannelEvents> {
     const p = this.#bound(this.#b.evtchn.bindStatic(h, port));
     staticPorts.set(key, this);
     this.#static.set(port, key);
+    return p;
+  }
+
+  #bindHeld(hold: StaticPortHold): number {
+    const h = this.#handle();
+    if (!hold.open || staticPorts.get(hold.key) !== hold || hold.key !== `${this.#domKey} ${hold.port}`)
+      throw coded('a static port hold that is not current, or of another domain', 'ERR_INTERNAL_ASSERTION');
+    if (this.#static.has(hold.port))
+      throw systemError(
+        'EISCONN',
+        'ioctl(IOCTL_EVTCHN_BIND_STATIC)',
+        `static port ${hold.port} is bound through this handle already`,
+      );
+    const p = this.#bound(this.#b.evtchn.bindStatic(h, hold.port));
+    this.#static.set(p, hold.key);
     return p;
   }
 

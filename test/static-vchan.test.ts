@@ -123,6 +123,26 @@ describe.runIf(mockAddon)('static vchan (no xenstore), on the mock', () => {
       x.connect({ domid: srv, static: { port: 27, ref: 8 }, mockDomid: cli, timeout: 300 }),
     ).rejects.toMatchObject({ code: 'ETIMEDOUT' });
 
+    // A client waiting for its server holds its port and waits on it: an EventChannel of the same
+    // process may not bind it meanwhile (EBUSY); the client attaches when the server comes.
+    const waiting = x.connect({ domid: srv, static: { port: 27, ref: 8 }, mockDomid: cli, timeout: 20_000 });
+    await sleep(100);
+    const evc = new x.EventChannel({ mockDomid: cli });
+    expect(() => evc.bindStatic(27)).toThrow(expect.objectContaining({ code: 'EBUSY' }));
+    const first = x.createServer({ domid: cli, static: st, mockDomid: srv });
+    const accepted = once(first, 'connection');
+    first.listen();
+    const c = await waiting;
+    const [sc] = (await accepted) as [x.VchanStream];
+    c.write('ping');
+    expect(String((await once(sc, 'data'))[0])).toBe('ping');
+    expect(() => evc.bindStatic(27)).toThrow(expect.objectContaining({ code: 'EBUSY' })); // now the channel's
+    c.destroy();
+    await once(c, 'close');
+    expect(evc.bindStatic(27)).toBe(27); // the client has gone: free
+    evc.close();
+    await new Promise((r) => first.close(r));
+
     // A server holds its port: an EventChannel of the same process may not bind it (EBUSY).
     const server = x.createServer({ domid: cli, static: st, mockDomid: srv });
     server.listen();

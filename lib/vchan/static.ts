@@ -7,7 +7,7 @@
 import { once } from 'node:events';
 
 import { abortError, systemError } from '../errors';
-import { EventChannel, holdStaticPort } from '../evtchn';
+import { bindHeldStatic, EventChannel, holdStaticPort } from '../evtchn';
 import { asDomain, type Binding, type VchanHandle } from '../native';
 
 /** connect()'s checked options for a static channel. @internal */
@@ -80,11 +80,8 @@ export async function connectStatic<S extends { once(event: 'close', listener: (
           }
           throw e;
         }
-        if (!ev) {
-          ev = new EventChannel({ backend: b.backend, mockDomid: o.mockDomid });
-          hold.ev = ev;
-        }
-        ev.bindStatic(port);
+        ev ??= new EventChannel({ backend: b.backend, mockDomid: o.mockDomid });
+        bindHeldStatic(ev, hold);
         try {
           await Promise.race([once(ev, 'event'), stop]);
         } finally {
@@ -102,7 +99,6 @@ export async function connectStatic<S extends { once(event: 'close', listener: (
   } finally {
     if (timer) clearTimeout(timer);
     if (onAbort) o.signal?.removeEventListener('abort', onAbort);
-    hold.ev = undefined;
     ev?.close();
   }
 }
