@@ -156,14 +156,21 @@ describe.skipIf(!onMock || !fs.existsSync(peerBin))('a hostile C peer in another
             '-e',
             `require(${JSON.stringify(root)}).connect({ domid: 0, path: ${JSON.stringify(full)}, timeout: 5000 }).then((c) => c.end('good'))`,
           ],
-          { env: { ...process.env, XEN_MOCK_DOMID: '5' }, stdio: 'inherit' },
+          { env: { ...process.env, XEN_MOCK_DOMID: '5' }, stdio: ['ignore', 'inherit', 'pipe'] },
         );
         children.push(good);
+        let goodErr = '';
+        good.stderr!.on('data', (d) => (goodErr += d));
+        const goodExit = new Promise<unknown>((r) => good.once('exit', (code, sig) => r(sig ?? code)));
         const served = () => [...received.values()].includes('good');
         // Node's start-up is slow under the sanitizer job (ASan preloaded): wait for the client to finish.
-        await Promise.race([once(good, 'exit'), sleep(20_000)]);
+        const exited = await Promise.race([goodExit, sleep(20_000).then(() => 'still running')]);
         for (let i = 0; i < 200 && !served(); i++) await sleep(10);
-        expect(served(), `the next client is served (${events.join(', ')})`).toBe(true);
+        expect(
+          served(),
+          `the next client is served (server: ${events.join(', ')}; ${streams.length} connections, received ` +
+            `${JSON.stringify([...received.values()])}; the client exited ${exited}: ${goodErr.slice(-500)})`,
+        ).toBe(true);
         expect(events.filter((e) => e.startsWith('error '))).toEqual([]);
         outcomes[`client ${field} ${when}`] = events.join(', ') || 'no error';
         for (const s of streams) s.destroy();

@@ -6,8 +6,12 @@
  * Reads land in a pool shared by every stream of the process: a chunk handed to the consumer is a
  * view of it, never copied again; an idle stream holds no buffer at all. A pool is replaced when
  * less than MIN_READ is left in it (the old one lives on while chunks of it do).
+ *
+ * 64 KiB, below glibc's mmap threshold (128 KiB): a freed pool's memory goes back to malloc's heap
+ * and the next pool reuses it warm. 256 KiB pools came from mmap (or a heap trimmed back) as fresh
+ * pages, and the receiver paid about twice the page faults (bench/RESULTS.md, 2026-12-07).
  */
-const POOL_SIZE = 256 * 1024;
+const POOL_SIZE = 64 * 1024;
 const MIN_READ = 16 * 1024;
 /** The pool now, and where its free part starts. */
 export const pool = { buf: Buffer.alloc(0), off: 0 };
