@@ -1,9 +1,13 @@
 /** The CLI's argument handling: options, numbers, addresses, and the one way it fails on them. */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 
+import { MAX_DOMID, MAX_RING_SIZE } from '../constants';
 import { USAGE } from './usage';
 
-/** The package's API, loaded when a command first needs it (after `mock` has chosen the backend). */
+/**
+ * The package's API, loaded when a command first needs it: after `mock` and `demo` have chosen
+ * the backend, and after the arguments are checked (a bad one exits before the library loads).
+ */
 export function lib(): typeof import('../index') {
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   return require('../index') as typeof import('../index');
@@ -53,7 +57,6 @@ export function optInt(v: string | undefined, name: string): number | undefined 
  * of two up to MAX_RING_SIZE); else a minimum, 0 to MAX_RING_SIZE, that the ring is rounded up from.
  */
 export function ringSize(v: string, flag: string, exact = false): number {
-  const { MAX_RING_SIZE } = lib();
   const n = Number(v);
   const sizes = `1024, 2048, 4096, ... ${MAX_RING_SIZE} (powers of two)`;
   if (exact) {
@@ -69,7 +72,6 @@ export function ringSize(v: string, flag: string, exact = false): number {
 
 /** A domain id, 0 to MAX_DOMID, from an option or an argument (WHAT names it). */
 export function parseDomid(v: string | undefined, what = '--domid'): number {
-  const { MAX_DOMID } = lib();
   if (v === undefined) fail(`${what} is required: a domain id from 0 to ${MAX_DOMID}`);
   const n = Number(v);
   if (!/^\d+$/.test(v) || n > MAX_DOMID)

@@ -8,13 +8,14 @@ import { commandUsage, USAGE } from './usage';
 /** `xen-vchan mock`. */
 export function cmdMock(args: string[]): void {
   process.env.XEN_VCHAN_BACKEND = process.env.XEN_VCHAN_BACKEND || 'mock';
-  // The broker that belongs with the mock addon this package loads (prebuilt or built here).
-  const broker = mockBrokerPath();
+  // mockBrokerPath(): the broker that belongs with the mock addon this package loads (prebuilt or
+  // built here).
   const [sub, ...rest] = args;
   if (sub === 'env') {
     const o = opts(rest, { domid: { type: 'string' } });
-    const env: Record<string, string> = lib().mockEnv(o.domid === undefined ? undefined : parseDomid(o.domid));
-    env.XEN_MOCK_DIR = env.XEN_MOCK_DIR || spawnSync(broker, ['dir']).stdout?.toString().trim() || '';
+    const domid = o.domid === undefined ? undefined : parseDomid(o.domid);
+    const env: Record<string, string> = lib().mockEnv(domid);
+    env.XEN_MOCK_DIR = env.XEN_MOCK_DIR || spawnSync(mockBrokerPath(), ['dir']).stdout?.toString().trim() || '';
     if (!env.XEN_MOCK_DIR) delete env.XEN_MOCK_DIR;
     for (const [k, v] of Object.entries(env)) process.stdout.write(`export ${k}=${JSON.stringify(v)}\n`);
     return;
@@ -24,7 +25,7 @@ export function cmdMock(args: string[]): void {
     rest.forEach((d) => parseDomid(d, `mock ${sub}: the domain`));
   }
   if (['status', 'reset', 'introduce', 'destroy', 'shutdown'].includes(sub)) {
-    const r = spawnSync(broker, [sub, ...rest], { stdio: 'inherit' });
+    const r = spawnSync(mockBrokerPath(), [sub, ...rest], { stdio: 'inherit' });
     process.exit(r.status ?? 1);
   }
   fail(USAGE);

@@ -67,7 +67,8 @@ async function call(args: string[]): Promise<void> {
   const timeoutArg = str(o.values.timeout, 'timeout');
   const domid = domidArg === undefined ? 0 : parseDomid(domidArg);
   const timeout = timeoutArg === undefined ? 10000 : int(timeoutArg, 'timeout');
-  const c = await lib().connectPcid({ domid, path: str(o.values.path, 'path'), timeout, requestTimeout: timeout });
+  const path = str(o.values.path, 'path');
+  const c = await lib().connectPcid({ domid, path, timeout, requestTimeout: timeout });
   try {
     const reply = await c.call(cmd, req).catch((e: Error & { reply?: Record<string, unknown> }) => {
       if (e.reply) return e.reply;

@@ -17,7 +17,6 @@ export function cmdProxy(args: string[]): void {
   });
   if (o.slots !== undefined)
     fail('--slots is gone: the proxy serves any number of clients at once (--max N bounds them; others wait)');
-  const x = lib();
   const domid = parseDomid(o.domid);
   const base = o.path ?? fail('--path is required');
   const common = { domid, path: base, raw: !!o.raw };
@@ -29,15 +28,16 @@ export function cmdProxy(args: string[]): void {
     const target = sockAddr(o.connect, '--connect');
     const max = o.max === undefined ? undefined : int(o.max, 'max');
     if (max === 0) fail('--max must be at least 1');
-    proxy = x.proxyServe({ ...common, target, maxConnections: max });
+    proxy = lib().proxyServe({ ...common, target, maxConnections: max });
     proxy.on('listening', () =>
       process.stderr.write(`xen-vchan: serving domain ${domid} at ${base}, each client to ${o.connect}\n`),
     );
   } else {
     if (o.connect !== undefined || o.max !== undefined) fail('--connect and --max go with --serve');
-    const connectTimeout =
-      o['connect-timeout'] === undefined ? x.PROXY_CONNECT_TIMEOUT : int(o['connect-timeout'], 'connect-timeout');
-    const listening = x.proxyListen({ ...common, listen: sockAddr(o.listen, '--listen'), connectTimeout });
+    const timeout = o['connect-timeout'] === undefined ? undefined : int(o['connect-timeout'], 'connect-timeout');
+    const listen = sockAddr(o.listen, '--listen');
+    const x = lib();
+    const listening = x.proxyListen({ ...common, listen, connectTimeout: timeout ?? x.PROXY_CONNECT_TIMEOUT });
     proxy = listening;
     // The address bound, so that `--listen tcp:127.0.0.1:0` says which port the kernel chose.
     proxy.on('listening', () => {

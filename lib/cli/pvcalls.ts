@@ -16,8 +16,9 @@ async function serve(args: string[]): Promise<void> {
   });
   const frontends = o.domid?.map((d) => parseDomid(d));
   let be: PvcallsBackend;
+  const { PvcallsBackend: Backend } = lib();
   try {
-    be = new (lib().PvcallsBackend)({
+    be = new Backend({
       frontends,
       maxSockets: optInt(o['max-sockets'], 'max-sockets'),
       maxPendingAccepts: optInt(o['max-pending-accepts'], 'max-pending-accepts'),
@@ -59,10 +60,8 @@ async function connect(args: string[]): Promise<void> {
   const [target] = o.positionals;
   const m = /^(.+):(\d+)$/.exec(target ?? '');
   if (!m || Number(m[2]) > 65535) fail(`pvcalls connect: HOST:PORT, not ${JSON.stringify(target ?? null)}`);
-  const fe = await lib().connectPvcalls({
-    dev: optInt(o.values.dev, 'dev'),
-    timeout: optInt(o.values.timeout, 'timeout'),
-  });
+  const options = { dev: optInt(o.values.dev, 'dev'), timeout: optInt(o.values.timeout, 'timeout') };
+  const fe = await lib().connectPvcalls(options);
   const s = fe.createConnection({ host: m[1], port: Number(m[2]) });
   let failed: Error | null = null;
   s.on('error', (e) => (failed = e));

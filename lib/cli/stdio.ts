@@ -122,12 +122,13 @@ export function cmdListen(args: string[]): void {
   });
   const mode = stdioMode(o);
   if (o.keep && mode.send) fail('--keep serves one client after another: stdin is read once, so add --recv-only');
-  const server = lib().createServer({
+  const options = {
     domid: parseDomid(o.domid),
     path: o.path ?? fail('--path is required'),
     readMin: o['read-min'] === undefined ? undefined : ringSize(o['read-min'], 'read-min'),
     writeMin: o['write-min'] === undefined ? undefined : ringSize(o['write-min'], 'write-min'),
-  });
+  };
+  const server = lib().createServer(options);
   server.on('connection', (s) => {
     if (!o.keep) server.close();
     void carryStdio(s, mode).then(report);
@@ -145,10 +146,11 @@ export async function cmdConnect(args: string[]): Promise<void> {
     ...STDIO_OPTS,
   });
   const mode = stdioMode(o);
-  const s = await lib().connect({
+  const options = {
     domid: parseDomid(o.domid),
     path: o.path ?? fail('--path is required'),
     timeout: o.timeout === undefined ? undefined : int(o.timeout, 'timeout'),
-  });
+  };
+  const s = await lib().connect(options);
   report(await carryStdio(s, mode));
 }
