@@ -146,7 +146,11 @@ export interface VchanBinding {
   /** Attaches to DOMID's channel at RINGREF, binding the static PORT once the page is claimed. */
   clientInitStatic(domid: number, ringRef: number, port: number): VchanHandle;
   close(h: VchanHandle): void;
-  /** Bytes read; 0: nothing yet; -1: the peer is gone and the ring is empty. */
+  /**
+   * Bytes read; 0: nothing yet; -1: the peer is gone and the ring is empty. Asks the peer for no
+   * notification (arm() does, before sleeping); the space is handed back piece by piece as it is
+   * copied (xv_vchan_read).
+   */
   read(h: VchanHandle, target: Uint8Array, offset: number, length: number): number;
   /**
    * The ring's own bytes ready at the read cursor, up to the ring's end, as an external ArrayBuffer

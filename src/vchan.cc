@@ -224,16 +224,16 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
 }
 
 // read(h, target, offset, length) -> bytes read; 0 = nothing yet; -1 = peer gone and ring empty.
+// Asks the peer for no notification (the stream asks through arm() when it finds the ring empty;
+// libxenvchan_read would ask on every read, and every write of the peer would then wake us).
 Napi::Value Read(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Vchan* v = Unwrap<Vchan>(info);
   auto [ptr, len] = BufferRange(info);
   if (v->Corrupt()) ThrowErrno(env, EPROTO, "libxenvchan_read", "the peer's ring index is impossible");
-  int n = libxenvchan_read(v->c_, ptr, len);
-  if (n < 0) {
-    if (errno == EPROTO) ThrowErrno(env, EPROTO, "libxenvchan_read", "the peer's ring index is impossible");
-    return Napi::Number::New(env, -1);
-  }
+  int n = xv_vchan_read(v->c_, ptr, len);
+  if (n < 0) ThrowErrno(env, EPROTO, "libxenvchan_read", "the peer's ring index is impossible");
+  if (n == 0 && len > 0 && !libxenvchan_is_open(v->c_)) return Napi::Number::New(env, -1);
   return Napi::Number::New(env, n);
 }
 

@@ -24,13 +24,25 @@ int xv_vchan_read_view(struct libxenvchan *c, const void **data);
 int xv_vchan_read_consume(struct libxenvchan *c, size_t n);
 
 /*
- * Gathered writes. Copies as much of the COUNT buffers of IOV, in order, as the ring has room for,
- * publishes it with one update of the producer index and notifies the peer once (if it asked to be
- * told of writes). Returns the bytes written: 0 when the ring is full (ask for room first; no
- * notification is requested here), -1 with errno EPROTO when the peer's index is impossible. Does
- * not look at whether the peer is still there (libxenvchan_is_open).
+ * Gathered writes. Copies as much of the COUNT buffers of IOV, in order, as the ring has room for.
+ * A copy of a quarter of the ring or more is published as it goes, in pieces of 1/32 of the ring
+ * (at least 1 KiB), so that a reader already waiting starts on the first piece while the rest is
+ * copied; a smaller one is published whole. The peer is notified only if it asked to be told of
+ * writes: at most once per piece, and once in all when it does not ask again meanwhile. Returns the bytes written: 0
+ * when the ring is full (ask for room first; no notification is requested here), -1 with errno EPROTO when the peer's
+ * index is impossible. Does not look at whether the peer is still there (libxenvchan_is_open).
  */
 int xv_vchan_writev(struct libxenvchan *c, const struct iovec *iov, int count);
+
+/*
+ * Reads up to SIZE bytes into DATA, as libxenvchan_read of a non-blocking channel, with two
+ * differences: it asks the peer for no notification (call libxenvchan_data_ready before sleeping
+ * on the descriptor), and it hands the space back in pieces as it copies (as xv_vchan_writev
+ * publishes), so that a writer waiting for room starts while the rest is copied. Returns the bytes read, 0 when
+ * nothing is ready (the peer may be gone: see libxenvchan_is_open), -1 with errno EPROTO when the
+ * peer's index is impossible.
+ */
+int xv_vchan_read(struct libxenvchan *c, void *data, size_t size);
 
 /*
  * Bits of cli_notify the protocol does not use (it defines 1 and 2, and Xen's libxenvchan only

@@ -262,30 +262,87 @@ VCHAN_EXPORT int xv_vchan_read_consume(struct libxenvchan *c, size_t n)
     return 0;
 }
 
+/*
+ * A copy of a quarter of the ring or more (the two ends would take turns: one copies while the
+ * other waits) is made in pieces of 1/32 of the ring (at least 1 KiB), each published as soon as
+ * it is copied, so that a peer waiting on the ring starts on the first piece while we copy the
+ * next: the two copies overlap. At a 64 KiB ring with 64 KiB writes (bench/, issue 26) this about
+ * doubled a copying reader's throughput and cut both ends' CPU per GB; 4 KiB pieces overlapped no
+ * better than none. A smaller copy is published whole: the ends already overlap, and pieces would
+ * only cut the reader's chunks (at a 1 MiB ring they cost 'data' and view readers 10-30 %). The
+ * peer is still told only what it asked for (send_notify).
+ */
+static uint32_t piece_for(const struct libxenvchan_ring *r, uint32_t n)
+{
+    uint32_t size = ring_size(r), p = size / 32;
+    if (n < size / 4)
+        return n;
+    return p < 1024 ? 1024 : p;
+}
+
 VCHAN_EXPORT int xv_vchan_writev(struct libxenvchan *c, const struct iovec *iov, int count)
 {
     int64_t space = raw_space(c);
     if (space < 0)
         return fail(EPROTO);
     struct vchan *v = V(c);
-    uint32_t size = ring_size(&c->write), total = 0;
+    uint64_t want = 0;
+    for (int i = 0; i < count && want < (uint64_t)space; i++)
+        want += iov[i].iov_len;
+    uint32_t size = ring_size(&c->write), total = 0, shown = 0;
+    uint32_t piece = piece_for(&c->write, want < (uint64_t)space ? (uint32_t)want : (uint32_t)space);
     for (int i = 0; i < count && total < (uint64_t)space; i++) {
         uint32_t left = (uint32_t)space - total;
         uint32_t n = iov[i].iov_len < left ? (uint32_t)iov[i].iov_len : left;
-        uint32_t off = (v->wr_prod + total) & (size - 1);
-        uint32_t first = n < size - off ? n : size - off;
-        memcpy((char *)c->write.buffer + off, iov[i].iov_base, first);
-        if (n > first)
-            memcpy(c->write.buffer, (const char *)iov[i].iov_base + first, n - first);
-        total += n;
+        const char *src = iov[i].iov_base;
+        while (n > 0) {
+            uint32_t k = n < piece ? n : piece;
+            uint32_t off = (v->wr_prod + total) & (size - 1);
+            uint32_t first = k < size - off ? k : size - off;
+            memcpy((char *)c->write.buffer + off, src, first);
+            if (k > first)
+                memcpy(c->write.buffer, src + first, k - first);
+            total += k;
+            src += k;
+            n -= k;
+            if (total - shown >= piece && total < (uint64_t)space) {
+                shown = total;
+                __atomic_store_n(&c->write.shr->prod, v->wr_prod + total, __ATOMIC_RELEASE);
+                send_notify(c, VCHAN_NOTIFY_WRITE);
+            }
+        }
     }
     if (total == 0)
         return 0;
-    /* Published once, told once: the peer sees every chunk at the same moment. */
     v->wr_prod += total;
     __atomic_store_n(&c->write.shr->prod, v->wr_prod, __ATOMIC_RELEASE);
     send_notify(c, VCHAN_NOTIFY_WRITE);
     return (int)total;
+}
+
+VCHAN_EXPORT int xv_vchan_read(struct libxenvchan *c, void *data, size_t size)
+{
+    int64_t ready = raw_ready(c);
+    if (ready < 0)
+        return fail(EPROTO);
+    struct vchan *v = V(c);
+    uint32_t rsize = ring_size(&c->read), done = 0;
+    uint32_t n = size < (uint64_t)ready ? (uint32_t)size : (uint32_t)ready;
+    uint32_t piece = piece_for(&c->read, n);
+    while (done < n) {
+        uint32_t k = n - done < piece ? n - done : piece;
+        uint32_t off = v->rd_cons & (rsize - 1);
+        uint32_t first = k < rsize - off ? k : rsize - off;
+        memcpy((char *)data + done, (const char *)c->read.buffer + off, first);
+        if (k > first)
+            memcpy((char *)data + done + first, c->read.buffer, k - first);
+        done += k;
+        /* Our reads of these bytes are done before the peer may reuse them (release ordering). */
+        v->rd_cons += k;
+        __atomic_store_n(&c->read.shr->cons, v->rd_cons, __ATOMIC_RELEASE);
+        send_notify(c, VCHAN_NOTIFY_READ);
+    }
+    return (int)n;
 }
 
 VCHAN_EXPORT int libxenvchan_read(struct libxenvchan *c, void *data, size_t size)

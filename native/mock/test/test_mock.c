@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <setjmp.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -23,6 +24,7 @@
 #include <xenstore.h>
 
 #include <xv_protocol.h>
+#include <xv_vchan.h>
 #include "harness.h"
 #include "../include/xenmock_proto.h"
 
@@ -713,6 +715,129 @@ static void test_vchan_permissions_and_hostile(void)
     }
 }
 
+/* The copy in progress meets a page it may not touch: the handler notes the shared index at that
+ * moment and jumps out of the copy. */
+static sigjmp_buf piece_jmp;
+static const uint32_t *piece_index;
+static volatile uint32_t piece_seen;
+static void piece_fault(int sig)
+{
+    (void)sig;
+    piece_seen = __atomic_load_n(piece_index, __ATOMIC_ACQUIRE);
+    siglongjmp(piece_jmp, 1);
+}
+
+/* Copies SIZE bytes with xv_vchan_writev (WRITE) or xv_vchan_read from or to a buffer whose page
+ * at FAULT_AT is inaccessible. Returns the shared index (the writer's prod or the reader's cons)
+ * when the copy reached that page, relative to its value before, or -1 if it never did. */
+static int64_t index_at_fault(struct libxenvchan *c, int write, size_t size, size_t fault_at)
+{
+    uint8_t *buf = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (buf == MAP_FAILED)
+        return -1;
+    memset(buf, 0x5a, size);
+    mprotect(buf + fault_at, 4096, PROT_NONE);
+    piece_index = write ? &c->write.shr->prod : &c->read.shr->cons;
+    uint32_t before = __atomic_load_n(piece_index, __ATOMIC_ACQUIRE);
+    struct sigaction sa = {.sa_handler = piece_fault}, old;
+    sigaction(SIGSEGV, &sa, &old);
+    int64_t r = -1;
+    if (sigsetjmp(piece_jmp, 1) == 0) {
+        struct iovec iov = {buf, size};
+        if (write)
+            xv_vchan_writev(c, &iov, 1);
+        else
+            xv_vchan_read(c, buf, size);
+    } else {
+        r = (int64_t)(uint32_t)(piece_seen - before);
+    }
+    sigaction(SIGSEGV, &old, NULL);
+    munmap(buf, size);
+    return r;
+}
+
+static void test_vchan_pieces(void)
+{
+    TEST("vchan: our writev and read hand a quarter of the ring or more over in pieces of 1/32 of it")
+    {
+        as(0);
+        struct libxenvchan *srv = libxenvchan_server_init(NULL, 5, "data/vchan/5/pieces", 65536, 65536);
+        as(5);
+        struct libxenvchan *cli = libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/pieces");
+        as(0);
+        CHECK(srv && cli);
+        if (srv && cli) {
+            CHECK(srv->write.order == 16 && cli->read.order == 16);
+            cli->blocking = 0;
+            srv->blocking = 0;
+            /* The client waits for data: the first 2 KiB piece tells it, the rest does not again. */
+            while (next_event(cli->event, 0) >= 0)
+                xenevtchn_unmask(cli->event, cli->event_port);
+            CHECK(libxenvchan_data_ready(cli) == 0);
+            /* A copy of less than a quarter of the ring is published whole, when it is done. */
+            CHECK(index_at_fault(srv, 1, 8192, 4096) == 0);
+            CHECK(libxenvchan_data_ready(cli) == 0);
+            /* A larger one reaches its 17th piece: the first 16 (32 KiB) are published. */
+            CHECK(index_at_fault(srv, 1, 65536, 32768) == 32768);
+            CHECK(libxenvchan_data_ready(cli) == 32768);
+            CHECK(next_event(cli->event, 1000) == (int)cli->event_port);
+            xenevtchn_unmask(cli->event, cli->event_port);
+            /* The reader's copy of those 32 KiB reaches its third piece: the first two are handed back. */
+            CHECK(index_at_fault(cli, 0, 32768, 4096) == 4096);
+        }
+        if (cli) {
+            as(5);
+            libxenvchan_close(cli);
+            as(0);
+        }
+        if (srv)
+            libxenvchan_close(srv);
+    }
+    TEST("vchan: pieces keep the data whole across the ring's end, gathered and read in odd amounts")
+    {
+        as(0);
+        struct libxenvchan *srv = libxenvchan_server_init(NULL, 5, "data/vchan/5/pieces2", 4096, 4096);
+        as(5);
+        struct libxenvchan *cli = libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/pieces2");
+        as(0);
+        CHECK(srv && cli);
+        if (srv && cli) {
+            cli->blocking = 0;
+            static uint8_t out[16384], in[16384];
+            for (size_t i = 0; i < sizeof(out); i++)
+                out[i] = (uint8_t)(i * 131 + (i >> 8));
+            uint32_t size = 1u << srv->write.order;
+            size_t sent = 0, got = 0;
+            int events = 0;
+            /* Odd amounts, so that pieces start anywhere and cross the end of the ring. */
+            for (int round = 0; got < sizeof(in) && round < 10000; round++) {
+                while (next_event(cli->event, 0) >= 0) {
+                    events++;
+                    xenevtchn_unmask(cli->event, cli->event_port);
+                }
+                libxenvchan_data_ready(cli);
+                size_t want = sizeof(out) - sent < 3001 ? sizeof(out) - sent : 3001;
+                struct iovec iov[2] = {{out + sent, want / 3}, {out + sent + want / 3, want - want / 3}};
+                int w = want ? xv_vchan_writev(srv, iov, 2) : 0;
+                CHECK(w >= 0 && (uint32_t)w <= size);
+                sent += w > 0 ? (size_t)w : 0;
+                int r = xv_vchan_read(cli, in + got, 1777);
+                CHECK(r >= 0);
+                got += r > 0 ? (size_t)r : 0;
+            }
+            CHECK(got == sizeof(in) && memcmp(in, out, sizeof(in)) == 0);
+            CHECK(events > 0);
+        }
+        if (cli) {
+            as(5);
+            libxenvchan_close(cli);
+            as(0);
+        }
+        if (srv)
+            libxenvchan_close(srv);
+    }
+}
+
 static void test_destroy(void)
 {
     TEST("destroying a domain: no unmap notification, no event, peers unbound, @releaseDomain")
@@ -838,6 +963,7 @@ int main(void)
     test_grants();
     test_xenstore();
     test_vchan_permissions_and_hostile();
+    test_vchan_pieces();
     test_destroy();
     test_no_leaks();
     xs_close(keep);
