@@ -756,20 +756,40 @@ static int64_t index_at_fault(struct libxenvchan *c, int write, size_t size, siz
     return r;
 }
 
+/* A server in dom0 at NODE and its client in domain 5, rings of SIZE bytes each way. */
+static int vchan_pair(const char *node, size_t size, struct libxenvchan **srv, struct libxenvchan **cli)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "/local/domain/0/%s", node);
+    as(0);
+    *srv = libxenvchan_server_init(NULL, 5, node, size, size);
+    as(5);
+    *cli = *srv ? libxenvchan_client_init(NULL, 0, path) : NULL;
+    as(0);
+    if (*cli)
+        (*cli)->blocking = 0;
+    return *srv && *cli;
+}
+
+static void vchan_pair_close(struct libxenvchan *srv, struct libxenvchan *cli)
+{
+    if (cli) {
+        as(5);
+        libxenvchan_close(cli);
+        as(0);
+    }
+    if (srv)
+        libxenvchan_close(srv);
+}
+
 static void test_vchan_pieces(void)
 {
     TEST("vchan: our writev and read hand a quarter of the ring or more over in pieces of 1/32 of it")
     {
-        as(0);
-        struct libxenvchan *srv = libxenvchan_server_init(NULL, 5, "data/vchan/5/pieces", 65536, 65536);
-        as(5);
-        struct libxenvchan *cli = libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/pieces");
-        as(0);
-        CHECK(srv && cli);
+        struct libxenvchan *srv, *cli;
+        CHECK(vchan_pair("data/vchan/5/pieces", 65536, &srv, &cli));
         if (srv && cli) {
             CHECK(srv->write.order == 16 && cli->read.order == 16);
-            cli->blocking = 0;
-            srv->blocking = 0;
             /* The client waits for data: the first 2 KiB piece tells it, the rest does not again. */
             while (next_event(cli->event, 0) >= 0)
                 xenevtchn_unmask(cli->event, cli->event_port);
@@ -785,24 +805,13 @@ static void test_vchan_pieces(void)
             /* The reader's copy of those 32 KiB reaches its third piece: the first two are handed back. */
             CHECK(index_at_fault(cli, 0, 32768, 4096) == 4096);
         }
-        if (cli) {
-            as(5);
-            libxenvchan_close(cli);
-            as(0);
-        }
-        if (srv)
-            libxenvchan_close(srv);
+        vchan_pair_close(srv, cli);
     }
     TEST("vchan: pieces keep the data whole across the ring's end, gathered and read in odd amounts")
     {
-        as(0);
-        struct libxenvchan *srv = libxenvchan_server_init(NULL, 5, "data/vchan/5/pieces2", 4096, 4096);
-        as(5);
-        struct libxenvchan *cli = libxenvchan_client_init(NULL, 0, "/local/domain/0/data/vchan/5/pieces2");
-        as(0);
-        CHECK(srv && cli);
+        struct libxenvchan *srv, *cli;
+        CHECK(vchan_pair("data/vchan/5/pieces2", 4096, &srv, &cli));
         if (srv && cli) {
-            cli->blocking = 0;
             static uint8_t out[16384], in[16384];
             for (size_t i = 0; i < sizeof(out); i++)
                 out[i] = (uint8_t)(i * 131 + (i >> 8));
@@ -828,13 +837,7 @@ static void test_vchan_pieces(void)
             CHECK(got == sizeof(in) && memcmp(in, out, sizeof(in)) == 0);
             CHECK(events > 0);
         }
-        if (cli) {
-            as(5);
-            libxenvchan_close(cli);
-            as(0);
-        }
-        if (srv)
-            libxenvchan_close(srv);
+        vchan_pair_close(srv, cli);
     }
 }
 
