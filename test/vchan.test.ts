@@ -706,6 +706,44 @@ describe('VchanStream', () => {
     }
   });
 
+  it('a gathered write left waiting for room keeps its bytes while another stream gathers (the gathering buffer is shared)', async () => {
+    const a = await pair(4096, 4096);
+    const b = await pair(4096, 4096);
+    const native = binding().vchan;
+    const writev = native.writev;
+    const sizes: number[][] = [];
+    native.writev = (h, chunks, offset) => (sizes.push(chunks.map((x) => x.byteLength)), writev(h, chunks, offset));
+    try {
+      const received = (c: VchanStream, total: number) =>
+        new Promise<Buffer>((resolve) => {
+          const got: Buffer[] = [];
+          let n = 0;
+          c.on('data', (d: Buffer) => {
+            got.push(d);
+            if ((n += d.length) >= total) resolve(Buffer.concat(got));
+          });
+        });
+      const gotA = received(a.c, 200 * 64);
+      const gotB = received(b.c, 200 * 64);
+      // Three rings' worth each, gathered at uncork(): A's ring takes 4 KiB and the rest waits; B
+      // then gathers its own bytes, in the same tick, before A's peer has read anything.
+      for (const [s, byte] of [
+        [a.s, 0xa1],
+        [b.s, 0xb2],
+      ] as const) {
+        s.cork();
+        for (let i = 0; i < 200; i++) s.write(Buffer.alloc(64, byte));
+        s.uncork();
+      }
+      expect(sizes.slice(0, 2)).toEqual([[200 * 64], [200 * 64]]);
+      expect(a.s.ringState()!.writeWaiting).toBeGreaterThan(0);
+      expect((await gotA).equals(Buffer.alloc(200 * 64, 0xa1))).toBe(true);
+      expect((await gotB).equals(Buffer.alloc(200 * 64, 0xb2))).toBe(true);
+    } finally {
+      native.writev = writev;
+    }
+  });
+
   describe('onread with view: the ring itself, zero copy', () => {
     it('every byte arrives through views of the ring, wrapped data as two calls; a view kept is detached', async () => {
       const lengths: number[] = [];

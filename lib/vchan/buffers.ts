@@ -32,10 +32,19 @@ export function poolTake(n: number): Buffer {
   return chunk;
 }
 
+/*
+ * Small writes are gathered into one buffer for the whole process, reused by every gathering: a
+ * fresh buffer per gathering (16 KiB at Writable's default highWaterMark) cost its malloc, its page
+ * faults and a garbage collection to give it back. It is lent for one native call only: a stream
+ * copies out what the ring did not take of it before that call returns (unshare).
+ */
+const SCRATCH_SIZE = 64 * 1024;
+let scratch: Buffer | null = null;
+
 /**
  * Writable's queue as the chunks for one native writev. Small chunks are copied into one buffer
  * first: handing the addon an array costs about 150 ns per element (reading and checking each
- * chunk through N-API), copying a 64-byte chunk in JavaScript about 10, so a burst of small
+ * chunk through N-API), copying a 64-byte chunk in JavaScript about 20, so a burst of small
  * writes is cheaper as one chunk. Large chunks go as they are (the copy would cost more).
  */
 const GATHER_BELOW = 1024; // average chunk size, bytes
@@ -44,14 +53,21 @@ export function gather(queue: { chunk: Buffer }[]): Uint8Array[] {
   let total = 0;
   for (let i = 0; i < count; i++) total += queue[i].chunk.byteLength;
   if (count < 4 || total >= GATHER_BELOW * count) return queue.map((c) => c.chunk);
-  const buf = Buffer.allocUnsafe(total);
+  const buf =
+    total <= SCRATCH_SIZE
+      ? (scratch ??= Buffer.allocUnsafeSlow(SCRATCH_SIZE)).subarray(0, total)
+      : Buffer.allocUnsafe(total);
   let off = 0;
-  for (let i = 0; i < count; i++) {
-    const c = queue[i].chunk;
-    buf.set(c, off);
-    off += c.byteLength;
-  }
+  for (let i = 0; i < count; i++) off += queue[i].chunk.copy(buf, off);
   return [buf];
+}
+
+/** Copies what is left of P's gathered chunk out of the shared buffer, if it is in it. */
+export function unshare(p: PendingWrite): void {
+  const c = p.chunks[0];
+  if (scratch === null || c.buffer !== scratch.buffer) return;
+  p.chunks[0] = Buffer.from(c.subarray(p.offset));
+  p.offset = 0;
 }
 
 /** A write waiting for ring space: what is left of its chunks (from OFFSET into the first). */

@@ -6,7 +6,7 @@ import { checkInt, coded, invalidArgType, systemError } from '../errors';
 import { onDomainGone } from '../domains';
 import { LiveState } from '../constants';
 import { type Binding, unpackArm, type VchanHandle } from '../native';
-import { advance, gather, pool, poolRoom, poolTake, type PendingWrite } from './buffers';
+import { advance, gather, pool, poolRoom, poolTake, type PendingWrite, unshare } from './buffers';
 import { IdleTimer } from './idle';
 import { readOnread, type VchanOnread } from './onread';
 import type { VchanInfo, VchanRingState, VchanStreamOptions } from './options';
@@ -202,8 +202,10 @@ export class VchanStream extends Duplex {
 
   /** @internal Node's stream hook. */
   override _writev(chunks: { chunk: Buffer }[], cb: (err?: Error | null) => void): void {
-    this.#pending = { chunks: gather(chunks), offset: 0, cb };
+    const p: PendingWrite = { chunks: gather(chunks), offset: 0, cb };
+    this.#pending = p;
     this.#pumpWriteSafe(true);
+    if (this.#pending === p) unshare(p); // the gathered buffer is lent for this call alone
   }
 
   /** @internal Node's stream hook. */
