@@ -42,6 +42,15 @@ int xenevtchn_restrict(xenevtchn_handle *xce, domid_t domid);
 #define XENMOCK_HAVE_BIND_STATIC 1
 xenevtchn_port_or_error_t xenevtchn_bind_static(xenevtchn_handle *xce, evtchn_port_t port);
 
+/* Mock only: takes up to MAX pending ports into PORTS (each masked, as xenevtchn_pending() leaves
+ * it) and returns how many, 0 when none is pending; never blocks, whatever the descriptor's mode.
+ * A return below MAX means nothing else was pending when it looked: a caller need not call again
+ * to hear EAGAIN, and xenevtchn_fd() polls readable again for anything that comes later. -1 with
+ * errno on failure. On Linux the addon reads /dev/xen/evtchn, which hands over every queued port
+ * in one read, instead. */
+#define XENMOCK_HAVE_PENDING_MANY 1
+int xenmock_evtchn_pending_many(xenevtchn_handle *xce, evtchn_port_t *ports, unsigned int max);
+
 #ifdef __cplusplus
 }
 #endif

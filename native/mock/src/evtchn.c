@@ -178,10 +178,13 @@ static char *map_link(int memfd)
     return m == MAP_FAILED ? NULL : m;
 }
 
-/* Our end's eventfd of L, watched from now on (level-triggered: one already written is seen). */
+/* Our end's eventfd of L, watched from now on. Edge-triggered: every write the peer makes is one
+ * report, so the count is never read back (a system call per wake-up saved; the peer writes once
+ * per event that finds its bit clear, so the counter cannot come near its limit), and one written
+ * before it is watched is reported too, as epoll reports a descriptor ready when it is added. */
 static int link_watch(xenevtchn_handle *h, struct link *l, int wakefd)
 {
-    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = l};
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.ptr = l};
     if (epoll_ctl(h->ep, EPOLL_CTL_ADD, wakefd, &ev) < 0) {
         close(wakefd);
         return -1;
@@ -675,6 +678,24 @@ static struct slot *any_unmasked(xenevtchn_handle *h, uint32_t *port)
     return NULL;
 }
 
+/* What a look at the epoll set found (N events in EV): each link's bits taken (its eventfd is
+ * edge-triggered: see link_watch), then our own eventfd drained and its bits taken. Links first:
+ * fetching the list (our own eventfd) may release one an event names. */
+static void absorb(xenevtchn_handle *h, struct epoll_event *ev, int n)
+{
+    bool own = false;
+    for (int i = 0; i < n; i++) {
+        struct link *l = ev[i].data.ptr;
+        if (!l) {
+            own = true;
+        } else if (l->mem && l->wake >= 0) {
+            take(h, bits_at(l, l->end), l);
+        }
+    }
+    if (own)
+        take_own(h);
+}
+
 XM_EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
 {
     pthread_mutex_lock(&h->lock);
@@ -732,20 +753,51 @@ XM_EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
             return -1;
         }
         woke = true;
-        /* Links first: fetching the list (our own eventfd) may release one an event names. */
-        bool own = false;
-        for (int i = 0; i < n; i++) {
-            struct link *l = ev[i].data.ptr;
-            if (!l) {
-                own = true;
-            } else if (l->mem && l->wake >= 0) {
-                drain_fd(l->wake);
-                take(h, bits_at(l, l->end), l);
-            }
-        }
-        if (own)
-            take_own(h);
+        absorb(h, ev, n);
     }
+}
+
+/* Mock only: see xenevtchn.h. One look at the links per call (another only while each look fills
+ * its list), no write to our own eventfd per port taken, and never a block: what the single-port
+ * call costs per port (a poll, an eventfd write, and a last poll that hears nothing) it costs per
+ * wake-up. */
+XM_EXPORT int xenmock_evtchn_pending_many(xenevtchn_handle *h, evtchn_port_t *ports, unsigned int max)
+{
+    pthread_mutex_lock(&h->lock);
+    unsigned int got = 0;
+    bool look = true;
+    while (got < max) {
+        if (h->qlen > 0) {
+            uint32_t port = h->queue[h->qhead];
+            h->qhead = (h->qhead + 1) % h->qcap;
+            h->qlen--;
+            if (slot_of(h, port))
+                ports[got++] = port; /* else unbound since it was taken */
+            continue;
+        }
+        if (!look)
+            break;
+        struct epoll_event ev[16];
+        int n = epoll_wait(h->ep, ev, 16, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            pthread_mutex_unlock(&h->lock);
+            errno = e;
+            return got > 0 ? (int)got : -1;
+        }
+        /* A full list may have left some out: look again once these are handed over. */
+        look = n == 16;
+        absorb(h, ev, n);
+    }
+    /* As xenevtchn_pending(): the descriptor stays readable exactly while ports wait. */
+    if (h->qlen == 0 && own_stirred(h))
+        take_own(h);
+    if (h->qlen > 0)
+        wake_self(h);
+    pthread_mutex_unlock(&h->lock);
+    return (int)got;
 }
 
 XM_EXPORT int xenevtchn_unmask(xenevtchn_handle *h, evtchn_port_t port)

@@ -214,6 +214,117 @@ static void test_evtchn(void)
     }
 }
 
+/* Whether H's descriptor polls readable within MS milliseconds. */
+static bool readable(xenevtchn_handle *h, int ms)
+{
+    struct pollfd p = {.fd = xenevtchn_fd(h), .events = POLLIN};
+    return poll(&p, 1, ms) == 1;
+}
+
+static void test_evtchn_pending_many(void)
+{
+    TEST("event channels: many pending ports taken at once")
+    {
+        /* Ports of 20 handles in domain 0, so 20 links, more than one look at them returns. */
+        enum { N = 40, H = 20 };
+        xenevtchn_handle *ah[H];
+        as(0);
+        for (int i = 0; i < H; i++)
+            CHECK((ah[i] = xenevtchn_open(NULL, 0)) != NULL);
+        as(5);
+        xenevtchn_handle *b = xenevtchn_open(NULL, 0);
+        CHECK(b != NULL);
+        int pa[N], pb[N];
+        bool seen[N];
+        for (int i = 0; i < N; i++) {
+            as(0);
+            pa[i] = xenevtchn_bind_unbound_port(ah[i % H], 5);
+            pb[i] = xenevtchn_bind_interdomain(b, 0, (uint32_t)pa[i]);
+            CHECK(pa[i] > 0 && pb[i] > 0);
+        }
+        /* The events of binding, all at once; unmask them all. */
+        evtchn_port_t got[64];
+        int n = 0, k;
+        while (n < N && readable(b, 1000) && (k = xenmock_evtchn_pending_many(b, got, 64)) > 0)
+            n += k;
+        CHECK(n == N);
+        for (int i = 0; i < N; i++)
+            xenevtchn_unmask(b, (uint32_t)pb[i]);
+        CHECK(xenmock_evtchn_pending_many(b, got, 64) == 0); /* nothing: 0, not -1 and no block */
+        CHECK(!readable(b, 0));
+
+        /* Every port notified: each comes once, and one call with room for all takes them all,
+         * though they span more than one look at the links' eventfds. (A port notified again
+         * after its event was taken comes again at its unmask, as on Linux: once each here.) */
+        for (int i = 0; i < N; i++)
+            CHECK(xenevtchn_notify(ah[i % H], (uint32_t)pa[i]) == 0);
+        CHECK(readable(b, 1000));
+        memset(seen, 0, sizeof(seen));
+        n = xenmock_evtchn_pending_many(b, got, 64);
+        CHECK(n == N);
+        for (int i = 0; i < n; i++)
+            for (int j = 0; j < N; j++)
+                if (got[i] == (evtchn_port_t)pb[j]) {
+                    CHECK(!seen[j]);
+                    seen[j] = true;
+                }
+        for (int j = 0; j < N; j++)
+            CHECK(seen[j]);
+        /* Taken ports are masked: a notify now waits for the unmask. */
+        CHECK(!readable(b, 0));
+        CHECK(xenevtchn_notify(ah[0], (uint32_t)pa[0]) == 0);
+        CHECK(!readable(b, 50));
+        for (int i = 0; i < N; i++)
+            xenevtchn_unmask(b, (uint32_t)pb[i]);
+        CHECK(readable(b, 1000));
+        CHECK(xenmock_evtchn_pending_many(b, got, 64) == 1 && got[0] == (evtchn_port_t)pb[0]);
+        xenevtchn_unmask(b, (uint32_t)pb[0]);
+
+        /* Less room than ports: the rest stay, and the descriptor stays readable until they are
+         * taken, by this call or the single-port one. */
+        for (int i = 0; i < N; i++)
+            CHECK(xenevtchn_notify(ah[i % H], (uint32_t)pa[i]) == 0);
+        CHECK(readable(b, 1000));
+        n = 0;
+        CHECK(xenmock_evtchn_pending_many(b, got, 7) == 7);
+        memset(seen, 0, sizeof(seen));
+        for (int i = 0; i < 7; i++)
+            for (int j = 0; j < N; j++)
+                seen[j] |= got[i] == (evtchn_port_t)pb[j];
+        CHECK(readable(b, 0));
+        int one = xenevtchn_pending(b);
+        for (int j = 0; j < N; j++)
+            if (one == pb[j]) {
+                CHECK(!seen[j]);
+                seen[j] = true;
+            }
+        n = 8;
+        /* A port unbound while it waits is not handed over. */
+        int gone = -1;
+        for (int j = 0; j < N && gone < 0; j++)
+            if (!seen[j])
+                gone = j;
+        CHECK(gone >= 0 && xenevtchn_unbind(b, (uint32_t)pb[gone]) == 0);
+        while (readable(b, 0) && (k = xenmock_evtchn_pending_many(b, got, 64)) > 0)
+            for (int i = 0; i < k; i++, n++)
+                for (int j = 0; j < N; j++)
+                    if (got[i] == (evtchn_port_t)pb[j]) {
+                        CHECK(!seen[j]);
+                        seen[j] = true;
+                    }
+        CHECK(n == N - 1 && !seen[gone]);
+        CHECK(!readable(b, 0));
+        pb[gone] = 0;
+        for (int i = 0; i < N; i++)
+            if (pb[i])
+                xenevtchn_unmask(b, (uint32_t)pb[i]);
+
+        for (int i = 0; i < H; i++)
+            xenevtchn_close(ah[i]);
+        xenevtchn_close(b);
+    }
+}
+
 /* Every mapping of THIS process named NAME (a memfd), by start address; returns how many. */
 static int find_maps(const char *name, void **starts, int cap)
 {
@@ -963,6 +1074,7 @@ int main(void)
     }
     test_evtchn();
     test_evtchn_shared_state();
+    test_evtchn_pending_many();
     test_grants();
     test_xenstore();
     test_vchan_permissions_and_hostile();
