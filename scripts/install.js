@@ -47,22 +47,31 @@ function prebuiltProblem() {
   return p ? `the prebuilt mock addon does not load here: ${p}` : '';
 }
 
-/** The newest modification time of the files under DIR whose names match RE. */
-function newest(dir, re) {
-  let t = 0;
-  let entries;
+/** What both addons are compiled from (binding.gyp), beside the mock's own libraries (make's). */
+const ADDON_SOURCES = ['src', 'native/vchan', 'native/include', 'native/mock/include', 'binding.gyp'];
+const SOURCE_NAME = /\.(c|cc|h|hh|map|gyp|gypi)$/;
+
+/** The addons' source files under P (a file or a directory), with their modification times. */
+function* sourcesUnder(p) {
+  let st;
   try {
-    entries = fs.readdirSync(dir, { withFileTypes: true });
+    st = fs.statSync(p);
   } catch {
-    return 0;
+    return;
   }
-  for (const e of entries) {
-    const f = path.join(dir, e.name);
-    if (e.isDirectory()) {
-      if (e.name !== 'build' && e.name !== 'build-san') t = Math.max(t, newest(f, re));
-    } else if (re.test(e.name)) t = Math.max(t, fs.statSync(f).mtimeMs);
+  if (!st.isDirectory()) {
+    if (SOURCE_NAME.test(p)) yield [p, st.mtimeMs];
+    return;
   }
-  return t;
+  for (const e of fs.readdirSync(p, { withFileTypes: true }))
+    if (!e.isDirectory() || (e.name !== 'build' && e.name !== 'build-san')) yield* sourcesUnder(path.join(p, e.name));
+}
+
+/** The first source of the addons modified after the time T (ms), relative to the tree, or ''. */
+function sourceNewerThan(t) {
+  for (const dir of ADDON_SOURCES)
+    for (const [f, m] of sourcesUnder(path.join(root, dir))) if (m > t) return path.relative(root, f);
+  return '';
 }
 
 /**
@@ -81,14 +90,8 @@ function builtHereProblem() {
     return 'the mock is out of date';
   // The addons: node-gyp relinks both on every build, so both are newer than any of their sources.
   const oldest = Math.min(...built.slice(0, 2).map((f) => fs.statSync(f).mtimeMs));
-  const src = /\.(c|cc|h|hh|map|gyp|gypi)$/;
-  const changed = Math.max(
-    newest(path.join(root, 'src'), src),
-    newest(path.join(root, 'native', 'vchan'), src),
-    newest(path.join(root, 'native', 'mock', 'include'), src),
-    fs.statSync(path.join(root, 'binding.gyp')).mtimeMs,
-  );
-  if (changed > oldest) return 'sources changed since the last build';
+  const changed = sourceNewerThan(oldest);
+  if (changed) return `sources changed since the last build (${changed})`;
   const p = loadProblem(built[0]);
   return p ? `the mock addon built here does not load: ${p}` : '';
 }
@@ -189,4 +192,15 @@ function main() {
   else run('node-gyp', ['rebuild']);
 }
 
-main();
+// `node scripts/install.js --source-newer-than FILE`: prints the first source of the addons newer
+// than FILE (test/xen/run.sh: is a prebuilt addon older than this tree's code?), or nothing.
+if (process.argv[2] === '--source-newer-than') {
+  const f = process.argv[3];
+  if (!f || !fs.existsSync(f)) {
+    console.error(`install.js: no file ${f}`);
+    process.exit(2);
+  }
+  console.log(sourceNewerThan(fs.statSync(f).mtimeMs));
+} else {
+  main();
+}

@@ -23,14 +23,13 @@ bash "$here/build-rig.sh"
 # The real addon: the prebuilt one the package ships (npm run prebuild) when there is one, so the
 # binary users install is the one that meets real Xen; else this tree's build (binding.gyp adds no
 # -march flags: the rig's emulated CPU is a plain x86-64). The loader prefers build/Release, so the
-# prebuilt binary is put there. A prebuilt binary older than a source it is built from (src/,
-# native/vchan, native/include) would test, or benchmark, an earlier tree's code without a word:
-# then this tree's addon is built and used instead.
+# prebuilt binary is put there. A prebuilt binary older than a source it is built from (the list
+# scripts/install.js keeps for its own check) would test, or benchmark, an earlier tree's code
+# without a word: then this tree's addon is built and used instead.
 prebuilt="$repo/prebuilds/linux-x64/xen_vchan_real.glibc.node"
 stale=
 if [ -f "$prebuilt" ]; then
-  stale=$(cd "$repo" && git ls-files src native/vchan native/include binding.gyp 2>/dev/null | while read -r f; do
-    [ "$f" -nt "$prebuilt" ] && { echo "$f"; break; }; done || true)
+  stale=$(node "$repo/scripts/install.js" --source-newer-than "$prebuilt")
 fi
 if [ -f "$prebuilt" ] && [ -z "$stale" ]; then
   mkdir -p "$repo/build/Release"
