@@ -744,6 +744,47 @@ describe('VchanStream', () => {
     }
   });
 
+  it('a stream destroyed while its gathered write waits fails that write and leaves the next gathering whole', async () => {
+    const a = await pair(4096, 4096);
+    const b = await pair(4096, 4096);
+    let gotA = 0;
+    a.c.on('data', (d: Buffer) => {
+      expect(d.every((x) => x === 0xa1)).toBe(true);
+      gotA += d.length;
+    });
+    a.c.on('error', () => {});
+    a.c.pause(); // A's peer reads nothing: A's write keeps waiting for room
+    const errors: (Error | null | undefined)[] = [];
+    a.s.on('error', () => {});
+    a.s.cork();
+    for (let i = 0; i < 200; i++) a.s.write(Buffer.alloc(64, 0xa1), (e) => errors.push(e));
+    a.s.uncork();
+    expect(a.s.ringState()!.writeWaiting).toBeGreaterThan(0);
+    const closed = once(a.s, 'close');
+    a.s.destroy();
+    await closed;
+    // Every write of the burst heard of it, once, with Node's code for a destroyed stream.
+    expect(errors).toHaveLength(200);
+    expect(errors.every((e) => (e as NodeJS.ErrnoException | null)?.code === 'ERR_STREAM_DESTROYED')).toBe(true);
+    // B gathers into the buffer A's burst was gathered in; what reaches B's peer is B's alone.
+    const gotB = new Promise<Buffer>((resolve) => {
+      const got: Buffer[] = [];
+      let n = 0;
+      b.c.on('data', (d: Buffer) => {
+        got.push(d);
+        if ((n += d.length) >= 200 * 64) resolve(Buffer.concat(got));
+      });
+    });
+    b.s.cork();
+    for (let i = 0; i < 200; i++) b.s.write(Buffer.alloc(64, 0xb2));
+    b.s.uncork();
+    expect((await gotB).equals(Buffer.alloc(200 * 64, 0xb2))).toBe(true);
+    // A's peer gets what reached A's ring before the destroy (one ring's worth at most), then its end.
+    a.c.resume();
+    await once(a.c, 'close');
+    expect(gotA).toBeLessThanOrEqual(4096);
+  });
+
   describe('onread with view: the ring itself, zero copy', () => {
     it('every byte arrives through views of the ring, wrapped data as two calls; a view kept is detached', async () => {
       const lengths: number[] = [];
