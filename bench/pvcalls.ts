@@ -13,7 +13,8 @@
 //               backend; vchan: connectMulti to a listening multi-server), p50 over CONNECTS connects
 // Every figure is the median of RUNS runs with the spread (min-max); the ratios are the result.
 //
-//   npm run bench:pvcalls -- [--quick] [--runs N] [--mib M] [--paths pvcalls-4,vchan,...]
+//   npm run bench:pvcalls -- [--quick] [--runs N] [--mib M] [--paths pvcalls-4,vchan,...] [--pump js|native]
+//     --pump  the backend's data pump (createPvcallsBackend's dataPump; default: the backend's default)
 import { fork } from 'node:child_process';
 import { once } from 'node:events';
 import * as net from 'node:net';
@@ -35,6 +36,9 @@ const CONNECTS = QUICK ? 50 : 200;
 const PATHS = ['pvcalls-4', 'pvcalls-5', 'vchan', 'vchan-tcp'];
 const paths = argv.includes('--paths') ? (argv[argv.indexOf('--paths') + 1] ?? '').split(',') : PATHS;
 for (const p of paths) if (!PATHS.includes(p)) throw new RangeError(`--paths: ${p} is not one of ${PATHS.join(', ')}`);
+const PUMP = (argv.includes('--pump') ? argv[argv.indexOf('--pump') + 1] : undefined) as 'js' | 'native' | undefined;
+if (PUMP !== undefined && PUMP !== 'js' && PUMP !== 'native')
+  throw new RangeError(`--pump: ${PUMP} is not js or native`);
 /** PVCalls device number, ring order. */
 const DEVICES = [
   { dev: 0, order: 4 },
@@ -117,7 +121,7 @@ async function main(): Promise<void> {
   const xs = new x.Xenstore();
   if (x.currentBackend() === 'mock') x.mockIntroduceDomain(DOMU);
   for (const d of DEVICES) await x.createPvcallsDevice(xs, { frontend: DOMU, backend: 0, dev: d.dev });
-  const be = await x.createPvcallsBackend({ maxRingOrder: 5 });
+  const be = await x.createPvcallsBackend({ maxRingOrder: 5, dataPump: PUMP });
   const tcp = net.createServer(sink).listen(0, '127.0.0.1');
   await once(tcp, 'listening');
   const port = (tcp.address() as net.AddressInfo).port;
@@ -170,7 +174,7 @@ async function main(): Promise<void> {
   const L: string[] = [];
   L.push(
     `pvcalls bench: ${MIB} MiB one way per socket, ${CONNECTS} connects; median of ${RUNS} runs (spread min-max); ` +
-      `backend ${x.currentBackend()}, ${os.cpus().length} cpus, Node ${process.version}`,
+      `backend ${x.currentBackend()}, data pump ${PUMP ?? 'default'}, ${os.cpus().length} cpus, Node ${process.version}`,
   );
   L.push('');
   L.push('| path | 1 socket MiB/s | 8 sockets MiB/s (total) | connect p50 µs |');
