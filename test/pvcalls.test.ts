@@ -175,6 +175,44 @@ describe.runIf(mockAddon)('PVCalls: the Node frontend (domain 5) and the Node ba
     again.close();
   });
 
+  it('destroy() with bytes still in the ring: the RELEASE waits until the backend has taken them (Linux drops what it finds)', async () => {
+    // The remote end reads nothing at first: the loopback's buffers fill, the native pump meets
+    // EAGAIN and leaves the ring full.
+    let peer!: net.Socket;
+    const got: Buffer[] = [];
+    const { server, port } = await tcpServer((c) => {
+      peer = c;
+      c.pause();
+      c.on('data', (d: Buffer) => got.push(d));
+    });
+    cleanups.push(() => new Promise((r) => server.close(r)));
+    const s = await connected(fe.createConnection({ host: '127.0.0.1', port }));
+    const call = fe.call.bind(fe);
+    let resumed = false;
+    let releasedBeforeResume: boolean | undefined;
+    fe.call = (req) => {
+      if (req.cmd === 'RELEASE') releasedBeforeResume = !resumed;
+      return call(req);
+    };
+    const data = Buffer.alloc(32 << 20);
+    for (let i = 0; i < data.length; i += 4) data.writeUInt32LE(i / 4, i);
+    s.write(data);
+    for (let i = 0; i < 100 && !peer; i++) await sleep(10);
+    await sleep(300);
+    s.destroy(); // what is still in the socket's own buffer goes; what is in the ring does not
+    await sleep(300);
+    expect(releasedBeforeResume).toBe(undefined);
+    resumed = true;
+    peer.resume();
+    await s.released;
+    expect(releasedBeforeResume).toBe(false);
+    await once(peer, 'end');
+    // What arrived is the start of what was written, byte for byte.
+    const all = Buffer.concat(got);
+    expect(all.length).toBeGreaterThan(0);
+    expect(all.equals(data.subarray(0, all.length))).toBe(true);
+  });
+
   it('the remote end closing ends the readable side after the last byte; errors carry errno codes', async () => {
     const { server, port } = await tcpServer((c) => c.end(Buffer.from('last words')));
     cleanups.push(() => new Promise((r) => server.close(r)));

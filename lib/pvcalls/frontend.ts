@@ -91,7 +91,7 @@ export class PvcallsFrontend extends EventEmitter<PvcallsFrontendEvents> {
   readonly #pending = new Map<number, (ret: number) => void>();
   readonly #queue: (() => void)[] = [];
   readonly #ports = new Map<number, () => void>();
-  /** The sockets open now (connected and accepted; not the servers). */
+  /** The sockets open now (connected and accepted; not the servers), and destroyed ones until released. */
   readonly sockets = new Set<PvcallsSocket>();
   #closed = false;
   #closing?: Promise<void>;

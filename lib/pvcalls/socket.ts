@@ -6,6 +6,7 @@ import type { PvcallsFrontend } from './frontend';
 import { backendError } from './wire';
 
 const E = constants.errno;
+type DataRingOf = ReturnType<PvcallsFrontend['newDataRing']>;
 
 /** A connected PVCalls socket: a Duplex over its data ring. */
 export class PvcallsSocket extends Duplex {
@@ -14,7 +15,7 @@ export class PvcallsSocket extends Duplex {
   /** @internal the backend knows the id (SOCKET succeeded): RELEASE it */
   created = false;
   readonly #fe: PvcallsFrontend;
-  #d?: ReturnType<PvcallsFrontend['newDataRing']>;
+  #d?: DataRingOf;
   #out: Buffer[] = [];
   #outCb: ((e?: Error | null) => void) | null = null;
   #finalCb: ((e?: Error | null) => void) | null = null;
@@ -33,7 +34,7 @@ export class PvcallsSocket extends Duplex {
   }
 
   /** @internal */
-  attach(d: ReturnType<PvcallsFrontend['newDataRing']>): void {
+  attach(d: DataRingOf): void {
     this.#d = d;
     this.#fe.onPort(d.port, () => this.#pump());
     this.#pump();
@@ -103,22 +104,63 @@ export class PvcallsSocket extends Duplex {
 
   /** @internal Node's stream hook. */
   override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
-    this.#fe.sockets.delete(this);
     const d = this.#d;
     this.#d = undefined;
     const closed = () => process.nextTick(() => this.emit('close', err !== null && err !== undefined));
     if (!this.created) {
+      this.#fe.sockets.delete(this);
       d?.unref();
       this.#releasedResolve();
       cb(err);
       closed();
       return;
     }
-    void this.#fe.call({ cmd: 'RELEASE', id: this.id, reuse: 0 }).then(() => {
-      d?.unref(); // after the backend has unmapped it
-      this.#releasedResolve();
-    });
+    // Kept among the frontend's sockets until released: its close() waits for that.
+    const release = () =>
+      void this.#fe.call({ cmd: 'RELEASE', id: this.id, reuse: 0 }).then(() => {
+        this.#fe.sockets.delete(this);
+        d?.unref(); // after the backend has unmapped it
+        this.#releasedResolve();
+      });
+    // What was written is in the ring, as a closed TCP socket's unsent bytes are in its send buffer,
+    // and reaches the peer as those do: the RELEASE waits until the backend has taken it (Linux's
+    // pvcalls-back drops whatever a RELEASE finds in the ring). Not for a destroy with an error,
+    // and not past RELEASE_WAIT_MS in which the backend takes nothing.
+    if (d && !err) this.#afterDrain(d, release);
+    else release();
     cb(err);
     closed();
   }
+
+  /** Calls DONE once the backend has taken everything in D's out ring, or has stopped taking. */
+  #afterDrain(d: DataRingOf, done: () => void): void {
+    let last = -1;
+    let timer: NodeJS.Timeout | undefined;
+    const left = () => {
+      try {
+        return d.ring.outError < 0 ? 0 : d.ring.size - d.ring.writable;
+      } catch {
+        return 0; // unmapped or corrupt: nothing more to wait for
+      }
+    };
+    const finish = () => {
+      clearTimeout(timer);
+      this.#fe.onPort(d.port, () => undefined);
+      done();
+    };
+    // On the backend's events: done when it has taken all. On the timer: done when it took
+    // nothing since the last tick.
+    const onEvent = () => void (left() === 0 && finish());
+    const tick = () => {
+      const n = left();
+      if (n === 0 || n === last) return finish();
+      last = n;
+      timer = setTimeout(tick, RELEASE_WAIT_MS);
+    };
+    this.#fe.onPort(d.port, onEvent);
+    tick();
+  }
 }
+
+/** How long a destroyed socket's RELEASE waits for the backend to take more of its out ring. */
+const RELEASE_WAIT_MS = 1000;
