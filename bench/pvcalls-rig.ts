@@ -1,6 +1,7 @@
 // npm run bench:pvcalls:rig (inside the rig's dom0, through bench/pvcalls-rig-job.sh): PVCalls on
 // real Xen with the Node frontend in the PV domU, measured side by side in one run against
-//   node    the Node backend (a process of its own in dom0, as a daemon would run)
+//   node    the Node backend (a process of its own in dom0, as a daemon would run), its JS data pump
+//   node-native  the same with the C++ data pump (dataPump: 'native')
 //   linux   Linux's pvcalls-back.ko in dom0 (test/xen/build-pvcalls-modules.sh; 6.12 rig only)
 //   vchan   a plain VchanStream: connectMulti from the domU to a multi-server in dom0
 // Each measures, from the domU (test/xen/domu-peer.js, op 'bench'): MiB/s one way on one socket
@@ -52,8 +53,8 @@ const LINUX_BACK = `${RIG}/pvcalls/pvcalls-back.ko`;
 
 // --- the Node backend's own process ----------------------------------------------------------------
 
-async function backendMain(): Promise<void> {
-  const be = await x.createPvcallsBackend();
+async function backendMain(dataPump: 'js' | 'native'): Promise<void> {
+  const be = await x.createPvcallsBackend({ dataPump });
   be.on('frontendError', (e) => console.error(`pvcalls-rig: backend: ${e.message}`));
   process.on('message', async () => {
     await be.close();
@@ -115,18 +116,20 @@ async function main(): Promise<void> {
     }
   };
   let child: ChildProcess | null = null;
+  const nodeBackend = (pump: 'js' | 'native') =>
+    viaPvcalls(
+      async () => {
+        child = fork(__filename, ['--backend', pump], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+        await once(child, 'message');
+      },
+      async () => {
+        child!.send('end');
+        await once(child!, 'exit');
+      },
+    );
   const paths: Record<string, () => Promise<BenchResult>> = {
-    node: () =>
-      viaPvcalls(
-        async () => {
-          child = fork(__filename, ['--backend'], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-          await once(child, 'message');
-        },
-        async () => {
-          child!.send('end');
-          await once(child!, 'exit');
-        },
-      ),
+    node: () => nodeBackend('js'),
+    'node-native': () => nodeBackend('native'),
     linux: () =>
       viaPvcalls(
         async () => void execFileSync('insmod', [LINUX_BACK]),
@@ -138,7 +141,7 @@ async function main(): Promise<void> {
       ),
     vchan: () => ask({ via: 'vchan', path: `/local/domain/0/${vpath}` }),
   };
-  const names = haveLinux ? ['node', 'linux', 'vchan'] : ['node', 'vchan'];
+  const names = haveLinux ? ['node', 'node-native', 'linux', 'vchan'] : ['node', 'node-native', 'vchan'];
   const res: Record<string, number[]> = {};
   const ringOrder: Record<string, number> = {};
   for (let run = 0; run < RUNS; run++) {
@@ -156,7 +159,8 @@ async function main(): Promise<void> {
   xs.close();
 
   const label: Record<string, string> = {
-    node: `PVCalls, Node backend (ring order ${ringOrder.node})`,
+    node: `PVCalls, Node backend, JS pump (ring order ${ringOrder.node})`,
+    'node-native': `PVCalls, Node backend, C++ pump (ring order ${ringOrder['node-native']})`,
     linux: `PVCalls, Linux's pvcalls-back.ko (ring order ${ringOrder.linux})`,
     vchan: 'VchanStream (multi-server, 64 KiB rings)',
   };
@@ -184,15 +188,17 @@ async function main(): Promise<void> {
       res[`${a}-connectP50`].map((v, i) => v / res[`${b}-connectP50`][i]),
       2,
     )}x`;
-  if (haveLinux) L.push(`Node backend / Linux backend: ${ratio('node', 'linux')}`);
-  L.push(`PVCalls (Node backend) / VchanStream: ${ratio('node', 'vchan')}`);
+  if (haveLinux) L.push(`Node backend, JS pump / Linux backend: ${ratio('node', 'linux')}`);
+  if (haveLinux) L.push(`Node backend, C++ pump / Linux backend: ${ratio('node-native', 'linux')}`);
+  L.push(`PVCalls (Node backend, JS pump) / VchanStream: ${ratio('node', 'vchan')}`);
+  L.push(`PVCalls (Node backend, C++ pump) / VchanStream: ${ratio('node-native', 'vchan')}`);
   if (haveLinux) L.push(`PVCalls (Linux backend) / VchanStream: ${ratio('linux', 'vchan')}`);
   const text = L.join('\n');
   console.log(text);
   if (OUT) fs.writeFileSync(OUT, `${text}\n`);
 }
 
-if (argv.includes('--backend')) void backendMain();
+if (argv.includes('--backend')) void backendMain(argv[argv.indexOf('--backend') + 1] === 'native' ? 'native' : 'js');
 else
   main().catch((e) => {
     console.error(e);
