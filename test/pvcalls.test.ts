@@ -63,7 +63,7 @@ describe.runIf(mockAddon)('PVCalls: the Node frontend (domain 5) and the Node ba
   beforeEach(async () => {
     xs = new Xenstore();
     await createPvcallsDevice(xs, { frontend: 5, backend: 0 });
-    be = await createPvcallsBackend({ dataPump: 'native' }); // the JS pump: the hand-written frontend's test below
+    be = await createPvcallsBackend({ dataPump: 'native' }); // the JS pump too: the hand-written frontend's test below
     fe = await connectPvcalls({ mockDomid: 5, timeout: 5000 });
   });
 

@@ -23,8 +23,8 @@ export interface PvcallsBackendOptions {
    */
   connect?: (address: { host: string; port: number }) => net.Socket;
   /**
-   * What moves a connected socket's bytes between its data ring and the socket (default 'js'
-   * until the native pump has passed the real-Xen rig): 'native' reads from the socket straight into the ring and sends straight from it,
+   * What moves a connected socket's bytes between its data ring and the socket (default
+   * 'native'): 'native' reads from the socket straight into the ring and sends straight from it,
    * in C++, with no JavaScript per chunk (a socket without a file descriptor of its own, such as
    * a TLS socket a connect hook returned, falls back to 'js'); 'js' pumps through the
    * net.Socket's streams.

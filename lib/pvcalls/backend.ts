@@ -103,7 +103,7 @@ export class PvcallsBackend extends EventEmitter<PvcallsBackendEvents> {
           ? 4
           : checkInt('options.maxRingOrder', o.maxRingOrder, MIN_RING_ORDER, MAX_RING_ORDER),
       connect: options.connect,
-      dataPump: o.dataPump === undefined ? 'js' : checkPumpKind(o.dataPump),
+      dataPump: o.dataPump === undefined ? 'native' : checkPumpKind(o.dataPump),
     };
     if (o.frontends !== undefined && !Array.isArray(o.frontends))
       throw invalidArgType('options.frontends', 'an array of domain ids', o.frontends);
