@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include "xen.h"
 
+#include <algorithm>
 #include <atomic>
 #include <vector>
 
@@ -119,14 +120,9 @@ Napi::Value Pending(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Evtchn* e = Unwrap<Evtchn>(info);
   Napi::Array out = Napi::Array::New(env);
-  uint32_t n = 0;
-  uint32_t ports[256];
-  for (;;) {
-    int got = PendingPorts(e->h_, ports, 256);
-    if (got < 0) ThrowErrno(env, errno, "xenevtchn_pending");
-    for (int i = 0; i < got; i++) out.Set(n++, Napi::Number::New(env, ports[i]));
-    if (got < 256) break;
-  }
+  std::vector<uint32_t> ports;
+  if (TakePending(e->h_, ports, SIZE_MAX) < 0) ThrowErrno(env, errno, "xenevtchn_pending");
+  for (size_t i = 0; i < ports.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, ports[i]));
   return out;
 }
 
@@ -170,7 +166,9 @@ int BindStaticPort(xenevtchn_handle* h, uint32_t port) {
 static std::atomic<bool> g_device_io{true};
 #endif
 
-int PendingPorts(xenevtchn_handle* h, uint32_t* ports, int max) {
+// Up to MAX pending ports of H into PORTS: how many (0: none), or -1 with errno; fewer than MAX
+// means none was left when it looked.
+static int PendingPorts(xenevtchn_handle* h, uint32_t* ports, int max) {
 #ifdef XEN_VCHAN_MOCK
   return xenmock_evtchn_pending_many(h, ports, static_cast<unsigned>(max));
 #else
@@ -197,6 +195,19 @@ int PendingPorts(xenevtchn_handle* h, uint32_t* ports, int max) {
   }
   return n;
 #endif
+}
+
+int TakePending(xenevtchn_handle* h, std::vector<uint32_t>& out, size_t limit) {
+  constexpr size_t kBatch = 256;
+  while (out.size() < limit) {
+    size_t at = out.size(), want = std::min(kBatch, limit - at);
+    out.resize(at + want);
+    int n = PendingPorts(h, out.data() + at, static_cast<int>(want));
+    out.resize(at + static_cast<size_t>(n > 0 ? n : 0));  // a shrink: errno stays
+    if (n < 0) return -1;
+    if (static_cast<size_t>(n) < want) break;  // none left when it looked: no call to hear EAGAIN
+  }
+  return 0;
 }
 
 void UnmaskPorts(xenevtchn_handle* h, const uint32_t* ports, size_t n) {

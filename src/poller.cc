@@ -318,14 +318,7 @@ PortHub::Stats PortHub::StatsOf(uint32_t port) const {
 // the ports and one write to unmask them on Linux (none on the mock), however many ports woke.
 void PortHub::Drain() {
   drained_.clear();
-  constexpr int kBatch = 256;
-  uint32_t ports[kBatch];
-  while (drained_.size() < 4096) {
-    int n = PendingPorts(xce_, ports, kBatch);
-    if (n <= 0) break;
-    drained_.insert(drained_.end(), ports, ports + n);
-    if (n < kBatch) break;
-  }
+  TakePending(xce_, drained_, 4096);  // an error: what was taken is handled; the fd wakes us again
   UnmaskPorts(xce_, drained_.data(), drained_.size());
   for (uint32_t port : drained_) {
     auto it = subs_.find(port);

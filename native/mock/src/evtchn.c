@@ -362,6 +362,15 @@ static int queue_push(xenevtchn_handle *h, uint32_t port)
     return 0;
 }
 
+/* The oldest port taken and not yet returned (the queue is not empty). */
+static uint32_t queue_pop(xenevtchn_handle *h)
+{
+    uint32_t port = h->queue[h->qhead];
+    h->qhead = (h->qhead + 1) % h->qcap;
+    h->qlen--;
+    return port;
+}
+
 /* Whether S's route is what the broker last said (xm_evt_gen), asking again if not. */
 static bool route_current(xenevtchn_handle *h, uint32_t port, struct slot *s)
 {
@@ -708,9 +717,7 @@ XM_EXPORT xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle *h)
     bool woke = false;
     for (;;) {
         if (h->qlen > 0) {
-            uint32_t port = h->queue[h->qhead];
-            h->qhead = (h->qhead + 1) % h->qcap;
-            h->qlen--;
+            uint32_t port = queue_pop(h);
             /* xenevtchn_fd() stays readable exactly while ports wait: with the queue empty, our
              * own eventfd is drained (and what it may have announced taken); with ports left, it
              * is written again. */
@@ -768,9 +775,7 @@ XM_EXPORT int xenmock_evtchn_pending_many(xenevtchn_handle *h, evtchn_port_t *po
     bool look = true;
     while (got < max) {
         if (h->qlen > 0) {
-            uint32_t port = h->queue[h->qhead];
-            h->qhead = (h->qhead + 1) % h->qcap;
-            h->qlen--;
+            uint32_t port = queue_pop(h);
             if (slot_of(h, port))
                 ports[got++] = port; /* else unbound since it was taken */
             continue;
