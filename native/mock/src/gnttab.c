@@ -104,6 +104,28 @@ XM_EXPORT int xengnttab_fd(xengnttab_handle *h)
     return h->sock;
 }
 
+/*
+ * XEN_MOCK_GNTTAB_EINTR=N: this process's first N mappings fail with EINTR and map nothing. Linux's
+ * gntdev in a PV domain does that when a signal (a profiler's SIGPROF, a child's SIGCHLD) is pending
+ * while a process's first mapping registers its MMU notifier; the mock has no such moment, so the
+ * tests of callers that must ask again set it.
+ */
+static int eintr_injected(void)
+{
+    static int left = -1; /* -1: not read from the environment yet */
+    int n = __atomic_load_n(&left, __ATOMIC_ACQUIRE);
+    if (n < 0) {
+        const char *s = getenv("XEN_MOCK_GNTTAB_EINTR");
+        int want = s ? atoi(s) : 0;
+        int unset = -1;
+        __atomic_compare_exchange_n(&left, &unset, want < 0 ? 0 : want, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+    }
+    for (n = __atomic_load_n(&left, __ATOMIC_ACQUIRE); n > 0;)
+        if (__atomic_compare_exchange_n(&left, &n, n - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            return 1;
+    return 0;
+}
+
 /* Asks the broker for COUNT (domid, ref) pages and maps them contiguously.
  * *GNTST receives a grant status for callers that want one (grant copy). */
 static void *map_refs(xengnttab_handle *h, uint32_t count, const uint32_t *domids, uint32_t domid, const uint32_t *refs,
@@ -113,6 +135,10 @@ static void *map_refs(xengnttab_handle *h, uint32_t count, const uint32_t *domid
         *gntst = GNTST_general_error;
     if (count == 0 || count > XM_MAX_PAYLOAD / 8 || (prot & ~(PROT_READ | PROT_WRITE))) {
         errno = EINVAL;
+        return NULL;
+    }
+    if (!gntst && eintr_injected()) {
+        errno = EINTR;
         return NULL;
     }
     uint32_t *req = malloc((size_t)count * 8);
