@@ -8,15 +8,20 @@
 // and on SOCKETS at once (the sink in dom0 acknowledges each socket's last byte), and the p50 of
 // CONNECTS connects (PVCalls: SOCKET + CONNECT through the backend; vchan: connectMulti). The
 // paths run in a rotating order, RUNS times; every figure is the median with the spread (min-max),
-// and the ratios are taken per run.
+// and the ratios are taken per run. Beside each: dom0's CPU (all of it, from /proc/stat: the
+// backend, Linux's worker threads and the sink) per MiB moved in the 'bench' op, and for the Node
+// backend its own process's CPU per MiB.
 //
 //   node bench/dist/pvcalls-rig.js [--runs N] [--mib M] [--sockets S] [--connects C] [--out FILE]
+//                                  [--paths node,node-native,linux,vchan] [--cpu-prof DIR]
+// --cpu-prof writes a V8 CPU profile of each Node backend process into DIR.
 import { type ChildProcess, execFileSync, fork } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import type { Duplex } from 'node:stream';
 
 import type { Xenstore } from '../dist/cjs/index';
 import { ackAfter, lib, root } from './common';
@@ -48,6 +53,8 @@ const MIB = Number(opt('--mib', 4));
 const SOCKETS = Number(opt('--sockets', 4));
 const CONNECTS = Number(opt('--connects', 20));
 const OUT = opt('--out', '');
+const PATHS = String(opt('--paths', '')).split(',').filter(Boolean);
+const CPU_PROF = String(opt('--cpu-prof', ''));
 const RIG = process.env.XEN_RIG_DOMU || '/mnt/host/.rig';
 const LINUX_BACK = `${RIG}/pvcalls/pvcalls-back.ko`;
 
@@ -58,7 +65,8 @@ async function backendMain(dataPump: 'js' | 'native'): Promise<void> {
   be.on('frontendError', (e) => console.error(`pvcalls-rig: backend: ${e.message}`));
   process.on('message', async () => {
     await be.close();
-    process.exit(0);
+    const u = process.cpuUsage();
+    process.send!({ cpuMs: (u.user + u.system) / 1000 }, () => process.exit(0));
   });
   process.send!({ ready: true });
 }
@@ -67,8 +75,37 @@ async function backendMain(dataPump: 'js' | 'native'): Promise<void> {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** dom0's busy time so far, ms: every CPU's user, nice, system, irq and softirq time (USER_HZ
+ * is 100 on every Linux ABI). Steal (runnable, but another domain had the CPU) is not dom0's work. */
+function dom0BusyMs(): number {
+  const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, , , irq, softirq] = f;
+  return (user + nice + system + irq + softirq) * 10;
+}
+
 /** Each connection counts MIB MiB, then answers one byte: the sender's clock stops there. */
-const sink = ackAfter(MIB << 20);
+const ack = ackAfter(MIB << 20);
+/** dom0's busy ms at each carrying connection's first byte and at its acknowledgement, in order. */
+let spans: { from: number; to: number }[] = [];
+function sink(s: Duplex): void {
+  ack(s);
+  let span: { from: number; to: number } | null = null;
+  let got = 0;
+  s.on('data', (d: Buffer) => {
+    if (!span) spans.push((span = { from: dom0BusyMs(), to: NaN }));
+    got += d.length;
+    if (got === MIB << 20) span.to = dom0BusyMs();
+  });
+}
+/** dom0 CPU ms per MiB of the 1-socket and the SOCKETS-socket transfer just done (spans' order). */
+function cpuPerMiB(): { cpu1: number; cpuN: number } {
+  const [one, ...many] = spans;
+  spans = [];
+  if (!one || many.length < SOCKETS) return { cpu1: NaN, cpuN: NaN };
+  const from = Math.min(...many.map((m) => m.from));
+  const to = Math.max(...many.map((m) => m.to));
+  return { cpu1: (one.to - one.from) / MIB, cpuN: (to - from) / (MIB * SOCKETS) };
+}
 
 function rmmod(): void {
   for (let i = 0; i < 100; i++) {
@@ -116,15 +153,22 @@ async function main(): Promise<void> {
     }
   };
   let child: ChildProcess | null = null;
+  /** The last Node backend process's own CPU, ms (its whole life: connects included). */
+  let backendCpuMs = NaN;
   const nodeBackend = (pump: 'js' | 'native') =>
     viaPvcalls(
       async () => {
-        child = fork(__filename, ['--backend', pump], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+        const execArgv = CPU_PROF
+          ? ['--cpu-prof', '--cpu-prof-dir', CPU_PROF, `--cpu-prof-name=${pump}-${Date.now()}.cpuprofile`]
+          : [];
+        child = fork(__filename, ['--backend', pump], { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
         await once(child, 'message');
       },
       async () => {
-        child!.send('end');
-        await once(child!, 'exit');
+        const exited = once(child!, 'exit');
+        const [m] = (await Promise.all([once(child!, 'message'), child!.send('end')]))[0] as [{ cpuMs: number }];
+        backendCpuMs = m.cpuMs;
+        await exited;
       },
     );
   const paths: Record<string, () => Promise<BenchResult>> = {
@@ -141,16 +185,22 @@ async function main(): Promise<void> {
       ),
     vchan: () => ask({ via: 'vchan', path: `/local/domain/0/${vpath}` }),
   };
-  const names = haveLinux ? ['node', 'node-native', 'linux', 'vchan'] : ['node', 'node-native', 'vchan'];
+  const names = (haveLinux ? ['node', 'node-native', 'linux', 'vchan'] : ['node', 'node-native', 'vchan']).filter(
+    (k) => PATHS.length === 0 || PATHS.includes(k),
+  );
   const res: Record<string, number[]> = {};
   const ringOrder: Record<string, number> = {};
   for (let run = 0; run < RUNS; run++) {
     const order = names.map((_, i) => names[(i + run) % names.length]);
     for (const k of order) {
+      spans = [];
+      backendCpuMs = NaN;
       const r = await paths[k]();
+      const c = { ...cpuPerMiB(), backendCpu: backendCpuMs / (MIB * (1 + SOCKETS)) };
       for (const m of ['tp1', 'tpN', 'connectP50'] as const) (res[`${k}-${m}`] ??= []).push(r[m]);
+      for (const m of ['cpu1', 'cpuN', 'backendCpu'] as const) (res[`${k}-${m}`] ??= []).push(c[m]);
       if (r.ringOrder !== undefined) ringOrder[k] = r.ringOrder;
-      console.log(`pvcalls-rig: run ${run + 1} ${k}: ${JSON.stringify(r)}`);
+      console.log(`pvcalls-rig: run ${run + 1} ${k}: ${JSON.stringify({ ...r, ...c })}`);
     }
   }
   vserver.close();
@@ -170,13 +220,23 @@ async function main(): Promise<void> {
       `${CONNECTS} connects; median of ${RUNS} runs (spread min-max); Linux ${os.release()}, Node ${process.version}`,
   );
   L.push('');
-  L.push(`| path | 1 socket MiB/s | ${SOCKETS} sockets MiB/s (total) | connect p50 µs |`);
-  L.push('|---|---|---|---|');
+  L.push(
+    `| path | 1 socket MiB/s | ${SOCKETS} sockets MiB/s (total) | connect p50 µs | dom0 CPU ms/MiB, 1 / ${SOCKETS} sockets | backend process CPU ms/MiB |`,
+  );
+  L.push('|---|---|---|---|---|---|');
   for (const k of names)
     L.push(
-      `| ${label[k]} | ${fmt(res[`${k}-tp1`], 1)} | ${fmt(res[`${k}-tpN`], 1)} | ${fmt(res[`${k}-connectP50`])} |`,
+      `| ${label[k]} | ${fmt(res[`${k}-tp1`], 1)} | ${fmt(res[`${k}-tpN`], 1)} | ${fmt(res[`${k}-connectP50`])} | ` +
+        `${fmt(res[`${k}-cpu1`], 1)} / ${fmt(res[`${k}-cpuN`], 1)} | ` +
+        `${k.startsWith('node') ? fmt(res[`${k}-backendCpu`], 1) : '-'} |`,
     );
   L.push('');
+  L.push(
+    "dom0 CPU: all of dom0's busy time (/proc/stat) from a transfer's first byte at the sink to its last, per MiB " +
+      "(the backend, Linux's workers, the sink); the backend process's is its own CPU over its life (connects included) per MiB moved.",
+  );
+  L.push('');
+  const have = (k: string) => names.includes(k);
   const ratio = (a: string, b: string) =>
     `throughput 1 socket ${fmt(
       res[`${a}-tp1`].map((v, i) => v / res[`${b}-tp1`][i]),
@@ -187,12 +247,21 @@ async function main(): Promise<void> {
     )}x; connect time ${fmt(
       res[`${a}-connectP50`].map((v, i) => v / res[`${b}-connectP50`][i]),
       2,
+    )}x; dom0 CPU per MiB ${fmt(
+      res[`${a}-cpu1`].map((v, i) => v / res[`${b}-cpu1`][i]),
+      2,
+    )}x / ${fmt(
+      res[`${a}-cpuN`].map((v, i) => v / res[`${b}-cpuN`][i]),
+      2,
     )}x`;
-  if (haveLinux) L.push(`Node backend, JS pump / Linux backend: ${ratio('node', 'linux')}`);
-  if (haveLinux) L.push(`Node backend, C++ pump / Linux backend: ${ratio('node-native', 'linux')}`);
-  L.push(`PVCalls (Node backend, JS pump) / VchanStream: ${ratio('node', 'vchan')}`);
-  L.push(`PVCalls (Node backend, C++ pump) / VchanStream: ${ratio('node-native', 'vchan')}`);
-  if (haveLinux) L.push(`PVCalls (Linux backend) / VchanStream: ${ratio('linux', 'vchan')}`);
+  const ratios: [string, string, string][] = [
+    ['node', 'linux', 'Node backend, JS pump / Linux backend'],
+    ['node-native', 'linux', 'Node backend, C++ pump / Linux backend'],
+    ['node', 'vchan', 'PVCalls (Node backend, JS pump) / VchanStream'],
+    ['node-native', 'vchan', 'PVCalls (Node backend, C++ pump) / VchanStream'],
+    ['linux', 'vchan', 'PVCalls (Linux backend) / VchanStream'],
+  ];
+  for (const [a, b, what] of ratios) if (have(a) && have(b)) L.push(`${what}: ${ratio(a, b)}`);
   const text = L.join('\n');
   console.log(text);
   if (OUT) fs.writeFileSync(OUT, `${text}\n`);
