@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
+#include <unordered_map>
 #include <vector>
 
 #include "common.h"
@@ -38,12 +40,46 @@ class Evtchn : public Handle {
     closed_ = true;
     if (poller_) poller_->Destroy();
     poller_ = nullptr;
+    natives_.clear();
+    for_js_.clear();
     xenevtchn_close(h_);
     h_ = nullptr;
   }
+  // On a wake-up, before JS: takes the pending ports, runs (unmasked) those native code handles,
+  // and keeps the rest for JS's pending(). True when JS has ports to hear of.
+  bool DrainNative();
+
   xenevtchn_handle* h_;
   Poller* poller_ = nullptr;
+  struct NativePort {
+    const void* owner;
+    std::function<bool()> handler;
+  };
+  // Ports whose events native code handles in place of JS (SetNativePort).
+  std::unordered_map<uint32_t, NativePort> natives_;
+  // Ports the native drain took that are JS's: pending() hands them over first.
+  std::vector<uint32_t> for_js_;
+  std::vector<uint32_t> taken_, mine_;
 };
+
+bool Evtchn::DrainNative() {
+  if (closed_) return false;
+  if (natives_.empty()) return true;  // JS's pending() takes them all
+  taken_.clear();
+  // An error: what was taken is handled; JS's pending() meets the error (or the fd wakes us again).
+  int rc = TakePending(h_, taken_, 4096);
+  mine_.clear();
+  for (uint32_t p : taken_) (natives_.count(p) ? mine_ : for_js_).push_back(p);
+  if (!mine_.empty()) UnmaskPorts(h_, mine_.data(), mine_.size());
+  for (uint32_t p : mine_) {
+    auto it = natives_.find(p);  // a handler may have dropped it (or another port's)
+    if (it == natives_.end()) continue;
+    std::function<bool()> handler = it->second.handler;  // it may drop itself while it runs
+    if (handler()) for_js_.push_back(p);
+    if (closed_) return false;
+  }
+  return rc < 0 || !for_js_.empty();
+}
 
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -92,7 +128,9 @@ Napi::Value BindStatic(const Napi::CallbackInfo& info) {
 
 Napi::Value Unbind(const Napi::CallbackInfo& info) {
   Evtchn* e = Unwrap<Evtchn>(info);
-  if (xenevtchn_unbind(e->h_, ArgUint32(info, 1, "port")) < 0) ThrowErrno(info.Env(), errno, "xenevtchn_unbind");
+  uint32_t port = ArgUint32(info, 1, "port");
+  if (xenevtchn_unbind(e->h_, port) < 0) ThrowErrno(info.Env(), errno, "xenevtchn_unbind");
+  e->natives_.erase(port);  // a port bound again later is not that handler's
   return info.Env().Undefined();
 }
 
@@ -115,13 +153,15 @@ Napi::Value Restrict(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// Reads every pending port without blocking; returns them as an array (each stays masked).
+// Reads every pending port without blocking; returns them as an array (each stays masked): first
+// those a wake-up's native drain took for JS, then any pending since.
 Napi::Value Pending(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Evtchn* e = Unwrap<Evtchn>(info);
   Napi::Array out = Napi::Array::New(env);
   std::vector<uint32_t> ports;
-  if (TakePending(e->h_, ports, SIZE_MAX) < 0) ThrowErrno(env, errno, "xenevtchn_pending");
+  ports.swap(e->for_js_);
+  if (TakePending(e->h_, ports, SIZE_MAX) < 0 && ports.empty()) ThrowErrno(env, errno, "xenevtchn_pending");
   for (size_t i = 0; i < ports.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(env, ports[i]));
   return out;
 }
@@ -129,7 +169,8 @@ Napi::Value Pending(const Napi::CallbackInfo& info) {
 // poll(handle, callback | null): start or stop watching the fd; callback() runs when ports are pending.
 Napi::Value Poll(const Napi::CallbackInfo& info) {
   Evtchn* e = Unwrap<Evtchn>(info);
-  return PollArg(info, e->poller_, xenevtchn_fd(e->h_), e->registry());
+  return PollArg(info, e->poller_, xenevtchn_fd(e->h_), e->registry(),
+                 [e](Poller* p) { p->native = [e](int, int) { return e->DrainNative(); }; });
 }
 
 Napi::Value Ref(const Napi::CallbackInfo& info) {
@@ -229,6 +270,18 @@ void UnmaskPorts(xenevtchn_handle* h, const uint32_t* ports, size_t n) {
 }
 
 xenevtchn_handle* EvtchnOf(Handle* h) { return h->closed() ? nullptr : static_cast<Evtchn*>(h)->h_; }
+
+void SetNativePort(Handle* ev, uint32_t port, const void* owner, std::function<bool()> handler) {
+  if (ev->closed()) return;
+  static_cast<Evtchn*>(ev)->natives_[port] = {owner, std::move(handler)};
+}
+
+void ClearNativePort(Handle* ev, uint32_t port, const void* owner) {
+  if (ev->closed()) return;
+  auto& natives = static_cast<Evtchn*>(ev)->natives_;
+  auto it = natives.find(port);
+  if (it != natives.end() && it->second.owner == owner) natives.erase(it);
+}
 
 void InitEvtchn(Napi::Env env, Napi::Object exports, RegistryPtr* data) {
   ExportFunctions(env, exports, "evtchn", data,

@@ -4,6 +4,7 @@
 
 #include <napi.h>
 
+#include <functional>
 #include <vector>
 
 #include "handles.h"
@@ -23,6 +24,13 @@ int BindStaticPort(xenevtchn_handle* h, uint32_t port);
 // left masked, as xenevtchn_pending() leaves it): in batches, one read of the device each on Linux,
 // with no last call to hear EAGAIN. 0, or -1 with errno (the ports taken before it are in OUT).
 int TakePending(xenevtchn_handle* h, std::vector<uint32_t>& out, size_t limit);
+// Has native code handle PORT's events on the EventChannel handle EV in place of JS's: on a
+// wake-up, before any JS runs, the port is unmasked and HANDLER called (from libuv: no handle
+// scope is open); it returns true when JS must hear of the event after all. OWNER (the
+// handler's object) replaces any earlier handler of PORT. Unbinding or closing drops it.
+void SetNativePort(Handle* ev, uint32_t port, const void* owner, std::function<bool()> handler);
+// Drops OWNER's handler of PORT (nothing if another's has replaced it).
+void ClearNativePort(Handle* ev, uint32_t port, const void* owner);
 // Unmasks the N PORTS of H (one write to the device on Linux, where xenevtchn_unmask() is one each).
 void UnmaskPorts(xenevtchn_handle* h, const uint32_t* ports, size_t n);
 

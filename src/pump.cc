@@ -38,6 +38,7 @@ class Pump : public Handle {
   void Close() override {
     if (closed_) return;
     closed_ = true;
+    if (ev_) ClearNativePort(ev_, port_, this);
     StopFd();
     if (fd_ >= 0) close(fd_);
     fd_ = -1;
@@ -47,6 +48,8 @@ class Pump : public Handle {
   // One step both ways; false when nothing more is to be done by JS, true when JS must look
   // (the frontend corrupted its indexes: message() says how).
   bool Step();
+  // Step() from libuv (the fd's poller, the frontend's event), where no handle scope is open.
+  bool StepFromLibuv();
   // Takes the bytes the frontend wrote and the pump has not sent (none if the indexes are corrupt),
   // and hands the fd to the caller (-1 if the socket failed: it is closed then). Closes the pump.
   std::pair<std::string, int> Detach();
@@ -62,6 +65,10 @@ class Pump : public Handle {
   int fd_ = -1;
   Poller* poller_ = nullptr;
   bool eof_ = false, failed_ = false, corrupt_ = false;
+  // Whether the socket may take (writable_) or have (readable_) bytes: false from an EAGAIN until
+  // the fd's poller says otherwise, so that a step on the frontend's event does not ask the socket
+  // again only to hear EAGAIN (one system call per event in a one-way transfer).
+  bool readable_ = true, writable_ = true;
   std::string message_;
   uint64_t bytes_in_ = 0, bytes_out_ = 0, notifies_ = 0, steps_ = 0;
 
@@ -132,6 +139,10 @@ bool Pump::Step() {
       moved = true;
       break;
     }
+    if (!writable_) {
+      want_write = true;
+      break;
+    }
     uint32_t at = cons & mask, first = std::min(queued, size_ - at);
     struct iovec iov[2] = {{out_ + at, first}, {out_, queued - first}};
     struct msghdr m = {};
@@ -146,6 +157,7 @@ bool Pump::Step() {
     }
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+      writable_ = false;
       want_write = true;
       break;
     }
@@ -158,6 +170,10 @@ bool Pump::Step() {
     if (queued > size_) return Corrupt("in", prod, cons);
     uint32_t room = size_ - queued;
     if (room == 0) break;  // the frontend's event after it reads brings us back
+    if (!readable_) {
+      want_read = true;
+      break;
+    }
     uint32_t at = prod & mask, first = std::min(room, size_ - at);
     struct iovec iov[2] = {{in_ + at, first}, {in_, room - first}};
     ssize_t n = readv(fd_, iov, room > first ? 2 : 1);
@@ -176,6 +192,7 @@ bool Pump::Step() {
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      readable_ = false;
       want_read = true;
       break;
     }
@@ -198,6 +215,14 @@ bool Pump::Step() {
     }
   }
   return false;
+}
+
+bool Pump::StepFromLibuv() {
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env_, &scope) != napi_ok) return false;
+  bool js = Step();
+  napi_close_handle_scope(env_, scope);
+  return js;
 }
 
 std::pair<std::string, int> Pump::Detach() {
@@ -280,14 +305,15 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
     p->Close();
     throw;
   }
-  // From libuv: no handle scope is open there, and Step() looks at the buffers' state.
-  p->poller_->native = [p](int, int) {
-    napi_handle_scope scope;
-    if (napi_open_handle_scope(p->env_, &scope) != napi_ok) return false;
-    bool js = p->Step();
-    napi_close_handle_scope(p->env_, scope);
-    return js;
+  // The fd's readiness and the frontend's events run a step in C++, with no JS in between: JS
+  // hears only of corruption (the poller's callback; run() on its 'event' if one reaches it).
+  p->poller_->native = [p](int status, int events) {
+    // An error (status < 0) is the socket's to report: let both calls meet it.
+    if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT))) p->readable_ = true;
+    if (status < 0 || (events & UV_WRITABLE)) p->writable_ = true;
+    return p->StepFromLibuv();
   };
+  SetNativePort(ev, port, p, [p] { return p->StepFromLibuv(); });
   p->Step();
   return obj;
 }

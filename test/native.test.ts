@@ -3,11 +3,15 @@
  * declares (NATIVE_FUNCTIONS, which the compiler checks against the typed interfaces), no more and
  * no fewer, and what it returns has the declared shape. Runs on every backend.
  */
+import { once } from 'node:events';
+import * as net from 'node:net';
+
 import { describe, expect, it } from 'vitest';
 
 import { binding, LiveState, NATIVE_FUNCTIONS, unpackArm } from '../dist/cjs/native.js';
 import { createServer, connect } from '../dist/cjs/index.js';
-import { uniquePath } from './helpers/util';
+import { selfDomid } from './helpers/env';
+import { sleep, uniquePath } from './helpers/util';
 
 describe('the native surface', () => {
   it('the addon exports exactly the functions lib/native.ts declares', () => {
@@ -76,6 +80,67 @@ describe('the native surface', () => {
     } finally {
       for (const st of streams) st.destroy();
       await new Promise((r) => server.close(() => r(undefined)));
+    }
+  });
+
+  it("a PVCalls pump's port is served in C++: its events reach JS only when corrupt, and again once the pump closes", async () => {
+    const b = binding();
+    const ev = b.evtchn.open();
+    const peer = b.evtchn.open();
+    const seen: number[] = [];
+    b.evtchn.poll(ev, () => {
+      for (const p of b.evtchn.pending(ev)) {
+        seen.push(p);
+        b.evtchn.unmask(ev, p);
+      }
+    });
+    const local = b.evtchn.bindUnbound(ev, selfDomid);
+    const remote = b.evtchn.bindInterdomain(peer, selfDomid, local);
+    const got: Buffer[] = [];
+    const server = net.createServer((c) => c.on('data', (d) => got.push(d))).listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+    await once(client, 'connect');
+    const until = async (what: () => boolean) => {
+      for (let i = 0; i < 300 && !what(); i++) await sleep(10);
+      expect(what()).toBe(true);
+    };
+    // Order 1: halves of 4096 bytes, `in` first; out_prod is at byte 68 of the indexes page.
+    const idx = new ArrayBuffer(4096);
+    const data = new ArrayBuffer(8192);
+    const dv = new DataView(idx);
+    const corrupt: boolean[] = [];
+    const fd = (client as unknown as { _handle: { fd: number } })._handle.fd;
+    const pump = b.pump.open(ev, local, idx, data, 1, fd, () => corrupt.push(true));
+    client.destroy(); // the pump holds its own duplicate
+    try {
+      const bytes = Buffer.from(Array.from({ length: 100 }, (_, i) => i));
+      new Uint8Array(data, 4096, 100).set(bytes);
+      dv.setUint32(68, 100, true);
+      b.evtchn.notify(peer, remote);
+      await until(() => Buffer.concat(got).length === 100);
+      expect(Buffer.concat(got)).toEqual(bytes);
+      expect(b.pump.stats(pump)).toMatchObject({ bytesOut: 100, notifies: 1 });
+      await sleep(50);
+      expect(seen).toEqual([]); // the event was the pump's alone
+      // out_prod 5000 past out_cons: more than the half holds. The step finds it, and JS hears.
+      dv.setUint32(68, 100 + 5000, true);
+      b.evtchn.notify(peer, remote);
+      await until(() => seen.length > 0);
+      expect(seen).toEqual([local]);
+      expect(b.pump.run(pump)).toMatch(/the out ring claims 5000 bytes queued/);
+      // A closed pump's port is JS's again.
+      b.pump.close(pump);
+      seen.length = 0;
+      b.evtchn.notify(peer, remote);
+      await until(() => seen.length > 0);
+      expect(seen).toEqual([local]);
+      expect(corrupt).toEqual([]); // the fd's wake-ups never met the corruption: only the events did
+    } finally {
+      b.pump.close(pump);
+      b.evtchn.close(ev);
+      b.evtchn.close(peer);
+      server.close();
     }
   });
 

@@ -188,6 +188,7 @@ export function releaseSocket(ev: EventChannel, s: BackSocket): boolean {
       s.sock.destroy();
     } else if (s.pump) {
       const { b } = nativeHandleOf(ev);
+      debug('pvcalls backend: socket on port %d released, its pump: %j', s.port, b.pump.stats(s.pump));
       const { rest, fd } = b.pump.detach(s.pump);
       s.pump = undefined;
       // The socket failed (-1): nothing more goes out.
