@@ -55,6 +55,7 @@ struct domain {
     struct grant_entry *grants; /* indexed by grant ref */
     uint32_t grants_cap;
     uint32_t grants_used;
+    uint32_t grants_free; /* every ref below it (from FIRST_GRANT_REF) is in use */
     uint32_t shared_pages;
     uint32_t mapped_pages;
 };
@@ -73,8 +74,7 @@ struct share {
     uint32_t *refs;
     bool writable;
     uint32_t notify_off, notify_port;
-    int refcnt;         /* the sharer, plus one per mapping */
-    struct share *next; /* in the owner's list */
+    int refcnt; /* the sharer, plus one per mapping */
 };
 
 struct mapping {
@@ -83,7 +83,13 @@ struct mapping {
     struct share **sh; /* per page */
     uint32_t *page;    /* per page: index within its share */
     uint32_t notify_off, notify_port;
-    struct mapping *next;
+};
+
+/* Ids to objects (grant.c: a handle's shares or mappings). */
+struct idmap {
+    uint32_t *keys; /* 0: an empty slot (ids start at 1) */
+    void **vals;
+    uint32_t cap, len; /* cap: 0 or a power of two */
 };
 
 struct outmsg {
@@ -106,9 +112,8 @@ struct conn {
     struct xm_evt_gen *gen;  /* its generation page (read-only to it) */
     struct xm_evt_bits *own; /* the broker's own events for it */
     uint32_t restrict_dom;
-    /* gntshr / gnttab */
-    struct share *shares;
-    struct mapping *maps;
+    /* gntshr / gnttab: the handle's shares (gntshr) or mappings (gnttab) by id */
+    struct idmap held;
     uint32_t next_id;
     /* xenstore */
     int watchfd;

@@ -560,6 +560,60 @@ static void test_grants(void)
         xengntshr_close(s);
         free(refs);
     }
+
+    TEST("grants: refs are the lowest free ones; 1,000 shares and maps in one handle each, released oldest first")
+    {
+        as(0);
+        xengntshr_handle *s = xengntshr_open(NULL, 0);
+        uint32_t a[3], b[2], c[4], d[1], e[2];
+        void *pa = xengntshr_share_pages(s, 5, 3, a, 1);
+        void *pb = xengntshr_share_pages(s, 5, 2, b, 1);
+        void *pc = xengntshr_share_pages(s, 5, 4, c, 1);
+        CHECK(pa && pb && pc);
+        CHECK(a[0] == 8 && a[2] == 10 && b[0] == 11 && c[0] == 13 && c[3] == 16); /* Linux's first is 8 */
+        CHECK(xengntshr_unshare(s, pb, 2) == 0);
+        void *pd = xengntshr_share_pages(s, 5, 1, d, 1);
+        CHECK(pd && d[0] == 11); /* b's first */
+        void *pe = xengntshr_share_pages(s, 5, 2, e, 1);
+        CHECK(pe && e[0] == 12 && e[1] == 17); /* b's second, then past c */
+        CHECK(xengntshr_unshare(s, pa, 3) == 0);
+        uint32_t f[4];
+        void *pf = xengntshr_share_pages(s, 5, 4, f, 1);
+        CHECK(pf && f[0] == 8 && f[1] == 9 && f[2] == 10 && f[3] == 18);
+        xengntshr_unshare(s, pc, 4);
+        xengntshr_unshare(s, pd, 1);
+        xengntshr_unshare(s, pe, 2);
+        xengntshr_unshare(s, pf, 4);
+        CHECK(stats_of(0).grants == 0);
+
+        enum { N = 1000 };
+        void **area = calloc(N, sizeof(void *)), **map = calloc(N, sizeof(void *));
+        uint32_t *ref = calloc(N, sizeof(uint32_t));
+        int shared = 0, mapped = 0, unmapped = 0, unshared = 0;
+        for (int i = 0; i < N; i++)
+            shared += (area[i] = xengntshr_share_pages(s, 5, 1, &ref[i], 1)) != NULL;
+        CHECK(shared == N && ref[0] == 8 && ref[N - 1] == 8 + N - 1);
+        as(5);
+        xengnttab_handle *g = xengnttab_open(NULL, 0);
+        for (int i = 0; i < N; i++) {
+            map[i] = xengnttab_map_grant_ref(g, 0, ref[i], PROT_READ);
+            mapped += map[i] != NULL && ((volatile char *)map[i])[0] == 0;
+        }
+        CHECK(mapped == N);
+        for (int i = 0; i < N; i++) /* oldest first: the end of a list kept newest first */
+            unmapped += xengnttab_unmap(g, map[i], 1) == 0;
+        CHECK(unmapped == N);
+        CHECK(xengnttab_unmap(g, map[0], 1) == -1 && errno == EINVAL); /* once only */
+        xengnttab_close(g);
+        as(0);
+        for (int i = 0; i < N; i++)
+            unshared += xengntshr_unshare(s, area[i], 1) == 0;
+        CHECK(unshared == N && stats_of(0).grants == 0);
+        xengntshr_close(s);
+        free(area);
+        free(map);
+        free(ref);
+    }
 }
 
 static void test_xenstore(void)
