@@ -37,6 +37,7 @@ interface DomU {
     args?: Record<string, unknown>,
   ): Promise<(phase?: string, timeoutMs?: number) => Promise<BenchResult>>;
   destroy(): void;
+  consoleLog(): string;
 }
 /** What the peer's 'bench' op reports. */
 interface BenchResult {
@@ -139,7 +140,12 @@ async function main(): Promise<void> {
 
   const ask = async (args: Record<string, unknown>) => {
     const result = await domu.command('bench', { mib: MIB, sockets: SOCKETS, connects: CONNECTS, ...args });
-    return result('-', 600_000);
+    try {
+      return await result('-', 600_000);
+    } catch (e) {
+      console.error(`pvcalls-rig: the domU's console:\n${domu.consoleLog().slice(-4000)}`);
+      throw e;
+    }
   };
   /** One measurement through a PVCalls backend that UP starts and DOWN stops. */
   const viaPvcalls = async (up: () => Promise<void>, down: () => Promise<void>) => {
