@@ -83,7 +83,7 @@ describe('the native surface', () => {
     }
   });
 
-  it("a PVCalls pump's port is served in C++: its events reach JS only when corrupt, and again once the pump closes", async () => {
+  it("a PVCalls pump's port is served in C++: its events reach JS only when corrupt, again once the pump closes, and for a port bound again after an unbind", async () => {
     const b = binding();
     const ev = b.evtchn.open();
     const peer = b.evtchn.open();
@@ -112,6 +112,7 @@ describe('the native surface', () => {
     const corrupt: boolean[] = [];
     const fd = (client as unknown as { _handle: { fd: number } })._handle.fd;
     const pump = b.pump.open(ev, local, idx, data, 1, fd, () => corrupt.push(true));
+    let pump2: ReturnType<typeof b.pump.open> | undefined;
     client.destroy(); // the pump holds its own duplicate
     try {
       const bytes = Buffer.from(Array.from({ length: 100 }, (_, i) => i));
@@ -136,7 +137,25 @@ describe('the native surface', () => {
       await until(() => seen.length > 0);
       expect(seen).toEqual([local]);
       expect(corrupt).toEqual([]); // the fd's wake-ups never met the corruption: only the events did
+      // A port unbound under a live pump, and bound again at once (the same number): the new
+      // channel's events are JS's, not the old pump's.
+      const client2 = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+      await once(client2, 'connect');
+      const fd2 = (client2 as unknown as { _handle: { fd: number } })._handle.fd;
+      pump2 = b.pump.open(ev, local, new ArrayBuffer(4096), new ArrayBuffer(8192), 1, fd2, () => undefined);
+      client2.destroy();
+      b.evtchn.unbind(ev, local);
+      const again = b.evtchn.bindUnbound(ev, selfDomid);
+      const remote2 = b.evtchn.bindInterdomain(peer, selfDomid, again);
+      expect(again).toBe(local);
+      const steps = b.pump.stats(pump2).steps;
+      seen.length = 0;
+      b.evtchn.notify(peer, remote2);
+      await until(() => seen.length > 0);
+      expect(seen).toEqual([again]);
+      expect(b.pump.stats(pump2).steps).toBe(steps);
     } finally {
+      if (pump2) b.pump.close(pump2);
       b.pump.close(pump);
       b.evtchn.close(ev);
       b.evtchn.close(peer);
