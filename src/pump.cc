@@ -309,7 +309,7 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   // hears only of corruption (the poller's callback; run() on its 'event' if one reaches it).
   p->poller_->native = [p](int status, int events) {
     // An error (status < 0) is the socket's to report: let both calls meet it.
-    if (status < 0 || (events & (UV_READABLE | UV_DISCONNECT))) p->readable_ = true;
+    if (status < 0 || (events & UV_READABLE)) p->readable_ = true;
     if (status < 0 || (events & UV_WRITABLE)) p->writable_ = true;
     return p->StepFromLibuv();
   };
