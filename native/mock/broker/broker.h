@@ -200,5 +200,8 @@ uint32_t store_count_nodes(uint32_t dom);
 void store_owners(uint8_t *bits); /* sets bit N for every domain N owning a node */
 uint32_t store_count_watches(uint32_t dom);
 void store_flush_watches(struct conn *c);
+/* Set when a connection gets a watch socket or its queue fills or empties: only then does
+ * conn_sync_watch_sockets() walk the connections (10,000 of them in the bench). */
+extern bool watch_sockets_stale;
 
 #endif

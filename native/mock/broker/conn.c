@@ -29,6 +29,9 @@ void conn_ep_add(int fd, uint64_t tag, uint32_t events)
  * back into the transport. */
 void conn_sync_watch_sockets(void)
 {
+    if (!watch_sockets_stale)
+        return;
+    watch_sockets_stale = false;
     for (struct conn *c = conns; c; c = c->next) {
         if (c->watchfd < 0)
             continue;

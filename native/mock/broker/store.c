@@ -10,8 +10,9 @@
  *  - watches fire once when set, then on any change at or below their path,
  *    only to domains allowed to read the node; @introduceDomain and
  *    @releaseDomain fire as domains come and go;
- *  - transactions work on a snapshot and fail with EAGAIN at the end if a
- *    node they touched changed meanwhile;
+ *  - a transaction sees a node as it was when it first reached it, with its
+ *    own changes, and fails with EAGAIN at the end if a node it touched has
+ *    changed since (xenstored's rule since Xen 4.9);
  *  - quotas: 10 open transactions per connection (ENOSPC), 1000 nodes per
  *    unprivileged domain (ENOSPC), 128 watches per domain (E2BIG), values of
  *    at most 4096 bytes (E2BIG).
@@ -136,8 +137,11 @@ static int node_request(struct conn *c, struct xm_msg *m, const char *pl, struct
     struct txn *t = NULL;
     if (m->a[0] && !(t = find_txn(c, m->a[0])))
         return ENOENT;
-    struct ctx x = {.t = t ? t->root : root, .dom = c->dom, .live = t == NULL};
+    struct ctx x = {.t = t ? t->root : root, .txn = t, .dom = c->dom, .live = t == NULL};
     bool changes = m->op == XM_XS_WRITE || m->op == XM_XS_MKDIR || m->op == XM_XS_RM || m->op == XM_XS_SET_PERMS;
+    enum load what = m->op == XM_XS_DIRECTORY ? LOAD_KIDS : m->op == XM_XS_RM ? LOAD_RM : LOAD_PATH;
+    if (t && (err = txn_load(t, path, what)))
+        return err;
     if (t && (err = txn_touch(t, path, changes)))
         return err;
     if (t && m->op == XM_XS_RM && (err = txn_touch_subtree(t, path)))
@@ -159,6 +163,7 @@ int store_dispatch(struct conn *c, struct xm_msg *m, const char *pl, int in_fd, 
             return EINVAL;
         }
         c->watchfd = in_fd; /* polled by conn.c from now on */
+        watch_sockets_stale = true;
         return 0;
     }
     if (in_fd >= 0)
@@ -181,20 +186,14 @@ void store_conn_closed(struct conn *c)
 
 uint32_t store_count_nodes(uint32_t dom)
 {
-    return count_owned(root, dom);
-}
-
-static void mark_owners(const struct node *n, uint8_t *bits)
-{
-    if (n->nperms && n->perms[0].id < DOMID_FIRST_RESERVED)
-        bits[n->perms[0].id / 8] |= (uint8_t)(1u << (n->perms[0].id % 8));
-    for (uint32_t i = 0; i < n->nkids; i++)
-        mark_owners(n->kids[i], bits);
+    return owned_nodes(dom);
 }
 
 void store_owners(uint8_t *bits)
 {
-    mark_owners(root, bits);
+    for (uint32_t id = 0; id < DOMID_FIRST_RESERVED; id++)
+        if (owned_nodes(id))
+            bits[id / 8] |= (uint8_t)(1u << (id % 8));
 }
 
 /* What a toolstack writes for a new domain: /local/domain/N readable by N, and N's own data/ directory. */
@@ -252,6 +251,7 @@ void store_init(void)
     root = node_new("", 0, NULL);
     struct perm p = {0, 0};
     set_perms(root, &p, 1);
+    owners_add(root, 1, false);
     struct ctx x = {.t = root, .dom = 0, .live = false, .privileged = true};
     op_mkdir(&x, "/local/domain");
     op_mkdir(&x, "/tool");
@@ -261,6 +261,7 @@ void store_init(void)
 void store_reset(void)
 {
     watch_drop_all();
+    owners_add(root, -1, true);
     node_free(root);
     store_init();
 }

@@ -49,7 +49,8 @@ int make_node(struct ctx *x, const char *path, struct node **out, bool *created)
         if (*q == '/')
             missing++;
     missing++;
-    if (!x->privileged && x->dom != 0 && count_owned(x->t, x->dom) + missing > QUOTA_NODES)
+    if (!x->privileged && x->dom != 0 &&
+        (int64_t)owned_nodes(x->dom) + (x->txn ? x->txn->owned_delta : 0) + missing > QUOTA_NODES)
         return ENOSPC;
     uint64_t g = ++gen_counter;
     n->gen = g;
@@ -64,6 +65,10 @@ int make_node(struct ctx *x, const char *path, struct node **out, bool *created)
         if (!x->privileged && x->dom != 0 && k->nperms)
             k->perms[0].id = x->dom; /* an unprivileged creator owns what it creates */
         k->gen = g;
+        if (!x->txn)
+            owners_add(k, 1, false);
+        else if (k->nperms && k->perms[0].id == x->dom)
+            x->txn->owned_delta++;
         n = k;
         p += len + (e ? 1 : 0);
     }
@@ -117,12 +122,7 @@ int op_rm(struct ctx *x, const char *path)
     if (!n) {
         /* Removing what is already gone is fine if its parent exists (xenstored). */
         char parent[ABS_PATH_MAX + 64];
-        snprintf(parent, sizeof(parent), "%s", path);
-        char *slash = strrchr(parent, '/');
-        if (slash == parent)
-            slash[1] = 0;
-        else if (slash)
-            *slash = 0;
+        parent_path(path, parent, sizeof(parent));
         return lookup(x->t, parent) ? 0 : ENOENT;
     }
     if (!x->privileged && !(perm_for(n, x->dom) & PERM_WRITE))
@@ -131,6 +131,10 @@ int op_rm(struct ctx *x, const char *path)
         fire_removed(path, n);
     remove_child(n->parent, n);
     n->parent->gen = ++gen_counter;
+    if (!x->txn)
+        owners_add(n, -1, true);
+    else
+        x->txn->owned_delta -= count_owned(n, x->dom);
     node_free(n);
     return 0;
 }
@@ -151,7 +155,15 @@ int op_setperms(struct ctx *x, const char *path, const struct perm *p, uint32_t 
         if (p[0].id != x->dom)
             return EPERM; /* and may not give the node away */
     }
+    if (!x->txn)
+        owners_add(n, -1, false);
+    else
+        x->txn->owned_delta -= n->nperms && n->perms[0].id == x->dom;
     int err = set_perms(n, p, np);
+    if (!x->txn)
+        owners_add(n, 1, false);
+    else
+        x->txn->owned_delta += n->nperms && n->perms[0].id == x->dom;
     if (err)
         return err;
     n->gen = ++gen_counter;

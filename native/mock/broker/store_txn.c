@@ -1,5 +1,13 @@
-/* Transactions: a snapshot of the tree, the paths read and written (conflicts fail with EAGAIN at
- * the end, as xenstored's do), and a log replayed on the live tree at commit. */
+/* Transactions: a tree of their own, the paths read and written (conflicts fail with EAGAIN at the
+ * end, as xenstored's do), and a log replayed on the live tree at commit.
+ *
+ * A transaction's tree starts as a copy of the live root alone; a request copies in the live nodes
+ * it reaches (txn_load) before it runs, so starting one costs nothing and a request costs the
+ * nodes on its path, however big the store (each vchan offer is a transaction: copying the whole
+ * tree made setting up N channels cost N^2). As in xenstored since Xen 4.9, a transaction sees a
+ * node as it was when first reached, and every node a request touched is judged at the end: it
+ * must exist exactly when it did for the transaction, and be the generation it copied, or the end
+ * is EAGAIN. So what a transaction saw is what the live tree holds when it commits. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stdio.h>
@@ -35,7 +43,6 @@ struct txn *find_txn(struct conn *c, uint32_t id)
 void txn_free(struct txn *t)
 {
     node_free(t->root);
-    node_free(t->base);
     for (size_t i = 0; i < t->nacc; i++)
         free(t->acc[i].path);
     free(t->acc);
@@ -59,18 +66,116 @@ void unlink_txn(struct conn *c, struct txn *t)
     }
 }
 
-/* Records that T looked at PATH (and, for changes, its parent), as it stood in T's snapshot. */
+/* Makes K, a copy of the live node LIVE, a child of N. */
+static int adopt(struct node *n, const struct node *live, struct node **k)
+{
+    *k = node_copy(live, n);
+    if (!*k || add_child(n, *k)) {
+        node_free(*k);
+        *k = NULL;
+        return ENOMEM;
+    }
+    return 0;
+}
+
+/* Gives N (a node of a transaction's tree) all its children, in LIVE's order (LIVE: the live node
+ * at N's path, or NULL); with DEEP, all its descendants. Children the transaction made itself
+ * follow the live node's. On ENOMEM, N is as it was. */
+static int load_kids(struct node *n, const struct node *live, bool deep)
+{
+    if (n->lazy && live) {
+        uint32_t total = live->nkids + n->nkids, nf = 0;
+        struct node **fresh = calloc(live->nkids ? live->nkids : 1, sizeof(*fresh));
+        struct node **kids = calloc(total ? total : 1, sizeof(*kids));
+        bool *kept = calloc(n->nkids ? n->nkids : 1, sizeof(*kept));
+        int err = fresh && kids && kept ? 0 : ENOMEM;
+        for (uint32_t i = 0; i < live->nkids && !err; i++) {
+            const struct node *lk = live->kids[i];
+            if (!child(n, lk->name, lk->nlen) && !(fresh[nf++] = node_copy(lk, n)))
+                err = ENOMEM;
+        }
+        if (!err) {
+            uint32_t nk = 0, f = 0;
+            for (uint32_t i = 0; i < live->nkids; i++) {
+                struct node *k = NULL;
+                for (uint32_t j = 0; j < n->nkids && !k; j++)
+                    if (!kept[j] && !strcmp(n->kids[j]->name, live->kids[i]->name)) {
+                        kept[j] = true;
+                        k = n->kids[j];
+                    }
+                kids[nk++] = k ? k : fresh[f++];
+            }
+            for (uint32_t j = 0; j < n->nkids; j++)
+                if (!kept[j])
+                    kids[nk++] = n->kids[j];
+            free(n->kids);
+            n->kids = kids;
+            n->nkids = nk;
+            n->kcap = total ? total : 1;
+            kids = NULL;
+            index_kids(n);
+        } else {
+            for (uint32_t i = 0; i < nf; i++)
+                node_free(fresh[i]);
+        }
+        free(fresh);
+        free(kids);
+        free(kept);
+        if (err)
+            return err;
+    }
+    n->lazy = false;
+    for (uint32_t i = 0; deep && i < n->nkids; i++) {
+        struct node *k = n->kids[i];
+        int err = load_kids(k, live ? child(live, k->name, k->nlen) : NULL, true);
+        if (err)
+            return err;
+    }
+    return 0;
+}
+
+/* Copies into T's tree what a request on PATH reads of the live tree: the nodes on the path, and
+ * PATH's children (LOAD_KIDS), or for a removal PATH's parent's children and PATH's whole subtree
+ * (LOAD_RM: a node removed from a parent that may still copy children in would come back). Below
+ * a node the transaction made, or one whose children it has all, the live tree is not looked at. */
+int txn_load(struct txn *t, const char *path, enum load what)
+{
+    if (what == LOAD_RM) {
+        char parent[ABS_PATH_MAX + 64];
+        parent_path(path, parent, sizeof(parent));
+        int err = txn_load(t, parent, LOAD_KIDS);
+        return err ? err : txn_load(t, path, LOAD_SUBTREE);
+    }
+    struct node *n = t->root;
+    const struct node *live = root;
+    const char *p = path + 1;
+    while (*p) {
+        const char *e = strchr(p, '/');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        struct node *lk = live ? child(live, p, len) : NULL;
+        struct node *k = child(n, p, len);
+        if (!k) {
+            if (!n->lazy || !lk)
+                return 0;
+            int err = adopt(n, lk, &k);
+            if (err)
+                return err;
+        }
+        n = k;
+        live = lk;
+        p += len + (e ? 1 : 0);
+    }
+    return what == LOAD_PATH ? 0 : load_kids(n, live, what == LOAD_SUBTREE);
+}
+
+/* Records that T looked at PATH (and, for changes, its parent), as it stood for T before T's own
+ * changes (txn_load has copied in what the live tree has there). */
 int txn_touch(struct txn *t, const char *path, bool with_parent)
 {
     char parent[ABS_PATH_MAX + 64];
     const char *paths[2] = {path, NULL};
     if (with_parent && strcmp(path, "/")) {
-        snprintf(parent, sizeof(parent), "%s", path);
-        char *slash = strrchr(parent, '/');
-        if (slash == parent)
-            slash[1] = 0;
-        else
-            *slash = 0;
+        parent_path(path, parent, sizeof(parent));
         paths[1] = parent;
     }
     for (int k = 0; k < 2 && paths[k]; k++) {
@@ -84,9 +189,11 @@ int txn_touch(struct txn *t, const char *path, bool with_parent)
         t->acc[t->nacc].path = strdup(paths[k]);
         if (!t->acc[t->nacc].path)
             return ENOMEM;
-        /* As the snapshot had it, not as this transaction's own writes left it: a parent the
-         * transaction created implicitly did not exist, and must still not at commit. */
-        t->acc[t->nacc].existed = lookup(t->base, paths[k]) != NULL;
+        /* Not as this transaction's own writes left it: a parent the transaction created
+         * implicitly did not exist for it, and must still not at commit. */
+        const struct node *n = lookup(t->root, paths[k]);
+        t->acc[t->nacc].existed = n && n->from_live;
+        t->acc[t->nacc].gen = n && n->from_live ? n->live_gen : 0;
         t->nacc++;
     }
     return 0;
@@ -149,7 +256,7 @@ int txn_commit(struct conn *c, struct txn *t)
 {
     for (size_t i = 0; i < t->nacc; i++) {
         struct node *g = lookup(root, t->acc[i].path);
-        if (t->acc[i].existed != (g != NULL) || (g && g->gen > t->start_gen))
+        if (t->acc[i].existed != (g != NULL) || (g && g->gen != t->acc[i].gen))
             return EAGAIN;
     }
     struct ctx x = {.t = root, .dom = c->dom, .live = true};
@@ -177,17 +284,14 @@ int txn_start(struct conn *c, uint32_t *id)
     struct txn *t = calloc(1, sizeof(*t));
     if (!t)
         return ENOMEM;
-    t->root = node_clone(root, NULL);
-    t->base = t->root ? node_clone(root, NULL) : NULL;
-    if (!t->root || !t->base) {
-        node_free(t->root);
+    t->root = node_copy(root, NULL);
+    if (!t->root) {
         free(t);
         return ENOMEM;
     }
     t->id = next_txn_id++;
     if (next_txn_id == 0)
         next_txn_id = 1;
-    t->start_gen = gen_counter;
     t->next = c->txns;
     c->txns = t;
     c->ntxns++;

@@ -12,6 +12,8 @@
 
 struct watch *watches;
 
+bool watch_sockets_stale;
+
 void queue_event(struct conn *c, const char *path, const char *token)
 {
     if (c->watchfd < 0)
@@ -43,6 +45,7 @@ void queue_event(struct conn *c, const char *path, const char *token)
         c->wq_tail->next = m;
     else
         c->wq_head = m;
+    watch_sockets_stale = true;
     c->wq_tail = m;
     c->wq_bytes += m->len;
 }
@@ -55,8 +58,10 @@ void store_flush_watches(struct conn *c)
         if (n < 0 && errno == EAGAIN)
             return;
         c->wq_head = m->next;
-        if (!c->wq_head)
+        if (!c->wq_head) {
             c->wq_tail = NULL;
+            watch_sockets_stale = true;
+        }
         c->wq_bytes -= m->len;
         free(m);
     }

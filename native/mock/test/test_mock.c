@@ -58,6 +58,26 @@ static pid_t broker_pid(void)
     return cred.pid;
 }
 
+/* xenstored's default node quota per unprivileged domain (the mock's too). */
+#define QUOTA 1000u
+
+/* Whether PATH's children (in transaction T) are WANT, names separated by one space, in order. */
+static bool dir_is(struct xs_handle *h, xs_transaction_t t, const char *path, const char *want)
+{
+    unsigned n = 0;
+    char **names = xs_directory(h, t, path, &n);
+    if (!names)
+        return false;
+    char got[1024] = "";
+    size_t pos = 0;
+    for (unsigned i = 0; i < n && pos < sizeof(got); i++)
+        pos += (size_t)snprintf(got + pos, sizeof(got) - pos, "%s%s", i ? " " : "", names[i]);
+    free(names);
+    if (strcmp(got, want))
+        fprintf(stderr, "    %s: [%s], wanted [%s]\n", path, got, want);
+    return !strcmp(got, want);
+}
+
 static struct xenmock_stats stats_of(uint32_t dom)
 {
     struct xenmock_stats s = {0};
@@ -730,6 +750,127 @@ static void test_xenstore(void)
         xs_close(h5);
         xs_close(h7);
         CHECK(stats_of(5).watches == 0);
+    }
+
+    TEST("xenstore: a transaction copies what it reaches; the node quota counts nodes as they come and go")
+    {
+        as(0);
+        struct xs_handle *h0 = xs_open(0);
+        as(5);
+        struct xs_handle *h5 = xs_open(0);
+        CHECK(h0 && h5);
+        unsigned len;
+        char *v;
+
+        /* Its own changes only, however its reads interleave with them: a child removed in the
+         * transaction stays removed when its siblings are read after, and a listing has the live
+         * children in the live order, then the transaction's new ones. */
+        CHECK(xs_write(h0, XBT_NULL, "/tx/d/a", "a", 1) && xs_write(h0, XBT_NULL, "/tx/d/b", "b", 1) &&
+              xs_write(h0, XBT_NULL, "/tx/d/c", "c", 1));
+        xs_transaction_t t = xs_transaction_start(h0);
+        v = xs_read(h0, t, "/tx/d/b", &len);
+        CHECK(v && !strcmp(v, "b"));
+        free(v);
+        CHECK(xs_write(h0, t, "/tx/d/new", "n", 1));
+        CHECK(xs_rm(h0, t, "/tx/d/a"));
+        CHECK(xs_read(h0, t, "/tx/d/a", &len) == NULL && errno == ENOENT);
+        v = xs_read(h0, t, "/tx/d/c", &len);
+        CHECK(v && !strcmp(v, "c"));
+        free(v);
+        CHECK(xs_read(h0, t, "/tx/d/a", &len) == NULL && errno == ENOENT);
+        CHECK(dir_is(h0, t, "/tx/d", "b c new"));
+        CHECK(dir_is(h0, XBT_NULL, "/tx/d", "a b c"));
+        CHECK(xs_transaction_end(h0, t, false));
+        CHECK(dir_is(h0, XBT_NULL, "/tx/d", "b c new"));
+
+        /* As xenstored since Xen 4.9: a node changed outside after the start but before the
+         * transaction first reads it is read as it now is, and does not fail the transaction; one
+         * changed after the transaction read it does (EAGAIN), and one the transaction never
+         * touched does not. */
+        t = xs_transaction_start(h0);
+        CHECK(xs_write(h0, XBT_NULL, "/tx/d/b", "b2", 2));
+        CHECK(xs_write(h0, XBT_NULL, "/tx/other", "o", 1));
+        v = xs_read(h0, t, "/tx/d/b", &len);
+        CHECK(v && !strcmp(v, "b2"));
+        free(v);
+        CHECK(xs_write(h0, t, "/tx/d/c", "c2", 2));
+        CHECK(xs_transaction_end(h0, t, false));
+        t = xs_transaction_start(h0);
+        v = xs_read(h0, t, "/tx/d/b", &len);
+        free(v);
+        CHECK(xs_write(h0, XBT_NULL, "/tx/d/b", "b3", 2));
+        CHECK(xs_write(h0, t, "/tx/d/c", "c3", 2));
+        CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
+        v = xs_read(h0, XBT_NULL, "/tx/d/c", &len);
+        CHECK(v && !strcmp(v, "c2"));
+        free(v);
+        /* A child made outside under a directory the transaction has reached, then listed: the
+         * listing changed since the transaction read the directory, so EAGAIN. */
+        t = xs_transaction_start(h0);
+        v = xs_read(h0, t, "/tx/d", &len);
+        free(v);
+        CHECK(xs_write(h0, XBT_NULL, "/tx/d/late", "l", 1));
+        CHECK(dir_is(h0, t, "/tx/d", "b c new late"));
+        CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
+        /* A removed node made again outside (a new generation, the same value): EAGAIN. */
+        t = xs_transaction_start(h0);
+        v = xs_read(h0, t, "/tx/d/new", &len);
+        free(v);
+        CHECK(xs_rm(h0, XBT_NULL, "/tx/d/new") && xs_write(h0, XBT_NULL, "/tx/d/new", "n", 1));
+        CHECK(xs_write(h0, t, "/tx/d/c", "c4", 2));
+        CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
+        CHECK(xs_rm(h0, XBT_NULL, "/tx"));
+
+        /* The quota: 1,000 nodes a domain owns, counted as they are made, removed and given. */
+        uint32_t base = stats_of(5).nodes;
+        CHECK(base >= 1 && base < 900);
+        CHECK(xs_mkdir(h5, XBT_NULL, "data/q"));
+        char name[64];
+        bool all = true;
+        for (uint32_t i = 0; i < QUOTA - base - 1 && all; i++) {
+            snprintf(name, sizeof(name), "data/q/%u", i);
+            all = xs_write(h5, XBT_NULL, name, "x", 1);
+        }
+        CHECK(all && stats_of(5).nodes == QUOTA);
+        CHECK(!xs_write(h5, XBT_NULL, "data/q/over", "x", 1) && errno == ENOSPC);
+        /* In a transaction: what it removed makes room, what it made counts, before the end. */
+        t = xs_transaction_start(h5);
+        CHECK(xs_rm(h5, t, "data/q/0"));
+        CHECK(xs_write(h5, t, "data/q/in-txn", "x", 1));
+        CHECK(!xs_write(h5, t, "data/q/in-txn-2", "x", 1) && errno == ENOSPC);
+        CHECK(xs_transaction_end(h5, t, false));
+        CHECK(stats_of(5).nodes == QUOTA);
+        /* A big directory's children are found by name (hashed) after removals and additions. */
+        unsigned nq = 0;
+        char **q = xs_directory(h5, XBT_NULL, "data/q", &nq);
+        CHECK(q && nq == QUOTA - base - 1 && !strcmp(q[nq - 1], "in-txn") && !strcmp(q[0], "1"));
+        free(q);
+        bool found = true;
+        for (uint32_t i = 1; i < QUOTA - base - 1 && found; i++) {
+            snprintf(name, sizeof(name), "data/q/%u", i);
+            v = xs_read(h5, XBT_NULL, name, &len);
+            found = v && !strcmp(v, "x");
+            free(v);
+        }
+        CHECK(found);
+        CHECK(xs_read(h5, XBT_NULL, "data/q/0", &len) == NULL && errno == ENOENT);
+        v = xs_read(h5, XBT_NULL, "data/q/in-txn", &len);
+        CHECK(v != NULL);
+        free(v);
+        /* A node dom0 gives to domain 5 counts for 5; taken back, it does not. */
+        CHECK(xs_write(h0, XBT_NULL, "/given", "g", 1));
+        struct xs_permissions to5[1] = {{5, XS_PERM_NONE}}, to0[1] = {{0, XS_PERM_NONE}};
+        CHECK(xs_set_permissions(h0, XBT_NULL, "/given", to5, 1));
+        CHECK(stats_of(5).nodes == QUOTA + 1);
+        CHECK(xs_set_permissions(h0, XBT_NULL, "/given", to0, 1));
+        CHECK(stats_of(5).nodes == QUOTA);
+        CHECK(xs_rm(h0, XBT_NULL, "/given"));
+        CHECK(xs_rm(h5, XBT_NULL, "data/q"));
+        CHECK(stats_of(5).nodes == base);
+        CHECK(xs_write(h5, XBT_NULL, "data/q/again", "x", 1));
+        CHECK(xs_rm(h5, XBT_NULL, "data/q"));
+        xs_close(h0);
+        xs_close(h5);
     }
 }
 
