@@ -7,8 +7,12 @@
 // CPU time per request is reported for the clients' process, the server's and (on the mock) the
 // broker's, which carries every event and unmask: it shows where a gap comes from.
 //
-//   npm run bench:pcid -- [--quick] [--runs N] [--seconds S] [--ring BYTES]
-//     --ring  the minimum ring sizes of each client's channel (default 0: v4's in-page rings)
+//   npm run bench:pcid -- [--quick] [--runs N] [--seconds S] [--ring BYTES] [--clients N,...]
+//                         [--only vchan|uds]
+//     --ring     the minimum ring sizes of each client's channel (default 0: v4's in-page rings)
+//     --clients  the client counts to run (default 1,50)
+//     --only     one path (no ratios): to profile it alone, `node --cpu-prof bench/dist/pcid.js`
+//                profiles the server and (fork inherits the flag) the clients' process
 import { fork } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
@@ -28,6 +32,11 @@ const x = lib();
 const argv = process.argv.slice(2);
 const { opt, runs: RUNS, seconds: SECONDS } = benchOptions(argv);
 const SBDF = '0000:00:04.0';
+const valueOf = (name: string) => (argv.includes(name) ? argv[argv.indexOf(name) + 1] : undefined);
+const COUNTS = (valueOf('--clients') ?? '1,50').split(',').map(Number);
+const ONLY = valueOf('--only');
+if (ONLY !== undefined && ONLY !== 'vchan' && ONLY !== 'uds') throw new RangeError(`--only: vchan or uds, not ${ONLY}`);
+if (COUNTS.some((n) => !Number.isInteger(n) || n < 1)) throw new RangeError(`--clients: counts of 1 or more`);
 
 type Kind = 'vchan' | 'uds';
 
@@ -118,6 +127,8 @@ function childMain(): void {
       clientCpu: (cpu.user + cpu.system) / lat.length,
     });
   });
+  // Exit (not killed) when the parent lets go, so that `node --cpu-prof` writes this process's profile.
+  process.on('disconnect', () => process.exit(0));
   process.send!({ ready: true });
 }
 
@@ -164,15 +175,17 @@ async function main(): Promise<void> {
     return r;
   };
 
+  const kinds: Kind[] = ONLY ? [ONLY as Kind] : ['vchan', 'uds'];
   const results: Record<string, JobResult[]> = {};
-  for (const n of [1, 50]) {
-    for (const kind of ['vchan', 'uds'] as const) results[`${kind}-${n}`] = [];
+  for (const n of COUNTS) {
+    for (const kind of kinds) results[`${kind}-${n}`] = [];
     for (let run = 0; run < RUNS; run++)
-      for (const kind of (run % 2 ? ['uds', 'vchan'] : ['vchan', 'uds']) as Kind[])
+      for (const kind of run % 2 ? [...kinds].reverse() : kinds)
         // alternate who goes first
         results[`${kind}-${n}`].push(await ask({ kind, n, path: rel, sock, seconds: SECONDS }));
   }
-  child.kill();
+  child.disconnect();
+  await once(child, 'exit');
   uds.close();
   await new Promise<void>((r) => server.close(() => r()));
   fs.rmSync(sysfs, { recursive: true, force: true });
@@ -188,8 +201,8 @@ async function main(): Promise<void> {
   L.push('');
   L.push('| clients | path | requests/s | p50 µs | p99 µs | CPU µs/request: clients | server | broker |');
   L.push('|---|---|---|---|---|---|---|---|');
-  for (const n of [1, 50])
-    for (const kind of ['vchan', 'uds'] as const) {
+  for (const n of COUNTS)
+    for (const kind of kinds) {
       const r = results[`${kind}-${n}`];
       // A figure this backend does not have (the broker's on real Xen) is '-'.
       const col = (k: keyof JobResult, d = 0) =>
@@ -204,7 +217,7 @@ async function main(): Promise<void> {
       );
     }
   L.push('');
-  for (const n of [1, 50]) {
+  for (const n of ONLY ? [] : COUNTS) {
     const v = results[`vchan-${n}`];
     const u = results[`uds-${n}`];
     // Ratios per run (the two measured back to back), then their median and spread.
