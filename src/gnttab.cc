@@ -16,8 +16,6 @@ namespace xv {
 namespace {
 
 constexpr size_t kPage = 4096;
-// A mapping that fails with EINTR is asked for this many times in all (native/vchan's MAP_TRIES).
-constexpr int kMapTries = 100;
 // One copy call takes at most this many segments (Linux's gntdev copies in batches of 16; this
 // bounds the memory one call can make us allocate).
 constexpr uint32_t kMaxCopySegments = 1u << 16;
@@ -195,13 +193,9 @@ Napi::Value Map(const Napi::CallbackInfo& info) {
   CheckOpen(env, g);
   if (g->dev_->share) throw CodedError(env, "ERR_INVALID_ARG_TYPE", "The handle argument must be a grant mapper", true);
   auto* h = static_cast<xengnttab_handle*>(g->dev_->h);
-  // Asked again while it fails with EINTR, as native/vchan's MAP_RETRYING does (why: there).
-  void* addr = nullptr;
-  for (int tries = 0; tries < kMapTries; tries++) {
-    addr = notify ? xengnttab_map_grant_ref_notify(h, dom, refs[0], prot, off, port)
-                  : xengnttab_map_domain_grant_refs(h, n, dom, refs.data(), prot);
-    if (addr || errno != EINTR) break;
-  }
+  // Asked again while it fails with EINTR (why: native/include/xv_retry.h).
+  void* addr = XV_MAP_RETRYING(notify ? xengnttab_map_grant_ref_notify(h, dom, refs[0], prot, off, port)
+                                      : xengnttab_map_domain_grant_refs(h, n, dom, refs.data(), prot));
   if (!addr) ThrowErrno(env, errno, notify ? "xengnttab_map_grant_ref_notify" : "xengnttab_map_domain_grant_refs");
   return Expose(env, g, addr, n);
 }

@@ -8,6 +8,7 @@ extern "C" {
 #include <xengnttab.h>
 #include <xenstore.h>
 #include <xv_protocol.h>
+#include <xv_retry.h>
 
 #include <xv_vchan.h>
 #ifdef XEN_VCHAN_MOCK

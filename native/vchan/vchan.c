@@ -38,6 +38,7 @@
 #include <libxenvchan.h>
 #include <xenstore.h>
 #include <xv_protocol.h>
+#include <xv_retry.h>
 
 #include <xv_vchan.h>
 
@@ -73,24 +74,6 @@ static uint32_t ring_size(const struct libxenvchan_ring *r)
 {
     return 1u << r->order;
 }
-
-/*
- * EXPR (a grant mapping: NULL and errno on failure), asked again while it fails with EINTR. gntdev in
- * a PV domain registers a process's MMU notifier at its first mapping and gives up with EINTR when a
- * signal is pending then (a profiler's SIGPROF, a child's SIGCHLD: seen on the rig under `node
- * --cpu-prof`); libxengnttab has undone its half of the mapping, so asking again is safe. Bounded:
- * a storm of signals still ends in the error.
- */
-#define MAP_TRIES 100
-#define MAP_RETRYING(expr)                                                                                             \
-    ({                                                                                                                 \
-        void *m_;                                                                                                      \
-        int t_ = 0;                                                                                                    \
-        do                                                                                                             \
-            m_ = (void *)(expr);                                                                                       \
-        while (!m_ && errno == EINTR && ++t_ < MAP_TRIES);                                                             \
-        m_;                                                                                                            \
-    })
 
 static uint32_t ring_pages(int order)
 {
@@ -812,8 +795,8 @@ static struct libxenvchan *client_attach(int domain, uint32_t ring_ref, uint32_t
         c->event_port = (uint32_t)port;
         v->bound = 1;
     }
-    c->ring = MAP_RETRYING(xengnttab_map_grant_ref_notify(c->gnttab, (uint32_t)domain, ring_ref, PROT_READ | PROT_WRITE,
-                                                          LIVE_OFF, c->event_port));
+    c->ring = XV_MAP_RETRYING(xengnttab_map_grant_ref_notify(c->gnttab, (uint32_t)domain, ring_ref,
+                                                             PROT_READ | PROT_WRITE, LIVE_OFF, c->event_port));
     if (!c->ring)
         goto fail;
     struct vchan_interface *ring = c->ring;
@@ -831,7 +814,7 @@ static struct libxenvchan *client_attach(int domain, uint32_t ring_ref, uint32_t
     for (uint32_t i = 0; i < lp + rp; i++)
         refs[i] = __atomic_load_n(&ring->grants[i], __ATOMIC_RELAXED);
     if (lp) {
-        c->write.buffer = MAP_RETRYING(
+        c->write.buffer = XV_MAP_RETRYING(
             xengnttab_map_domain_grant_refs(c->gnttab, lp, (uint32_t)domain, refs, PROT_READ | PROT_WRITE));
         if (!c->write.buffer)
             goto fail;
@@ -839,7 +822,7 @@ static struct libxenvchan *client_attach(int domain, uint32_t ring_ref, uint32_t
         c->write.buffer = in_page(ring, lo);
     }
     if (rp) {
-        c->read.buffer = MAP_RETRYING(
+        c->read.buffer = XV_MAP_RETRYING(
             xengnttab_map_domain_grant_refs(c->gnttab, rp, (uint32_t)domain, refs + lp, PROT_READ | PROT_WRITE));
         if (!c->read.buffer)
             goto fail;
@@ -909,7 +892,7 @@ static int claim_take(struct claim *k, const struct xv_vchan_handles *shared, ui
     }
     if (!k->gt)
         return errno ? errno : EIO;
-    k->page = MAP_RETRYING(xengnttab_map_grant_ref(k->gt, k->dom, ref, PROT_READ | PROT_WRITE));
+    k->page = XV_MAP_RETRYING(xengnttab_map_grant_ref(k->gt, k->dom, ref, PROT_READ | PROT_WRITE));
     if (!k->page)
         return errno ? errno : EIO;
     int lo = __atomic_load_n(&k->page->left_order, __ATOMIC_ACQUIRE);
