@@ -78,6 +78,16 @@ static bool dir_is(struct xs_handle *h, xs_transaction_t t, const char *path, co
     return !strcmp(got, want);
 }
 
+/* Whether PATH reads WANT (in transaction T). */
+static bool read_is(struct xs_handle *h, xs_transaction_t t, const char *path, const char *want)
+{
+    unsigned len;
+    char *v = xs_read(h, t, path, &len);
+    bool ok = v && len == strlen(want) && !memcmp(v, want, len);
+    free(v);
+    return ok;
+}
+
 static struct xenmock_stats stats_of(uint32_t dom)
 {
     struct xenmock_stats s = {0};
@@ -760,7 +770,6 @@ static void test_xenstore(void)
         struct xs_handle *h5 = xs_open(0);
         CHECK(h0 && h5);
         unsigned len;
-        char *v;
 
         /* Its own changes only, however its reads interleave with them: a child removed in the
          * transaction stays removed when its siblings are read after, and a listing has the live
@@ -768,15 +777,11 @@ static void test_xenstore(void)
         CHECK(xs_write(h0, XBT_NULL, "/tx/d/a", "a", 1) && xs_write(h0, XBT_NULL, "/tx/d/b", "b", 1) &&
               xs_write(h0, XBT_NULL, "/tx/d/c", "c", 1));
         xs_transaction_t t = xs_transaction_start(h0);
-        v = xs_read(h0, t, "/tx/d/b", &len);
-        CHECK(v && !strcmp(v, "b"));
-        free(v);
+        CHECK(read_is(h0, t, "/tx/d/b", "b"));
         CHECK(xs_write(h0, t, "/tx/d/new", "n", 1));
         CHECK(xs_rm(h0, t, "/tx/d/a"));
         CHECK(xs_read(h0, t, "/tx/d/a", &len) == NULL && errno == ENOENT);
-        v = xs_read(h0, t, "/tx/d/c", &len);
-        CHECK(v && !strcmp(v, "c"));
-        free(v);
+        CHECK(read_is(h0, t, "/tx/d/c", "c"));
         CHECK(xs_read(h0, t, "/tx/d/a", &len) == NULL && errno == ENOENT);
         CHECK(dir_is(h0, t, "/tx/d", "b c new"));
         CHECK(dir_is(h0, XBT_NULL, "/tx/d", "a b c"));
@@ -784,38 +789,25 @@ static void test_xenstore(void)
         CHECK(dir_is(h0, XBT_NULL, "/tx/d", "b c new"));
 
         /* As xenstored since Xen 4.9: a node changed outside after the start but before the
-         * transaction first reads it is read as it now is, and does not fail the transaction; one
-         * changed after the transaction read it does (EAGAIN), and one the transaction never
-         * touched does not. */
+         * transaction first reads it is read as it now is, and does not fail the transaction (one
+         * changed after the transaction read it does: above), nor does one it never touched. */
         t = xs_transaction_start(h0);
         CHECK(xs_write(h0, XBT_NULL, "/tx/d/b", "b2", 2));
         CHECK(xs_write(h0, XBT_NULL, "/tx/other", "o", 1));
-        v = xs_read(h0, t, "/tx/d/b", &len);
-        CHECK(v && !strcmp(v, "b2"));
-        free(v);
+        CHECK(read_is(h0, t, "/tx/d/b", "b2"));
         CHECK(xs_write(h0, t, "/tx/d/c", "c2", 2));
         CHECK(xs_transaction_end(h0, t, false));
-        t = xs_transaction_start(h0);
-        v = xs_read(h0, t, "/tx/d/b", &len);
-        free(v);
-        CHECK(xs_write(h0, XBT_NULL, "/tx/d/b", "b3", 2));
-        CHECK(xs_write(h0, t, "/tx/d/c", "c3", 2));
-        CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
-        v = xs_read(h0, XBT_NULL, "/tx/d/c", &len);
-        CHECK(v && !strcmp(v, "c2"));
-        free(v);
+        CHECK(read_is(h0, XBT_NULL, "/tx/d/c", "c2"));
         /* A child made outside under a directory the transaction has reached, then listed: the
          * listing changed since the transaction read the directory, so EAGAIN. */
         t = xs_transaction_start(h0);
-        v = xs_read(h0, t, "/tx/d", &len);
-        free(v);
+        CHECK(read_is(h0, t, "/tx/d", ""));
         CHECK(xs_write(h0, XBT_NULL, "/tx/d/late", "l", 1));
         CHECK(dir_is(h0, t, "/tx/d", "b c new late"));
         CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
         /* A removed node made again outside (a new generation, the same value): EAGAIN. */
         t = xs_transaction_start(h0);
-        v = xs_read(h0, t, "/tx/d/new", &len);
-        free(v);
+        CHECK(read_is(h0, t, "/tx/d/new", "n"));
         CHECK(xs_rm(h0, XBT_NULL, "/tx/d/new") && xs_write(h0, XBT_NULL, "/tx/d/new", "n", 1));
         CHECK(xs_write(h0, t, "/tx/d/c", "c4", 2));
         CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
@@ -848,15 +840,11 @@ static void test_xenstore(void)
         bool found = true;
         for (uint32_t i = 1; i < QUOTA - base - 1 && found; i++) {
             snprintf(name, sizeof(name), "data/q/%u", i);
-            v = xs_read(h5, XBT_NULL, name, &len);
-            found = v && !strcmp(v, "x");
-            free(v);
+            found = read_is(h5, XBT_NULL, name, "x");
         }
         CHECK(found);
         CHECK(xs_read(h5, XBT_NULL, "data/q/0", &len) == NULL && errno == ENOENT);
-        v = xs_read(h5, XBT_NULL, "data/q/in-txn", &len);
-        CHECK(v != NULL);
-        free(v);
+        CHECK(read_is(h5, XBT_NULL, "data/q/in-txn", "x"));
         /* A node dom0 gives to domain 5 counts for 5; taken back, it does not. */
         CHECK(xs_write(h0, XBT_NULL, "/given", "g", 1));
         struct xs_permissions to5[1] = {{5, XS_PERM_NONE}}, to0[1] = {{0, XS_PERM_NONE}};
