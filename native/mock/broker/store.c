@@ -142,7 +142,8 @@ static int node_request(struct conn *c, struct xm_msg *m, const char *pl, struct
     enum load what = m->op == XM_XS_DIRECTORY ? LOAD_KIDS : m->op == XM_XS_RM ? LOAD_RM : LOAD_PATH;
     if (t && (err = txn_load(t, path, what)))
         return err;
-    if (t && (err = txn_touch(t, path, changes)))
+    enum touch how = m->op == XM_XS_RM ? TOUCH_RM : changes ? TOUCH_CHANGE : TOUCH_READ;
+    if (t && (err = txn_touch(t, path, how)))
         return err;
     if (t && m->op == XM_XS_RM && (err = txn_touch_subtree(t, path)))
         return err;

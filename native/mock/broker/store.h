@@ -139,7 +139,8 @@ int txn_load(struct txn *t, const char *path, enum load what);
 struct txn *find_txn(struct conn *c, uint32_t id);
 void txn_free(struct txn *t);
 void unlink_txn(struct conn *c, struct txn *t);
-int txn_touch(struct txn *t, const char *path, bool with_parent);
+enum touch { TOUCH_READ, TOUCH_CHANGE, TOUCH_RM };
+int txn_touch(struct txn *t, const char *path, enum touch how);
 int txn_touch_subtree(struct txn *t, const char *path);
 int txn_log(struct txn *t, enum logop op, const char *path, const char *val, uint32_t vlen, const struct perm *p,
             uint32_t np);

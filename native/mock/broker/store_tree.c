@@ -254,10 +254,11 @@ int canonical(uint32_t dom, const char *path, char *out, size_t cap, bool allow_
     return 0;
 }
 
-/* PATH's parent into OUT (CAP >= strlen(PATH) + 1): "/" for "/" and for "/a". */
+/* PATH's parent into OUT (CAP >= strlen(PATH) + 1; OUT may be PATH): "/" for "/" and for "/a". */
 void parent_path(const char *path, char *out, size_t cap)
 {
-    snprintf(out, cap, "%s", path);
+    if (out != path)
+        snprintf(out, cap, "%s", path);
     char *slash = strrchr(out, '/');
     if (slash == out)
         slash[1] = 0;

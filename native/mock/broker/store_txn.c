@@ -168,35 +168,44 @@ int txn_load(struct txn *t, const char *path, enum load what)
     return what == LOAD_PATH ? 0 : load_kids(n, live, what == LOAD_SUBTREE);
 }
 
-/* Records that T looked at PATH (and, for changes, its parent), as it stood for T before T's own
- * changes (txn_load has copied in what the live tree has there). */
-int txn_touch(struct txn *t, const char *path, bool with_parent)
+/* Records that T looked at ONE path, as it stood for T before T's own changes (txn_load has
+ * copied in what the live tree has there): a node the transaction made did not exist for it, and
+ * must still not at commit. */
+static int touch_one(struct txn *t, const char *path)
 {
-    char parent[ABS_PATH_MAX + 64];
-    const char *paths[2] = {path, NULL};
-    if (with_parent && strcmp(path, "/")) {
-        parent_path(path, parent, sizeof(parent));
-        paths[1] = parent;
-    }
-    for (int k = 0; k < 2 && paths[k]; k++) {
-        bool seen = false;
-        for (size_t i = 0; i < t->nacc && !seen; i++)
-            seen = !strcmp(t->acc[i].path, paths[k]);
-        if (seen)
-            continue;
-        if (grow((void **)&t->acc, &t->acap, t->nacc, sizeof(*t->acc)) < 0)
-            return ENOMEM;
-        t->acc[t->nacc].path = strdup(paths[k]);
-        if (!t->acc[t->nacc].path)
-            return ENOMEM;
-        /* Not as this transaction's own writes left it: a parent the transaction created
-         * implicitly did not exist for it, and must still not at commit. */
-        const struct node *n = lookup(t->root, paths[k]);
-        t->acc[t->nacc].existed = n && n->from_live;
-        t->acc[t->nacc].gen = n && n->from_live ? n->live_gen : 0;
-        t->nacc++;
-    }
+    for (size_t i = 0; i < t->nacc; i++)
+        if (!strcmp(t->acc[i].path, path))
+            return 0;
+    if (grow((void **)&t->acc, &t->acap, t->nacc, sizeof(*t->acc)) < 0)
+        return ENOMEM;
+    t->acc[t->nacc].path = strdup(path);
+    if (!t->acc[t->nacc].path)
+        return ENOMEM;
+    const struct node *n = lookup(t->root, path);
+    t->acc[t->nacc].existed = n && n->from_live;
+    t->acc[t->nacc].gen = n && n->from_live ? n->live_gen : 0;
+    t->nacc++;
     return 0;
+}
+
+/* Records that T looked at PATH, and for a change the node whose children it changes, as xenstored
+ * counts them: a node made, its nearest ancestor that exists for T; a node removed (or found gone),
+ * its parent. A change to a node that is there (its value, its permissions) touches it alone, so
+ * siblings coming and going beside it do not fail the transaction. */
+int txn_touch(struct txn *t, const char *path, enum touch how)
+{
+    int err = touch_one(t, path);
+    if (err || how == TOUCH_READ || !strcmp(path, "/"))
+        return err;
+    char up[ABS_PATH_MAX + 64];
+    parent_path(path, up, sizeof(up));
+    if (how == TOUCH_CHANGE) {
+        if (lookup(t->root, path))
+            return 0;
+        while (strcmp(up, "/") && !lookup(t->root, up))
+            parent_path(up, up, sizeof(up));
+    }
+    return touch_one(t, up);
 }
 
 /* Records every node under PATH (not PATH itself) as T's snapshot has it: a removal inside a
@@ -212,7 +221,7 @@ int txn_touch_subtree(struct txn *t, const char *path)
         int len = snprintf(kid, sizeof(kid), "%s/%s", strcmp(path, "/") ? path : "", n->kids[i]->name);
         if (len < 0 || (size_t)len >= sizeof(kid))
             continue;
-        int err = txn_touch(t, kid, false);
+        int err = touch_one(t, kid);
         if (!err)
             err = txn_touch_subtree(t, kid);
         if (err)

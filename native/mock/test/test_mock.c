@@ -805,6 +805,19 @@ static void test_xenstore(void)
         CHECK(xs_write(h0, XBT_NULL, "/tx/d/late", "l", 1));
         CHECK(dir_is(h0, t, "/tx/d", "b c new late"));
         CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
+        /* xenstored's parent rule: a transaction that changes a node that is there touches that
+         * node alone, so siblings coming and going beside it do not fail it; one that makes a
+         * node touches the directory it adds to, and a sibling made meanwhile fails it. */
+        t = xs_transaction_start(h0);
+        CHECK(xs_write(h0, t, "/tx/d/c", "c5", 2));
+        CHECK(xs_write(h0, XBT_NULL, "/tx/d/z", "z", 1) && xs_rm(h0, XBT_NULL, "/tx/d/z"));
+        CHECK(xs_transaction_end(h0, t, false));
+        CHECK(read_is(h0, XBT_NULL, "/tx/d/c", "c5"));
+        t = xs_transaction_start(h0);
+        CHECK(xs_write(h0, t, "/tx/d/made/deep", "m", 1));
+        CHECK(xs_write(h0, XBT_NULL, "/tx/d/z", "z", 1));
+        CHECK(!xs_transaction_end(h0, t, false) && errno == EAGAIN);
+        CHECK(xs_read(h0, XBT_NULL, "/tx/d/made", &len) == NULL && errno == ENOENT);
         /* A removed node made again outside (a new generation, the same value): EAGAIN. */
         t = xs_transaction_start(h0);
         CHECK(read_is(h0, t, "/tx/d/new", "n"));
