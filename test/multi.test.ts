@@ -147,6 +147,43 @@ describe('VchanMultiServer: many clients at once on one path', () => {
     expect((await roundTrip(c, Buffer.from('late'))).toString()).toBe('late');
   });
 
+  it('listens while other channels come and go beside it: its transaction touches nothing above its path', async () => {
+    // Another writer adds and removes siblings of the path all the while, as other servers of a
+    // busy domain do; xenstored fails a transaction whose nodes changed meanwhile, so one that
+    // touched the parent directory would fail on every try (EAGAIN, seen on the rig).
+    const path = uniquePath('multibusy');
+    const xs = new Xenstore();
+    let stop = false;
+    let churned = 0;
+    const churn = (async () => {
+      for (let i = 0; !stop; i++) {
+        const sibling = `${path}-churn${i % 4}`;
+        await xs.write(sibling, 'x');
+        await xs.rm(sibling);
+        churned++;
+      }
+    })();
+    try {
+      await sleep(20);
+      const { server } = await echoServer(path);
+      const c = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
+      expect((await roundTrip(c, Buffer.from('busy'))).toString()).toBe('busy');
+      expect(server.listening).toBe(true);
+      // A single-channel server's offer too (native/vchan's transaction).
+      const single = createServer({ domid: selfDomid, path: `${path}-single` });
+      servers.push(single);
+      single.on('connection', (s: VchanStream) => s.pipe(s));
+      await once(single.listen(), 'listening');
+      const d = track(await connect({ domid: selfDomid, path: full(`${path}-single`), timeout: 20000 }));
+      expect((await roundTrip(d, Buffer.from('busy too'))).toString()).toBe('busy too');
+    } finally {
+      stop = true;
+      await churn;
+      xs.close();
+    }
+    expect(churned).toBeGreaterThan(0);
+  });
+
   it('EADDRINUSE for a path a live server holds (multi or single), and the path is free once it closes', async () => {
     const path = uniquePath('multiuse');
     const { server } = await echoServer(path);

@@ -34,7 +34,7 @@
  * it as a refusal and asks again) or take the channel offered for it (connectMulti hears EBUSY at
  * once and asks again under a fresh id).
  */
-import type { XenstoreTransaction } from '../xenstore';
+import type { Xenstore, XenstoreTransaction } from '../xenstore';
 
 /** The request ids a client writes: 16 lower-case hex digits. */
 const ID = /^[0-9a-f]{16}$/;
@@ -137,17 +137,25 @@ export async function makeQueue(
  * Publishes PATH (domain SELF's, readable by CLIENT's) with an empty request queue in it. Whatever
  * a server that died left there (its offers, its clients' requests) goes: the caller holds the
  * path now. Its clients see their requests go, and ask again.
+ *
+ * PATH itself is made first, on its own, and the transaction then works below it: xenstored fails
+ * a transaction when a node it touched has changed since, and PATH's parent (a domain's
+ * data/vchan, say) changes whenever any other channel there comes or goes. With the parent in the
+ * transaction, a busy directory could fail it on every try (seen on the rig: EAGAIN after 21).
  */
 export async function publishQueue(
-  xs: { transaction<T>(fn: (tx: XenstoreTransaction) => Promise<T>): Promise<T> },
+  xs: Pick<Xenstore, 'transaction' | 'mkdir'>,
   path: string,
   self: number,
   client: number,
 ): Promise<void> {
+  await xs.mkdir(path);
   await xs.transaction(async (tx) => {
-    await tx.rm(path).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw e; // nothing there, not even its parent
+    const stale = await tx.directory(path).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw e; // removed since the mkdir: made again below
+      return [];
     });
+    for (const name of stale) await tx.rm(`${path}/${name}`);
     await tx.write(path, '');
     await tx.setPermissions(path, [
       { domid: self, read: false, write: false },
