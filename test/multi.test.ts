@@ -603,10 +603,18 @@ describe.runIf(onMock)('VchanMultiServer across processes and domains (dom0 serv
     // The holder dies without cleaning up: its stale nodes must not keep the path.
     killChild(holder.child);
     await holder.exited;
+    // What a dead server can leave: a request its clients wrote, an offer of its own with its
+    // entries. The next server clears them all, down to the last level, and keeps the path.
+    const xs = xenstore();
+    await xs.write(full(`${path}/requests/00000000deadbeef`), '');
+    await xs.write(full(`${path}/00000000deadbeef/ring-ref`), '8');
+    await xs.write(full(`${path}/00000000deadbeef/event-channel`), '9');
     const next = createMultiServer({ domid: selfDomid, path });
     servers.push(next);
     next.on('connection', (s) => track(s).pipe(s));
     await once(next.listen(), 'listening');
+    expect(await xs.directory(full(`${path}/requests`))).toEqual([]);
+    expect(await xs.tryRead(full(`${path}/00000000deadbeef`))).toBeUndefined();
     const c = track(await connectMulti({ domid: selfDomid, path: full(path), timeout: 20000 }));
     expect((await roundTrip(c, Buffer.from('fresh'))).toString()).toBe('fresh');
   });
