@@ -138,10 +138,10 @@ static int node_request(struct conn *c, struct xm_msg *m, const char *pl, struct
     if (m->a[0] && !(t = find_txn(c, m->a[0])))
         return ENOENT;
     struct ctx x = {.t = t ? t->root : root, .txn = t, .dom = c->dom, .live = t == NULL};
-    bool changes = m->op == XM_XS_WRITE || m->op == XM_XS_MKDIR || m->op == XM_XS_RM || m->op == XM_XS_SET_PERMS;
     enum load what = m->op == XM_XS_DIRECTORY ? LOAD_KIDS : m->op == XM_XS_RM ? LOAD_RM : LOAD_PATH;
     if (t && (err = txn_load(t, path, what)))
         return err;
+    bool changes = m->op == XM_XS_WRITE || m->op == XM_XS_MKDIR || m->op == XM_XS_SET_PERMS;
     enum touch how = m->op == XM_XS_RM ? TOUCH_RM : changes ? TOUCH_CHANGE : TOUCH_READ;
     if (t && (err = txn_touch(t, path, how)))
         return err;

@@ -10,6 +10,17 @@
 
 #include "store.h"
 
+/* Counts N (its subtree too with SUBTREE) in (SIGN 1) or out (-1) of its owners' nodes: the live
+ * tree's counts, or in a transaction the delta of the transaction's own domain (the quota's). */
+static void count_in(struct ctx *x, const struct node *n, int sign, bool subtree)
+{
+    if (!x->txn)
+        owners_add(n, sign, subtree);
+    else
+        x->txn->owned_delta +=
+            sign * (int64_t)(subtree ? count_owned(n, x->dom) : (n->nperms && n->perms[0].id == x->dom));
+}
+
 int lookup_perm(struct ctx *x, const char *path, uint32_t need, struct node **out)
 {
     struct node *n = lookup(x->t, path);
@@ -65,10 +76,7 @@ int make_node(struct ctx *x, const char *path, struct node **out, bool *created)
         if (!x->privileged && x->dom != 0 && k->nperms)
             k->perms[0].id = x->dom; /* an unprivileged creator owns what it creates */
         k->gen = g;
-        if (!x->txn)
-            owners_add(k, 1, false);
-        else if (k->nperms && k->perms[0].id == x->dom)
-            x->txn->owned_delta++;
+        count_in(x, k, 1, false);
         n = k;
         p += len + (e ? 1 : 0);
     }
@@ -131,10 +139,7 @@ int op_rm(struct ctx *x, const char *path)
         fire_removed(path, n);
     remove_child(n->parent, n);
     n->parent->gen = ++gen_counter;
-    if (!x->txn)
-        owners_add(n, -1, true);
-    else
-        x->txn->owned_delta -= count_owned(n, x->dom);
+    count_in(x, n, -1, true);
     node_free(n);
     return 0;
 }
@@ -155,15 +160,9 @@ int op_setperms(struct ctx *x, const char *path, const struct perm *p, uint32_t 
         if (p[0].id != x->dom)
             return EPERM; /* and may not give the node away */
     }
-    if (!x->txn)
-        owners_add(n, -1, false);
-    else
-        x->txn->owned_delta -= n->nperms && n->perms[0].id == x->dom;
+    count_in(x, n, -1, false); /* under its owner before, and after */
     int err = set_perms(n, p, np);
-    if (!x->txn)
-        owners_add(n, 1, false);
-    else
-        x->txn->owned_delta += n->nperms && n->perms[0].id == x->dom;
+    count_in(x, n, 1, false);
     if (err)
         return err;
     n->gen = ++gen_counter;
